@@ -1,0 +1,333 @@
+//! The in-process control plane: the process backend plus volume records in
+//! the store.
+
+use crate::process::{kill_leftover, Layout, ProcessBackend, ProcessState, Spawn};
+use crate::{
+    Actor, ControlPlane, CpError, CpResult, InstanceState, Provisioned, ProvisionRequest,
+    VolumeHistoryEntry, VolumeInfo,
+};
+use async_trait::async_trait;
+use holdfast_domain::{now_millis, DataPersistence, Runtime, VolumeState};
+use holdfast_store::{InstanceRow, NewAuditEvent, Store, VolumeRow, VolumeTransition};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The control plane's policy knobs.
+#[derive(Debug, Clone)]
+pub struct CpPolicy {
+    /// What auto resolves to.
+    pub default_persistence: DataPersistence,
+    /// How long `retained` data is kept.
+    pub retention_grace: Duration,
+    /// How long `erase_pending` data can still be restored.
+    pub erase_grace: Duration,
+    /// The binary that runs the built-in runtime (`<exe> runtime`).
+    pub runtime_exe: PathBuf,
+    /// How long a process gets between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+pub struct EmbeddedCp {
+    store: Store,
+    backend: Arc<ProcessBackend>,
+    policy: CpPolicy,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl EmbeddedCp {
+    /// Builds the control plane over `data_dir` and stops whatever a previous
+    /// run of the server left running (it is restarted by the platform).
+    pub async fn start(store: Store, data_dir: PathBuf, policy: CpPolicy) -> anyhow::Result<Arc<Self>> {
+        let backend = ProcessBackend::new(Layout::new(data_dir), policy.stop_timeout);
+        let cp = Arc::new(EmbeddedCp { store, backend, policy });
+        cp.reap_leftovers().await?;
+        Ok(cp)
+    }
+
+    pub fn backend(&self) -> &Arc<ProcessBackend> {
+        &self.backend
+    }
+
+    /// Processes recorded by a previous run are ours only by record: that run
+    /// is gone, so nobody can wait on them. Kill them (data stays; persist
+    /// data is on disk, ephemeral data is wiped at the next start anyway) so
+    /// that the platform's restart never produces a second process.
+    async fn reap_leftovers(&self) -> anyhow::Result<()> {
+        for inst in self.store.list_instances().await? {
+            if kill_leftover(inst.pid, &inst.instance_id) {
+                tracing::info!(workspace_id = %inst.workspace_id, pid = inst.pid, "stopped a process left by a previous run");
+            }
+            self.store.delete_instance(inst.workspace_id, &inst.instance_id).await?;
+        }
+        Ok(())
+    }
+
+    fn argv(&self, runtime: &Runtime) -> Vec<String> {
+        match runtime {
+            Runtime::Template(_) => {
+                vec![self.policy.runtime_exe.to_string_lossy().into_owned(), "runtime".to_owned()]
+            }
+            Runtime::Command(argv) => argv.clone(),
+        }
+    }
+
+    async fn audit(&self, actor: &str, action: &'static str, vol: &VolumeRow, reason: Option<&str>) {
+        let ev = NewAuditEvent {
+            actor: actor.to_owned(),
+            action,
+            workspace_id: Some(vol.workspace_id),
+            volume_id: Some(vol.id),
+            reason: reason.map(str::to_owned),
+            detail: None,
+        };
+        if let Err(e) = self.store.audit(ev, now_millis()).await {
+            tracing::error!(error = %e, action, "writing audit event failed");
+        }
+    }
+
+    /// Makes sure a persist workspace has an `active` volume record, then its
+    /// directory. Ordering: the record is written before the directory exists,
+    /// so a directory under `volumes/` is always known to the store (the
+    /// sweeper adopts any that is not).
+    async fn attach_volume(&self, req: &ProvisionRequest) -> CpResult<()> {
+        let now = now_millis();
+        match self.store.current_volume(req.workspace_id).await? {
+            None => {
+                self.store
+                    .insert_volume(req.workspace_id, req.volume_size_gb.map(i64::from), "control-plane", now)
+                    .await?;
+            }
+            Some(v) if v.state == VolumeState::Active => {}
+            Some(v) if v.state == VolumeState::Retained => {
+                // Switching back to persist within the retention grace brings
+                // the same data back.
+                let v = self
+                    .store
+                    .transition_volume(
+                        VolumeTransition {
+                            volume_id: v.id,
+                            from: &[VolumeState::Retained],
+                            to: VolumeState::Active,
+                            retain_until: None,
+                            erase_after: None,
+                            actor: "control-plane",
+                            reason: Some("reattached"),
+                        },
+                        now,
+                    )
+                    .await?;
+                self.audit("control-plane", "volume.reattached", &v, Some("reattached")).await;
+            }
+            Some(v) => {
+                return Err(CpError::Conflict(format!(
+                    "the workspace's volume is {}; restore it before starting",
+                    v.state
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// An ephemeral start: a durable volume still attached is detached into
+    /// `retained`, never erased.
+    async fn detach_volume(&self, req: &ProvisionRequest) -> CpResult<()> {
+        if let Some(v) = self.store.current_volume(req.workspace_id).await? {
+            if v.state == VolumeState::Active {
+                let now = now_millis();
+                let v = self
+                    .store
+                    .transition_volume(
+                        VolumeTransition {
+                            volume_id: v.id,
+                            from: &[VolumeState::Active],
+                            to: VolumeState::Retained,
+                            retain_until: Some(now + millis(self.policy.retention_grace)),
+                            erase_after: None,
+                            actor: "control-plane",
+                            reason: Some("switched_to_ephemeral"),
+                        },
+                        now,
+                    )
+                    .await?;
+                self.audit("control-plane", "volume.retained", &v, Some("switched_to_ephemeral")).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_bytes(&self, workspace_id: Uuid) {
+        let Ok(Some(v)) = self.store.current_volume(workspace_id).await else { return };
+        let dir = self.backend.layout().volume_dir(workspace_id);
+        if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || crate::fsutil::dir_size(&dir)).await {
+            let _ = self.store.set_volume_bytes(v.id, i64::try_from(bytes).unwrap_or(i64::MAX)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl ControlPlane for EmbeddedCp {
+    #[tracing::instrument(skip_all, fields(workspace_id = %req.workspace_id))]
+    async fn provision(&self, req: ProvisionRequest) -> CpResult<Provisioned> {
+        let mode = req.data_persistence.unwrap_or(self.policy.default_persistence);
+        // One process per workspace: whatever still runs is stopped (never
+        // pruned) before the new one starts.
+        if self.backend.current_instance(req.workspace_id).is_some() {
+            tracing::warn!("provision while an instance runs; stopping it first");
+            self.backend.stop(req.workspace_id, None).await?;
+        }
+        match mode {
+            DataPersistence::Persist => self.attach_volume(&req).await?,
+            DataPersistence::Ephemeral => self.detach_volume(&req).await?,
+        }
+        let instance_id = Uuid::new_v4().to_string();
+        let pid = self
+            .backend
+            .spawn(Spawn {
+                workspace_id: req.workspace_id,
+                instance_id: instance_id.clone(),
+                argv: self.argv(&req.runtime),
+                env: req.env.clone(),
+                mode,
+            })
+            .await?;
+        // Ordering: recorded right after the spawn; a crash in between leaves
+        // a process the next run cannot recognise, which is why the process
+        // also carries its instance id in its environment and the runtime
+        // exits when its platform is gone.
+        self.store
+            .upsert_instance(&InstanceRow {
+                workspace_id: req.workspace_id,
+                instance_id: instance_id.clone(),
+                pid: i64::from(pid),
+                mode: mode.as_str().to_owned(),
+                started_at: now_millis(),
+            })
+            .await?;
+        Ok(Provisioned { instance_id, state: InstanceState::Running, data_mode: mode })
+    }
+
+    #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]
+    async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> CpResult<()> {
+        let Some(instance_id) = instance_id else { return Ok(()) };
+        self.backend.stop(workspace_id, Some(instance_id)).await?;
+        self.store.delete_instance(workspace_id, instance_id).await?;
+        self.refresh_bytes(workspace_id).await;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]
+    async fn stop_and_prune(
+        &self,
+        workspace_id: Uuid,
+        instance_id: Option<&str>,
+        actor: Actor<'_>,
+    ) -> CpResult<Option<VolumeInfo>> {
+        // Ordering: the erase intent is recorded before the process is stopped,
+        // so that a crash in between still ends with the data erase_pending.
+        let now = now_millis();
+        let mut marked = None;
+        if let Some(v) = self.store.current_volume(workspace_id).await? {
+            if matches!(v.state, VolumeState::Active | VolumeState::Retained) {
+                let v = self
+                    .store
+                    .transition_volume(
+                        VolumeTransition {
+                            volume_id: v.id,
+                            from: &[VolumeState::Active, VolumeState::Retained],
+                            to: VolumeState::ErasePending,
+                            retain_until: None,
+                            erase_after: Some(now + millis(self.policy.erase_grace)),
+                            actor,
+                            reason: Some("delete_with_erase"),
+                        },
+                        now,
+                    )
+                    .await?;
+                self.audit(actor, "volume.erase_requested", &v, Some("delete_with_erase")).await;
+                marked = Some(v);
+            } else {
+                marked = Some(v);
+            }
+        }
+        if let Some(instance_id) = instance_id {
+            self.backend.stop(workspace_id, Some(instance_id)).await?;
+            self.store.delete_instance(workspace_id, instance_id).await?;
+        }
+        self.refresh_bytes(workspace_id).await;
+        Ok(marked.map(Into::into))
+    }
+
+    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
+        Ok(match self.backend.state(workspace_id, instance_id) {
+            ProcessState::Running => InstanceState::Running,
+            ProcessState::Exited(_) => InstanceState::Exited,
+            ProcessState::Unknown => InstanceState::Unknown,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]
+    async fn retain_volume(
+        &self,
+        workspace_id: Uuid,
+        actor: Actor<'_>,
+        reason: &str,
+    ) -> CpResult<Option<VolumeInfo>> {
+        let Some(v) = self.store.current_volume(workspace_id).await? else { return Ok(None) };
+        let now = now_millis();
+        let until = now + millis(self.policy.retention_grace);
+        match v.state {
+            VolumeState::Active | VolumeState::Retained => {
+                // Data safety: a volume already retained (by a switch) keeps
+                // the later of the two deadlines.
+                let until = v.retain_until.map_or(until, |old| old.max(until));
+                let v = self
+                    .store
+                    .transition_volume(
+                        VolumeTransition {
+                            volume_id: v.id,
+                            from: &[VolumeState::Active, VolumeState::Retained],
+                            to: VolumeState::Retained,
+                            retain_until: Some(until),
+                            erase_after: None,
+                            actor,
+                            reason: Some(reason),
+                        },
+                        now,
+                    )
+                    .await?;
+                self.audit(actor, "volume.retained", &v, Some(reason)).await;
+                Ok(Some(v.into()))
+            }
+            _ => Ok(Some(v.into())),
+        }
+    }
+
+    async fn volume(&self, workspace_id: Uuid) -> CpResult<Option<VolumeInfo>> {
+        Ok(self.store.latest_volume(workspace_id).await?.map(Into::into))
+    }
+
+    async fn volume_history(&self, volume_id: Uuid) -> CpResult<Vec<VolumeHistoryEntry>> {
+        Ok(self
+            .store
+            .volume_history(volume_id)
+            .await?
+            .into_iter()
+            .map(|h| VolumeHistoryEntry {
+                at: h.at,
+                from: h.from_state,
+                to: h.to_state,
+                actor: h.actor,
+                reason: h.reason,
+            })
+            .collect())
+    }
+
+    async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>> {
+        Ok(self.store.list_volumes(state).await?.into_iter().map(Into::into).collect())
+    }
+}

@@ -1,0 +1,172 @@
+//! The control plane: provisions compute and data volumes on a backend.
+//!
+//! [`ControlPlane`] is the interface the platform talks to. [`EmbeddedCp`]
+//! implements it in-process over the [`process`] backend and the store's
+//! volume records.
+//!
+//! **Architecture Invariant:** routine operations call [`ControlPlane::stop`];
+//! only the user's delete with `erase_data=true` calls
+//! [`ControlPlane::stop_and_prune`]. The two are separate functions, never one
+//! function with a flag, and a test pins the prune path's single caller.
+
+mod embedded;
+pub mod fsutil;
+pub mod process;
+
+pub use embedded::{CpPolicy, EmbeddedCp};
+
+use async_trait::async_trait;
+use holdfast_domain::{DataPersistence, Millis, Runtime, Tier, VolumeState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// What the platform asks the control plane to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProvisionRequest {
+    pub org_id: Uuid,
+    pub workspace_id: Uuid,
+    pub runtime: Runtime,
+    pub tier: u8,
+    /// The workspace's env plus the `HOLDFAST_*` variables the platform owns
+    /// (platform URL, workspace token).
+    pub env: BTreeMap<String, String>,
+    /// Omitted for auto: the control plane resolves it by its policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_persistence: Option<DataPersistence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_size_gb: Option<u16>,
+}
+
+impl ProvisionRequest {
+    pub fn tier(&self) -> Tier {
+        Tier::from_stored(i64::from(self.tier))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Running,
+    Exited,
+    /// No such instance (never started here, or already stopped).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Provisioned {
+    pub instance_id: String,
+    pub state: InstanceState,
+    /// The mode the request resolved to (auto → the control plane's policy).
+    pub data_mode: DataPersistence,
+}
+
+/// A volume record as the control plane reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub state: VolumeState,
+    pub bytes: i64,
+    pub size_gb: Option<i64>,
+    pub retain_until: Option<Millis>,
+    pub erase_after: Option<Millis>,
+    pub erased_at: Option<Millis>,
+    pub bytes_erased: Option<i64>,
+    pub erased_by: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl From<holdfast_store::VolumeRow> for VolumeInfo {
+    fn from(v: holdfast_store::VolumeRow) -> Self {
+        VolumeInfo {
+            id: v.id,
+            workspace_id: v.workspace_id,
+            state: v.state,
+            bytes: v.bytes,
+            size_gb: v.size_gb,
+            retain_until: v.retain_until,
+            erase_after: v.erase_after,
+            erased_at: v.erased_at,
+            bytes_erased: v.bytes_erased,
+            erased_by: v.erased_by,
+            reason: v.reason,
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeHistoryEntry {
+    pub at: Millis,
+    pub from: Option<String>,
+    pub to: String,
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpError {
+    /// The request is invalid (the control plane validates at its own edge).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The volume is in a state that forbids the operation.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<holdfast_store::StoreError> for CpError {
+    fn from(e: holdfast_store::StoreError) -> Self {
+        match e {
+            holdfast_store::StoreError::Conflict(m) => CpError::Conflict(m),
+            other => CpError::Other(anyhow::Error::new(other)),
+        }
+    }
+}
+
+pub type CpResult<T> = Result<T, CpError>;
+
+/// Who asked: recorded in volume history and audit.
+pub type Actor<'a> = &'a str;
+
+#[async_trait]
+pub trait ControlPlane: Send + Sync + 'static {
+    /// Prepares the data dir (volume or scratch) and starts the workspace.
+    async fn provision(&self, req: ProvisionRequest) -> CpResult<Provisioned>;
+
+    /// Stops the workspace's compute. Never erases or marks a durable volume.
+    /// With no instance, a no-op success.
+    async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> CpResult<()>;
+
+    /// Stops the workspace's compute and marks its data `erase_pending`. Only
+    /// the user's delete with erase may call this.
+    async fn stop_and_prune(
+        &self,
+        workspace_id: Uuid,
+        instance_id: Option<&str>,
+        actor: Actor<'_>,
+    ) -> CpResult<Option<VolumeInfo>>;
+
+    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState>;
+
+    /// Detaches the workspace's volume into `retained` for the retention grace
+    /// (a delete without erase). No file is touched.
+    async fn retain_volume(
+        &self,
+        workspace_id: Uuid,
+        actor: Actor<'_>,
+        reason: &str,
+    ) -> CpResult<Option<VolumeInfo>>;
+
+    /// The workspace's current volume (the newest record; erased ones too).
+    async fn volume(&self, workspace_id: Uuid) -> CpResult<Option<VolumeInfo>>;
+
+    async fn volume_history(&self, volume_id: Uuid) -> CpResult<Vec<VolumeHistoryEntry>>;
+
+    async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>>;
+}

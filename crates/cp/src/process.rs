@@ -1,0 +1,249 @@
+//! The process backend: each workspace is a child process in its own process
+//! group, working in its data directory.
+//!
+//! Layout under the control plane's data dir (SPEC §3):
+//! - `volumes/<workspace-id>/`: a persist workspace's durable volume;
+//! - `scratch/<workspace-id>/`: an ephemeral workspace's data, emptied before
+//!   every start and removed at every stop;
+//! - `logs/<workspace-id>.log`: the process's stdout and stderr, kept outside
+//!   the data so that logs never count as (or leak into) saved data.
+
+use crate::fsutil;
+use holdfast_domain::DataPersistence;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The environment variable that ties a process to its instance; used after a
+/// server crash to recognise our own leftovers (and not a recycled pid).
+pub const INSTANCE_ENV: &str = "HOLDFAST_INSTANCE_ID";
+
+/// Variables of the server's own environment a workspace inherits. Everything
+/// else (the admin token above all) is withheld.
+const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "RUST_LOG"];
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn volumes_root(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+
+    pub fn volume_dir(&self, workspace_id: Uuid) -> PathBuf {
+        self.volumes_root().join(workspace_id.to_string())
+    }
+
+    pub fn scratch_dir(&self, workspace_id: Uuid) -> PathBuf {
+        self.root.join("scratch").join(workspace_id.to_string())
+    }
+
+    pub fn data_dir(&self, workspace_id: Uuid, mode: DataPersistence) -> PathBuf {
+        match mode {
+            DataPersistence::Persist => self.volume_dir(workspace_id),
+            DataPersistence::Ephemeral => self.scratch_dir(workspace_id),
+        }
+    }
+
+    pub fn log_file(&self, workspace_id: Uuid) -> PathBuf {
+        self.root.join("logs").join(format!("{workspace_id}.log"))
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    pub workspace_id: Uuid,
+    pub instance_id: String,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub mode: DataPersistence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    Running,
+    /// The process exited on its own (or was killed by someone else).
+    Exited(Option<i32>),
+    /// We know of no such instance.
+    Unknown,
+}
+
+struct Child {
+    instance_id: String,
+    pid: i32,
+    mode: DataPersistence,
+    exit: watch::Receiver<Option<Option<i32>>>,
+}
+
+/// The live children of this server.
+pub struct ProcessBackend {
+    layout: Layout,
+    stop_timeout: Duration,
+    children: Mutex<HashMap<Uuid, Child>>,
+}
+
+impl ProcessBackend {
+    pub fn new(layout: Layout, stop_timeout: Duration) -> Arc<Self> {
+        Arc::new(ProcessBackend { layout, stop_timeout, children: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Prepares the data dir and starts the process. Returns its pid.
+    #[tracing::instrument(skip_all, fields(workspace_id = %spec.workspace_id, instance_id = %spec.instance_id))]
+    pub async fn spawn(&self, spec: Spawn) -> anyhow::Result<i32> {
+        let data_dir = self.layout.data_dir(spec.workspace_id, spec.mode);
+        let log_path = self.layout.log_file(spec.workspace_id);
+        let mode = spec.mode;
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            if mode == DataPersistence::Ephemeral {
+                // Every start of an ephemeral workspace begins empty.
+                fsutil::remove_tree(&dir)?;
+            }
+            std::fs::create_dir_all(&dir)?;
+            if let Some(parent) = log_path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            Ok(())
+        })
+        .await??;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.layout.log_file(spec.workspace_id))?;
+        let mut cmd = tokio::process::Command::new(&spec.argv[0]);
+        cmd.args(&spec.argv[1..])
+            .current_dir(&data_dir)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .kill_on_drop(false);
+        for key in INHERITED_ENV {
+            if let Ok(v) = std::env::var(key) {
+                cmd.env(key, v);
+            }
+        }
+        cmd.env("HOME", &data_dir);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        cmd.env("HOLDFAST_DATA_DIR", &data_dir);
+        cmd.env("HOLDFAST_WORKSPACE_ID", spec.workspace_id.to_string());
+        cmd.env(INSTANCE_ENV, &spec.instance_id);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", spec.argv[0]))?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let code = child.wait().await.ok().and_then(|s| s.code());
+            let _ = tx.send(Some(code));
+        });
+        self.children.lock().expect("children lock").insert(
+            spec.workspace_id,
+            Child { instance_id: spec.instance_id, pid, mode: spec.mode, exit: rx },
+        );
+        Ok(pid)
+    }
+
+    pub fn state(&self, workspace_id: Uuid, instance_id: &str) -> ProcessState {
+        let children = self.children.lock().expect("children lock");
+        match children.get(&workspace_id) {
+            Some(c) if c.instance_id == instance_id => match *c.exit.borrow() {
+                None => ProcessState::Running,
+                Some(code) => ProcessState::Exited(code),
+            },
+            _ => ProcessState::Unknown,
+        }
+    }
+
+    /// The instance currently known for a workspace, if any.
+    pub fn current_instance(&self, workspace_id: Uuid) -> Option<String> {
+        let children = self.children.lock().expect("children lock");
+        children.get(&workspace_id).map(|c| c.instance_id.clone())
+    }
+
+    /// Stops the workspace's process (SIGTERM to its group, SIGKILL after the
+    /// stop timeout) and, for an ephemeral workspace, removes its scratch data.
+    /// Never touches a durable volume. Stopping what is not running succeeds.
+    #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]
+    pub async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> anyhow::Result<()> {
+        let child = {
+            let mut children = self.children.lock().expect("children lock");
+            match children.get(&workspace_id) {
+                Some(c) if instance_id.is_none_or(|i| i == c.instance_id) => {
+                    children.remove(&workspace_id)
+                }
+                _ => None,
+            }
+        };
+        let Some(mut child) = child else { return Ok(()) };
+        if child.exit.borrow().is_none() {
+            terminate_group(child.pid, &mut child.exit, self.stop_timeout).await;
+        }
+        if child.mode == DataPersistence::Ephemeral {
+            let dir = self.layout.scratch_dir(workspace_id);
+            tokio::task::spawn_blocking(move || fsutil::remove_tree(&dir)).await??;
+        }
+        Ok(())
+    }
+
+    /// Stops every child (a graceful server shutdown). Data is kept.
+    pub async fn stop_all(&self) {
+        let ids: Vec<Uuid> = self.children.lock().expect("children lock").keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.stop(id, None).await {
+                tracing::warn!(workspace_id = %id, error = %e, "stopping at shutdown failed");
+            }
+        }
+    }
+}
+
+async fn terminate_group(pid: i32, exit: &mut watch::Receiver<Option<Option<i32>>>, timeout: Duration) {
+    let pgid = Pid::from_raw(pid);
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let timed_out = tokio::time::timeout(timeout, exit.wait_for(Option::is_some)).await.is_err();
+    if timed_out {
+        tracing::warn!(pid, "process ignored SIGTERM; sending SIGKILL");
+    }
+    // The group leader may be gone while others in its group linger; make sure
+    // nothing of this workspace survives its stop.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = exit.wait_for(Option::is_some).await;
+}
+
+/// Kills the process group of a process left behind by a previous run of the
+/// server, if (and only if) it is still ours: its environment carries our
+/// instance id, so a recycled pid is never signalled.
+pub fn kill_leftover(pid: i64, instance_id: &str) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+    let needle = format!("{INSTANCE_ENV}={instance_id}");
+    let ours = environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes());
+    if ours {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    ours
+}

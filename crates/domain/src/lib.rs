@@ -1,0 +1,64 @@
+//! Domain types of holdfast. Every type here is built by parsing untrusted
+//! input, so that code past the API edge never sees an invalid name, tier,
+//! persistence mode, runtime or environment.
+
+mod duration;
+mod status;
+mod workspace;
+
+pub use duration::{parse_duration, DurationArg};
+pub use status::{DesiredState, Status, VolumeState};
+pub use workspace::{
+    Compute, DataPersistence, Env, Role, Runtime, Tier, VolumeSpec, WorkspaceName,
+    BUILTIN_TEMPLATE,
+};
+
+use std::fmt;
+
+/// A rejected piece of client input: which field, and what was wrong with it.
+///
+/// The API turns this into a 400 whose message starts with the field name, so
+/// that a client always learns what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+
+    /// The same error, with its field nested under `parent` (`compute` +
+    /// `data_persistence` → `compute.data_persistence`).
+    pub fn under(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one representation of time in the
+/// store, so that comparisons (`retain_until < now`) are plain integer ones in
+/// every SQL dialect.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// RFC 3339 text of a store timestamp, as the API shows it.
+pub fn format_millis(ms: Millis) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,480 @@
+//! The parsed parts of a workspace's configuration: name, role, tier, runtime,
+//! environment and compute (with its data persistence mode).
+//!
+//! Each type has a `parse` that takes untrusted input (a string, a number or a
+//! `serde_json::Value`) and returns a [`FieldError`] naming the field on
+//! failure. Once built, a value is valid by construction.
+
+use crate::FieldError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The template name of the built-in runtime (`holdfast runtime`).
+pub const BUILTIN_TEMPLATE: &str = "holdfast-runtime";
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// A workspace name: 1–64 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct WorkspaceName(String);
+
+impl WorkspaceName {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if has_control(raw) {
+            return Err(FieldError::new("name", "must not contain control characters"));
+        }
+        let trimmed = raw.trim();
+        let n = trimmed.chars().count();
+        if n == 0 {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        if n > Self::MAX_CHARS {
+            return Err(FieldError::new(
+                "name",
+                format!("must be at most {} characters, got {n}", Self::MAX_CHARS),
+            ));
+        }
+        Ok(WorkspaceName(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkspaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A role: at most 256 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Role(String);
+
+impl Role {
+    pub const MAX_CHARS: usize = 256;
+
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if has_control(raw) {
+            return Err(FieldError::new("role", "must not contain control characters"));
+        }
+        let n = raw.chars().count();
+        if n > Self::MAX_CHARS {
+            return Err(FieldError::new(
+                "role",
+                format!("must be at most {} characters, got {n}", Self::MAX_CHARS),
+            ));
+        }
+        Ok(Role(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A compute tier, 1 to 4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Tier(u8);
+
+impl Tier {
+    pub const DEFAULT: Tier = Tier(2);
+
+    pub fn parse(v: &Value) -> Result<Self, FieldError> {
+        let err = || FieldError::new("tier", format!("must be an integer from 1 to 4, got {v}"));
+        let n = v.as_i64().ok_or_else(err)?;
+        if !(1..=4).contains(&n) {
+            return Err(err());
+        }
+        Ok(Tier(n as u8))
+    }
+
+    pub fn from_stored(n: i64) -> Self {
+        Tier(n.clamp(1, 4) as u8)
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+/// Whether a workspace's data outlives its process. Auto is the absence of a
+/// value (`Option<DataPersistence>::None`) and is resolved at provision time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPersistence {
+    Persist,
+    Ephemeral,
+}
+
+impl DataPersistence {
+    pub const FIELD: &'static str = "data_persistence";
+    const ALLOWED: &'static str =
+        "must be exactly \"persist\" or \"ephemeral\" (omit it, or send \"\", for auto)";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPersistence::Persist => "persist",
+            DataPersistence::Ephemeral => "ephemeral",
+        }
+    }
+
+    /// Parses the exact, case-sensitive text. `""` is auto (`None`).
+    pub fn parse_str(s: &str) -> Result<Option<Self>, FieldError> {
+        match s {
+            "" => Ok(None),
+            "persist" => Ok(Some(DataPersistence::Persist)),
+            "ephemeral" => Ok(Some(DataPersistence::Ephemeral)),
+            other => Err(FieldError::new(Self::FIELD, format!("{}; got {other:?}", Self::ALLOWED))),
+        }
+    }
+
+    /// Parses a JSON value: a string as [`Self::parse_str`], `null` as auto,
+    /// anything else (booleans, numbers, objects) is rejected.
+    pub fn parse(v: &Value) -> Result<Option<Self>, FieldError> {
+        match v {
+            Value::Null => Ok(None),
+            Value::String(s) => Self::parse_str(s),
+            other => Err(FieldError::new(Self::FIELD, format!("{}; got {other}", Self::ALLOWED))),
+        }
+    }
+}
+
+impl fmt::Display for DataPersistence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DataPersistence {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match DataPersistence::parse_str(s) {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err("expected \"persist\" or \"ephemeral\"".to_owned()),
+            Err(e) => Err(e.message),
+        }
+    }
+}
+
+/// The volume size request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub size_gb: u16,
+}
+
+/// `compute`: all fields optional; empty fields are omitted when stored and
+/// returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compute {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_persistence: Option<DataPersistence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeSpec>,
+}
+
+impl Compute {
+    /// Parses the `compute` object of a request. `null` is an empty compute.
+    pub fn parse(v: &Value) -> Result<Self, FieldError> {
+        let obj = match v {
+            Value::Null => return Ok(Compute::default()),
+            Value::Object(obj) => obj,
+            other => {
+                return Err(FieldError::new("compute", format!("must be an object, got {other}")));
+            }
+        };
+        let mut compute = Compute::default();
+        for (key, value) in obj {
+            match key.as_str() {
+                "data_persistence" => {
+                    compute.data_persistence =
+                        DataPersistence::parse(value).map_err(|e| e.under("compute"))?;
+                }
+                "volume" => compute.volume = parse_volume(value)?,
+                other => {
+                    return Err(FieldError::new(
+                        format!("compute.{other}"),
+                        "unknown field; allowed: data_persistence, volume",
+                    ));
+                }
+            }
+        }
+        Ok(compute)
+    }
+}
+
+fn parse_volume(v: &Value) -> Result<Option<VolumeSpec>, FieldError> {
+    let obj = match v {
+        Value::Null => return Ok(None),
+        Value::Object(obj) => obj,
+        other => {
+            return Err(FieldError::new("compute.volume", format!("must be an object, got {other}")));
+        }
+    };
+    let mut size = None;
+    for (key, value) in obj {
+        match key.as_str() {
+            "size_gb" => {
+                let err = || {
+                    FieldError::new(
+                        "compute.volume.size_gb",
+                        format!("must be an integer from 1 to 500, got {value}"),
+                    )
+                };
+                let n = value.as_i64().ok_or_else(err)?;
+                if !(1..=500).contains(&n) {
+                    return Err(err());
+                }
+                size = Some(n as u16);
+            }
+            other => {
+                return Err(FieldError::new(
+                    format!("compute.volume.{other}"),
+                    "unknown field; allowed: size_gb",
+                ));
+            }
+        }
+    }
+    Ok(size.map(|size_gb| VolumeSpec { size_gb }))
+}
+
+/// What a workspace runs: the built-in runtime (by template name) or an argv.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Runtime {
+    Template(String),
+    Command(Vec<String>),
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime::Template(BUILTIN_TEMPLATE.to_owned())
+    }
+}
+
+impl Runtime {
+    const MAX_ARGS: usize = 256;
+    const MAX_ARG_BYTES: usize = 4096;
+
+    pub fn parse(v: &Value) -> Result<Self, FieldError> {
+        let obj = match v {
+            Value::Null => return Ok(Runtime::default()),
+            Value::Object(obj) => obj,
+            other => {
+                return Err(FieldError::new(
+                    "runtime",
+                    format!("must be {{\"template\":…}} or {{\"command\":[…]}}, got {other}"),
+                ));
+            }
+        };
+        if obj.len() != 1 {
+            return Err(FieldError::new(
+                "runtime",
+                "must have exactly one of \"template\" or \"command\"",
+            ));
+        }
+        let (key, value) = obj.iter().next().expect("one entry");
+        match key.as_str() {
+            "template" => match value.as_str() {
+                Some(BUILTIN_TEMPLATE) => Ok(Runtime::default()),
+                _ => Err(FieldError::new(
+                    "runtime.template",
+                    format!("unknown template {value}; available: {BUILTIN_TEMPLATE:?}"),
+                )),
+            },
+            "command" => {
+                let items = value.as_array().ok_or_else(|| {
+                    FieldError::new("runtime.command", "must be an array of strings")
+                })?;
+                if items.is_empty() || items.len() > Self::MAX_ARGS {
+                    return Err(FieldError::new(
+                        "runtime.command",
+                        format!("must have 1 to {} elements", Self::MAX_ARGS),
+                    ));
+                }
+                let mut argv = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let s = item.as_str().ok_or_else(|| {
+                        FieldError::new(format!("runtime.command[{i}]"), "must be a string")
+                    })?;
+                    if s.contains('\0') || s.len() > Self::MAX_ARG_BYTES {
+                        return Err(FieldError::new(
+                            format!("runtime.command[{i}]"),
+                            format!("must have no NUL byte and at most {} bytes", Self::MAX_ARG_BYTES),
+                        ));
+                    }
+                    argv.push(s.to_owned());
+                }
+                if argv[0].trim().is_empty() {
+                    return Err(FieldError::new("runtime.command[0]", "must not be empty"));
+                }
+                Ok(Runtime::Command(argv))
+            }
+            other => Err(FieldError::new(
+                format!("runtime.{other}"),
+                "unknown field; allowed: template, command",
+            )),
+        }
+    }
+}
+
+/// The workspace's own environment variables: at most 64, names of the shell
+/// form, none in the `HOLDFAST_` namespace (those are set by holdfast).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    pub const MAX_ENTRIES: usize = 64;
+    const MAX_VALUE_BYTES: usize = 32 * 1024;
+
+    pub fn parse(v: &Value) -> Result<Self, FieldError> {
+        let obj = match v {
+            Value::Null => return Ok(Env::default()),
+            Value::Object(obj) => obj,
+            other => {
+                return Err(FieldError::new("env", format!("must be an object of strings, got {other}")));
+            }
+        };
+        if obj.len() > Self::MAX_ENTRIES {
+            return Err(FieldError::new(
+                "env",
+                format!("must have at most {} entries, got {}", Self::MAX_ENTRIES, obj.len()),
+            ));
+        }
+        let mut map = BTreeMap::new();
+        for (key, value) in obj {
+            let valid_name = !key.is_empty()
+                && key.len() <= 128
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                return Err(FieldError::new(
+                    format!("env.{key}"),
+                    "names must match [A-Za-z_][A-Za-z0-9_]* (at most 128 bytes)",
+                ));
+            }
+            if key.starts_with("HOLDFAST_") {
+                return Err(FieldError::new(
+                    format!("env.{key}"),
+                    "names starting with HOLDFAST_ are reserved",
+                ));
+            }
+            let s = value.as_str().ok_or_else(|| {
+                FieldError::new(format!("env.{key}"), format!("must be a string, got {value}"))
+            })?;
+            if s.contains('\0') || s.len() > Self::MAX_VALUE_BYTES {
+                return Err(FieldError::new(
+                    format!("env.{key}"),
+                    format!("must have no NUL byte and at most {} bytes", Self::MAX_VALUE_BYTES),
+                ));
+            }
+            map.insert(key.clone(), s.to_owned());
+        }
+        Ok(Env(map))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{expect, Expect};
+    use serde_json::json;
+
+    fn check_persistence(input: Value, expect: Expect) {
+        let got = match DataPersistence::parse(&input) {
+            Ok(v) => format!("{v:?}"),
+            Err(e) => e.to_string(),
+        };
+        expect.assert_eq(&got);
+    }
+
+    #[test]
+    fn persistence_exact() {
+        check_persistence(json!("persist"), expect![["Some(Persist)"]]);
+        check_persistence(json!("ephemeral"), expect![["Some(Ephemeral)"]]);
+        check_persistence(json!(""), expect![["None"]]);
+        check_persistence(json!(null), expect![["None"]]);
+    }
+
+    #[test]
+    fn persistence_near_misses() {
+        check_persistence(
+            json!("Persist"),
+            expect![[r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got "Persist""#]],
+        );
+        check_persistence(
+            json!("ephemeral "),
+            expect![[r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got "ephemeral ""#]],
+        );
+        check_persistence(
+            json!(true),
+            expect![[r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got true"#]],
+        );
+        check_persistence(
+            json!(1),
+            expect![[r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got 1"#]],
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(WorkspaceName::parse("  ada ").unwrap().as_str(), "ada");
+        assert!(WorkspaceName::parse("   ").is_err());
+        assert!(WorkspaceName::parse("a\u{7}b").is_err());
+        assert!(WorkspaceName::parse(&"x".repeat(64)).is_ok());
+        assert!(WorkspaceName::parse(&"x".repeat(65)).is_err());
+        // Characters, not bytes.
+        assert!(WorkspaceName::parse(&"é".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn compute_nested_errors_name_the_path() {
+        let e = Compute::parse(&json!({"data_persistence": "off"})).unwrap_err();
+        assert_eq!(e.field, "compute.data_persistence");
+        let e = Compute::parse(&json!({"volume": {"size_gb": 501}})).unwrap_err();
+        assert_eq!(e.field, "compute.volume.size_gb");
+        let e = Compute::parse(&json!({"nope": 1})).unwrap_err();
+        assert_eq!(e.field, "compute.nope");
+        let c = Compute::parse(&json!({"data_persistence": ""})).unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), "{}");
+    }
+
+    #[test]
+    fn runtimes() {
+        assert_eq!(Runtime::parse(&json!({"template": "holdfast-runtime"})), Ok(Runtime::default()));
+        assert!(Runtime::parse(&json!({"template": "other"})).is_err());
+        assert!(Runtime::parse(&json!({"command": []})).is_err());
+        assert!(Runtime::parse(&json!({"command": ["sleep", 1]})).is_err());
+        assert!(Runtime::parse(&json!({"command": ["a"], "template": "holdfast-runtime"})).is_err());
+        let rt = Runtime::parse(&json!({"command": ["sleep", "1"]})).unwrap();
+        assert_eq!(serde_json::to_value(&rt).unwrap(), json!({"command": ["sleep", "1"]}));
+    }
+
+    #[test]
+    fn env_rules() {
+        assert!(Env::parse(&json!({"A": "1", "_b2": ""})).is_ok());
+        assert_eq!(Env::parse(&json!({"HOLDFAST_TOKEN": "x"})).unwrap_err().field, "env.HOLDFAST_TOKEN");
+        assert!(Env::parse(&json!({"1A": "x"})).is_err());
+        assert!(Env::parse(&json!({"A": 1})).is_err());
+        let many: serde_json::Map<String, Value> =
+            (0..65).map(|i| (format!("K{i}"), json!("v"))).collect();
+        assert!(Env::parse(&Value::Object(many)).is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! `holdfast serve`: settings, the admin token, and the server's life.
+
+use anyhow::Context;
+use clap::Args;
+use holdfast_cp::{CpPolicy, EmbeddedCp};
+use holdfast_domain::{DataPersistence, DurationArg};
+use holdfast_platform::{generate_token, App, Secret};
+use holdfast_store::Store;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "HOLDFAST_LISTEN", default_value = "127.0.0.1:7420")]
+    listen: String,
+    /// Where the database, volumes, scratch data and logs live.
+    #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./.holdfast")]
+    data_dir: PathBuf,
+    /// The admin token (default: generated on first start into
+    /// <data-dir>/admin-token).
+    #[arg(long, env = "HOLDFAST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// What a workspace without `compute.data_persistence` (auto) gets.
+    #[arg(long, env = "HOLDFAST_DEFAULT_DATA_PERSISTENCE", default_value = "persist")]
+    default_data_persistence: DataPersistence,
+    /// How long data of a workspace deleted without erase is kept.
+    #[arg(long, env = "HOLDFAST_RETENTION_GRACE", default_value = "7d")]
+    retention_grace: DurationArg,
+    /// How long data of a workspace deleted with erase can still be restored.
+    #[arg(long, env = "HOLDFAST_ERASE_GRACE", default_value = "5m")]
+    erase_grace: DurationArg,
+}
+
+/// Reads, or creates on first start, the admin token. Returns it and whether
+/// it was just generated (and so must be printed once).
+fn admin_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<(Secret, bool)> {
+    let path = data_dir.join("admin-token");
+    if let Some(token) = given.filter(|t| !t.trim().is_empty()) {
+        return Ok((Secret::new(token.trim()), false));
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok((Secret::new(s.trim()), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = generate_token("hfa");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(token.expose().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((token, true))
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let (token, generated) = admin_token(&data_dir, args.admin_token)?;
+
+    let store = Store::open_sqlite(&data_dir.join("holdfast.db")).await?;
+    let policy = CpPolicy {
+        default_persistence: args.default_data_persistence,
+        retention_grace: args.retention_grace.0,
+        erase_grace: args.erase_grace.0,
+        runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
+        stop_timeout: Duration::from_secs(10),
+    };
+    let cp = EmbeddedCp::start(store.clone(), data_dir.clone(), policy).await?;
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let app = App::new(store, cp.clone(), &token, url.clone()).await?;
+    let background = app.spawn_background(Duration::from_secs(1));
+
+    let mut out = std::io::stdout().lock();
+    if generated {
+        writeln!(out, "admin token: {} (saved to {})", token.expose(), data_dir.join("admin-token").display())?;
+    }
+    writeln!(out, "holdfast listening on {url}")?;
+    out.flush()?;
+    drop(out);
+
+    axum::serve(listener, holdfast_platform::router(Arc::clone(&app)))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    background.abort();
+    // A graceful stop stops the workspaces' processes (never their data); the
+    // next start starts them again.
+    cp.backend().stop_all().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

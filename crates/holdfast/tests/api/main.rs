@@ -1,0 +1,11 @@
+//! Black-box API tests: each test spawns a real `holdfast serve` on port 0 with
+//! a fresh data dir and talks HTTP to it through the typed helpers in
+//! `helpers.rs`.
+
+mod create;
+mod data;
+mod delete;
+mod helpers;
+mod misc;
+mod persistence;
+mod validation;

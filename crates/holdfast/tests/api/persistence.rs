@@ -1,0 +1,211 @@
+//! Data persistence (SPEC §3): persist volumes survive restart and config
+//! changes, ephemeral data dirs start empty, and auto resolves to the server's
+//! `--default-data-persistence`.
+
+use crate::helpers::{
+    RECORDING_SCRIPT, TestApp, id_of, read_lines, wait_for_pid, wait_for_pid_other_than,
+    wait_path_gone, wait_process_gone, workspace_body, workspace_body_with_persistence,
+};
+use serde_json::json;
+
+#[tokio::test]
+async fn persist_data_survives_restart() {
+    let app = TestApp::spawn().await;
+    let ws = app
+        .create_online_workspace(&workspace_body_with_persistence("keeper", "persist"))
+        .await;
+    let id = id_of(&ws);
+    assert_eq!(ws["data"]["mode"], "persist", "{ws}");
+    let volume = app.volume_dir(&id);
+    let first_pid = wait_for_pid(&volume).await;
+    assert_eq!(read_lines(&volume.join("data.txt")), ["started"]);
+
+    let restarted = app.restart_workspace(&id).await.expect_status(200);
+    assert_eq!(restarted["id"], id.as_str());
+    assert_ne!(
+        restarted["instance_id"], ws["instance_id"],
+        "a restart must run a new instance"
+    );
+    app.wait_online(&id).await;
+    let second_pid = wait_for_pid_other_than(&volume, first_pid).await;
+    wait_process_gone(first_pid).await;
+
+    assert_ne!(first_pid, second_pid);
+    assert_eq!(
+        read_lines(&volume.join("data.txt")),
+        ["started", "started"],
+        "the second start must see the file written by the first"
+    );
+    let after = app.workspace(&id).await;
+    assert_eq!(after["data"]["mode"], "persist", "{after}");
+    assert_eq!(after["data"]["state"], "active", "{after}");
+}
+
+#[tokio::test]
+async fn persist_data_survives_patch_of_env_and_runtime_then_restart() {
+    let app = TestApp::spawn().await;
+    let ws = app
+        .create_online_workspace(&workspace_body("patched"))
+        .await;
+    let id = id_of(&ws);
+    let volume = app.volume_dir(&id);
+    let first_pid = wait_for_pid(&volume).await;
+
+    // A different runtime that records the env it was started with.
+    let new_runtime = json!({
+        "command": ["sh", "-c", "echo \"patched $GREETING\" >> data.txt; echo $$ > pid; exec sleep 600"]
+    });
+    let patched = app
+        .patch_workspace(
+            &id,
+            &json!({ "env": { "GREETING": "hello" }, "runtime": new_runtime }),
+        )
+        .await
+        .expect_status(200);
+    assert_eq!(patched["env"], json!({ "GREETING": "hello" }));
+    assert_eq!(patched["runtime"], new_runtime);
+
+    // PATCH applies at the next start: the running process is untouched.
+    assert_eq!(read_lines(&volume.join("data.txt")), ["started"]);
+
+    app.restart_workspace(&id).await.expect_status(200);
+    app.wait_online(&id).await;
+    wait_for_pid_other_than(&volume, first_pid).await;
+    assert_eq!(
+        read_lines(&volume.join("data.txt")),
+        ["started", "patched hello"],
+        "the patched runtime must start on the same volume, with the new env"
+    );
+    let after = app.workspace(&id).await;
+    assert_eq!(after["env"], json!({ "GREETING": "hello" }));
+    assert_eq!(after["runtime"], new_runtime);
+}
+
+#[tokio::test]
+async fn ephemeral_data_dir_is_empty_at_every_start_and_removed_at_delete() {
+    let app = TestApp::spawn().await;
+    let ws = app
+        .create_online_workspace(&workspace_body_with_persistence("scratchy", "ephemeral"))
+        .await;
+    let id = id_of(&ws);
+    assert_eq!(ws["data"]["mode"], "ephemeral", "{ws}");
+    assert_eq!(ws["compute"], json!({ "data_persistence": "ephemeral" }));
+
+    let scratch = app.scratch_dir(&id);
+    let first_pid = wait_for_pid(&scratch).await;
+    assert_eq!(read_lines(&scratch.join("data.txt")), ["started"]);
+    assert!(
+        !app.volume_dir(&id).exists(),
+        "an ephemeral workspace must not get a durable volume"
+    );
+
+    app.restart_workspace(&id).await.expect_status(200);
+    app.wait_online(&id).await;
+    wait_for_pid_other_than(&scratch, first_pid).await;
+    assert_eq!(
+        read_lines(&scratch.join("data.txt")),
+        ["started"],
+        "an ephemeral start must begin with an empty data dir"
+    );
+
+    let deleted = app
+        .delete_workspace(&id)
+        .confirm_name("scratchy")
+        .send()
+        .await
+        .expect_status(200);
+    assert_eq!(deleted["status"], "removed");
+    assert_eq!(deleted["data"], "none", "{deleted}");
+    wait_path_gone(&scratch).await;
+}
+
+#[tokio::test]
+async fn auto_resolves_to_persist_on_a_default_server() {
+    let app = TestApp::spawn().await;
+    let ws = app.create_online_workspace(&workspace_body("auto")).await;
+    let id = id_of(&ws);
+    assert_eq!(ws["compute"], json!({}), "auto is stored as an absent field");
+    assert_eq!(ws["data"]["mode"], "persist", "{ws}");
+    wait_for_pid(&app.volume_dir(&id)).await;
+    assert!(!app.scratch_dir(&id).exists());
+}
+
+#[tokio::test]
+async fn empty_string_and_null_data_persistence_mean_auto() {
+    let app = TestApp::spawn_with_default_persistence("ephemeral").await;
+    for (name, mode) in [("empty", json!("")), ("null", json!(null))] {
+        let body = json!({
+            "name": name,
+            "runtime": crate::helpers::recording_runtime(),
+            "compute": { "data_persistence": mode },
+        });
+        let ws = app.create_online_workspace(&body).await;
+        assert_eq!(ws["compute"], json!({}), "{name}: auto is stored as absent: {ws}");
+        assert_eq!(ws["data"]["mode"], "ephemeral", "{name}: {ws}");
+    }
+}
+
+#[tokio::test]
+async fn auto_resolves_to_the_server_default_ephemeral() {
+    let app = TestApp::spawn_with_default_persistence("ephemeral").await;
+    let ws = app.create_online_workspace(&workspace_body("auto-eph")).await;
+    let id = id_of(&ws);
+    assert_eq!(ws["compute"], json!({}), "auto is stored as an absent field");
+    assert_eq!(ws["data"]["mode"], "ephemeral", "{ws}");
+    let scratch = app.scratch_dir(&id);
+    let pid = wait_for_pid(&scratch).await;
+    assert!(!app.volume_dir(&id).exists());
+
+    // The policy applies at every start: still ephemeral after a restart.
+    app.restart_workspace(&id).await.expect_status(200);
+    app.wait_online(&id).await;
+    wait_for_pid_other_than(&scratch, pid).await;
+    assert_eq!(read_lines(&scratch.join("data.txt")), ["started"]);
+    let after = app.workspace(&id).await;
+    assert_eq!(after["compute"], json!({}));
+    assert_eq!(after["data"]["mode"], "ephemeral", "{after}");
+}
+
+#[tokio::test]
+async fn explicit_persist_wins_over_an_ephemeral_server_default() {
+    let app = TestApp::spawn_with_default_persistence("ephemeral").await;
+    let ws = app
+        .create_online_workspace(&workspace_body_with_persistence("explicit", "persist"))
+        .await;
+    let id = id_of(&ws);
+    assert_eq!(ws["compute"], json!({ "data_persistence": "persist" }));
+    assert_eq!(ws["data"]["mode"], "persist", "{ws}");
+    wait_for_pid(&app.volume_dir(&id)).await;
+}
+
+#[tokio::test]
+async fn process_runs_in_its_data_dir_with_holdfast_env() {
+    let app = TestApp::spawn().await;
+    let script = format!(
+        "echo \"$HOLDFAST_WORKSPACE_ID\" > ws_id; echo \"$HOLDFAST_DATA_DIR\" > data_dir; pwd -P > cwd; {RECORDING_SCRIPT}"
+    );
+    let ws = app
+        .create_online_workspace(&json!({
+            "name": "env-check",
+            "runtime": { "command": ["sh", "-c", script] },
+        }))
+        .await;
+    let id = id_of(&ws);
+    let volume = app.volume_dir(&id);
+    wait_for_pid(&volume).await;
+
+    assert_eq!(read_lines(&volume.join("ws_id")), [id.as_str()]);
+    let canonical = std::fs::canonicalize(&volume).expect("canonical volume path");
+    assert_eq!(
+        read_lines(&volume.join("cwd")),
+        [canonical.display().to_string()],
+        "the working directory is the data dir"
+    );
+    let data_dir = read_lines(&volume.join("data_dir"));
+    assert_eq!(data_dir.len(), 1);
+    assert_eq!(
+        std::fs::canonicalize(&data_dir[0]).expect("HOLDFAST_DATA_DIR exists"),
+        canonical,
+        "HOLDFAST_DATA_DIR is the volume"
+    );
+}

@@ -1,0 +1,141 @@
+//! `DELETE /workspaces/:id`: the confirmation gates, the cascade, and the one
+//! place that may erase data.
+//!
+//! **Architecture Invariant:** [`App::finish_removal`] is the only caller of
+//! `ControlPlane::stop_and_prune`, and only for a workspace whose removal was
+//! asked with `erase_data=true`. A test reads the source tree and fails if any
+//! other call site appears.
+
+use crate::auth::Caller;
+use crate::dto::DeleteResponse;
+use crate::error::{ApiError, ApiResult};
+use crate::App;
+use axum::http::StatusCode;
+use holdfast_domain::{format_millis, now_millis, DataPersistence, VolumeState};
+use holdfast_store::WorkspaceRow;
+use serde_json::json;
+use uuid::Uuid;
+
+/// What the caller asked for, already parsed from the query and headers.
+#[derive(Debug, Clone)]
+pub struct DeleteRequest {
+    pub confirm_name: Option<String>,
+    pub confirm_children: bool,
+    pub erase_data: bool,
+}
+
+/// A failed stop during a delete: reported, and finished later.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StopFailure {
+    pub workspace_id: Uuid,
+    pub error: String,
+}
+
+impl App {
+    /// Runs the checks of SPEC §5 in order, marks the workspace and its live
+    /// descendants removed in one transaction, then stops their compute.
+    #[tracing::instrument(skip_all, fields(workspace_id = %id, erase = req.erase_data))]
+    pub async fn delete(&self, caller: &Caller, id: Uuid, req: DeleteRequest) -> ApiResult<DeleteResponse> {
+        // 2. Missing, or in another org.
+        let ws = self.load_managed(caller, id).await?;
+        // 3. Already removed.
+        if ws.is_removed() {
+            return Err(ApiError::new(StatusCode::GONE, "workspace_removed", "workspace is already removed"));
+        }
+        let descendants = self.store.live_descendants(id).await?;
+        let children: Vec<&WorkspaceRow> = descendants.iter().filter(|d| d.parent_id == Some(id)).collect();
+        // 4. The exact name, typed by the caller.
+        if req.confirm_name.as_deref() != Some(ws.name.as_str()) {
+            return Err(ApiError::bad_request(
+                "destructive_action_requires_confirmation",
+                format!(
+                    "deleting a workspace needs the header X-Confirm-Name with its exact name ({:?})",
+                    ws.name
+                ),
+            )
+            .with("workspace_name", ws.name.clone())
+            .with("child_count", children.len()));
+        }
+        // 5. Live children need confirm=true.
+        if !children.is_empty() && !req.confirm_children {
+            let list: Vec<_> = children.iter().map(|c| json!({"id": c.id, "name": c.name})).collect();
+            return Err(ApiError::conflict(
+                "confirmation_required",
+                format!(
+                    "workspace has {} live children; repeat with confirm=true to remove them all",
+                    children.len()
+                ),
+            )
+            .with("children", list)
+            .with("children_count", children.len()));
+        }
+
+        // Ordering: every row is marked removed (and its tokens revoked) in one
+        // transaction before any compute is stopped; a crash after this point
+        // leaves removed rows whose stop the next start finishes.
+        let mut ids = vec![id];
+        ids.extend(descendants.iter().map(|d| d.id));
+        let removed = self.store.mark_removed(&ids, req.erase_data, now_millis()).await?;
+        let actor = caller.actor();
+        for wid in &ids {
+            self.audit_ws(&actor, "workspace.deleted", *wid, Some(json!({"erase_data": req.erase_data})))
+                .await;
+        }
+
+        // Deepest first, so that no child outlives its parent's stop.
+        let mut failures = Vec::new();
+        for wid in ids.iter().rev() {
+            let Some(row) = self.store.get_workspace(*wid).await? else { continue };
+            if let Err(e) = self.finish_removal(&row, &actor).await {
+                failures.push(StopFailure { workspace_id: *wid, error: e.message });
+            }
+        }
+        if !failures.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "stop_failed",
+                "the workspaces are removed, but some could not be stopped yet; \
+                 the reconciler retries, and repeating the DELETE is safe",
+            )
+            .with("removed_count", removed)
+            .with("stop_failures", serde_json::to_value(&failures).unwrap_or_default()));
+        }
+
+        let volume = self.cp.volume(id).await?;
+        let (data, restore_until) = match volume {
+            Some(v) if v.state == VolumeState::ErasePending => ("erase_pending", v.erase_after),
+            Some(v) if v.state == VolumeState::Retained => ("retained", v.retain_until),
+            _ => {
+                let ephemeral = ws.resolved_mode.or(ws.compute.data_persistence) == Some(DataPersistence::Ephemeral);
+                if ephemeral || volume.is_none() {
+                    ("none", None)
+                } else if req.erase_data {
+                    ("erase_pending", None)
+                } else {
+                    ("retained", None)
+                }
+            }
+        };
+        Ok(DeleteResponse {
+            status: "removed".to_owned(),
+            cascade_deleted: removed,
+            data: data.to_owned(),
+            restore_until: restore_until.map(format_millis),
+        })
+    }
+
+    /// Stops a removed workspace's compute and settles its data: `retained`
+    /// after a delete without erase, `erase_pending` after a delete with
+    /// erase. Idempotent; the reconciler calls it again after a crash.
+    pub(crate) async fn finish_removal(&self, ws: &WorkspaceRow, actor: &str) -> ApiResult<()> {
+        let _guard = self.locks.lock(ws.id).await;
+        if ws.delete_erase == Some(true) {
+            self.cp.stop_and_prune(ws.id, ws.instance_id.as_deref(), actor).await?;
+        } else {
+            self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
+            self.cp.retain_volume(ws.id, actor, "workspace_deleted").await?;
+        }
+        self.store.mark_compute_released(ws.id).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,384 @@
+//! Wire types: request bodies (parsed into domain types before any SQL runs)
+//! and response bodies. They carry the OpenAPI schemas.
+
+use crate::error::{ApiError, ApiResult};
+use holdfast_cp::{VolumeHistoryEntry, VolumeInfo};
+use holdfast_domain::{
+    format_millis, Compute, DataPersistence, Env, FieldError, Role, Runtime, Tier, WorkspaceName,
+};
+use holdfast_store::{NewWorkspace, WorkspacePatch, WorkspaceRow};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Deserializes a present field (even `null`) as `Some`, so that "absent" and
+/// "null" can be told apart in a PATCH.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// `runtime`: exactly one of `template` or `command`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuntimeSchema {
+    /// The built-in runtime: `holdfast-runtime`.
+    #[schema(example = "holdfast-runtime")]
+    pub template: Option<String>,
+    /// An argv to run instead.
+    pub command: Option<Vec<String>>,
+}
+
+/// `compute`: all fields optional; an absent `data_persistence` is auto.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ComputeSchema {
+    /// `persist` or `ephemeral`, exactly; absent or `""` for auto.
+    #[schema(example = "persist")]
+    pub data_persistence: Option<String>,
+    pub volume: Option<VolumeSpecSchema>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeSpecSchema {
+    #[schema(minimum = 1, maximum = 500)]
+    pub size_gb: u16,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspaceRequest {
+    #[schema(value_type = String, example = "researcher")]
+    pub name: Value,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub role: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<Uuid>)]
+    pub parent_id: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<u8>, minimum = 1, maximum = 4)]
+    pub tier: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<RuntimeSchema>)]
+    pub runtime: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub env: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<ComputeSchema>)]
+    pub compute: Option<Value>,
+    /// Admin only: the org to create in (default: the default org).
+    #[serde(default)]
+    #[schema(value_type = Option<Uuid>)]
+    pub org_id: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchWorkspaceRequest {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Value>,
+    /// `null` or `""` clears the role.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub role: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u8>, minimum = 1, maximum = 4)]
+    pub tier: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RuntimeSchema>)]
+    pub runtime: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub env: Option<Value>,
+    /// Replaces the whole compute object; `{}` means auto.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<ComputeSchema>)]
+    pub compute: Option<Value>,
+}
+
+pub fn parse_uuid_field(field: &str, v: &Value) -> Result<Option<Uuid>, FieldError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => Uuid::parse_str(s)
+            .map(Some)
+            .map_err(|_| FieldError::new(field, format!("must be a UUID, got {s:?}"))),
+        other => Err(FieldError::new(field, format!("must be a UUID string, got {other}"))),
+    }
+}
+
+fn parse_role(v: &Value) -> Result<Option<Role>, FieldError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Role::parse(s).map(Some),
+        other => Err(FieldError::new("role", format!("must be a string, got {other}"))),
+    }
+}
+
+fn parse_name(v: &Value) -> Result<WorkspaceName, FieldError> {
+    match v {
+        Value::String(s) => WorkspaceName::parse(s),
+        other => Err(FieldError::new("name", format!("must be a string, got {other}"))),
+    }
+}
+
+/// A create request parsed into domain types (org and parent not yet
+/// checked against the store).
+pub struct ParsedCreate {
+    pub name: WorkspaceName,
+    pub role: Option<Role>,
+    pub parent_id: Option<Uuid>,
+    pub tier: Tier,
+    pub runtime: Runtime,
+    pub env: Env,
+    pub compute: Compute,
+    pub org_id: Option<Uuid>,
+}
+
+impl TryFrom<CreateWorkspaceRequest> for ParsedCreate {
+    type Error = ApiError;
+
+    fn try_from(r: CreateWorkspaceRequest) -> ApiResult<Self> {
+        let opt = |v: &Option<Value>| v.clone().unwrap_or(Value::Null);
+        Ok(ParsedCreate {
+            name: parse_name(&r.name)?,
+            role: parse_role(&opt(&r.role))?,
+            parent_id: parse_uuid_field("parent_id", &opt(&r.parent_id))?,
+            tier: match &r.tier {
+                None | Some(Value::Null) => Tier::DEFAULT,
+                Some(v) => Tier::parse(v)?,
+            },
+            runtime: Runtime::parse(&opt(&r.runtime))?,
+            env: Env::parse(&opt(&r.env))?,
+            compute: Compute::parse(&opt(&r.compute))?,
+            org_id: parse_uuid_field("org_id", &opt(&r.org_id))?,
+        })
+    }
+}
+
+impl ParsedCreate {
+    pub fn into_new(self, id: Uuid, org_id: Uuid) -> NewWorkspace {
+        NewWorkspace {
+            id,
+            org_id,
+            name: self.name.as_str().to_owned(),
+            role: self.role.map(|r| r.as_str().to_owned()),
+            parent_id: self.parent_id,
+            tier: self.tier,
+            runtime: self.runtime,
+            env: self.env,
+            compute: self.compute,
+        }
+    }
+}
+
+impl TryFrom<PatchWorkspaceRequest> for WorkspacePatch {
+    type Error = ApiError;
+
+    fn try_from(r: PatchWorkspaceRequest) -> ApiResult<Self> {
+        Ok(WorkspacePatch {
+            name: r.name.as_ref().map(parse_name).transpose()?.map(|n| n.as_str().to_owned()),
+            role: r
+                .role
+                .as_ref()
+                .map(parse_role)
+                .transpose()?
+                .map(|r| r.map(|r| r.as_str().to_owned())),
+            tier: r.tier.as_ref().map(Tier::parse).transpose()?,
+            runtime: r.runtime.as_ref().map(Runtime::parse).transpose()?,
+            env: r.env.as_ref().map(Env::parse).transpose()?,
+            compute: r.compute.as_ref().map(Compute::parse).transpose()?,
+        })
+    }
+}
+
+/// `data`: a read-only summary of the workspace's volume.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DataSummary {
+    /// The resolved mode: `persist` or `ephemeral` (null before the first start).
+    pub mode: Option<String>,
+    /// The volume's state, or `none` when the workspace has no durable data.
+    pub state: String,
+    pub bytes: i64,
+    pub retain_until: Option<String>,
+    pub erase_after: Option<String>,
+}
+
+impl DataSummary {
+    pub fn new(mode: Option<DataPersistence>, volume: Option<&VolumeInfo>) -> Self {
+        match volume {
+            Some(v) => DataSummary {
+                mode: mode.map(|m| m.as_str().to_owned()),
+                state: v.state.as_str().to_owned(),
+                bytes: v.bytes,
+                retain_until: v.retain_until.map(format_millis),
+                erase_after: v.erase_after.map(format_millis),
+            },
+            None => DataSummary {
+                mode: mode.map(|m| m.as_str().to_owned()),
+                state: "none".to_owned(),
+                bytes: 0,
+                retain_until: None,
+                erase_after: None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WorkspaceView {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    pub role: Option<String>,
+    pub parent_id: Option<Uuid>,
+    pub tier: u8,
+    #[schema(value_type = RuntimeSchema)]
+    pub runtime: Runtime,
+    pub env: BTreeMap<String, String>,
+    #[schema(value_type = ComputeSchema)]
+    pub compute: Compute,
+    pub status: String,
+    pub instance_id: Option<String>,
+    pub url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub removed_at: Option<String>,
+    pub data: DataSummary,
+}
+
+impl WorkspaceView {
+    pub fn new(ws: &WorkspaceRow, volume: Option<&VolumeInfo>) -> Self {
+        let mode = ws.resolved_mode.or(ws.compute.data_persistence);
+        WorkspaceView {
+            id: ws.id,
+            org_id: ws.org_id,
+            name: ws.name.clone(),
+            role: ws.role.clone(),
+            parent_id: ws.parent_id,
+            tier: ws.tier.get(),
+            runtime: ws.runtime.clone(),
+            env: ws.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            compute: ws.compute,
+            status: ws.status.as_str().to_owned(),
+            instance_id: ws.instance_id.clone(),
+            url: ws.url.clone(),
+            created_at: format_millis(ws.created_at),
+            updated_at: format_millis(ws.updated_at),
+            removed_at: ws.removed_at.map(format_millis),
+            data: DataSummary::new(mode, volume),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeleteResponse {
+    /// Always `removed`.
+    pub status: String,
+    /// Every workspace removed, the named one included.
+    pub cascade_deleted: u64,
+    /// `retained`, `erase_pending`, or `none` (an ephemeral workspace).
+    pub data: String,
+    /// Until when a restore brings the data back.
+    pub restore_until: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HistoryView {
+    pub at: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+impl From<VolumeHistoryEntry> for HistoryView {
+    fn from(h: VolumeHistoryEntry) -> Self {
+        HistoryView { at: format_millis(h.at), from: h.from, to: h.to, actor: h.actor, reason: h.reason }
+    }
+}
+
+/// A volume record, as `GET /volumes` and `GET /workspaces/:id/data` show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VolumeView {
+    pub id: Option<Uuid>,
+    pub workspace_id: Uuid,
+    /// `active`, `retained`, `erase_pending`, `erasing`, `erased`, or `none`.
+    pub state: String,
+    pub mode: Option<String>,
+    pub bytes: i64,
+    pub size_gb: Option<i64>,
+    pub retain_until: Option<String>,
+    pub erase_after: Option<String>,
+    pub erased_at: Option<String>,
+    pub bytes_erased: Option<i64>,
+    pub erased_by: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<HistoryView>>,
+}
+
+impl VolumeView {
+    pub fn new(v: &VolumeInfo) -> Self {
+        VolumeView {
+            id: Some(v.id),
+            workspace_id: v.workspace_id,
+            state: v.state.as_str().to_owned(),
+            mode: None,
+            bytes: v.bytes,
+            size_gb: v.size_gb,
+            retain_until: v.retain_until.map(format_millis),
+            erase_after: v.erase_after.map(format_millis),
+            erased_at: v.erased_at.map(format_millis),
+            bytes_erased: v.bytes_erased,
+            erased_by: v.erased_by.clone(),
+            reason: v.reason.clone(),
+            created_at: Some(format_millis(v.created_at)),
+            updated_at: Some(format_millis(v.updated_at)),
+            history: None,
+        }
+    }
+
+    pub fn none(workspace_id: Uuid, mode: Option<DataPersistence>) -> Self {
+        VolumeView {
+            id: None,
+            workspace_id,
+            state: "none".to_owned(),
+            mode: mode.map(|m| m.as_str().to_owned()),
+            bytes: 0,
+            size_gb: None,
+            retain_until: None,
+            erase_after: None,
+            erased_at: None,
+            bytes_erased: None,
+            erased_by: None,
+            reason: None,
+            created_at: None,
+            updated_at: None,
+            history: Some(Vec::new()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A human sentence.
+    pub error: String,
+    /// A stable snake_case code.
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChildRef {
+    pub id: Uuid,
+    pub name: String,
+}

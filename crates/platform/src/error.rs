@@ -1,0 +1,94 @@
+//! The one mapping from error kinds to HTTP statuses and `{"error","code"}`
+//! bodies.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use holdfast_domain::FieldError;
+use serde_json::{json, Map, Value};
+
+/// An error answered to a client. Its message is a human sentence; its code is
+/// stable snake_case that scripts branch on.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra fields merged into the JSON body (e.g. `children_count`).
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), extra: Map::new() }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid token is required: send Authorization: Bearer <token>",
+        )
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// An internal failure. The detail is logged here, where it is handled,
+    /// and the client gets a sentence without internals.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::bad_request("invalid_field", e.to_string()).with("field", e.field)
+    }
+}
+
+impl From<holdfast_store::StoreError> for ApiError {
+    fn from(e: holdfast_store::StoreError) -> Self {
+        match e {
+            holdfast_store::StoreError::NotFound => ApiError::not_found("resource"),
+            holdfast_store::StoreError::Conflict(m) => ApiError::conflict("conflict", m),
+            holdfast_store::StoreError::Other(e) => ApiError::internal(format!("{e:#}")),
+        }
+    }
+}
+
+impl From<holdfast_cp::CpError> for ApiError {
+    fn from(e: holdfast_cp::CpError) -> Self {
+        match e {
+            holdfast_cp::CpError::BadRequest(m) => ApiError::bad_request("invalid_field", m),
+            holdfast_cp::CpError::Conflict(m) => ApiError::conflict("conflict", m),
+            holdfast_cp::CpError::Other(e) => ApiError::internal(format!("control plane: {e:#}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("error".into(), json!(self.message));
+        body.insert("code".into(), json!(self.code));
+        body.extend(self.extra);
+        (self.status, axum::Json(Value::Object(body))).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,101 @@
+//! The platform: the REST API (routes, auth, OpenAPI) and the lifecycle
+//! service behind it, over a store and a control plane.
+//!
+//! Handlers parse input into domain types, then call methods of [`App`]
+//! (`lifecycle`, `delete`), which write the store before they act on the
+//! control plane.
+
+pub mod auth;
+mod body;
+mod delete;
+pub mod dto;
+pub mod error;
+mod lifecycle;
+mod openapi;
+mod routes;
+
+pub use auth::{generate_token, hash_token, Secret};
+pub use openapi::ApiDoc;
+
+use axum::http::{StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use holdfast_cp::ControlPlane;
+use holdfast_store::Store;
+use lifecycle::WorkspaceLocks;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The platform's shared state.
+pub struct App {
+    pub store: Store,
+    pub cp: Arc<dyn ControlPlane>,
+    admin_token_hash: [u8; 32],
+    default_org: Uuid,
+    /// The URL workspaces reach the platform at (`HOLDFAST_PLATFORM_URL`).
+    public_url: String,
+    locks: WorkspaceLocks,
+}
+
+impl App {
+    pub async fn new(
+        store: Store,
+        cp: Arc<dyn ControlPlane>,
+        admin_token: &Secret,
+        public_url: String,
+    ) -> anyhow::Result<Arc<App>> {
+        let default_org = store.default_org(holdfast_domain::now_millis()).await?.id;
+        Ok(Arc::new(App {
+            store,
+            cp,
+            admin_token_hash: hash_token(admin_token.expose()),
+            default_org,
+            public_url,
+            locks: WorkspaceLocks::default(),
+        }))
+    }
+
+    /// Runs the background loop: recover at start, then observe processes.
+    pub fn spawn_background(self: &Arc<Self>, observe_every: Duration) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.recover().await {
+                tracing::error!(error = %e, "recovery at start failed");
+            }
+            let mut tick = tokio::time::interval(observe_every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.observe().await {
+                    tracing::warn!(error = %e, "observing workspaces failed");
+                }
+            }
+        })
+    }
+}
+
+async fn fallback(uri: Uri) -> error::ApiError {
+    error::ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {}", uri.path()))
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+}
+
+/// The API router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/workspaces", get(routes::list_workspaces).post(routes::create_workspace))
+        .route(
+            "/workspaces/{id}",
+            get(routes::get_workspace).patch(routes::patch_workspace).delete(routes::delete_workspace),
+        )
+        .route("/workspaces/{id}/restart", post(routes::restart_workspace))
+        .route("/workspaces/{id}/data", get(routes::get_workspace_data))
+        .route("/volumes", get(routes::list_volumes))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(fallback)
+        .with_state(app)
+}

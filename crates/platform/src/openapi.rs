@@ -1,0 +1,49 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the
+//! wire types.
+
+use crate::dto;
+use crate::routes;
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "holdfast", description = "Control plane for long-lived AI-agent workspaces and their saved data."),
+    paths(
+        routes::health,
+        routes::create_workspace,
+        routes::list_workspaces,
+        routes::get_workspace,
+        routes::patch_workspace,
+        routes::delete_workspace,
+        routes::restart_workspace,
+        routes::get_workspace_data,
+        routes::list_volumes,
+        openapi_json,
+    ),
+    components(schemas(
+        dto::WorkspaceView, dto::DataSummary, dto::CreateWorkspaceRequest, dto::PatchWorkspaceRequest,
+        dto::DeleteResponse, dto::VolumeView, dto::HistoryView, dto::ErrorBody, dto::Health,
+        dto::RuntimeSchema, dto::ComputeSchema, dto::VolumeSpecSchema, dto::ChildRef,
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "this document")))]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,304 @@
+//! HTTP handlers. Each parses its input into domain types, calls the
+//! lifecycle service, and renders the result.
+
+use crate::auth::Caller;
+use crate::body::JsonBody;
+use crate::delete::DeleteRequest;
+use crate::dto::{
+    CreateWorkspaceRequest, DeleteResponse, ErrorBody, Health, ParsedCreate, PatchWorkspaceRequest,
+    VolumeView, WorkspaceView,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::App;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use holdfast_domain::VolumeState;
+use holdfast_store::{WorkspacePatch, WorkspaceRow};
+use serde::Deserialize;
+use std::sync::Arc;
+use uuid::Uuid;
+
+type AppState = State<Arc<App>>;
+
+/// Parses a path id; a non-UUID is 400 before anything else is looked at.
+fn parse_id(raw: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::bad_request("invalid_id", format!("{raw:?} is not a workspace id (a UUID)")))
+}
+
+/// Query strings are parsed by hand so that a bad value is a 400 that names
+/// the parameter, and an unknown parameter is refused rather than ignored.
+fn parse_query(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !allowed.contains(&k) {
+            return Err(ApiError::bad_request(
+                "unknown_field",
+                format!("unknown query parameter {k:?}; allowed: {}", allowed.join(", ")),
+            ));
+        }
+        out.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(out)
+}
+
+fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
+    match v {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{name}: must be true or false, got {other:?}"),
+        )),
+    }
+}
+
+impl App {
+    pub(crate) async fn view(&self, ws: &WorkspaceRow) -> ApiResult<WorkspaceView> {
+        let volume = self.cp.volume(ws.id).await?;
+        Ok(WorkspaceView::new(ws, volume.as_ref()))
+    }
+}
+
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok".to_owned() })
+}
+
+#[utoipa::path(
+    post, path = "/workspaces",
+    request_body = CreateWorkspaceRequest,
+    responses(
+        (status = 201, body = WorkspaceView, description = "created and provisioned"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_workspace(
+    State(app): AppState,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateWorkspaceRequest>,
+) -> ApiResult<(StatusCode, Json<WorkspaceView>)> {
+    let parsed = ParsedCreate::try_from(body)?;
+    let ws = app.create(&caller, parsed).await?;
+    Ok((StatusCode::CREATED, Json(app.view(&ws).await?)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; parsed by `parse_query`.
+pub struct ListParams {
+    /// Admin only: one org.
+    org_id: Option<Uuid>,
+    /// Include removed workspaces.
+    include_removed: Option<bool>,
+}
+
+#[utoipa::path(
+    get, path = "/workspaces", params(ListParams),
+    responses((status = 200, body = Vec<WorkspaceView>), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list_workspaces(
+    State(app): AppState,
+    caller: Caller,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<Vec<WorkspaceView>>> {
+    let mut org = None;
+    let mut include_removed = false;
+    for (k, v) in parse_query(uri.query(), &["org_id", "include_removed"])? {
+        match k.as_str() {
+            "org_id" => {
+                org = Some(Uuid::parse_str(&v).map_err(|_| {
+                    ApiError::bad_request("invalid_field", format!("org_id: must be a UUID, got {v:?}"))
+                })?)
+            }
+            _ => include_removed = parse_bool("include_removed", &v)?,
+        }
+    }
+    let org = match caller {
+        Caller::Admin => org,
+        Caller::Org(own) => {
+            if org.is_some_and(|o| o != own) {
+                return Ok(Json(Vec::new()));
+            }
+            Some(own)
+        }
+        Caller::Workspace { .. } => return Err(ApiError::not_found("route")),
+    };
+    let rows = app.store.list_workspaces(org, include_removed).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for ws in &rows {
+        out.push(app.view(ws).await?);
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(
+    get, path = "/workspaces/{id}",
+    params(("id" = Uuid, Path, description = "workspace id")),
+    responses((status = 200, body = WorkspaceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_workspace(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<WorkspaceView>> {
+    let id = parse_id(&raw)?;
+    let ws = match app.store.get_workspace(id).await? {
+        Some(ws) if caller.can_read(ws.id, ws.org_id) => ws,
+        _ => return Err(ApiError::not_found("workspace")),
+    };
+    Ok(Json(app.view(&ws).await?))
+}
+
+#[utoipa::path(
+    patch, path = "/workspaces/{id}",
+    params(("id" = Uuid, Path, description = "workspace id")),
+    request_body = PatchWorkspaceRequest,
+    responses((status = 200, body = WorkspaceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn patch_workspace(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody<PatchWorkspaceRequest>,
+) -> ApiResult<Json<WorkspaceView>> {
+    let id = parse_id(&raw)?;
+    let patch = WorkspacePatch::try_from(body)?;
+    let ws = app.patch(&caller, id, patch).await?;
+    Ok(Json(app.view(&ws).await?))
+}
+
+#[utoipa::path(
+    post, path = "/workspaces/{id}/restart",
+    params(("id" = Uuid, Path, description = "workspace id")),
+    responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn restart_workspace(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<WorkspaceView>> {
+    let id = parse_id(&raw)?;
+    let ws = app.restart(&caller, id).await?;
+    Ok(Json(app.view(&ws).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; parsed by `parse_query`.
+pub struct DeleteParams {
+    /// Also remove live descendants.
+    confirm: Option<bool>,
+    /// Erase the data after the erase grace (otherwise it is retained).
+    erase_data: Option<bool>,
+}
+
+#[utoipa::path(
+    delete, path = "/workspaces/{id}",
+    params(
+        ("id" = Uuid, Path, description = "workspace id"),
+        ("X-Confirm-Name" = String, Header, description = "the workspace's exact name"),
+        DeleteParams,
+    ),
+    responses(
+        (status = 200, body = DeleteResponse),
+        (status = 400, body = ErrorBody, description = "not a UUID, or destructive_action_requires_confirmation"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "confirmation_required"),
+        (status = 410, body = ErrorBody), (status = 500, body = ErrorBody, description = "stop_failed"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_workspace(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<DeleteResponse>> {
+    // 1. Not a UUID.
+    let id = parse_id(&raw)?;
+    let mut req = DeleteRequest {
+        confirm_name: headers
+            .get("x-confirm-name")
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .map(str::to_owned),
+        confirm_children: false,
+        erase_data: false,
+    };
+    for (k, v) in parse_query(uri.query(), &["confirm", "erase_data"])? {
+        match k.as_str() {
+            "confirm" => req.confirm_children = parse_bool("confirm", &v)?,
+            _ => req.erase_data = parse_bool("erase_data", &v)?,
+        }
+    }
+    Ok(Json(app.delete(&caller, id, req).await?))
+}
+
+#[utoipa::path(
+    get, path = "/workspaces/{id}/data",
+    params(("id" = Uuid, Path, description = "workspace id")),
+    responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_workspace_data(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<VolumeView>> {
+    let id = parse_id(&raw)?;
+    let ws = app.load_managed(&caller, id).await?;
+    let mode = ws.resolved_mode.or(ws.compute.data_persistence);
+    let view = match app.cp.volume(id).await? {
+        Some(v) => {
+            let history = app.cp.volume_history(v.id).await?;
+            let mut view = VolumeView::new(&v);
+            view.mode = mode.map(|m| m.as_str().to_owned());
+            view.history = Some(history.into_iter().map(Into::into).collect());
+            view
+        }
+        None => VolumeView::none(id, mode),
+    };
+    Ok(Json(view))
+}
+
+#[utoipa::path(
+    get, path = "/volumes",
+    params(("state" = Option<String>, Query, description = "active, retained, erase_pending, erasing or erased")),
+    responses((status = 200, body = Vec<VolumeView>), (status = 400, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list_volumes(
+    State(app): AppState,
+    caller: Caller,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<Vec<VolumeView>>> {
+    let mut state = None;
+    for (_, v) in parse_query(uri.query(), &["state"])? {
+        state = Some(
+            v.parse::<VolumeState>()
+                .map_err(|e| ApiError::bad_request("invalid_field", format!("state: {e}")))?,
+        );
+    }
+    let volumes = app.cp.list_volumes(state).await?;
+    let mut out = Vec::new();
+    for v in &volumes {
+        let visible = match caller {
+            Caller::Admin => true,
+            _ => match app.store.get_workspace(v.workspace_id).await? {
+                Some(ws) => caller.manages_org(ws.org_id),
+                None => false,
+            },
+        };
+        if visible {
+            out.push(VolumeView::new(v));
+        }
+    }
+    Ok(Json(out))
+}

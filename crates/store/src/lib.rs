@@ -1,0 +1,128 @@
+//! The durable state of holdfast: intent (workspaces, desired states), the
+//! audit log, tokens, and the control plane's volume and instance records.
+//!
+//! One [`Store`] type over an `sqlx::AnyPool`; its queries are written in the
+//! SQL that SQLite and PostgreSQL share (`$1` parameters, integer
+//! millisecond timestamps, JSON as text), so a PostgreSQL URL selects a second
+//! backend without a second implementation. Only migrations are per dialect.
+//!
+//! **Architecture Invariant:** callers write here before any side effect; no
+//! transaction is held across a call to the control plane or the filesystem.
+
+mod audit;
+mod orgs;
+mod tokens;
+mod volumes;
+mod workspaces;
+
+pub use audit::{AuditEvent, NewAuditEvent};
+pub use orgs::Org;
+pub use tokens::{TokenKind, TokenRow};
+pub use volumes::{InstanceRow, VolumeHistoryRow, VolumeRow, VolumeTransition};
+pub use workspaces::{NewWorkspace, WorkspacePatch, WorkspaceRow};
+
+use anyhow::Context;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::path::Path;
+use std::str::FromStr;
+
+/// An error the caller can branch on; everything else is `Other`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A compare-and-set lost: the row was not in the expected state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Other(anyhow::Error::new(e))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    #[allow(dead_code)] // Read once PostgreSQL arrives with its own dialect quirks.
+    dialect: Dialect,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dialect", &self.dialect).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and runs the
+    /// migrations.
+    pub async fn open_sqlite(path: &Path) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        // One connection: SQLite has one writer anyway, and a single connection
+        // rules out SQLITE_BUSY on read-to-write upgrades. No transaction is
+        // ever held across a side effect, so nothing waits long on it.
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL with synchronous=NORMAL is durable across a crash of
+                    // the process (kill -9); a power cut may lose the last
+                    // commits but never corrupts the file.
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                         PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .with_context(|| format!("opening SQLite database {}", path.display()))?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .context("running SQLite migrations")?;
+        Ok(Store { pool, dialect: Dialect::Sqlite })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+pub(crate) fn parse_uuid(row: &AnyRow, col: &str) -> StoreResult<uuid::Uuid> {
+    let s: String = row.try_get(col)?;
+    uuid::Uuid::parse_str(&s).with_context(|| format!("column {col}: bad uuid {s:?}")).map_err(Into::into)
+}
+
+pub(crate) fn parse_opt_uuid(row: &AnyRow, col: &str) -> StoreResult<Option<uuid::Uuid>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| uuid::Uuid::parse_str(&s).with_context(|| format!("column {col}: bad uuid {s:?}")))
+        .transpose()
+        .map_err(Into::into)
+}
+
+pub(crate) fn parse_text<T: FromStr<Err = String>>(row: &AnyRow, col: &str) -> StoreResult<T> {
+    let s: String = row.try_get(col)?;
+    T::from_str(&s).map_err(|e| StoreError::Other(anyhow::anyhow!("column {col}: {e}")))
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> StoreResult<T> {
+    let s: String = row.try_get(col)?;
+    serde_json::from_str(&s).with_context(|| format!("column {col}: bad JSON")).map_err(Into::into)
+}

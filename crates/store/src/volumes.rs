@@ -1,0 +1,296 @@
+//! Control-plane records: data volumes (with their state machine history) and
+//! running instances.
+
+use crate::{parse_text, parse_uuid, Store, StoreError, StoreResult};
+use holdfast_domain::{Millis, VolumeState};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeRow {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub state: VolumeState,
+    pub bytes: i64,
+    pub size_gb: Option<i64>,
+    pub retain_until: Option<Millis>,
+    pub erase_after: Option<Millis>,
+    pub erased_at: Option<Millis>,
+    pub bytes_erased: Option<i64>,
+    pub erased_by: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl VolumeRow {
+    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+        Ok(VolumeRow {
+            id: parse_uuid(row, "id")?,
+            workspace_id: parse_uuid(row, "workspace_id")?,
+            state: parse_text(row, "state")?,
+            bytes: row.try_get("bytes")?,
+            size_gb: row.try_get("size_gb")?,
+            retain_until: row.try_get("retain_until")?,
+            erase_after: row.try_get("erase_after")?,
+            erased_at: row.try_get("erased_at")?,
+            bytes_erased: row.try_get("bytes_erased")?,
+            erased_by: row.try_get("erased_by")?,
+            reason: row.try_get("reason")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeHistoryRow {
+    pub at: Millis,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+/// A compare-and-set on a volume's state: it applies only if the volume is in
+/// one of `from`. `retain_until` and `erase_after` are written as given (so a
+/// transition back to `active` clears them).
+#[derive(Debug, Clone)]
+pub struct VolumeTransition<'a> {
+    pub volume_id: Uuid,
+    pub from: &'a [VolumeState],
+    pub to: VolumeState,
+    pub retain_until: Option<Millis>,
+    pub erase_after: Option<Millis>,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub workspace_id: Uuid,
+    pub instance_id: String,
+    pub pid: i64,
+    pub mode: String,
+    pub started_at: Millis,
+}
+
+const VOLUME_COLUMNS: &str = "id, workspace_id, state, bytes, size_gb, retain_until, erase_after, \
+    erased_at, bytes_erased, erased_by, reason, created_at, updated_at";
+
+impl Store {
+    /// The workspace's volume that still holds data (any state but `erased`),
+    /// if there is one. There is at most one: a workspace has one volume
+    /// directory.
+    #[tracing::instrument(skip_all, name = "store.current_volume", fields(workspace_id = %workspace_id))]
+    pub async fn current_volume(&self, workspace_id: Uuid) -> StoreResult<Option<VolumeRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE workspace_id = $1 AND state <> 'erased' \
+             ORDER BY created_at DESC LIMIT 1"
+        ))
+        .bind(workspace_id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(VolumeRow::from_row).transpose()
+    }
+
+    /// The workspace's newest volume record, erased or not.
+    pub async fn latest_volume(&self, workspace_id: Uuid) -> StoreResult<Option<VolumeRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE workspace_id = $1 \
+             ORDER BY created_at DESC, updated_at DESC LIMIT 1"
+        ))
+        .bind(workspace_id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(VolumeRow::from_row).transpose()
+    }
+
+    pub async fn get_volume(&self, id: Uuid) -> StoreResult<Option<VolumeRow>> {
+        let row = sqlx::query(&format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(VolumeRow::from_row).transpose()
+    }
+
+    /// Records a new `active` volume for a workspace.
+    #[tracing::instrument(skip_all, name = "store.insert_volume", fields(workspace_id = %workspace_id))]
+    pub async fn insert_volume(
+        &self,
+        workspace_id: Uuid,
+        size_gb: Option<i64>,
+        actor: &str,
+        now: Millis,
+    ) -> StoreResult<VolumeRow> {
+        let id = Uuid::new_v4();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO volumes (id, workspace_id, state, bytes, size_gb, created_at, updated_at) \
+             VALUES ($1, $2, 'active', 0, $3, $4, $4)",
+        )
+        .bind(id.to_string())
+        .bind(workspace_id.to_string())
+        .bind(size_gb)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
+             VALUES ($1, $2, NULL, 'active', $3, 'created')",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(actor.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.get_volume(id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Applies a [`VolumeTransition`] as a compare-and-set, recording it in the
+    /// volume's history in the same transaction. Returns the updated record,
+    /// or `Conflict` when the volume was not in an expected state.
+    #[tracing::instrument(skip_all, name = "store.transition_volume", fields(volume_id = %t.volume_id, to = %t.to))]
+    pub async fn transition_volume(&self, t: VolumeTransition<'_>, now: Millis) -> StoreResult<VolumeRow> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"))
+            .bind(t.volume_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let vol = row.as_ref().map(VolumeRow::from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        if !t.from.contains(&vol.state) {
+            return Err(StoreError::Conflict(format!(
+                "volume {} is {}, not one of {:?}",
+                vol.id, vol.state, t.from
+            )));
+        }
+        // The state is also checked in the UPDATE itself, so that the CAS holds
+        // even on a database where the SELECT above is not a lock.
+        let done = sqlx::query(
+            "UPDATE volumes SET state = $2, retain_until = $3, erase_after = $4, reason = $5, \
+             updated_at = $6 WHERE id = $1 AND state = $7",
+        )
+        .bind(t.volume_id.to_string())
+        .bind(t.to.as_str())
+        .bind(t.retain_until)
+        .bind(t.erase_after)
+        .bind(t.reason.map(str::to_owned))
+        .bind(now)
+        .bind(vol.state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!("volume {} changed concurrently", vol.id)));
+        }
+        sqlx::query(
+            "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(t.volume_id.to_string())
+        .bind(now)
+        .bind(vol.state.as_str())
+        .bind(t.to.as_str())
+        .bind(t.actor.to_owned())
+        .bind(t.reason.map(str::to_owned))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.get_volume(t.volume_id).await?.ok_or(StoreError::NotFound)
+    }
+
+    pub async fn set_volume_bytes(&self, id: Uuid, bytes: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE volumes SET bytes = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(bytes)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Volume records, newest first, optionally in one state.
+    pub async fn list_volumes(&self, state: Option<VolumeState>) -> StoreResult<Vec<VolumeRow>> {
+        let rows = match state {
+            Some(s) => {
+                sqlx::query(&format!(
+                    "SELECT {VOLUME_COLUMNS} FROM volumes WHERE state = $1 ORDER BY created_at DESC"
+                ))
+                .bind(s.as_str())
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY created_at DESC"))
+                    .fetch_all(self.pool())
+                    .await?
+            }
+        };
+        rows.iter().map(VolumeRow::from_row).collect()
+    }
+
+    pub async fn volume_history(&self, volume_id: Uuid) -> StoreResult<Vec<VolumeHistoryRow>> {
+        let rows = sqlx::query(
+            "SELECT at, from_state, to_state, actor, reason FROM volume_history \
+             WHERE volume_id = $1 ORDER BY seq",
+        )
+        .bind(volume_id.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VolumeHistoryRow {
+                    at: r.try_get("at")?,
+                    from_state: r.try_get("from_state")?,
+                    to_state: r.try_get("to_state")?,
+                    actor: r.try_get("actor")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records the process running a workspace, so that a restarted server can
+    /// find what the previous one left running.
+    pub async fn upsert_instance(&self, inst: &InstanceRow) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO instances (workspace_id, instance_id, pid, mode, started_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (workspace_id) DO UPDATE SET instance_id = $2, pid = $3, mode = $4, started_at = $5",
+        )
+        .bind(inst.workspace_id.to_string())
+        .bind(inst.instance_id.clone())
+        .bind(inst.pid)
+        .bind(inst.mode.clone())
+        .bind(inst.started_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_instance(&self, workspace_id: Uuid, instance_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM instances WHERE workspace_id = $1 AND instance_id = $2")
+            .bind(workspace_id.to_string())
+            .bind(instance_id.to_owned())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_instances(&self) -> StoreResult<Vec<InstanceRow>> {
+        let rows = sqlx::query("SELECT workspace_id, instance_id, pid, mode, started_at FROM instances")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InstanceRow {
+                    workspace_id: parse_uuid(r, "workspace_id")?,
+                    instance_id: r.try_get("instance_id")?,
+                    pid: r.try_get("pid")?,
+                    mode: r.try_get("mode")?,
+                    started_at: r.try_get("started_at")?,
+                })
+            })
+            .collect()
+    }
+}

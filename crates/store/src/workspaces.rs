@@ -1,0 +1,367 @@
+//! Workspace rows: configuration, intent (`desired`, `generation`) and the last
+//! observed status.
+
+use crate::{parse_json, parse_opt_uuid, parse_text, parse_uuid, Store, StoreError, StoreResult};
+use holdfast_domain::{
+    Compute, DataPersistence, DesiredState, Env, Millis, Runtime, Status, Tier,
+};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkspaceRow {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    pub role: Option<String>,
+    pub parent_id: Option<Uuid>,
+    pub tier: Tier,
+    pub runtime: Runtime,
+    pub env: Env,
+    pub compute: Compute,
+    /// The mode auto resolved to at the last provision (None before that).
+    pub resolved_mode: Option<DataPersistence>,
+    pub desired: DesiredState,
+    pub generation: i64,
+    pub status: Status,
+    pub instance_id: Option<String>,
+    pub url: Option<String>,
+    /// Set when removed: whether the delete asked to erase the data.
+    pub delete_erase: Option<bool>,
+    /// False while a removed workspace's compute has not been stopped yet.
+    pub compute_released: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub removed_at: Option<Millis>,
+}
+
+impl WorkspaceRow {
+    pub fn is_removed(&self) -> bool {
+        self.removed_at.is_some()
+    }
+
+    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+        let delete_erase: Option<i64> = row.try_get("delete_erase")?;
+        let compute_released: i64 = row.try_get("compute_released")?;
+        let resolved: Option<String> = row.try_get("resolved_mode")?;
+        Ok(WorkspaceRow {
+            id: parse_uuid(row, "id")?,
+            org_id: parse_uuid(row, "org_id")?,
+            name: row.try_get("name")?,
+            role: row.try_get("role")?,
+            parent_id: parse_opt_uuid(row, "parent_id")?,
+            tier: Tier::from_stored(row.try_get("tier")?),
+            runtime: parse_json(row, "runtime")?,
+            env: parse_json(row, "env")?,
+            compute: parse_json(row, "compute")?,
+            resolved_mode: resolved.and_then(|s| s.parse().ok()),
+            desired: parse_text(row, "desired")?,
+            generation: row.try_get("generation")?,
+            status: parse_text(row, "status")?,
+            instance_id: row.try_get("instance_id")?,
+            url: row.try_get("url")?,
+            delete_erase: delete_erase.map(|v| v != 0),
+            compute_released: compute_released != 0,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            removed_at: row.try_get("removed_at")?,
+        })
+    }
+}
+
+/// A workspace to insert, already validated.
+#[derive(Debug, Clone)]
+pub struct NewWorkspace {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    pub role: Option<String>,
+    pub parent_id: Option<Uuid>,
+    pub tier: Tier,
+    pub runtime: Runtime,
+    pub env: Env,
+    pub compute: Compute,
+}
+
+/// A validated change of configuration; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspacePatch {
+    pub name: Option<String>,
+    /// `Some(None)` clears the role.
+    pub role: Option<Option<String>>,
+    pub tier: Option<Tier>,
+    pub runtime: Option<Runtime>,
+    pub env: Option<Env>,
+    pub compute: Option<Compute>,
+}
+
+impl WorkspacePatch {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.role.is_none()
+            && self.tier.is_none()
+            && self.runtime.is_none()
+            && self.env.is_none()
+            && self.compute.is_none()
+    }
+}
+
+const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
+    resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
+    compute_released, created_at, updated_at, removed_at";
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("domain types serialize")
+}
+
+impl Store {
+    #[tracing::instrument(skip_all, name = "store.insert_workspace", fields(workspace_id = %ws.id))]
+    pub async fn insert_workspace(&self, ws: &NewWorkspace, now: Millis) -> StoreResult<WorkspaceRow> {
+        sqlx::query(
+            "INSERT INTO workspaces (id, org_id, name, role, parent_id, tier, runtime, env, compute, \
+             desired, generation, status, compute_released, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, 1, $12, $12)",
+        )
+        .bind(ws.id.to_string())
+        .bind(ws.org_id.to_string())
+        .bind(&ws.name)
+        .bind(ws.role.clone())
+        .bind(ws.parent_id.map(|p| p.to_string()))
+        .bind(i64::from(ws.tier.get()))
+        .bind(json(&ws.runtime))
+        .bind(json(&ws.env))
+        .bind(json(&ws.compute))
+        .bind(DesiredState::Running.as_str())
+        .bind(Status::Provisioning.as_str())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        self.get_workspace(ws.id).await?.ok_or(StoreError::NotFound)
+    }
+
+    #[tracing::instrument(skip_all, name = "store.get_workspace", fields(workspace_id = %id))]
+    pub async fn get_workspace(&self, id: Uuid) -> StoreResult<Option<WorkspaceRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(WorkspaceRow::from_row).transpose()
+    }
+
+    /// Workspaces, oldest first; `org` narrows to one org.
+    #[tracing::instrument(skip_all, name = "store.list_workspaces")]
+    pub async fn list_workspaces(
+        &self,
+        org: Option<Uuid>,
+        include_removed: bool,
+    ) -> StoreResult<Vec<WorkspaceRow>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM workspaces WHERE 1 = 1");
+        if org.is_some() {
+            sql.push_str(" AND org_id = $1");
+        }
+        if !include_removed {
+            sql.push_str(" AND removed_at IS NULL");
+        }
+        sql.push_str(" ORDER BY created_at, id");
+        let mut q = sqlx::query(&sql);
+        if let Some(org) = org {
+            q = q.bind(org.to_string());
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        rows.iter().map(WorkspaceRow::from_row).collect()
+    }
+
+    /// Every workspace that is not removed, for the reconciler.
+    pub async fn live_workspaces(&self) -> StoreResult<Vec<WorkspaceRow>> {
+        self.list_workspaces(None, false).await
+    }
+
+    /// Live (not removed) descendants of `id`, nearest first.
+    #[tracing::instrument(skip_all, name = "store.live_descendants", fields(workspace_id = %id))]
+    pub async fn live_descendants(&self, id: Uuid) -> StoreResult<Vec<WorkspaceRow>> {
+        let cols = COLUMNS.split(", ").map(|c| format!("w.{c}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "WITH RECURSIVE tree(id, depth) AS ( \
+                 SELECT id, 1 FROM workspaces WHERE parent_id = $1 AND removed_at IS NULL \
+                 UNION \
+                 SELECT w.id, tree.depth + 1 FROM workspaces w JOIN tree ON w.parent_id = tree.id \
+                 WHERE w.removed_at IS NULL AND tree.depth < 1000 \
+             ) \
+             SELECT {cols} FROM workspaces w JOIN tree ON w.id = tree.id \
+             ORDER BY tree.depth, w.created_at"
+        );
+        let rows = sqlx::query(&sql).bind(id.to_string()).fetch_all(self.pool()).await?;
+        rows.iter().map(WorkspaceRow::from_row).collect()
+    }
+
+    /// Whether making `new_parent` the parent of `id` would close a cycle.
+    pub async fn is_ancestor_or_self(&self, id: Uuid, candidate: Uuid) -> StoreResult<bool> {
+        if id == candidate {
+            return Ok(true);
+        }
+        let mut cursor = Some(candidate);
+        let mut hops = 0;
+        while let Some(cur) = cursor {
+            if cur == id {
+                return Ok(true);
+            }
+            hops += 1;
+            if hops > 10_000 {
+                return Ok(true);
+            }
+            cursor = self.get_workspace(cur).await?.and_then(|w| w.parent_id);
+        }
+        Ok(false)
+    }
+
+    /// Applies a configuration change. Returns the updated row.
+    #[tracing::instrument(skip_all, name = "store.patch_workspace", fields(workspace_id = %id))]
+    pub async fn patch_workspace(
+        &self,
+        id: Uuid,
+        patch: &WorkspacePatch,
+        now: Millis,
+    ) -> StoreResult<WorkspaceRow> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let mut ws = row.as_ref().map(WorkspaceRow::from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        if ws.is_removed() {
+            return Err(StoreError::Conflict("workspace is removed".into()));
+        }
+        if let Some(name) = &patch.name {
+            ws.name = name.clone();
+        }
+        if let Some(role) = &patch.role {
+            ws.role = role.clone();
+        }
+        if let Some(tier) = patch.tier {
+            ws.tier = tier;
+        }
+        if let Some(runtime) = &patch.runtime {
+            ws.runtime = runtime.clone();
+        }
+        if let Some(env) = &patch.env {
+            ws.env = env.clone();
+        }
+        if let Some(compute) = patch.compute {
+            ws.compute = compute;
+        }
+        sqlx::query(
+            "UPDATE workspaces SET name = $2, role = $3, tier = $4, runtime = $5, env = $6, \
+             compute = $7, updated_at = $8 WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(&ws.name)
+        .bind(ws.role.clone())
+        .bind(i64::from(ws.tier.get()))
+        .bind(json(&ws.runtime))
+        .bind(json(&ws.env))
+        .bind(json(&ws.compute))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        ws.updated_at = now;
+        Ok(ws)
+    }
+
+    /// Records the observed status (and the instance and URL that go with it).
+    #[tracing::instrument(skip_all, name = "store.set_observed", fields(workspace_id = %id, status = %status))]
+    pub async fn set_observed(
+        &self,
+        id: Uuid,
+        status: Status,
+        instance_id: Option<&str>,
+        resolved_mode: Option<DataPersistence>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE workspaces SET status = $2, instance_id = $3, \
+             resolved_mode = COALESCE($4, resolved_mode), updated_at = $5 \
+             WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(status.as_str())
+        .bind(instance_id.map(str::to_owned))
+        .bind(resolved_mode.map(|m| m.as_str().to_owned()))
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Records a new desired state, bumping the generation so that the
+    /// reconciler sees a restart even when the state itself is unchanged.
+    #[tracing::instrument(skip_all, name = "store.set_desired", fields(workspace_id = %id, desired = %desired))]
+    pub async fn set_desired(&self, id: Uuid, desired: DesiredState, now: Millis) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "UPDATE workspaces SET desired = $2, generation = generation + 1, updated_at = $3 \
+             WHERE id = $1 AND removed_at IS NULL RETURNING generation",
+        )
+        .bind(id.to_string())
+        .bind(desired.as_str())
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok(row.try_get("generation")?)
+    }
+
+    /// Marks `ids` removed in one transaction, with the erase choice, and
+    /// revokes their tokens. Rows already removed are left as they are.
+    ///
+    /// Ordering: this runs before any compute is stopped, so that a crash
+    /// between the two leaves workspaces that are removed in intent and are
+    /// stopped by the reconciler, never running workspaces that were asked to
+    /// go away.
+    #[tracing::instrument(skip_all, name = "store.mark_removed", fields(count = ids.len()))]
+    pub async fn mark_removed(&self, ids: &[Uuid], erase: bool, now: Millis) -> StoreResult<u64> {
+        let mut tx = self.pool().begin().await?;
+        let mut n = 0;
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE workspaces SET removed_at = $2, status = $3, desired = $4, \
+                 delete_erase = $5, compute_released = 0, updated_at = $2 \
+                 WHERE id = $1 AND removed_at IS NULL",
+            )
+            .bind(id.to_string())
+            .bind(now)
+            .bind(Status::Removed.as_str())
+            .bind(DesiredState::Removed.as_str())
+            .bind(i64::from(erase))
+            .execute(&mut *tx)
+            .await?;
+            n += done.rows_affected();
+            sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL")
+                .bind(id.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Records that a removed workspace's compute has been stopped.
+    pub async fn mark_compute_released(&self, id: Uuid) -> StoreResult<()> {
+        sqlx::query("UPDATE workspaces SET compute_released = 1, instance_id = NULL WHERE id = $1")
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Removed workspaces whose compute stop has not completed yet.
+    pub async fn unreleased_removed(&self) -> StoreResult<Vec<WorkspaceRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM workspaces WHERE removed_at IS NOT NULL AND compute_released = 0"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(WorkspaceRow::from_row).collect()
+    }
+}
