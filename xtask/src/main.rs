@@ -1,1 +1,41 @@
-fn main() {}
+//! `cargo xtask`: holdfast's developer tasks (today: `bench`), in plain Rust.
+//!
+//! The alias in `.cargo/config.toml` runs this binary in release mode, so the
+//! measuring side of a benchmark is never the slow part of it.
+
+mod bench;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+Usage: cargo xtask <task> [options]
+
+Tasks:
+  bench [--n N]   Build holdfast in release, start it, and print a table of
+                  create -> online latency beside a bare spawn+mkdir baseline
+                  measured in the same run (N workspaces, default 200).
+  help            Print this help.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((task, rest)) => (task.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match task {
+        "bench" => bench::Options::parse(rest).and_then(bench::run),
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(anyhow::anyhow!("unknown task {other:?}\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -12,7 +12,10 @@ use serde_json::Value;
 async fn running_workspace(app: &TestApp, body: &Value) -> (Value, u32) {
     let ws = app.create_online_workspace(body).await;
     let pid = wait_for_pid(&app.volume_dir(&id_of(&ws))).await;
-    assert!(process_is_running(pid), "workspace process {pid} should be running");
+    assert!(
+        process_is_running(pid),
+        "workspace process {pid} should be running"
+    );
     (ws, pid)
 }
 
@@ -111,7 +114,10 @@ async fn delete_without_the_exact_name_is_400_and_removes_nothing() {
     let after = app.workspace(&id).await;
     assert_eq!(after["status"], "online", "{after}");
     assert_eq!(after["instance_id"], ws["instance_id"]);
-    assert!(process_is_running(pid), "a refused delete must not stop the process");
+    assert!(
+        process_is_running(pid),
+        "a refused delete must not stop the process"
+    );
 }
 
 #[tokio::test]
@@ -205,7 +211,10 @@ async fn delete_without_erase_keeps_the_files_and_stops_the_process() {
     assert_eq!(after["data"]["state"], "retained", "{after}");
     assert!(after["data"]["retain_until"].is_string(), "{after}");
 
-    assert!(app.list_workspaces().await.is_empty(), "removed workspaces are hidden by default");
+    assert!(
+        app.list_workspaces().await.is_empty(),
+        "removed workspaces are hidden by default"
+    );
     let all = app.list_workspaces_including_removed().await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["id"], id.as_str());
@@ -246,7 +255,10 @@ async fn cascade_delete_counts_every_workspace_removed() {
         let ws = app.workspace(id).await;
         assert_eq!(ws["status"], "removed", "{ws}");
         assert_eq!(ws["data"]["state"], "retained", "{ws}");
-        assert_eq!(read_lines(&app.volume_dir(id).join("data.txt")), ["started"]);
+        assert_eq!(
+            read_lines(&app.volume_dir(id).join("data.txt")),
+            ["started"]
+        );
     }
 
     let live = app.list_workspaces().await;
@@ -281,7 +293,10 @@ async fn delete_of_a_middle_workspace_removes_only_its_subtree() {
         .await
         .expect_status(200);
     assert_eq!(deleted["cascade_deleted"], 2, "{deleted}");
-    assert_eq!(app.workspace(&id_of(&grandchild)).await["status"], "removed");
+    assert_eq!(
+        app.workspace(&id_of(&grandchild)).await["status"],
+        "removed"
+    );
     assert_eq!(app.workspace(&root_id).await["status"], "online");
     assert!(process_is_running(root_pid));
 
@@ -324,7 +339,10 @@ async fn delete_with_erase_data_marks_the_whole_cascade_erase_pending() {
         assert_eq!(ws["data"]["state"], "erase_pending", "{ws}");
         assert!(ws["data"]["erase_after"].is_string(), "{ws}");
         // The files stay for the erase grace (default 5 minutes).
-        assert_eq!(read_lines(&app.volume_dir(id).join("data.txt")), ["started"]);
+        assert_eq!(
+            read_lines(&app.volume_dir(id).join("data.txt")),
+            ["started"]
+        );
     }
     let record = app.workspace_data(&parent_id).await.expect_status(200);
     assert_eq!(record["state"], "erase_pending", "{record}");

@@ -92,7 +92,10 @@ impl ApiResponse {
         let body = self.expect_status(status);
         assert_eq!(body["code"], json!(code), "wrong error code in {text}");
         let error = body["error"].as_str().unwrap_or_default();
-        assert!(!error.trim().is_empty(), "error answer without an `error` sentence: {text}");
+        assert!(
+            !error.trim().is_empty(),
+            "error answer without an `error` sentence: {text}"
+        );
         body
     }
 
@@ -101,7 +104,10 @@ impl ApiResponse {
     pub fn expect_error_mentioning(self, status: u16, code: &str, word: &str) -> Value {
         let body = self.expect_error(status, code);
         let error = body["error"].as_str().unwrap_or_default();
-        assert!(error.contains(word), "expected the error to mention {word:?}, got {body}");
+        assert!(
+            error.contains(word),
+            "expected the error to mention {word:?}, got {body}"
+        );
         body
     }
 }
@@ -186,7 +192,13 @@ impl TestApp {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("build the HTTP client");
-        TestApp { base_url, client, server, log, data_dir }
+        TestApp {
+            base_url,
+            client,
+            server,
+            log,
+            data_dir,
+        }
     }
 
     /// The server's `--data-dir`.
@@ -369,7 +381,11 @@ impl Drop for TestApp {
 /// Copies a pipe into the shared log, line by line, forwarding each line to
 /// `lines` while someone listens. Runs until the pipe closes, so the server
 /// never blocks on a full pipe.
-fn drain(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>, lines: Option<mpsc::Sender<String>>) {
+fn drain(
+    pipe: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    lines: Option<mpsc::Sender<String>>,
+) {
     std::thread::spawn(move || {
         let reader = BufReader::new(pipe);
         for line in reader.lines() {
@@ -462,7 +478,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {POLL_TIMEOUT:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {POLL_TIMEOUT:?} waiting for {what}"
+        );
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
@@ -522,9 +541,10 @@ pub async fn wait_process_gone(pid: u32) {
 
 /// Waits until `path` no longer exists.
 pub async fn wait_path_gone(path: &Path) {
-    eventually(&format!("{} to be removed", path.display()), || async move {
-        (!path.exists()).then_some(())
-    })
+    eventually(
+        &format!("{} to be removed", path.display()),
+        || async move { (!path.exists()).then_some(()) },
+    )
     .await
 }
 

@@ -124,7 +124,11 @@ async fn auto_resolves_to_persist_on_a_default_server() {
     let app = TestApp::spawn().await;
     let ws = app.create_online_workspace(&workspace_body("auto")).await;
     let id = id_of(&ws);
-    assert_eq!(ws["compute"], json!({}), "auto is stored as an absent field");
+    assert_eq!(
+        ws["compute"],
+        json!({}),
+        "auto is stored as an absent field"
+    );
     assert_eq!(ws["data"]["mode"], "persist", "{ws}");
     wait_for_pid(&app.volume_dir(&id)).await;
     assert!(!app.scratch_dir(&id).exists());
@@ -140,7 +144,11 @@ async fn empty_string_and_null_data_persistence_mean_auto() {
             "compute": { "data_persistence": mode },
         });
         let ws = app.create_online_workspace(&body).await;
-        assert_eq!(ws["compute"], json!({}), "{name}: auto is stored as absent: {ws}");
+        assert_eq!(
+            ws["compute"],
+            json!({}),
+            "{name}: auto is stored as absent: {ws}"
+        );
         assert_eq!(ws["data"]["mode"], "ephemeral", "{name}: {ws}");
     }
 }
@@ -148,9 +156,15 @@ async fn empty_string_and_null_data_persistence_mean_auto() {
 #[tokio::test]
 async fn auto_resolves_to_the_server_default_ephemeral() {
     let app = TestApp::spawn_with_default_persistence("ephemeral").await;
-    let ws = app.create_online_workspace(&workspace_body("auto-eph")).await;
+    let ws = app
+        .create_online_workspace(&workspace_body("auto-eph"))
+        .await;
     let id = id_of(&ws);
-    assert_eq!(ws["compute"], json!({}), "auto is stored as an absent field");
+    assert_eq!(
+        ws["compute"],
+        json!({}),
+        "auto is stored as an absent field"
+    );
     assert_eq!(ws["data"]["mode"], "ephemeral", "{ws}");
     let scratch = app.scratch_dir(&id);
     let pid = wait_for_pid(&scratch).await;

@@ -2,8 +2,7 @@
 //! naming the problem, and change nothing.
 
 use crate::helpers::{
-    TestApp, dir_entries, id_of, recording_runtime, workspace_body,
-    workspace_body_with_persistence,
+    TestApp, dir_entries, id_of, recording_runtime, workspace_body, workspace_body_with_persistence,
 };
 use serde_json::{Value, json};
 
@@ -25,7 +24,10 @@ fn bad_persistence_values() -> Vec<Value> {
 /// Asserts that the server holds no workspace and no volume directory.
 async fn assert_nothing_created(app: &TestApp) {
     assert_eq!(app.list_workspaces().await, Vec::<Value>::new());
-    assert_eq!(app.list_workspaces_including_removed().await, Vec::<Value>::new());
+    assert_eq!(
+        app.list_workspaces_including_removed().await,
+        Vec::<Value>::new()
+    );
     assert_eq!(dir_entries(&app.volumes_root()), Vec::<String>::new());
 }
 
@@ -38,10 +40,11 @@ async fn bad_data_persistence_on_create_is_400_and_creates_nothing() {
             "runtime": recording_runtime(),
             "compute": { "data_persistence": value },
         });
-        let err = app
-            .create_workspace(&body)
-            .await
-            .expect_error_mentioning(400, "invalid_field", "data_persistence");
+        let err = app.create_workspace(&body).await.expect_error_mentioning(
+            400,
+            "invalid_field",
+            "data_persistence",
+        );
         let error = err["error"].as_str().unwrap();
         assert!(
             error.contains("persist") && error.contains("ephemeral"),
@@ -74,8 +77,14 @@ async fn bad_data_persistence_on_patch_is_400_and_changes_nothing() {
     assert_eq!(after["compute"], json!({ "data_persistence": "persist" }));
     assert_eq!(after["name"], "stable");
     assert_eq!(after["data"]["mode"], "persist");
-    assert_eq!(after["updated_at"], ws["updated_at"], "a rejected PATCH changes nothing");
-    assert_eq!(after["instance_id"], ws["instance_id"], "a rejected PATCH restarts nothing");
+    assert_eq!(
+        after["updated_at"], ws["updated_at"],
+        "a rejected PATCH changes nothing"
+    );
+    assert_eq!(
+        after["instance_id"], ws["instance_id"],
+        "a rejected PATCH restarts nothing"
+    );
 }
 
 #[tokio::test]
@@ -130,9 +139,20 @@ async fn unknown_top_level_field_is_400_naming_it() {
 #[tokio::test]
 async fn malformed_json_is_400() {
     let app = TestApp::spawn().await;
-    for raw in [r#"{"name": "x","#, "not json", r#"{"name": "x"} trailing"#, ""] {
+    for raw in [
+        r#"{"name": "x","#,
+        "not json",
+        r#"{"name": "x"} trailing"#,
+        "",
+    ] {
         let response = app.create_workspace_raw(raw).await;
-        assert_eq!(response.status.as_u16(), 400, "body {raw:?} got {}: {}", response.status, response.text);
+        assert_eq!(
+            response.status.as_u16(),
+            400,
+            "body {raw:?} got {}: {}",
+            response.status,
+            response.text
+        );
         assert_eq!(
             response.body["code"], "malformed_json",
             "body {raw:?} got {}",
@@ -153,8 +173,18 @@ async fn wrong_json_types_are_400() {
         json!(["not", "an", "object"]),
     ] {
         let response = app.create_workspace(&body).await;
-        assert_eq!(response.status.as_u16(), 400, "{body} got {}: {}", response.status, response.text);
-        assert!(response.body["code"].is_string(), "{body} got {}", response.text);
+        assert_eq!(
+            response.status.as_u16(),
+            400,
+            "{body} got {}: {}",
+            response.status,
+            response.text
+        );
+        assert!(
+            response.body["code"].is_string(),
+            "{body} got {}",
+            response.text
+        );
     }
     assert_nothing_created(&app).await;
 }
@@ -191,10 +221,14 @@ async fn tier_out_of_range_is_400() {
     assert_nothing_created(&app).await;
 
     let ws = app
-        .create_online_workspace(&json!({ "name": "tiered", "tier": 4, "runtime": recording_runtime() }))
+        .create_online_workspace(
+            &json!({ "name": "tiered", "tier": 4, "runtime": recording_runtime() }),
+        )
         .await;
     assert_eq!(ws["tier"], 4);
-    let default = app.create_online_workspace(&workspace_body("default-tier")).await;
+    let default = app
+        .create_online_workspace(&workspace_body("default-tier"))
+        .await;
     assert_eq!(default["tier"], 2, "tier defaults to 2");
     app.patch_workspace(&id_of(&ws), &json!({ "tier": 0 }))
         .await
@@ -207,14 +241,22 @@ async fn body_over_one_mib_is_413() {
     let app = TestApp::spawn().await;
     let body = json!({ "name": "big", "role": "r".repeat(1024 * 1024 + 1024) });
     let response = app.create_workspace_raw(body.to_string()).await;
-    assert_eq!(response.status.as_u16(), 413, "got {}: {}", response.status, response.text);
+    assert_eq!(
+        response.status.as_u16(),
+        413,
+        "got {}: {}",
+        response.status,
+        response.text
+    );
     assert_nothing_created(&app).await;
 }
 
 #[tokio::test]
 async fn requests_without_the_admin_token_are_401() {
     let app = TestApp::spawn().await;
-    let ws = app.create_online_workspace(&workspace_body("guarded")).await;
+    let ws = app
+        .create_online_workspace(&workspace_body("guarded"))
+        .await;
     let id = id_of(&ws);
     let paths = [
         ("GET", "/workspaces".to_owned()),
