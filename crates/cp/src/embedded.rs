@@ -1,13 +1,13 @@
 //! The in-process control plane: the process backend plus volume records in
 //! the store.
 
-use crate::process::{kill_leftover, Layout, ProcessBackend, ProcessState, Spawn};
+use crate::process::{Layout, ProcessBackend, ProcessState, Spawn, kill_leftover};
 use crate::{
-    Actor, ControlPlane, CpError, CpResult, InstanceState, Provisioned, ProvisionRequest,
+    Actor, ControlPlane, CpError, CpResult, InstanceState, ProvisionRequest, Provisioned,
     VolumeHistoryEntry, VolumeInfo,
 };
 use async_trait::async_trait;
-use holdfast_domain::{now_millis, DataPersistence, Runtime, VolumeState};
+use holdfast_domain::{DataPersistence, Runtime, VolumeState, now_millis};
 use holdfast_store::{InstanceRow, NewAuditEvent, Store, VolumeRow, VolumeTransition};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,9 +42,17 @@ fn millis(d: Duration) -> i64 {
 impl EmbeddedCp {
     /// Builds the control plane over `data_dir` and stops whatever a previous
     /// run of the server left running (it is restarted by the platform).
-    pub async fn start(store: Store, data_dir: PathBuf, policy: CpPolicy) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        store: Store,
+        data_dir: PathBuf,
+        policy: CpPolicy,
+    ) -> anyhow::Result<Arc<Self>> {
         let backend = ProcessBackend::new(Layout::new(data_dir), policy.stop_timeout);
-        let cp = Arc::new(EmbeddedCp { store, backend, policy });
+        let cp = Arc::new(EmbeddedCp {
+            store,
+            backend,
+            policy,
+        });
         cp.reap_leftovers().await?;
         Ok(cp)
     }
@@ -62,7 +70,9 @@ impl EmbeddedCp {
             if kill_leftover(inst.pid, &inst.instance_id) {
                 tracing::info!(workspace_id = %inst.workspace_id, pid = inst.pid, "stopped a process left by a previous run");
             }
-            self.store.delete_instance(inst.workspace_id, &inst.instance_id).await?;
+            self.store
+                .delete_instance(inst.workspace_id, &inst.instance_id)
+                .await?;
         }
         Ok(())
     }
@@ -70,13 +80,22 @@ impl EmbeddedCp {
     fn argv(&self, runtime: &Runtime) -> Vec<String> {
         match runtime {
             Runtime::Template(_) => {
-                vec![self.policy.runtime_exe.to_string_lossy().into_owned(), "runtime".to_owned()]
+                vec![
+                    self.policy.runtime_exe.to_string_lossy().into_owned(),
+                    "runtime".to_owned(),
+                ]
             }
             Runtime::Command(argv) => argv.clone(),
         }
     }
 
-    async fn audit(&self, actor: &str, action: &'static str, vol: &VolumeRow, reason: Option<&str>) {
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &'static str,
+        vol: &VolumeRow,
+        reason: Option<&str>,
+    ) {
         let ev = NewAuditEvent {
             actor: actor.to_owned(),
             action,
@@ -99,7 +118,12 @@ impl EmbeddedCp {
         match self.store.current_volume(req.workspace_id).await? {
             None => {
                 self.store
-                    .insert_volume(req.workspace_id, req.volume_size_gb.map(i64::from), "control-plane", now)
+                    .insert_volume(
+                        req.workspace_id,
+                        req.volume_size_gb.map(i64::from),
+                        "control-plane",
+                        now,
+                    )
                     .await?;
             }
             Some(v) if v.state == VolumeState::Active => {}
@@ -121,7 +145,8 @@ impl EmbeddedCp {
                         now,
                     )
                     .await?;
-                self.audit("control-plane", "volume.reattached", &v, Some("reattached")).await;
+                self.audit("control-plane", "volume.reattached", &v, Some("reattached"))
+                    .await;
             }
             Some(v) => {
                 return Err(CpError::Conflict(format!(
@@ -136,35 +161,48 @@ impl EmbeddedCp {
     /// An ephemeral start: a durable volume still attached is detached into
     /// `retained`, never erased.
     async fn detach_volume(&self, req: &ProvisionRequest) -> CpResult<()> {
-        if let Some(v) = self.store.current_volume(req.workspace_id).await? {
-            if v.state == VolumeState::Active {
-                let now = now_millis();
-                let v = self
-                    .store
-                    .transition_volume(
-                        VolumeTransition {
-                            volume_id: v.id,
-                            from: &[VolumeState::Active],
-                            to: VolumeState::Retained,
-                            retain_until: Some(now + millis(self.policy.retention_grace)),
-                            erase_after: None,
-                            actor: "control-plane",
-                            reason: Some("switched_to_ephemeral"),
-                        },
-                        now,
-                    )
-                    .await?;
-                self.audit("control-plane", "volume.retained", &v, Some("switched_to_ephemeral")).await;
-            }
+        if let Some(v) = self.store.current_volume(req.workspace_id).await?
+            && v.state == VolumeState::Active
+        {
+            let now = now_millis();
+            let v = self
+                .store
+                .transition_volume(
+                    VolumeTransition {
+                        volume_id: v.id,
+                        from: &[VolumeState::Active],
+                        to: VolumeState::Retained,
+                        retain_until: Some(now + millis(self.policy.retention_grace)),
+                        erase_after: None,
+                        actor: "control-plane",
+                        reason: Some("switched_to_ephemeral"),
+                    },
+                    now,
+                )
+                .await?;
+            self.audit(
+                "control-plane",
+                "volume.retained",
+                &v,
+                Some("switched_to_ephemeral"),
+            )
+            .await;
         }
         Ok(())
     }
 
     async fn refresh_bytes(&self, workspace_id: Uuid) {
-        let Ok(Some(v)) = self.store.current_volume(workspace_id).await else { return };
+        let Ok(Some(v)) = self.store.current_volume(workspace_id).await else {
+            return;
+        };
         let dir = self.backend.layout().volume_dir(workspace_id);
-        if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || crate::fsutil::dir_size(&dir)).await {
-            let _ = self.store.set_volume_bytes(v.id, i64::try_from(bytes).unwrap_or(i64::MAX)).await;
+        if let Ok(Ok(bytes)) =
+            tokio::task::spawn_blocking(move || crate::fsutil::dir_size(&dir)).await
+        {
+            let _ = self
+                .store
+                .set_volume_bytes(v.id, i64::try_from(bytes).unwrap_or(i64::MAX))
+                .await;
         }
     }
 }
@@ -173,7 +211,9 @@ impl EmbeddedCp {
 impl ControlPlane for EmbeddedCp {
     #[tracing::instrument(skip_all, fields(workspace_id = %req.workspace_id))]
     async fn provision(&self, req: ProvisionRequest) -> CpResult<Provisioned> {
-        let mode = req.data_persistence.unwrap_or(self.policy.default_persistence);
+        let mode = req
+            .data_persistence
+            .unwrap_or(self.policy.default_persistence);
         // One process per workspace: whatever still runs is stopped (never
         // pruned) before the new one starts.
         if self.backend.current_instance(req.workspace_id).is_some() {
@@ -208,14 +248,22 @@ impl ControlPlane for EmbeddedCp {
                 started_at: now_millis(),
             })
             .await?;
-        Ok(Provisioned { instance_id, state: InstanceState::Running, data_mode: mode })
+        Ok(Provisioned {
+            instance_id,
+            state: InstanceState::Running,
+            data_mode: mode,
+        })
     }
 
     #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]
     async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> CpResult<()> {
-        let Some(instance_id) = instance_id else { return Ok(()) };
+        let Some(instance_id) = instance_id else {
+            return Ok(());
+        };
         self.backend.stop(workspace_id, Some(instance_id)).await?;
-        self.store.delete_instance(workspace_id, instance_id).await?;
+        self.store
+            .delete_instance(workspace_id, instance_id)
+            .await?;
         self.refresh_bytes(workspace_id).await;
         Ok(())
     }
@@ -248,7 +296,13 @@ impl ControlPlane for EmbeddedCp {
                         now,
                     )
                     .await?;
-                self.audit(actor, "volume.erase_requested", &v, Some("delete_with_erase")).await;
+                self.audit(
+                    actor,
+                    "volume.erase_requested",
+                    &v,
+                    Some("delete_with_erase"),
+                )
+                .await;
                 marked = Some(v);
             } else {
                 marked = Some(v);
@@ -256,7 +310,9 @@ impl ControlPlane for EmbeddedCp {
         }
         if let Some(instance_id) = instance_id {
             self.backend.stop(workspace_id, Some(instance_id)).await?;
-            self.store.delete_instance(workspace_id, instance_id).await?;
+            self.store
+                .delete_instance(workspace_id, instance_id)
+                .await?;
         }
         self.refresh_bytes(workspace_id).await;
         Ok(marked.map(Into::into))
@@ -277,7 +333,9 @@ impl ControlPlane for EmbeddedCp {
         actor: Actor<'_>,
         reason: &str,
     ) -> CpResult<Option<VolumeInfo>> {
-        let Some(v) = self.store.current_volume(workspace_id).await? else { return Ok(None) };
+        let Some(v) = self.store.current_volume(workspace_id).await? else {
+            return Ok(None);
+        };
         let now = now_millis();
         let until = now + millis(self.policy.retention_grace);
         match v.state {
@@ -308,7 +366,11 @@ impl ControlPlane for EmbeddedCp {
     }
 
     async fn volume(&self, workspace_id: Uuid) -> CpResult<Option<VolumeInfo>> {
-        Ok(self.store.latest_volume(workspace_id).await?.map(Into::into))
+        Ok(self
+            .store
+            .latest_volume(workspace_id)
+            .await?
+            .map(Into::into))
     }
 
     async fn volume_history(&self, volume_id: Uuid) -> CpResult<Vec<VolumeHistoryEntry>> {
@@ -328,6 +390,12 @@ impl ControlPlane for EmbeddedCp {
     }
 
     async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>> {
-        Ok(self.store.list_volumes(state).await?.into_iter().map(Into::into).collect())
+        Ok(self
+            .store
+            .list_volumes(state)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
     }
 }

@@ -66,10 +66,19 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), vol.join("link")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), vol.join("flink")).unwrap();
         let fifo = vol.join("fifo");
-        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
         assert_eq!(dir_size(&vol).unwrap(), 10);
         remove_tree(&vol).unwrap();
         assert!(!vol.exists());
-        assert!(outside.path().join("secret").exists(), "a link's target is never touched");
+        assert!(
+            outside.path().join("secret").exists(),
+            "a link's target is never touched"
+        );
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::fsutil;
 use holdfast_domain::DataPersistence;
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -101,7 +101,11 @@ pub struct ProcessBackend {
 
 impl ProcessBackend {
     pub fn new(layout: Layout, stop_timeout: Duration) -> Arc<Self> {
-        Arc::new(ProcessBackend { layout, stop_timeout, children: Mutex::new(HashMap::new()) })
+        Arc::new(ProcessBackend {
+            layout,
+            stop_timeout,
+            children: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -163,7 +167,12 @@ impl ProcessBackend {
         });
         self.children.lock().expect("children lock").insert(
             spec.workspace_id,
-            Child { instance_id: spec.instance_id, pid, mode: spec.mode, exit: rx },
+            Child {
+                instance_id: spec.instance_id,
+                pid,
+                mode: spec.mode,
+                exit: rx,
+            },
         );
         Ok(pid)
     }
@@ -199,7 +208,9 @@ impl ProcessBackend {
                 _ => None,
             }
         };
-        let Some(mut child) = child else { return Ok(()) };
+        let Some(mut child) = child else {
+            return Ok(());
+        };
         if child.exit.borrow().is_none() {
             terminate_group(child.pid, &mut child.exit, self.stop_timeout).await;
         }
@@ -212,7 +223,13 @@ impl ProcessBackend {
 
     /// Stops every child (a graceful server shutdown). Data is kept.
     pub async fn stop_all(&self) {
-        let ids: Vec<Uuid> = self.children.lock().expect("children lock").keys().copied().collect();
+        let ids: Vec<Uuid> = self
+            .children
+            .lock()
+            .expect("children lock")
+            .keys()
+            .copied()
+            .collect();
         for id in ids {
             if let Err(e) = self.stop(id, None).await {
                 tracing::warn!(workspace_id = %id, error = %e, "stopping at shutdown failed");
@@ -221,10 +238,16 @@ impl ProcessBackend {
     }
 }
 
-async fn terminate_group(pid: i32, exit: &mut watch::Receiver<Option<Option<i32>>>, timeout: Duration) {
+async fn terminate_group(
+    pid: i32,
+    exit: &mut watch::Receiver<Option<Option<i32>>>,
+    timeout: Duration,
+) {
     let pgid = Pid::from_raw(pid);
     let _ = killpg(pgid, Signal::SIGTERM);
-    let timed_out = tokio::time::timeout(timeout, exit.wait_for(Option::is_some)).await.is_err();
+    let timed_out = tokio::time::timeout(timeout, exit.wait_for(Option::is_some))
+        .await
+        .is_err();
     if timed_out {
         tracing::warn!(pid, "process ignored SIGTERM; sending SIGKILL");
     }
@@ -238,8 +261,12 @@ async fn terminate_group(pid: i32, exit: &mut watch::Receiver<Option<Option<i32>
 /// server, if (and only if) it is still ours: its environment carries our
 /// instance id, so a recycled pid is never signalled.
 pub fn kill_leftover(pid: i64, instance_id: &str) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
     let needle = format!("{INSTANCE_ENV}={instance_id}");
     let ours = environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes());
     if ours {

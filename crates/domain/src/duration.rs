@@ -11,7 +11,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("empty duration".to_owned());
     }
     if text.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("duration {text:?} needs a unit, for example {text}s"));
+        return Err(format!(
+            "duration {text:?} needs a unit, for example {text}s"
+        ));
     }
     humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
 }

@@ -6,11 +6,10 @@ mod duration;
 mod status;
 mod workspace;
 
-pub use duration::{parse_duration, DurationArg};
+pub use duration::{DurationArg, parse_duration};
 pub use status::{DesiredState, Status, VolumeState};
 pub use workspace::{
-    Compute, DataPersistence, Env, Role, Runtime, Tier, VolumeSpec, WorkspaceName,
-    BUILTIN_TEMPLATE,
+    BUILTIN_TEMPLATE, Compute, DataPersistence, Env, Role, Runtime, Tier, VolumeSpec, WorkspaceName,
 };
 
 use std::fmt;
@@ -27,7 +26,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// The same error, with its field nested under `parent` (`compute` +

@@ -79,7 +79,10 @@ text_enum! {
 impl VolumeState {
     /// Whether the files of a volume in this state may still be brought back.
     pub fn is_recoverable(self) -> bool {
-        matches!(self, VolumeState::Active | VolumeState::Retained | VolumeState::ErasePending)
+        matches!(
+            self,
+            VolumeState::Active | VolumeState::Retained | VolumeState::ErasePending
+        )
     }
 }
 

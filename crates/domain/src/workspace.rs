@@ -28,7 +28,10 @@ impl WorkspaceName {
 
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         if has_control(raw) {
-            return Err(FieldError::new("name", "must not contain control characters"));
+            return Err(FieldError::new(
+                "name",
+                "must not contain control characters",
+            ));
         }
         let trimmed = raw.trim();
         let n = trimmed.chars().count();
@@ -65,7 +68,10 @@ impl Role {
 
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         if has_control(raw) {
-            return Err(FieldError::new("role", "must not contain control characters"));
+            return Err(FieldError::new(
+                "role",
+                "must not contain control characters",
+            ));
         }
         let n = raw.chars().count();
         if n > Self::MAX_CHARS {
@@ -135,7 +141,10 @@ impl DataPersistence {
             "" => Ok(None),
             "persist" => Ok(Some(DataPersistence::Persist)),
             "ephemeral" => Ok(Some(DataPersistence::Ephemeral)),
-            other => Err(FieldError::new(Self::FIELD, format!("{}; got {other:?}", Self::ALLOWED))),
+            other => Err(FieldError::new(
+                Self::FIELD,
+                format!("{}; got {other:?}", Self::ALLOWED),
+            )),
         }
     }
 
@@ -145,7 +154,10 @@ impl DataPersistence {
         match v {
             Value::Null => Ok(None),
             Value::String(s) => Self::parse_str(s),
-            other => Err(FieldError::new(Self::FIELD, format!("{}; got {other}", Self::ALLOWED))),
+            other => Err(FieldError::new(
+                Self::FIELD,
+                format!("{}; got {other}", Self::ALLOWED),
+            )),
         }
     }
 }
@@ -192,7 +204,10 @@ impl Compute {
             Value::Null => return Ok(Compute::default()),
             Value::Object(obj) => obj,
             other => {
-                return Err(FieldError::new("compute", format!("must be an object, got {other}")));
+                return Err(FieldError::new(
+                    "compute",
+                    format!("must be an object, got {other}"),
+                ));
             }
         };
         let mut compute = Compute::default();
@@ -220,7 +235,10 @@ fn parse_volume(v: &Value) -> Result<Option<VolumeSpec>, FieldError> {
         Value::Null => return Ok(None),
         Value::Object(obj) => obj,
         other => {
-            return Err(FieldError::new("compute.volume", format!("must be an object, got {other}")));
+            return Err(FieldError::new(
+                "compute.volume",
+                format!("must be an object, got {other}"),
+            ));
         }
     };
     let mut size = None;
@@ -312,7 +330,10 @@ impl Runtime {
                     if s.contains('\0') || s.len() > Self::MAX_ARG_BYTES {
                         return Err(FieldError::new(
                             format!("runtime.command[{i}]"),
-                            format!("must have no NUL byte and at most {} bytes", Self::MAX_ARG_BYTES),
+                            format!(
+                                "must have no NUL byte and at most {} bytes",
+                                Self::MAX_ARG_BYTES
+                            ),
                         ));
                     }
                     argv.push(s.to_owned());
@@ -345,13 +366,20 @@ impl Env {
             Value::Null => return Ok(Env::default()),
             Value::Object(obj) => obj,
             other => {
-                return Err(FieldError::new("env", format!("must be an object of strings, got {other}")));
+                return Err(FieldError::new(
+                    "env",
+                    format!("must be an object of strings, got {other}"),
+                ));
             }
         };
         if obj.len() > Self::MAX_ENTRIES {
             return Err(FieldError::new(
                 "env",
-                format!("must have at most {} entries, got {}", Self::MAX_ENTRIES, obj.len()),
+                format!(
+                    "must have at most {} entries, got {}",
+                    Self::MAX_ENTRIES,
+                    obj.len()
+                ),
             ));
         }
         let mut map = BTreeMap::new();
@@ -373,12 +401,18 @@ impl Env {
                 ));
             }
             let s = value.as_str().ok_or_else(|| {
-                FieldError::new(format!("env.{key}"), format!("must be a string, got {value}"))
+                FieldError::new(
+                    format!("env.{key}"),
+                    format!("must be a string, got {value}"),
+                )
             })?;
             if s.contains('\0') || s.len() > Self::MAX_VALUE_BYTES {
                 return Err(FieldError::new(
                     format!("env.{key}"),
-                    format!("must have no NUL byte and at most {} bytes", Self::MAX_VALUE_BYTES),
+                    format!(
+                        "must have no NUL byte and at most {} bytes",
+                        Self::MAX_VALUE_BYTES
+                    ),
                 ));
             }
             map.insert(key.clone(), s.to_owned());
@@ -394,7 +428,7 @@ impl Env {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use expect_test::{expect, Expect};
+    use expect_test::{Expect, expect};
     use serde_json::json;
 
     fn check_persistence(input: Value, expect: Expect) {
@@ -417,19 +451,27 @@ mod tests {
     fn persistence_near_misses() {
         check_persistence(
             json!("Persist"),
-            expect![[r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got "Persist""#]],
+            expect![[
+                r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got "Persist""#
+            ]],
         );
         check_persistence(
             json!("ephemeral "),
-            expect![[r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got "ephemeral ""#]],
+            expect![[
+                r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got "ephemeral ""#
+            ]],
         );
         check_persistence(
             json!(true),
-            expect![[r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got true"#]],
+            expect![[
+                r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got true"#
+            ]],
         );
         check_persistence(
             json!(1),
-            expect![[r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got 1"#]],
+            expect![[
+                r#"data_persistence: must be exactly "persist" or "ephemeral" (omit it, or send "", for auto); got 1"#
+            ]],
         );
     }
 
@@ -458,19 +500,32 @@ mod tests {
 
     #[test]
     fn runtimes() {
-        assert_eq!(Runtime::parse(&json!({"template": "holdfast-runtime"})), Ok(Runtime::default()));
+        assert_eq!(
+            Runtime::parse(&json!({"template": "holdfast-runtime"})),
+            Ok(Runtime::default())
+        );
         assert!(Runtime::parse(&json!({"template": "other"})).is_err());
         assert!(Runtime::parse(&json!({"command": []})).is_err());
         assert!(Runtime::parse(&json!({"command": ["sleep", 1]})).is_err());
-        assert!(Runtime::parse(&json!({"command": ["a"], "template": "holdfast-runtime"})).is_err());
+        assert!(
+            Runtime::parse(&json!({"command": ["a"], "template": "holdfast-runtime"})).is_err()
+        );
         let rt = Runtime::parse(&json!({"command": ["sleep", "1"]})).unwrap();
-        assert_eq!(serde_json::to_value(&rt).unwrap(), json!({"command": ["sleep", "1"]}));
+        assert_eq!(
+            serde_json::to_value(&rt).unwrap(),
+            json!({"command": ["sleep", "1"]})
+        );
     }
 
     #[test]
     fn env_rules() {
         assert!(Env::parse(&json!({"A": "1", "_b2": ""})).is_ok());
-        assert_eq!(Env::parse(&json!({"HOLDFAST_TOKEN": "x"})).unwrap_err().field, "env.HOLDFAST_TOKEN");
+        assert_eq!(
+            Env::parse(&json!({"HOLDFAST_TOKEN": "x"}))
+                .unwrap_err()
+                .field,
+            "env.HOLDFAST_TOKEN"
+        );
         assert!(Env::parse(&json!({"1A": "x"})).is_err());
         assert!(Env::parse(&json!({"A": 1})).is_err());
         let many: serde_json::Map<String, Value> =

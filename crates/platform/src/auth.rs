@@ -2,8 +2,8 @@
 //! compared as SHA-256 hashes; the admin token's hash is compared in constant
 //! time, other tokens are found by an index lookup on their hash.
 
-use crate::error::ApiError;
 use crate::App;
+use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use holdfast_store::TokenKind;
@@ -47,14 +47,20 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 }
 
 pub fn hash_hex(token: &str) -> String {
-    hash_token(token).iter().map(|b| format!("{b:02x}")).collect()
+    hash_token(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
     Admin,
     Org(Uuid),
-    Workspace { workspace_id: Uuid, org_id: Option<Uuid> },
+    Workspace {
+        workspace_id: Uuid,
+        org_id: Option<Uuid>,
+    },
 }
 
 impl Caller {
@@ -106,10 +112,15 @@ impl FromRequestParts<Arc<App>> for Caller {
         }
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         match app.store.find_token(&hex).await? {
-            Some(t) if t.kind == TokenKind::Org => t.org_id.map(Caller::Org).ok_or_else(ApiError::unauthorized),
+            Some(t) if t.kind == TokenKind::Org => {
+                t.org_id.map(Caller::Org).ok_or_else(ApiError::unauthorized)
+            }
             Some(t) => t
                 .workspace_id
-                .map(|workspace_id| Caller::Workspace { workspace_id, org_id: t.org_id })
+                .map(|workspace_id| Caller::Workspace {
+                    workspace_id,
+                    org_id: t.org_id,
+                })
                 .ok_or_else(ApiError::unauthorized),
             None => Err(ApiError::unauthorized()),
         }

@@ -19,25 +19,37 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let body: Body = req.into_body();
-        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        })?;
+        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+            })?;
         parse(&bytes).map(JsonBody)
     }
 }
 
 /// Parses a body; an empty body is read as `{}` so that bodiless POSTs work.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}"))
+        ApiError::bad_request(
+            "malformed_json",
+            format!("request body is not valid JSON: {e}"),
+        )
     })?;
     if !value.is_object() {
-        return Err(ApiError::bad_request("malformed_json", "request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            "request body must be a JSON object",
+        ));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -50,7 +62,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 .with("field", field)
         } else if let Some(rest) = inner.strip_prefix("missing field `") {
             let field = rest.split('`').next().unwrap_or_default().to_owned();
-            ApiError::bad_request("invalid_field", format!("{field}: is required")).with("field", field)
+            ApiError::bad_request("invalid_field", format!("{field}: is required"))
+                .with("field", field)
         } else {
             ApiError::bad_request("invalid_field", format!("{path}: {inner}")).with("field", path)
         }
@@ -80,7 +93,9 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         assert_eq!(code(br#"{"name":"a"}"#), "ok");
-        assert!(code(br#"{"name":"a","bogus":1}"#).starts_with("unknown_field unknown field \"bogus\""));
+        assert!(
+            code(br#"{"name":"a","bogus":1}"#).starts_with("unknown_field unknown field \"bogus\"")
+        );
         assert!(code(br#"{"name":"#).starts_with("malformed_json"));
         assert!(code(br#"[1]"#).starts_with("malformed_json"));
         assert!(code(br#"{}"#).starts_with("invalid_field name: is required"));

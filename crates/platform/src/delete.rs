@@ -6,12 +6,12 @@
 //! asked with `erase_data=true`. A test reads the source tree and fails if any
 //! other call site appears.
 
+use crate::App;
 use crate::auth::Caller;
 use crate::dto::DeleteResponse;
 use crate::error::{ApiError, ApiResult};
-use crate::App;
 use axum::http::StatusCode;
-use holdfast_domain::{format_millis, now_millis, DataPersistence, VolumeState};
+use holdfast_domain::{DataPersistence, VolumeState, format_millis, now_millis};
 use holdfast_store::WorkspaceRow;
 use serde_json::json;
 use uuid::Uuid;
@@ -35,15 +35,27 @@ impl App {
     /// Runs the checks of SPEC §5 in order, marks the workspace and its live
     /// descendants removed in one transaction, then stops their compute.
     #[tracing::instrument(skip_all, fields(workspace_id = %id, erase = req.erase_data))]
-    pub async fn delete(&self, caller: &Caller, id: Uuid, req: DeleteRequest) -> ApiResult<DeleteResponse> {
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        req: DeleteRequest,
+    ) -> ApiResult<DeleteResponse> {
         // 2. Missing, or in another org.
         let ws = self.load_managed(caller, id).await?;
         // 3. Already removed.
         if ws.is_removed() {
-            return Err(ApiError::new(StatusCode::GONE, "workspace_removed", "workspace is already removed"));
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "workspace_removed",
+                "workspace is already removed",
+            ));
         }
         let descendants = self.store.live_descendants(id).await?;
-        let children: Vec<&WorkspaceRow> = descendants.iter().filter(|d| d.parent_id == Some(id)).collect();
+        let children: Vec<&WorkspaceRow> = descendants
+            .iter()
+            .filter(|d| d.parent_id == Some(id))
+            .collect();
         // 4. The exact name, typed by the caller.
         if req.confirm_name.as_deref() != Some(ws.name.as_str()) {
             return Err(ApiError::bad_request(
@@ -58,7 +70,10 @@ impl App {
         }
         // 5. Live children need confirm=true.
         if !children.is_empty() && !req.confirm_children {
-            let list: Vec<_> = children.iter().map(|c| json!({"id": c.id, "name": c.name})).collect();
+            let list: Vec<_> = children
+                .iter()
+                .map(|c| json!({"id": c.id, "name": c.name}))
+                .collect();
             return Err(ApiError::conflict(
                 "confirmation_required",
                 format!(
@@ -75,19 +90,32 @@ impl App {
         // leaves removed rows whose stop the next start finishes.
         let mut ids = vec![id];
         ids.extend(descendants.iter().map(|d| d.id));
-        let removed = self.store.mark_removed(&ids, req.erase_data, now_millis()).await?;
+        let removed = self
+            .store
+            .mark_removed(&ids, req.erase_data, now_millis())
+            .await?;
         let actor = caller.actor();
         for wid in &ids {
-            self.audit_ws(&actor, "workspace.deleted", *wid, Some(json!({"erase_data": req.erase_data})))
-                .await;
+            self.audit_ws(
+                &actor,
+                "workspace.deleted",
+                *wid,
+                Some(json!({"erase_data": req.erase_data})),
+            )
+            .await;
         }
 
         // Deepest first, so that no child outlives its parent's stop.
         let mut failures = Vec::new();
         for wid in ids.iter().rev() {
-            let Some(row) = self.store.get_workspace(*wid).await? else { continue };
+            let Some(row) = self.store.get_workspace(*wid).await? else {
+                continue;
+            };
             if let Err(e) = self.finish_removal(&row, &actor).await {
-                failures.push(StopFailure { workspace_id: *wid, error: e.message });
+                failures.push(StopFailure {
+                    workspace_id: *wid,
+                    error: e.message,
+                });
             }
         }
         if !failures.is_empty() {
@@ -98,7 +126,10 @@ impl App {
                  the reconciler retries, and repeating the DELETE is safe",
             )
             .with("removed_count", removed)
-            .with("stop_failures", serde_json::to_value(&failures).unwrap_or_default()));
+            .with(
+                "stop_failures",
+                serde_json::to_value(&failures).unwrap_or_default(),
+            ));
         }
 
         let volume = self.cp.volume(id).await?;
@@ -106,7 +137,8 @@ impl App {
             Some(v) if v.state == VolumeState::ErasePending => ("erase_pending", v.erase_after),
             Some(v) if v.state == VolumeState::Retained => ("retained", v.retain_until),
             _ => {
-                let ephemeral = ws.resolved_mode.or(ws.compute.data_persistence) == Some(DataPersistence::Ephemeral);
+                let ephemeral = ws.resolved_mode.or(ws.compute.data_persistence)
+                    == Some(DataPersistence::Ephemeral);
                 if ephemeral || volume.is_none() {
                     ("none", None)
                 } else if req.erase_data {
@@ -130,10 +162,14 @@ impl App {
     pub(crate) async fn finish_removal(&self, ws: &WorkspaceRow, actor: &str) -> ApiResult<()> {
         let _guard = self.locks.lock(ws.id).await;
         if ws.delete_erase == Some(true) {
-            self.cp.stop_and_prune(ws.id, ws.instance_id.as_deref(), actor).await?;
+            self.cp
+                .stop_and_prune(ws.id, ws.instance_id.as_deref(), actor)
+                .await?;
         } else {
             self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
-            self.cp.retain_volume(ws.id, actor, "workspace_deleted").await?;
+            self.cp
+                .retain_volume(ws.id, actor, "workspace_deleted")
+                .await?;
         }
         self.store.mark_compute_released(ws.id).await?;
         Ok(())

@@ -4,7 +4,7 @@
 use crate::error::{ApiError, ApiResult};
 use holdfast_cp::{VolumeHistoryEntry, VolumeInfo};
 use holdfast_domain::{
-    format_millis, Compute, DataPersistence, Env, FieldError, Role, Runtime, Tier, WorkspaceName,
+    Compute, DataPersistence, Env, FieldError, Role, Runtime, Tier, WorkspaceName, format_millis,
 };
 use holdfast_store::{NewWorkspace, WorkspacePatch, WorkspaceRow};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -104,7 +104,10 @@ pub fn parse_uuid_field(field: &str, v: &Value) -> Result<Option<Uuid>, FieldErr
         Value::String(s) => Uuid::parse_str(s)
             .map(Some)
             .map_err(|_| FieldError::new(field, format!("must be a UUID, got {s:?}"))),
-        other => Err(FieldError::new(field, format!("must be a UUID string, got {other}"))),
+        other => Err(FieldError::new(
+            field,
+            format!("must be a UUID string, got {other}"),
+        )),
     }
 }
 
@@ -113,14 +116,20 @@ fn parse_role(v: &Value) -> Result<Option<Role>, FieldError> {
         Value::Null => Ok(None),
         Value::String(s) if s.is_empty() => Ok(None),
         Value::String(s) => Role::parse(s).map(Some),
-        other => Err(FieldError::new("role", format!("must be a string, got {other}"))),
+        other => Err(FieldError::new(
+            "role",
+            format!("must be a string, got {other}"),
+        )),
     }
 }
 
 fn parse_name(v: &Value) -> Result<WorkspaceName, FieldError> {
     match v {
         Value::String(s) => WorkspaceName::parse(s),
-        other => Err(FieldError::new("name", format!("must be a string, got {other}"))),
+        other => Err(FieldError::new(
+            "name",
+            format!("must be a string, got {other}"),
+        )),
     }
 }
 
@@ -179,7 +188,12 @@ impl TryFrom<PatchWorkspaceRequest> for WorkspacePatch {
 
     fn try_from(r: PatchWorkspaceRequest) -> ApiResult<Self> {
         Ok(WorkspacePatch {
-            name: r.name.as_ref().map(parse_name).transpose()?.map(|n| n.as_str().to_owned()),
+            name: r
+                .name
+                .as_ref()
+                .map(parse_name)
+                .transpose()?
+                .map(|n| n.as_str().to_owned()),
             role: r
                 .role
                 .as_ref()
@@ -296,7 +310,13 @@ pub struct HistoryView {
 
 impl From<VolumeHistoryEntry> for HistoryView {
     fn from(h: VolumeHistoryEntry) -> Self {
-        HistoryView { at: format_millis(h.at), from: h.from, to: h.to, actor: h.actor, reason: h.reason }
+        HistoryView {
+            at: format_millis(h.at),
+            from: h.from,
+            to: h.to,
+            actor: h.actor,
+            reason: h.reason,
+        }
     }
 }
 

@@ -14,12 +14,12 @@ mod lifecycle;
 mod openapi;
 mod routes;
 
-pub use auth::{generate_token, hash_token, Secret};
+pub use auth::{Secret, generate_token, hash_token};
 pub use openapi::ApiDoc;
 
+use axum::Router;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
-use axum::Router;
 use holdfast_cp::ControlPlane;
 use holdfast_store::Store;
 use lifecycle::WorkspaceLocks;
@@ -57,7 +57,10 @@ impl App {
     }
 
     /// Runs the background loop: recover at start, then observe processes.
-    pub fn spawn_background(self: &Arc<Self>, observe_every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        observe_every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let app = self.clone();
         tokio::spawn(async move {
             if let Err(e) = app.recover().await {
@@ -75,11 +78,19 @@ impl App {
 }
 
 async fn fallback(uri: Uri) -> error::ApiError {
-    error::ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {}", uri.path()))
+    error::ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed() -> error::ApiError {
-    error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+    error::ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this path",
+    )
 }
 
 /// The API router.
@@ -87,10 +98,15 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/health", get(routes::health))
         .route("/openapi.json", get(openapi::openapi_json))
-        .route("/workspaces", get(routes::list_workspaces).post(routes::create_workspace))
+        .route(
+            "/workspaces",
+            get(routes::list_workspaces).post(routes::create_workspace),
+        )
         .route(
             "/workspaces/{id}",
-            get(routes::get_workspace).patch(routes::patch_workspace).delete(routes::delete_workspace),
+            get(routes::get_workspace)
+                .patch(routes::patch_workspace)
+                .delete(routes::delete_workspace),
         )
         .route("/workspaces/{id}/restart", post(routes::restart_workspace))
         .route("/workspaces/{id}/data", get(routes::get_workspace_data))

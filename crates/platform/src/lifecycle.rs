@@ -7,12 +7,12 @@
 //! **Architecture Invariant:** nothing in this module calls
 //! `ControlPlane::stop_and_prune`; routine operations only ever `stop`.
 
-use crate::auth::{generate_token, hash_hex, Caller};
+use crate::App;
+use crate::auth::{Caller, generate_token, hash_hex};
 use crate::dto::ParsedCreate;
 use crate::error::{ApiError, ApiResult};
-use crate::App;
 use holdfast_cp::ProvisionRequest;
-use holdfast_domain::{now_millis, DesiredState, Status};
+use holdfast_domain::{DesiredState, Status, now_millis};
 use holdfast_store::{NewAuditEvent, TokenKind, WorkspacePatch, WorkspaceRow};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,13 @@ impl WorkspaceLocks {
 }
 
 impl App {
-    pub(crate) async fn audit_ws(&self, actor: &str, action: &'static str, ws: Uuid, detail: Option<serde_json::Value>) {
+    pub(crate) async fn audit_ws(
+        &self,
+        actor: &str,
+        action: &'static str,
+        ws: Uuid,
+        detail: Option<serde_json::Value>,
+    ) {
         let ev = NewAuditEvent {
             actor: actor.to_owned(),
             action,
@@ -75,13 +81,18 @@ impl App {
                 self.store
                     .get_org(org)
                     .await?
-                    .ok_or_else(|| ApiError::bad_request("invalid_field", format!("org_id: no org {org}")))?
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid_field", format!("org_id: no org {org}"))
+                    })?
                     .id
             }
             (Caller::Admin, None) => self.default_org,
             (Caller::Org(own), Some(org)) if *own == org => org,
             (Caller::Org(_), Some(org)) => {
-                return Err(ApiError::bad_request("invalid_field", format!("org_id: no org {org}")));
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!("org_id: no org {org}"),
+                ));
             }
             (Caller::Org(own), None) => *own,
             (Caller::Workspace { .. }, _) => return Err(ApiError::not_found("route")),
@@ -99,14 +110,23 @@ impl App {
             }
         }
         let id = Uuid::new_v4();
-        let ws = self.store.insert_workspace(&req.into_new(id, org_id), now_millis()).await?;
-        self.audit_ws(&caller.actor(), "workspace.created", id, None).await;
+        let ws = self
+            .store
+            .insert_workspace(&req.into_new(id, org_id), now_millis())
+            .await?;
+        self.audit_ws(&caller.actor(), "workspace.created", id, None)
+            .await;
         self.start(&ws).await;
         Ok(self.store.get_workspace(id).await?.unwrap_or(ws))
     }
 
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
-    pub async fn patch(&self, caller: &Caller, id: Uuid, patch: WorkspacePatch) -> ApiResult<WorkspaceRow> {
+    pub async fn patch(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        patch: WorkspacePatch,
+    ) -> ApiResult<WorkspaceRow> {
         let ws = self.load_managed(caller, id).await?;
         if ws.is_removed() {
             return Err(ApiError::new(
@@ -119,7 +139,8 @@ impl App {
             return Ok(ws);
         }
         let ws = self.store.patch_workspace(id, &patch, now_millis()).await?;
-        self.audit_ws(&caller.actor(), "workspace.updated", id, None).await;
+        self.audit_ws(&caller.actor(), "workspace.updated", id, None)
+            .await;
         Ok(ws)
     }
 
@@ -139,13 +160,22 @@ impl App {
         let minted = async {
             self.store.revoke_workspace_tokens(ws.id, now).await?;
             self.store
-                .insert_token(&hash_hex(token.expose()), TokenKind::Workspace, Some(ws.org_id), Some(ws.id), now)
+                .insert_token(
+                    &hash_hex(token.expose()),
+                    TokenKind::Workspace,
+                    Some(ws.org_id),
+                    Some(ws.id),
+                    now,
+                )
                 .await
         }
         .await;
         if let Err(e) = minted {
             tracing::error!(error = %e, "minting the workspace token failed");
-            let _ = self.store.set_observed(ws.id, Status::Failed, None, None, now_millis()).await;
+            let _ = self
+                .store
+                .set_observed(ws.id, Status::Failed, None, None, now_millis())
+                .await;
             return;
         }
         let mut env: BTreeMap<String, String> =
@@ -161,17 +191,29 @@ impl App {
             data_persistence: ws.compute.data_persistence,
             volume_size_gb: ws.compute.volume.map(|v| v.size_gb),
         };
-        let _ = self.store.set_observed(ws.id, Status::Provisioning, None, None, now_millis()).await;
+        let _ = self
+            .store
+            .set_observed(ws.id, Status::Provisioning, None, None, now_millis())
+            .await;
         match self.cp.provision(req).await {
             Ok(p) => {
                 let _ = self
                     .store
-                    .set_observed(ws.id, Status::Online, Some(&p.instance_id), Some(p.data_mode), now_millis())
+                    .set_observed(
+                        ws.id,
+                        Status::Online,
+                        Some(&p.instance_id),
+                        Some(p.data_mode),
+                        now_millis(),
+                    )
                     .await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "provisioning failed");
-                let _ = self.store.set_observed(ws.id, Status::Failed, None, None, now_millis()).await;
+                let _ = self
+                    .store
+                    .set_observed(ws.id, Status::Failed, None, None, now_millis())
+                    .await;
             }
         }
     }
@@ -179,7 +221,9 @@ impl App {
     /// Stops the workspace's compute (never prunes) and records it offline.
     async fn stop_locked(&self, ws: &WorkspaceRow) -> ApiResult<()> {
         self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
-        self.store.set_observed(ws.id, Status::Offline, None, None, now_millis()).await?;
+        self.store
+            .set_observed(ws.id, Status::Offline, None, None, now_millis())
+            .await?;
         Ok(())
     }
 
@@ -187,20 +231,34 @@ impl App {
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
     pub async fn restart(&self, caller: &Caller, id: Uuid) -> ApiResult<WorkspaceRow> {
         self.load_live(caller, id).await?;
-        self.store.set_desired(id, DesiredState::Running, now_millis()).await?;
+        self.store
+            .set_desired(id, DesiredState::Running, now_millis())
+            .await?;
         {
             let _guard = self.locks.lock(id).await;
             // Re-read under the lock: the instance to stop is the current one.
-            let ws = self.store.get_workspace(id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
+            let ws = self
+                .store
+                .get_workspace(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("workspace"))?;
             if ws.is_removed() {
                 return Err(ApiError::not_found("workspace"));
             }
             self.stop_locked(&ws).await?;
-            let ws = self.store.get_workspace(id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
+            let ws = self
+                .store
+                .get_workspace(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("workspace"))?;
             self.start_locked(&ws).await;
         }
-        self.audit_ws(&caller.actor(), "workspace.restarted", id, None).await;
-        self.store.get_workspace(id).await?.ok_or_else(|| ApiError::not_found("workspace"))
+        self.audit_ws(&caller.actor(), "workspace.restarted", id, None)
+            .await;
+        self.store
+            .get_workspace(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("workspace"))
     }
 
     /// At server start: start every workspace that should run, and finish the
@@ -225,14 +283,18 @@ impl App {
             if ws.status != Status::Online {
                 continue;
             }
-            let Some(instance) = ws.instance_id.as_deref() else { continue };
+            let Some(instance) = ws.instance_id.as_deref() else {
+                continue;
+            };
             match self.cp.status(ws.id, instance).await {
                 Ok(holdfast_cp::InstanceState::Running) => {}
                 Ok(_) => {
                     let _guard = self.locks.lock(ws.id).await;
                     let current = self.store.get_workspace(ws.id).await?;
                     if current.is_some_and(|c| c.instance_id.as_deref() == Some(instance)) {
-                        self.store.set_observed(ws.id, Status::Offline, None, None, now_millis()).await?;
+                        self.store
+                            .set_observed(ws.id, Status::Offline, None, None, now_millis())
+                            .await?;
                     }
                 }
                 // Data safety: a status we cannot read is "still running".

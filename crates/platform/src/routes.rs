@@ -1,6 +1,7 @@
 //! HTTP handlers. Each parses its input into domain types, calls the
 //! lifecycle service, and renders the result.
 
+use crate::App;
 use crate::auth::Caller;
 use crate::body::JsonBody;
 use crate::delete::DeleteRequest;
@@ -9,10 +10,9 @@ use crate::dto::{
     VolumeView, WorkspaceView,
 };
 use crate::error::{ApiError, ApiResult};
-use crate::App;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
 use holdfast_domain::VolumeState;
 use holdfast_store::{WorkspacePatch, WorkspaceRow};
 use serde::Deserialize;
@@ -23,8 +23,12 @@ type AppState = State<Arc<App>>;
 
 /// Parses a path id; a non-UUID is 400 before anything else is looked at.
 fn parse_id(raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw)
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("{raw:?} is not a workspace id (a UUID)")))
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("{raw:?} is not a workspace id (a UUID)"),
+        )
+    })
 }
 
 /// Query strings are parsed by hand so that a bad value is a 400 that names
@@ -36,7 +40,10 @@ fn parse_query(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Vec<(String, St
         if !allowed.contains(&k) {
             return Err(ApiError::bad_request(
                 "unknown_field",
-                format!("unknown query parameter {k:?}; allowed: {}", allowed.join(", ")),
+                format!(
+                    "unknown query parameter {k:?}; allowed: {}",
+                    allowed.join(", ")
+                ),
             ));
         }
         out.push((k.to_owned(), v.to_owned()));
@@ -64,7 +71,9 @@ impl App {
 
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
-    Json(Health { status: "ok".to_owned() })
+    Json(Health {
+        status: "ok".to_owned(),
+    })
 }
 
 #[utoipa::path(
@@ -112,7 +121,10 @@ pub async fn list_workspaces(
         match k.as_str() {
             "org_id" => {
                 org = Some(Uuid::parse_str(&v).map_err(|_| {
-                    ApiError::bad_request("invalid_field", format!("org_id: must be a UUID, got {v:?}"))
+                    ApiError::bad_request(
+                        "invalid_field",
+                        format!("org_id: must be a UUID, got {v:?}"),
+                    )
                 })?)
             }
             _ => include_removed = parse_bool("include_removed", &v)?,

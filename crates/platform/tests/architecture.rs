@@ -29,7 +29,11 @@ fn prune_call_sites(root: &Path) -> Vec<(String, String)> {
     rust_files(root, &mut files);
     let mut sites = Vec::new();
     for file in files {
-        let rel = file.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let rel = file
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         // This file names the function in its own checks.
         if rel.ends_with("tests/architecture.rs") {
             continue;
@@ -48,13 +52,16 @@ fn prune_call_sites(root: &Path) -> Vec<(String, String)> {
                     let l = l.trim_start();
                     let at = l.find("fn ")?;
                     let head = &l[..at];
-                    if !head.split_whitespace().all(|w| {
-                        matches!(w, "pub" | "pub(crate)" | "async" | "const" | "unsafe")
-                    }) {
+                    if !head
+                        .split_whitespace()
+                        .all(|w| matches!(w, "pub" | "pub(crate)" | "async" | "const" | "unsafe"))
+                    {
                         return None;
                     }
-                    let name: String =
-                        l[at + 3..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    let name: String = l[at + 3..]
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
                     Some(name)
                 })
                 .unwrap_or_default();
@@ -67,18 +74,29 @@ fn prune_call_sites(root: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn only_the_erase_delete_flow_reaches_the_prune_path() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
     let sites = prune_call_sites(&root);
     assert_eq!(
         sites,
-        vec![("crates/platform/src/delete.rs".to_owned(), "finish_removal".to_owned())],
+        vec![(
+            "crates/platform/src/delete.rs".to_owned(),
+            "finish_removal".to_owned()
+        )],
         "stop_and_prune may only be called from the delete-with-erase flow"
     );
     // And there, only behind the erase choice recorded at delete time.
     let delete = std::fs::read_to_string(root.join("crates/platform/src/delete.rs")).unwrap();
-    let guard = delete.find("if ws.delete_erase == Some(true) {").expect("erase guard present");
+    let guard = delete
+        .find("if ws.delete_erase == Some(true) {")
+        .expect("erase guard present");
     let call = delete.find("stop_and_prune(").expect("call present");
-    assert!(guard < call && delete[guard..call].lines().count() <= 2, "the call sits right under the erase guard");
+    assert!(
+        guard < call && delete[guard..call].lines().count() <= 2,
+        "the call sits right under the erase guard"
+    );
 }
 
 #[test]
@@ -93,7 +111,10 @@ fn the_scanner_sees_a_new_call_site() {
     )
     .unwrap();
     let sites = prune_call_sites(&dir);
-    assert_eq!(sites, vec![("src/restart.rs".to_owned(), "restart".to_owned())]);
+    assert_eq!(
+        sites,
+        vec![("src/restart.rs".to_owned(), "restart".to_owned())]
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,9 +1,9 @@
 //! The audit log: who did what to which workspace and volume, newest first.
 
-use crate::{parse_opt_uuid, parse_uuid, Store, StoreResult};
+use crate::{Store, StoreResult, parse_opt_uuid, parse_uuid};
 use holdfast_domain::Millis;
-use sqlx::any::AnyRow;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,25 +66,30 @@ impl Store {
     }
 
     /// Audit events, newest first.
-    pub async fn list_audit(&self, workspace_id: Option<Uuid>, limit: i64) -> StoreResult<Vec<AuditEvent>> {
+    pub async fn list_audit(
+        &self,
+        workspace_id: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditEvent>> {
         let cols = "id, at, actor, action, workspace_id, volume_id, reason, detail";
-        let rows = match workspace_id {
-            Some(ws) => {
-                sqlx::query(&format!(
+        let rows =
+            match workspace_id {
+                Some(ws) => sqlx::query(&format!(
                     "SELECT {cols} FROM audit WHERE workspace_id = $1 ORDER BY seq DESC LIMIT $2"
                 ))
                 .bind(ws.to_string())
                 .bind(limit)
                 .fetch_all(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query(&format!("SELECT {cols} FROM audit ORDER BY seq DESC LIMIT $1"))
+                .await?,
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {cols} FROM audit ORDER BY seq DESC LIMIT $1"
+                    ))
                     .bind(limit)
                     .fetch_all(self.pool())
                     .await?
-            }
-        };
+                }
+            };
         rows.iter().map(AuditEvent::from_row).collect()
     }
 }

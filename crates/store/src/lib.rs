@@ -62,7 +62,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dialect", &self.dialect).finish()
+        f.debug_struct("Store")
+            .field("dialect", &self.dialect)
+            .finish()
     }
 }
 
@@ -97,7 +99,10 @@ impl Store {
             .run(&pool)
             .await
             .context("running SQLite migrations")?;
-        Ok(Store { pool, dialect: Dialect::Sqlite })
+        Ok(Store {
+            pool,
+            dialect: Dialect::Sqlite,
+        })
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
@@ -107,7 +112,9 @@ impl Store {
 
 pub(crate) fn parse_uuid(row: &AnyRow, col: &str) -> StoreResult<uuid::Uuid> {
     let s: String = row.try_get(col)?;
-    uuid::Uuid::parse_str(&s).with_context(|| format!("column {col}: bad uuid {s:?}")).map_err(Into::into)
+    uuid::Uuid::parse_str(&s)
+        .with_context(|| format!("column {col}: bad uuid {s:?}"))
+        .map_err(Into::into)
 }
 
 pub(crate) fn parse_opt_uuid(row: &AnyRow, col: &str) -> StoreResult<Option<uuid::Uuid>> {
@@ -122,7 +129,12 @@ pub(crate) fn parse_text<T: FromStr<Err = String>>(row: &AnyRow, col: &str) -> S
     T::from_str(&s).map_err(|e| StoreError::Other(anyhow::anyhow!("column {col}: {e}")))
 }
 
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> StoreResult<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    col: &str,
+) -> StoreResult<T> {
     let s: String = row.try_get(col)?;
-    serde_json::from_str(&s).with_context(|| format!("column {col}: bad JSON")).map_err(Into::into)
+    serde_json::from_str(&s)
+        .with_context(|| format!("column {col}: bad JSON"))
+        .map_err(Into::into)
 }

@@ -1,9 +1,9 @@
 //! Organisations: the tenancy boundary of the platform API.
 
-use crate::{parse_uuid, Store, StoreResult};
+use crate::{Store, StoreResult, parse_uuid};
 use holdfast_domain::Millis;
-use sqlx::any::AnyRow;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,19 +30,27 @@ impl Store {
     /// The default org, created on first call.
     #[tracing::instrument(skip_all, name = "store.default_org")]
     pub async fn default_org(&self, now: Millis) -> StoreResult<Org> {
-        if let Some(row) = sqlx::query("SELECT id, name, is_default, created_at FROM orgs WHERE is_default = 1")
-            .fetch_optional(self.pool())
-            .await?
+        if let Some(row) =
+            sqlx::query("SELECT id, name, is_default, created_at FROM orgs WHERE is_default = 1")
+                .fetch_optional(self.pool())
+                .await?
         {
             return Org::from_row(&row);
         }
         let id = Uuid::new_v4();
-        sqlx::query("INSERT INTO orgs (id, name, is_default, created_at) VALUES ($1, 'default', 1, $2)")
-            .bind(id.to_string())
-            .bind(now)
-            .execute(self.pool())
-            .await?;
-        Ok(Org { id, name: "default".into(), is_default: true, created_at: now })
+        sqlx::query(
+            "INSERT INTO orgs (id, name, is_default, created_at) VALUES ($1, 'default', 1, $2)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(Org {
+            id,
+            name: "default".into(),
+            is_default: true,
+            created_at: now,
+        })
     }
 
     pub async fn get_org(&self, id: Uuid) -> StoreResult<Option<Org>> {

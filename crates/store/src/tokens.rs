@@ -1,7 +1,7 @@
 //! API tokens, stored as SHA-256 hashes. Workspace tokens are revoked with
 //! their workspace (see `mark_removed`).
 
-use crate::{parse_opt_uuid, parse_uuid, Store, StoreResult};
+use crate::{Store, StoreResult, parse_opt_uuid, parse_uuid};
 use holdfast_domain::Millis;
 use sqlx::Row;
 use uuid::Uuid;
@@ -65,7 +65,11 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let kind: String = row.try_get("kind")?;
-        let kind = if kind == "org" { TokenKind::Org } else { TokenKind::Workspace };
+        let kind = if kind == "org" {
+            TokenKind::Org
+        } else {
+            TokenKind::Workspace
+        };
         Ok(Some(TokenRow {
             id: parse_uuid(&row, "id")?,
             kind,
@@ -78,12 +82,18 @@ impl Store {
 impl Store {
     /// Revokes every live token of a workspace (at each new start, and at
     /// delete through `mark_removed`).
-    pub async fn revoke_workspace_tokens(&self, workspace_id: Uuid, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL")
-            .bind(workspace_id.to_string())
-            .bind(now)
-            .execute(self.pool())
-            .await?;
+    pub async fn revoke_workspace_tokens(
+        &self,
+        workspace_id: Uuid,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE tokens SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(workspace_id.to_string())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 }

@@ -1,10 +1,10 @@
 //! Control-plane records: data volumes (with their state machine history) and
 //! running instances.
 
-use crate::{parse_text, parse_uuid, Store, StoreError, StoreResult};
+use crate::{Store, StoreError, StoreResult, parse_text, parse_uuid};
 use holdfast_domain::{Millis, VolumeState};
-use sqlx::any::AnyRow;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,10 +108,12 @@ impl Store {
     }
 
     pub async fn get_volume(&self, id: Uuid) -> StoreResult<Option<VolumeRow>> {
-        let row = sqlx::query(&format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
         row.as_ref().map(VolumeRow::from_row).transpose()
     }
 
@@ -153,13 +155,23 @@ impl Store {
     /// volume's history in the same transaction. Returns the updated record,
     /// or `Conflict` when the volume was not in an expected state.
     #[tracing::instrument(skip_all, name = "store.transition_volume", fields(volume_id = %t.volume_id, to = %t.to))]
-    pub async fn transition_volume(&self, t: VolumeTransition<'_>, now: Millis) -> StoreResult<VolumeRow> {
+    pub async fn transition_volume(
+        &self,
+        t: VolumeTransition<'_>,
+        now: Millis,
+    ) -> StoreResult<VolumeRow> {
         let mut tx = self.pool().begin().await?;
-        let row = sqlx::query(&format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"))
-            .bind(t.volume_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let vol = row.as_ref().map(VolumeRow::from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"
+        ))
+        .bind(t.volume_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let vol = row
+            .as_ref()
+            .map(VolumeRow::from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)?;
         if !t.from.contains(&vol.state) {
             return Err(StoreError::Conflict(format!(
                 "volume {} is {}, not one of {:?}",
@@ -182,7 +194,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!("volume {} changed concurrently", vol.id)));
+            return Err(StoreError::Conflict(format!(
+                "volume {} changed concurrently",
+                vol.id
+            )));
         }
         sqlx::query(
             "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
@@ -197,7 +212,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.get_volume(t.volume_id).await?.ok_or(StoreError::NotFound)
+        self.get_volume(t.volume_id)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     pub async fn set_volume_bytes(&self, id: Uuid, bytes: i64) -> StoreResult<()> {
@@ -211,21 +228,22 @@ impl Store {
 
     /// Volume records, newest first, optionally in one state.
     pub async fn list_volumes(&self, state: Option<VolumeState>) -> StoreResult<Vec<VolumeRow>> {
-        let rows = match state {
-            Some(s) => {
-                sqlx::query(&format!(
+        let rows =
+            match state {
+                Some(s) => sqlx::query(&format!(
                     "SELECT {VOLUME_COLUMNS} FROM volumes WHERE state = $1 ORDER BY created_at DESC"
                 ))
                 .bind(s.as_str())
                 .fetch_all(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query(&format!("SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY created_at DESC"))
+                .await?,
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY created_at DESC"
+                    ))
                     .fetch_all(self.pool())
                     .await?
-            }
-        };
+                }
+            };
         rows.iter().map(VolumeRow::from_row).collect()
     }
 
@@ -278,9 +296,10 @@ impl Store {
     }
 
     pub async fn list_instances(&self) -> StoreResult<Vec<InstanceRow>> {
-        let rows = sqlx::query("SELECT workspace_id, instance_id, pid, mode, started_at FROM instances")
-            .fetch_all(self.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT workspace_id, instance_id, pid, mode, started_at FROM instances")
+                .fetch_all(self.pool())
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(InstanceRow {

@@ -1,12 +1,10 @@
 //! Workspace rows: configuration, intent (`desired`, `generation`) and the last
 //! observed status.
 
-use crate::{parse_json, parse_opt_uuid, parse_text, parse_uuid, Store, StoreError, StoreResult};
-use holdfast_domain::{
-    Compute, DataPersistence, DesiredState, Env, Millis, Runtime, Status, Tier,
-};
-use sqlx::any::AnyRow;
+use crate::{Store, StoreError, StoreResult, parse_json, parse_opt_uuid, parse_text, parse_uuid};
+use holdfast_domain::{Compute, DataPersistence, DesiredState, Env, Millis, Runtime, Status, Tier};
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +115,11 @@ fn json(v: &impl serde::Serialize) -> String {
 
 impl Store {
     #[tracing::instrument(skip_all, name = "store.insert_workspace", fields(workspace_id = %ws.id))]
-    pub async fn insert_workspace(&self, ws: &NewWorkspace, now: Millis) -> StoreResult<WorkspaceRow> {
+    pub async fn insert_workspace(
+        &self,
+        ws: &NewWorkspace,
+        now: Millis,
+    ) -> StoreResult<WorkspaceRow> {
         sqlx::query(
             "INSERT INTO workspaces (id, org_id, name, role, parent_id, tier, runtime, env, compute, \
              desired, generation, status, compute_released, created_at, updated_at) \
@@ -180,7 +182,11 @@ impl Store {
     /// Live (not removed) descendants of `id`, nearest first.
     #[tracing::instrument(skip_all, name = "store.live_descendants", fields(workspace_id = %id))]
     pub async fn live_descendants(&self, id: Uuid) -> StoreResult<Vec<WorkspaceRow>> {
-        let cols = COLUMNS.split(", ").map(|c| format!("w.{c}")).collect::<Vec<_>>().join(", ");
+        let cols = COLUMNS
+            .split(", ")
+            .map(|c| format!("w.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "WITH RECURSIVE tree(id, depth) AS ( \
                  SELECT id, 1 FROM workspaces WHERE parent_id = $1 AND removed_at IS NULL \
@@ -191,7 +197,10 @@ impl Store {
              SELECT {cols} FROM workspaces w JOIN tree ON w.id = tree.id \
              ORDER BY tree.depth, w.created_at"
         );
-        let rows = sqlx::query(&sql).bind(id.to_string()).fetch_all(self.pool()).await?;
+        let rows = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
 
@@ -228,7 +237,11 @@ impl Store {
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
             .await?;
-        let mut ws = row.as_ref().map(WorkspaceRow::from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        let mut ws = row
+            .as_ref()
+            .map(WorkspaceRow::from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)?;
         if ws.is_removed() {
             return Err(StoreError::Conflict("workspace is removed".into()));
         }
@@ -297,7 +310,12 @@ impl Store {
     /// Records a new desired state, bumping the generation so that the
     /// reconciler sees a restart even when the state itself is unchanged.
     #[tracing::instrument(skip_all, name = "store.set_desired", fields(workspace_id = %id, desired = %desired))]
-    pub async fn set_desired(&self, id: Uuid, desired: DesiredState, now: Millis) -> StoreResult<i64> {
+    pub async fn set_desired(
+        &self,
+        id: Uuid,
+        desired: DesiredState,
+        now: Millis,
+    ) -> StoreResult<i64> {
         let row = sqlx::query(
             "UPDATE workspaces SET desired = $2, generation = generation + 1, updated_at = $3 \
              WHERE id = $1 AND removed_at IS NULL RETURNING generation",
@@ -336,11 +354,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             n += done.rows_affected();
-            sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL")
-                .bind(id.to_string())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE tokens SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(n)
