@@ -119,6 +119,7 @@ pub struct TestApp {
     pub base_url: String,
     pub client: reqwest::Client,
     server: Child,
+    extra_args: Vec<String>,
     log: Arc<Mutex<String>>,
     // Declared last so that it is removed after the server is gone.
     data_dir: tempfile::TempDir,
@@ -127,66 +128,21 @@ pub struct TestApp {
 impl TestApp {
     /// A server with default flags (so auto data persistence means persist).
     pub async fn spawn() -> TestApp {
-        Self::spawn_with_args(&[])
+        Self::spawn_with_args(Vec::new())
     }
 
     /// A server started with `--default-data-persistence <mode>`.
     pub async fn spawn_with_default_persistence(mode: &str) -> TestApp {
-        Self::spawn_with_args(&["--default-data-persistence", mode])
+        Self::spawn_with_args(vec![
+            "--default-data-persistence".to_owned(),
+            mode.to_owned(),
+        ])
     }
 
-    fn spawn_with_args(extra: &[&str]) -> TestApp {
+    fn spawn_with_args(extra_args: Vec<String>) -> TestApp {
         let data_dir = tempfile::tempdir().expect("create a temp data dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(["--admin-token", ADMIN_TOKEN])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so that Drop can reap workspace processes
-            // a misbehaving server leaves behind.
-            .process_group(0);
-        // Flags also read HOLDFAST_* variables; keep the caller's environment
-        // from changing what the test starts.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HOLDFAST_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut server = cmd.spawn().expect("spawn holdfast serve");
-
         let log = Arc::new(Mutex::new(String::new()));
-        let (lines_tx, lines_rx) = mpsc::channel::<String>();
-        let stdout = server.stdout.take().expect("piped stdout");
-        let stderr = server.stderr.take().expect("piped stderr");
-        drain(stdout, Arc::clone(&log), Some(lines_tx));
-        drain(stderr, Arc::clone(&log), None);
-
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let base_url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines_rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = listening_url(&line) {
-                        break url;
-                    }
-                }
-                Err(_) => {
-                    let _ = server.kill();
-                    let _ = server.wait();
-                    panic!(
-                        "holdfast serve did not print `listening on http://…` within {:?}; output:\n{}",
-                        STARTUP_TIMEOUT,
-                        log.lock().unwrap()
-                    );
-                }
-            }
-        };
-
+        let (server, base_url) = start_server(data_dir.path(), &extra_args, &log);
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -196,9 +152,35 @@ impl TestApp {
             base_url,
             client,
             server,
+            extra_args,
             log,
             data_dir,
         }
+    }
+
+    /// Stops the server with SIGTERM (as an operator would) and starts a new
+    /// one on the same data dir and flags. The new one listens on a new port.
+    pub async fn restart_server(&mut self) {
+        stop_server(&mut self.server);
+        self.start_again();
+    }
+
+    /// Kills the server and all its workspace processes with SIGKILL, as a
+    /// host crash would, and starts a new server on the same data dir.
+    pub async fn crash_and_restart_server(&mut self) {
+        kill_process_group(self.server.id());
+        let _ = self.server.wait();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
+        self.log
+            .lock()
+            .unwrap()
+            .push_str("---- server restarted ----\n");
+        let (server, base_url) = start_server(self.data_dir.path(), &self.extra_args, &self.log);
+        self.server = server;
+        self.base_url = base_url;
     }
 
     /// The server's `--data-dir`.
@@ -350,32 +332,99 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let pid = self.server.id();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.server.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
-                _ => {
-                    let _ = self.server.kill();
-                    let _ = self.server.wait();
-                    break;
-                }
-            }
-        }
-        // The server was started as the leader of its own process group; kill
-        // whatever of that group is left (nothing, for a well-behaved server).
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .stderr(Stdio::null())
-            .status();
+        stop_server(&mut self.server);
         if std::thread::panicking() {
             eprintln!("---- holdfast serve output ----\n{}", self.server_log());
         }
     }
+}
+
+/// Starts `holdfast serve` on port 0 and waits for its listening line.
+/// Returns the child and its base URL; its output goes to `log`.
+fn start_server(
+    data_dir: &Path,
+    extra_args: &[String],
+    log: &Arc<Mutex<String>>,
+) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    cmd.arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--admin-token", ADMIN_TOKEN])
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that the harness can reap workspace
+        // processes a misbehaving server leaves behind, and simulate a crash.
+        .process_group(0);
+    // Flags also read HOLDFAST_* variables; keep the caller's environment
+    // from changing what the test starts.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HOLDFAST_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut server = cmd.spawn().expect("spawn holdfast serve");
+
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
+    let stdout = server.stdout.take().expect("piped stdout");
+    let stderr = server.stderr.take().expect("piped stderr");
+    drain(stdout, Arc::clone(log), Some(lines_tx));
+    drain(stderr, Arc::clone(log), None);
+
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(url) = listening_url(&line) {
+                    return (server, url);
+                }
+            }
+            Err(_) => {
+                kill_process_group(server.id());
+                let _ = server.wait();
+                panic!(
+                    "holdfast serve did not print `listening on http://…` within {:?}; output:\n{}",
+                    STARTUP_TIMEOUT,
+                    log.lock().unwrap()
+                );
+            }
+        }
+    }
+}
+
+/// SIGTERM, up to 10 s to exit, then SIGKILL; finally kills whatever is left
+/// in the server's process group (nothing, for a well-behaved server).
+fn stop_server(server: &mut Child) {
+    let pid = server.id();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match server.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
+            _ => {
+                let _ = server.kill();
+                let _ = server.wait();
+                break;
+            }
+        }
+    }
+    kill_process_group(pid);
+}
+
+/// SIGKILL to the process group led by `pid` (the server was started as the
+/// leader of its own group).
+fn kill_process_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Copies a pipe into the shared log, line by line, forwarding each line to
