@@ -1,7 +1,7 @@
 //! The in-process control plane: the process backend plus volume records in
 //! the store.
 
-use crate::process::{Layout, ProcessBackend, ProcessState, Spawn, kill_leftover};
+use crate::process::{Layout, ProcessBackend, ProcessState, Spawn, reap_leftovers};
 use crate::{
     Actor, ControlPlane, CpError, CpResult, InstanceState, ProvisionRequest, Provisioned,
     VolumeHistoryEntry, VolumeInfo,
@@ -61,15 +61,17 @@ impl EmbeddedCp {
         &self.backend
     }
 
-    /// Processes recorded by a previous run are ours only by record: that run
-    /// is gone, so nobody can wait on them. Kill them (data stays; persist
-    /// data is on disk, ephemeral data is wiped at the next start anyway) so
-    /// that the platform's restart never produces a second process.
+    /// Whatever a previous run left running cannot be waited on by this one.
+    /// Kill it (persist data is on disk; ephemeral data is wiped at the next
+    /// start anyway) so that the platform's restart never makes a second
+    /// process for a workspace.
     async fn reap_leftovers(&self) -> anyhow::Result<()> {
+        let root = self.backend.layout().root().to_path_buf();
+        let killed = tokio::task::spawn_blocking(move || reap_leftovers(&root)).await?;
+        if killed > 0 {
+            tracing::info!(killed, "stopped processes left by a previous run");
+        }
         for inst in self.store.list_instances().await? {
-            if kill_leftover(inst.pid, &inst.instance_id) {
-                tracing::info!(workspace_id = %inst.workspace_id, pid = inst.pid, "stopped a process left by a previous run");
-            }
             self.store
                 .delete_instance(inst.workspace_id, &inst.instance_id)
                 .await?;

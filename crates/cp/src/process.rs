@@ -20,9 +20,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// The environment variable that ties a process to its instance; used after a
-/// server crash to recognise our own leftovers (and not a recycled pid).
+/// The environment variable that ties a process to its instance.
 pub const INSTANCE_ENV: &str = "HOLDFAST_INSTANCE_ID";
+
+/// The environment variable that ties a process to the control plane (by its
+/// data dir) that started it; used after a crash of the server to find every
+/// process it left behind, recorded or not, and never anyone else's.
+pub const ROOT_ENV: &str = "HOLDFAST_CP_ROOT";
 
 /// Variables of the server's own environment a workspace inherits. Everything
 /// else (the admin token above all) is withheld.
@@ -156,6 +160,7 @@ impl ProcessBackend {
         cmd.env("HOLDFAST_DATA_DIR", &data_dir);
         cmd.env("HOLDFAST_WORKSPACE_ID", spec.workspace_id.to_string());
         cmd.env(INSTANCE_ENV, &spec.instance_id);
+        cmd.env(ROOT_ENV, self.layout.root());
         let mut child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", spec.argv[0]))?;
@@ -257,20 +262,39 @@ async fn terminate_group(
     let _ = exit.wait_for(Option::is_some).await;
 }
 
-/// Kills the process group of a process left behind by a previous run of the
-/// server, if (and only if) it is still ours: its environment carries our
-/// instance id, so a recycled pid is never signalled.
-pub fn kill_leftover(pid: i64, instance_id: &str) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
+/// Kills every process group whose leader carries `HOLDFAST_CP_ROOT=<root>`
+/// in its environment: what a previous run of this control plane left
+/// running. Returns how many it killed. Reading `/proc/<pid>/environ` (rather
+/// than trusting recorded pids) means a recycled pid is never signalled and a
+/// process started just before a crash, not yet recorded, is still found.
+pub fn reap_leftovers(root: &Path) -> usize {
+    let needle = format!("{ROOT_ENV}={}", root.display());
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
     };
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let needle = format!("{INSTANCE_ENV}={instance_id}");
-    let ours = environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes());
-    if ours {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid as u32 == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            // Kill the whole group (the workspace's children too), then the
+            // process itself in case it left its group.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            killed += 1;
+        }
     }
-    ours
+    killed
 }

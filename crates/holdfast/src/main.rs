@@ -7,7 +7,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "holdfast", version, about = "Control plane for long-lived AI-agent workspaces and their saved data")]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Control plane for long-lived AI-agent workspaces and their saved data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,7 +27,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve::run(args)),
         Command::Runtime => rt.block_on(runtime::run()),

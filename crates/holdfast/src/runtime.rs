@@ -39,12 +39,19 @@ impl Memory {
             Err(e) => return Err(e.into()),
         };
         // A line torn by a crash mid-write is skipped, not fatal.
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 
     async fn append(&self, msgs: &[Message]) -> anyhow::Result<()> {
         let _g = self.lock.lock().await;
-        let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await?;
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await?;
         let mut buf = String::new();
         for m in msgs {
             buf.push_str(&serde_json::to_string(m)?);
@@ -79,16 +86,29 @@ fn now() -> String {
 type Err500 = (axum::http::StatusCode, String);
 
 fn internal(e: anyhow::Error) -> Err500 {
-    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        format!("{e:#}"),
+    )
 }
 
-async fn post_message(State(mem): State<Arc<Memory>>, Json(m): Json<Incoming>) -> Result<Json<Reply>, Err500> {
+async fn post_message(
+    State(mem): State<Arc<Memory>>,
+    Json(m): Json<Incoming>,
+) -> Result<Json<Reply>, Err500> {
     let before = mem.history().await.map_err(internal)?;
     let remembered = before.iter().filter(|m| m.role == "user").count();
-    let user = Message { role: "user".into(), text: m.text.clone(), at: now() };
+    let user = Message {
+        role: "user".into(),
+        text: m.text.clone(),
+        at: now(),
+    };
     let reply = Message {
         role: "agent".into(),
-        text: format!("You said {:?}. I remember {} earlier message(s).", m.text, remembered),
+        text: format!(
+            "You said {:?}. I remember {} earlier message(s).",
+            m.text, remembered
+        ),
         at: now(),
     };
     mem.append(&[user, reply.clone()]).await.map_err(internal)?;
@@ -97,7 +117,9 @@ async fn post_message(State(mem): State<Arc<Memory>>, Json(m): Json<Incoming>) -
 }
 
 async fn get_messages(State(mem): State<Arc<Memory>>) -> Result<Json<HistoryBody>, Err500> {
-    Ok(Json(HistoryBody { messages: mem.history().await.map_err(internal)? }))
+    Ok(Json(HistoryBody {
+        messages: mem.history().await.map_err(internal)?,
+    }))
 }
 
 /// What the platform answers to a registration.
@@ -113,7 +135,12 @@ enum Outcome {
     Unreachable,
 }
 
-async fn call(client: &reqwest::Client, url: &str, token: &str, body: serde_json::Value) -> Outcome {
+async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> Outcome {
     match client.post(url).bearer_auth(token).json(&body).send().await {
         Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => Outcome::Revoked,
         Ok(r) if r.status().is_success() => Outcome::Ok(r),
@@ -129,19 +156,29 @@ async fn call(client: &reqwest::Client, url: &str, token: &str, body: serde_json
 }
 
 pub async fn run() -> anyhow::Result<()> {
-    let data_dir = PathBuf::from(std::env::var_os("HOLDFAST_DATA_DIR").context("HOLDFAST_DATA_DIR is not set")?);
-    let platform = std::env::var("HOLDFAST_PLATFORM_URL").context("HOLDFAST_PLATFORM_URL is not set")?;
+    let data_dir = PathBuf::from(
+        std::env::var_os("HOLDFAST_DATA_DIR").context("HOLDFAST_DATA_DIR is not set")?,
+    );
+    let platform =
+        std::env::var("HOLDFAST_PLATFORM_URL").context("HOLDFAST_PLATFORM_URL is not set")?;
     let token = std::env::var("HOLDFAST_TOKEN").context("HOLDFAST_TOKEN is not set")?;
     let memory_dir = data_dir.join("memory");
     tokio::fs::create_dir_all(&memory_dir).await?;
-    let mem = Arc::new(Memory { path: memory_dir.join("messages.jsonl"), lock: Mutex::new(()) });
+    let mem = Arc::new(Memory {
+        path: memory_dir.join("messages.jsonl"),
+        lock: Mutex::new(()),
+    });
 
-    let app = Router::new().route("/messages", get(get_messages).post(post_message)).with_state(mem);
+    let app = Router::new()
+        .route("/messages", get(get_messages).post(post_message))
+        .with_state(mem);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let my_url = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let body = serde_json::json!({ "url": my_url });
     let register_url = format!("{platform}/registry/register");
     let heartbeat_url = format!("{platform}/registry/heartbeat");
@@ -161,7 +198,7 @@ pub async fn run() -> anyhow::Result<()> {
     };
     eprintln!("holdfast runtime: registered at {my_url}");
 
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(interval);
     loop {
@@ -169,7 +206,7 @@ pub async fn run() -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {
-                if let Outcome::Revoked = call(&client, &heartbeat_url, &token, body.clone()).await {
+                if let Outcome::Revoked = call(&client, &heartbeat_url, &token, serde_json::json!({})).await {
                     anyhow::bail!("the platform revoked this workspace token; exiting");
                 }
             }

@@ -4,13 +4,12 @@ use anyhow::Context;
 use clap::Args;
 use holdfast_cp::{CpPolicy, EmbeddedCp};
 use holdfast_domain::{DataPersistence, DurationArg};
-use holdfast_platform::{generate_token, App, Secret};
+use holdfast_platform::{App, ReconcilerSettings, Secret, generate_token};
 use holdfast_store::Store;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -25,7 +24,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOLDFAST_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// What a workspace without `compute.data_persistence` (auto) gets.
-    #[arg(long, env = "HOLDFAST_DEFAULT_DATA_PERSISTENCE", default_value = "persist")]
+    #[arg(
+        long,
+        env = "HOLDFAST_DEFAULT_DATA_PERSISTENCE",
+        default_value = "persist"
+    )]
     default_data_persistence: DataPersistence,
     /// How long data of a workspace deleted without erase is kept.
     #[arg(long, env = "HOLDFAST_RETENTION_GRACE", default_value = "7d")]
@@ -33,6 +36,21 @@ pub struct ServeArgs {
     /// How long data of a workspace deleted with erase can still be restored.
     #[arg(long, env = "HOLDFAST_ERASE_GRACE", default_value = "5m")]
     erase_grace: DurationArg,
+    /// A workspace still `provisioning` after this long becomes `failed`
+    /// (its compute and data are left alone).
+    #[arg(long, env = "HOLDFAST_PROVISION_TIMEOUT", default_value = "2m")]
+    provision_timeout: DurationArg,
+    /// How often runtimes heartbeat; three missed beats make a workspace
+    /// offline (and restarted).
+    #[arg(long, env = "HOLDFAST_HEARTBEAT_INTERVAL", default_value = "5s")]
+    heartbeat_interval: DurationArg,
+    /// The first delay before restarting a crashed workspace; it doubles at
+    /// each crash up to one minute and resets after a minute of stable run.
+    #[arg(long, env = "HOLDFAST_RESTART_BACKOFF", default_value = "500ms")]
+    restart_backoff: DurationArg,
+    /// How long a workspace process gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "HOLDFAST_STOP_TIMEOUT", default_value = "10s")]
+    stop_timeout: DurationArg,
 }
 
 /// Reads, or creates on first start, the admin token. Returns it and whether
@@ -83,7 +101,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         retention_grace: args.retention_grace.0,
         erase_grace: args.erase_grace.0,
         runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
-        stop_timeout: Duration::from_secs(10),
+        stop_timeout: args.stop_timeout.0,
     };
     let cp = EmbeddedCp::start(store.clone(), data_dir.clone(), policy).await?;
 
@@ -92,12 +110,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
-    let app = App::new(store, cp.clone(), &token, url.clone()).await?;
-    let background = app.spawn_background(Duration::from_secs(1));
+    let reconciler = ReconcilerSettings {
+        heartbeat_interval: args.heartbeat_interval.0,
+        heartbeat_window: args.heartbeat_interval.0 * 3,
+        provision_timeout: args.provision_timeout.0,
+        backoff_base: args.restart_backoff.0,
+        ..ReconcilerSettings::default()
+    };
+    let app = App::new(store, cp.clone(), &token, url.clone(), reconciler).await?;
+    let background = app.spawn_background();
 
     let mut out = std::io::stdout().lock();
     if generated {
-        writeln!(out, "admin token: {} (saved to {})", token.expose(), data_dir.join("admin-token").display())?;
+        writeln!(
+            out,
+            "admin token: {} (saved to {})",
+            token.expose(),
+            data_dir.join("admin-token").display()
+        )?;
     }
     writeln!(out, "holdfast listening on {url}")?;
     out.flush()?;
@@ -115,7 +145,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

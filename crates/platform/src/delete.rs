@@ -10,8 +10,10 @@ use crate::App;
 use crate::auth::Caller;
 use crate::dto::DeleteResponse;
 use crate::error::{ApiError, ApiResult};
+use crate::events::Event;
+use crate::failpoint;
 use axum::http::StatusCode;
-use holdfast_domain::{DataPersistence, VolumeState, format_millis, now_millis};
+use holdfast_domain::{DataPersistence, Status, VolumeState, format_millis, now_millis};
 use holdfast_store::WorkspaceRow;
 use serde_json::json;
 use uuid::Uuid;
@@ -94,6 +96,7 @@ impl App {
             .store
             .mark_removed(&ids, req.erase_data, now_millis())
             .await?;
+        failpoint::hit("delete.after_mark");
         let actor = caller.actor();
         for wid in &ids {
             self.audit_ws(
@@ -111,6 +114,8 @@ impl App {
             let Some(row) = self.store.get_workspace(*wid).await? else {
                 continue;
             };
+            self.events
+                .publish(Event::status(Status::Removed, row.id, row.org_id));
             if let Err(e) = self.finish_removal(&row, &actor).await {
                 failures.push(StopFailure {
                     workspace_id: *wid,
@@ -161,17 +166,31 @@ impl App {
     /// erase. Idempotent; the reconciler calls it again after a crash.
     pub(crate) async fn finish_removal(&self, ws: &WorkspaceRow, actor: &str) -> ApiResult<()> {
         let _guard = self.locks.lock(ws.id).await;
+        self.finish_removal_locked(ws, actor).await
+    }
+
+    /// [`App::finish_removal`] for a caller that holds the workspace's lock.
+    pub(crate) async fn finish_removal_locked(
+        &self,
+        ws: &WorkspaceRow,
+        actor: &str,
+    ) -> ApiResult<()> {
+        let instance = self
+            .observed(ws.id)
+            .instance_id
+            .or_else(|| ws.instance_id.clone());
         if ws.delete_erase == Some(true) {
             self.cp
-                .stop_and_prune(ws.id, ws.instance_id.as_deref(), actor)
+                .stop_and_prune(ws.id, instance.as_deref(), actor)
                 .await?;
         } else {
-            self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
+            self.cp.stop(ws.id, instance.as_deref()).await?;
             self.cp
                 .retain_volume(ws.id, actor, "workspace_deleted")
                 .await?;
         }
         self.store.mark_compute_released(ws.id).await?;
+        self.forget(ws.id);
         Ok(())
     }
 }

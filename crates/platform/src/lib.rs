@@ -10,12 +10,18 @@ mod body;
 mod delete;
 pub mod dto;
 pub mod error;
+mod events;
+mod failpoint;
 mod lifecycle;
+mod messages;
 mod openapi;
+mod reconciler;
+mod registry;
 mod routes;
 
 pub use auth::{Secret, generate_token, hash_token};
 pub use openapi::ApiDoc;
+pub use reconciler::ReconcilerSettings;
 
 use axum::Router;
 use axum::http::{StatusCode, Uri};
@@ -23,8 +29,9 @@ use axum::routing::{get, post};
 use holdfast_cp::ControlPlane;
 use holdfast_store::Store;
 use lifecycle::WorkspaceLocks;
-use std::sync::Arc;
-use std::time::Duration;
+use reconciler::Observed;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// The platform's shared state.
@@ -36,6 +43,12 @@ pub struct App {
     /// The URL workspaces reach the platform at (`HOLDFAST_PLATFORM_URL`).
     public_url: String,
     locks: WorkspaceLocks,
+    /// What this server observes of each workspace's compute (not durable).
+    observed: Mutex<HashMap<Uuid, Observed>>,
+    events: events::EventBus,
+    reconciler: ReconcilerSettings,
+    /// For relaying messages to runtimes.
+    http: reqwest::Client,
 }
 
 impl App {
@@ -44,6 +57,7 @@ impl App {
         cp: Arc<dyn ControlPlane>,
         admin_token: &Secret,
         public_url: String,
+        reconciler: ReconcilerSettings,
     ) -> anyhow::Result<Arc<App>> {
         let default_org = store.default_org(holdfast_domain::now_millis()).await?.id;
         Ok(Arc::new(App {
@@ -53,24 +67,26 @@ impl App {
             default_org,
             public_url,
             locks: WorkspaceLocks::default(),
+            observed: Mutex::new(HashMap::new()),
+            events: events::EventBus::default(),
+            reconciler,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
         }))
     }
 
-    /// Runs the background loop: recover at start, then observe processes.
-    pub fn spawn_background(
-        self: &Arc<Self>,
-        observe_every: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Runs the reconciler loop: a first pass at start (which restarts every
+    /// workspace that should run), then one pass per interval.
+    pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let app = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = app.recover().await {
-                tracing::error!(error = %e, "recovery at start failed");
-            }
-            let mut tick = tokio::time::interval(observe_every);
+            let mut tick = tokio::time::interval(app.reconciler.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = app.observe().await {
-                    tracing::warn!(error = %e, "observing workspaces failed");
+                if let Err(e) = app.reconcile_all().await {
+                    tracing::warn!(error = %e, "reconcile pass failed");
                 }
             }
         })
@@ -109,6 +125,20 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(routes::delete_workspace),
         )
         .route("/workspaces/{id}/restart", post(routes::restart_workspace))
+        .route("/workspaces/{id}/pause", post(routes::pause_workspace))
+        .route("/workspaces/{id}/resume", post(routes::resume_workspace))
+        .route(
+            "/workspaces/{id}/hibernate",
+            post(routes::hibernate_workspace),
+        )
+        .route("/workspaces/{id}/wake", post(routes::wake_workspace))
+        .route(
+            "/workspaces/{id}/messages",
+            get(messages::get_messages).post(messages::post_message),
+        )
+        .route("/events", get(events::events))
+        .route("/registry/register", post(registry::register))
+        .route("/registry/heartbeat", post(registry::heartbeat))
         .route("/workspaces/{id}/data", get(routes::get_workspace_data))
         .route("/volumes", get(routes::list_volumes))
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,20 +1,17 @@
-//! Lifecycle operations on workspaces: create, patch, start, stop, restart.
-//!
-//! Every operation writes the store first, then acts on the control plane.
-//! Starts and stops of one workspace are serialised by a per-workspace lock,
-//! so two of them never run concurrently.
+//! Lifecycle operations on workspaces: create, patch, restart, pause,
+//! resume, hibernate, wake. Each writes intent to the store, then asks the
+//! reconciler to carry it out for that workspace (see `reconciler.rs`).
 //!
 //! **Architecture Invariant:** nothing in this module calls
 //! `ControlPlane::stop_and_prune`; routine operations only ever `stop`.
 
 use crate::App;
-use crate::auth::{Caller, generate_token, hash_hex};
+use crate::auth::Caller;
 use crate::dto::ParsedCreate;
 use crate::error::{ApiError, ApiResult};
-use holdfast_cp::ProvisionRequest;
-use holdfast_domain::{DesiredState, Status, now_millis};
-use holdfast_store::{NewAuditEvent, TokenKind, WorkspacePatch, WorkspaceRow};
-use std::collections::{BTreeMap, HashMap};
+use holdfast_domain::{DesiredState, now_millis};
+use holdfast_store::{NewAuditEvent, WorkspacePatch, WorkspaceRow};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
@@ -116,7 +113,11 @@ impl App {
             .await?;
         self.audit_ws(&caller.actor(), "workspace.created", id, None)
             .await;
-        self.start(&ws).await;
+        // Creation succeeded once the row is written; a failed first start
+        // shows as status `failed`, and the loop retries a crashed one.
+        if let Err(e) = self.reconcile(id).await {
+            tracing::error!(workspace_id = %id, error = %e, "first start failed");
+        }
         Ok(self.store.get_workspace(id).await?.unwrap_or(ws))
     }
 
@@ -144,163 +145,105 @@ impl App {
         Ok(ws)
     }
 
-    /// Starts the workspace with its stored configuration. A failure is
-    /// recorded as status `failed` (and logged); compute and data are left as
-    /// they are.
-    #[tracing::instrument(skip_all, fields(workspace_id = %ws.id))]
-    pub async fn start(&self, ws: &WorkspaceRow) {
-        let _guard = self.locks.lock(ws.id).await;
-        self.start_locked(ws).await;
-    }
-
-    async fn start_locked(&self, ws: &WorkspaceRow) {
-        let now = now_millis();
-        // A workspace token per start; the previous ones stop working.
-        let token = generate_token("hfw");
-        let minted = async {
-            self.store.revoke_workspace_tokens(ws.id, now).await?;
-            self.store
-                .insert_token(
-                    &hash_hex(token.expose()),
-                    TokenKind::Workspace,
-                    Some(ws.org_id),
-                    Some(ws.id),
-                    now,
-                )
-                .await
-        }
-        .await;
-        if let Err(e) = minted {
-            tracing::error!(error = %e, "minting the workspace token failed");
-            let _ = self
-                .store
-                .set_observed(ws.id, Status::Failed, None, None, now_millis())
-                .await;
-            return;
-        }
-        let mut env: BTreeMap<String, String> =
-            ws.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        env.insert("HOLDFAST_PLATFORM_URL".into(), self.public_url.clone());
-        env.insert("HOLDFAST_TOKEN".into(), token.expose().to_owned());
-        let req = ProvisionRequest {
-            org_id: ws.org_id,
-            workspace_id: ws.id,
-            runtime: ws.runtime.clone(),
-            tier: ws.tier.get(),
-            env,
-            data_persistence: ws.compute.data_persistence,
-            volume_size_gb: ws.compute.volume.map(|v| v.size_gb),
-        };
-        let _ = self
-            .store
-            .set_observed(ws.id, Status::Provisioning, None, None, now_millis())
-            .await;
-        match self.cp.provision(req).await {
-            Ok(p) => {
-                let _ = self
-                    .store
-                    .set_observed(
-                        ws.id,
-                        Status::Online,
-                        Some(&p.instance_id),
-                        Some(p.data_mode),
-                        now_millis(),
-                    )
-                    .await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "provisioning failed");
-                let _ = self
-                    .store
-                    .set_observed(ws.id, Status::Failed, None, None, now_millis())
-                    .await;
-            }
-        }
-    }
-
-    /// Stops the workspace's compute (never prunes) and records it offline.
-    async fn stop_locked(&self, ws: &WorkspaceRow) -> ApiResult<()> {
-        self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
-        self.store
-            .set_observed(ws.id, Status::Offline, None, None, now_millis())
-            .await?;
-        Ok(())
-    }
-
-    /// Stop (never prune), then start with the stored configuration.
+    /// Stop (never prune), then start with the stored configuration: a new
+    /// generation of the `running` intent.
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
     pub async fn restart(&self, caller: &Caller, id: Uuid) -> ApiResult<WorkspaceRow> {
-        self.load_live(caller, id).await?;
+        let ws = self.load_live(caller, id).await?;
+        self.refuse_paused_ancestor(&ws).await?;
         self.store
             .set_desired(id, DesiredState::Running, now_millis())
             .await?;
-        {
-            let _guard = self.locks.lock(id).await;
-            // Re-read under the lock: the instance to stop is the current one.
-            let ws = self
-                .store
-                .get_workspace(id)
-                .await?
-                .ok_or_else(|| ApiError::not_found("workspace"))?;
-            if ws.is_removed() {
-                return Err(ApiError::not_found("workspace"));
-            }
-            self.stop_locked(&ws).await?;
-            let ws = self
-                .store
-                .get_workspace(id)
-                .await?
-                .ok_or_else(|| ApiError::not_found("workspace"))?;
-            self.start_locked(&ws).await;
-        }
         self.audit_ws(&caller.actor(), "workspace.restarted", id, None)
             .await;
+        self.reconcile(id).await.map_err(ApiError::internal)?;
         self.store
             .get_workspace(id)
             .await?
             .ok_or_else(|| ApiError::not_found("workspace"))
     }
 
-    /// At server start: start every workspace that should run, and finish the
-    /// removals a previous run did not complete.
-    pub async fn recover(&self) -> anyhow::Result<()> {
-        for ws in self.store.unreleased_removed().await? {
-            if let Err(e) = self.finish_removal(&ws, "reconciler").await {
-                tracing::warn!(workspace_id = %ws.id, error = ?e.message, "finishing an interrupted removal failed");
+    /// 409 when an ancestor is paused: it would be odd for a child to run
+    /// while the team it belongs to is paused.
+    async fn refuse_paused_ancestor(&self, ws: &WorkspaceRow) -> ApiResult<()> {
+        let mut cursor = ws.parent_id;
+        let mut hops = 0;
+        while let Some(pid) = cursor {
+            let Some(parent) = self.store.get_workspace(pid).await? else {
+                break;
+            };
+            if parent.desired == DesiredState::Paused && !parent.is_removed() {
+                return Err(ApiError::conflict(
+                    "paused_ancestor",
+                    format!(
+                        "ancestor {:?} ({}) is paused; resume it first",
+                        parent.name, parent.id
+                    ),
+                )
+                .with("ancestor_id", parent.id.to_string()));
             }
-        }
-        for ws in self.store.live_workspaces().await? {
-            if ws.desired == DesiredState::Running {
-                self.start(&ws).await;
+            cursor = parent.parent_id;
+            hops += 1;
+            if hops > 10_000 {
+                break;
             }
         }
         Ok(())
     }
 
-    /// Marks workspaces whose process exited as `offline`.
-    pub async fn observe(&self) -> anyhow::Result<()> {
-        for ws in self.store.live_workspaces().await? {
-            if ws.status != Status::Online {
-                continue;
-            }
-            let Some(instance) = ws.instance_id.as_deref() else {
-                continue;
-            };
-            match self.cp.status(ws.id, instance).await {
-                Ok(holdfast_cp::InstanceState::Running) => {}
-                Ok(_) => {
-                    let _guard = self.locks.lock(ws.id).await;
-                    let current = self.store.get_workspace(ws.id).await?;
-                    if current.is_some_and(|c| c.instance_id.as_deref() == Some(instance)) {
-                        self.store
-                            .set_observed(ws.id, Status::Offline, None, None, now_millis())
-                            .await?;
-                    }
-                }
-                // Data safety: a status we cannot read is "still running".
-                Err(e) => tracing::debug!(error = %e, "status unknown; assuming running"),
-            }
+    /// Pause or hibernate (stop without prune), or resume or wake (start
+    /// again). With live descendants, pausing and hibernating need
+    /// `cascade=true` and then apply to the whole subtree.
+    #[tracing::instrument(skip_all, fields(workspace_id = %id, desired = %desired))]
+    pub async fn set_run_state(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        desired: DesiredState,
+        cascade: bool,
+    ) -> ApiResult<WorkspaceRow> {
+        let ws = self.load_live(caller, id).await?;
+        let descendants = self.store.live_descendants(id).await?;
+        let stopping = matches!(desired, DesiredState::Paused | DesiredState::Hibernated);
+        if stopping && !descendants.is_empty() && !cascade {
+            let list: Vec<_> = descendants
+                .iter()
+                .map(|d| serde_json::json!({"id": d.id, "name": d.name}))
+                .collect();
+            return Err(ApiError::conflict(
+                "confirmation_required",
+                format!(
+                    "workspace has {} live descendants; repeat with cascade=true to include them",
+                    descendants.len()
+                ),
+            )
+            .with("children", list)
+            .with("children_count", descendants.len()));
         }
-        Ok(())
+        if !stopping {
+            self.refuse_paused_ancestor(&ws).await?;
+        }
+        let mut ids = vec![id];
+        if cascade {
+            ids.extend(descendants.iter().map(|d| d.id));
+        }
+        if stopping {
+            // Deepest first: children stop before their parent.
+            ids.reverse();
+        }
+        let action = match desired {
+            DesiredState::Paused => "workspace.paused",
+            DesiredState::Hibernated => "workspace.hibernated",
+            _ => "workspace.resumed",
+        };
+        for wid in &ids {
+            self.store.set_desired(*wid, desired, now_millis()).await?;
+            self.audit_ws(&caller.actor(), action, *wid, None).await;
+            self.reconcile(*wid).await.map_err(ApiError::internal)?;
+        }
+        self.store
+            .get_workspace(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("workspace"))
     }
 }

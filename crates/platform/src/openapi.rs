@@ -21,11 +21,22 @@ use utoipa::{Modify, OpenApi};
         routes::get_workspace_data,
         routes::list_volumes,
         openapi_json,
+        routes::pause_workspace,
+        routes::resume_workspace,
+        routes::hibernate_workspace,
+        routes::wake_workspace,
+        crate::events::events,
+        crate::registry::register,
+        crate::registry::heartbeat,
+        crate::messages::post_message,
+        crate::messages::get_messages,
     ),
     components(schemas(
         dto::WorkspaceView, dto::DataSummary, dto::CreateWorkspaceRequest, dto::PatchWorkspaceRequest,
         dto::DeleteResponse, dto::VolumeView, dto::HistoryView, dto::ErrorBody, dto::Health,
         dto::RuntimeSchema, dto::ComputeSchema, dto::VolumeSpecSchema, dto::ChildRef,
+        crate::events::Event, crate::registry::RegisterRequest, crate::registry::RegisterResponse,
+        crate::registry::HeartbeatRequest, crate::messages::MessageRequest,
     )),
     modifiers(&BearerAuth)
 )]

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use holdfast_domain::VolumeState;
+use holdfast_domain::{DesiredState, VolumeState};
 use holdfast_store::{WorkspacePatch, WorkspaceRow};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 type AppState = State<Arc<App>>;
 
 /// Parses a path id; a non-UUID is 400 before anything else is looked at.
-fn parse_id(raw: &str) -> ApiResult<Uuid> {
+pub(crate) fn parse_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(raw).map_err(|_| {
         ApiError::bad_request(
             "invalid_id",
@@ -313,4 +313,80 @@ pub async fn list_volumes(
         }
     }
     Ok(Json(out))
+}
+
+async fn run_state(
+    app: Arc<App>,
+    caller: Caller,
+    raw: String,
+    uri: axum::http::Uri,
+    desired: DesiredState,
+) -> ApiResult<Json<WorkspaceView>> {
+    let id = parse_id(&raw)?;
+    let mut cascade = false;
+    for (_, v) in parse_query(uri.query(), &["cascade"])? {
+        cascade = parse_bool("cascade", &v)?;
+    }
+    let ws = app.set_run_state(&caller, id, desired, cascade).await?;
+    Ok(Json(app.view(&ws).await?))
+}
+
+#[utoipa::path(
+    post, path = "/workspaces/{id}/pause",
+    params(("id" = Uuid, Path, description = "workspace id"), ("cascade" = Option<bool>, Query, description = "include live descendants")),
+    responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "has live descendants and no cascade=true")),
+    security(("bearer" = []))
+)]
+pub async fn pause_workspace(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<WorkspaceView>> {
+    run_state(app, caller, raw, uri, DesiredState::Paused).await
+}
+
+#[utoipa::path(
+    post, path = "/workspaces/{id}/resume",
+    params(("id" = Uuid, Path, description = "workspace id"), ("cascade" = Option<bool>, Query, description = "include live descendants")),
+    responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "an ancestor is paused")),
+    security(("bearer" = []))
+)]
+pub async fn resume_workspace(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<WorkspaceView>> {
+    run_state(app, caller, raw, uri, DesiredState::Running).await
+}
+
+#[utoipa::path(
+    post, path = "/workspaces/{id}/hibernate",
+    params(("id" = Uuid, Path, description = "workspace id"), ("cascade" = Option<bool>, Query, description = "include live descendants")),
+    responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "has live descendants and no cascade=true")),
+    security(("bearer" = []))
+)]
+pub async fn hibernate_workspace(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<WorkspaceView>> {
+    run_state(app, caller, raw, uri, DesiredState::Hibernated).await
+}
+
+#[utoipa::path(
+    post, path = "/workspaces/{id}/wake",
+    params(("id" = Uuid, Path, description = "workspace id"), ("cascade" = Option<bool>, Query, description = "include live descendants")),
+    responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "an ancestor is paused")),
+    security(("bearer" = []))
+)]
+pub async fn wake_workspace(
+    State(app): AppState,
+    caller: Caller,
+    Path(raw): Path<String>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<WorkspaceView>> {
+    run_state(app, caller, raw, uri, DesiredState::Running).await
 }

@@ -385,3 +385,27 @@ impl Store {
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
 }
+
+impl Store {
+    /// Records a status change alone (the instance and URL stay as they are).
+    #[tracing::instrument(skip_all, name = "store.set_status", fields(workspace_id = %id, status = %status))]
+    pub async fn set_status(&self, id: Uuid, status: Status, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE workspaces SET status = $2, updated_at = $3 WHERE id = $1 AND removed_at IS NULL")
+            .bind(id.to_string())
+            .bind(status.as_str())
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records the URL a runtime registered (or clears it).
+    pub async fn set_url(&self, id: Uuid, url: Option<&str>) -> StoreResult<()> {
+        sqlx::query("UPDATE workspaces SET url = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(url.map(str::to_owned))
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}

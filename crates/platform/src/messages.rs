@@ -1,0 +1,141 @@
+//! `POST` and `GET /workspaces/:id/messages`: talk to the workspace's runtime,
+//! proxied to the URL it registered. A message to a hibernated workspace
+//! wakes it first.
+
+use crate::App;
+use crate::auth::Caller;
+use crate::body::JsonBody;
+use crate::dto::ErrorBody;
+use crate::error::{ApiError, ApiResult};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use holdfast_domain::DesiredState;
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use utoipa::ToSchema;
+
+/// Answers from a runtime larger than this are refused, not relayed.
+const MAX_RUNTIME_ANSWER: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRequest {
+    /// What to say.
+    pub text: String,
+}
+
+fn unavailable(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runtime_unavailable", msg)
+}
+
+impl App {
+    /// The URL of a registered, running runtime; waits (bounded) for one that
+    /// is starting, and wakes a hibernated workspace.
+    async fn runtime_url(&self, caller: &Caller, raw: &str) -> ApiResult<String> {
+        let id = crate::routes::parse_id(raw)?;
+        let ws = self.load_live(caller, id).await?;
+        if ws.desired == DesiredState::Hibernated {
+            self.store
+                .set_desired(id, DesiredState::Running, holdfast_domain::now_millis())
+                .await?;
+            self.audit_ws(
+                &caller.actor(),
+                "workspace.woken",
+                id,
+                Some(serde_json::json!({"by": "message"})),
+            )
+            .await;
+            self.reconcile(id).await.map_err(ApiError::internal)?;
+        } else if ws.desired != DesiredState::Running {
+            return Err(ApiError::conflict(
+                "workspace_not_running",
+                format!("workspace is {}; resume it first", ws.desired),
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let obs = self.observed(id);
+            if obs.registered
+                && let Some(url) = self.store.get_workspace(id).await?.and_then(|w| w.url)
+            {
+                return Ok(url);
+            }
+            if Instant::now() > deadline {
+                return Err(unavailable(
+                    "the workspace's runtime has not registered; try again shortly",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn relay(&self, req: reqwest::RequestBuilder) -> ApiResult<Json<Value>> {
+        let mut resp = req
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|_| unavailable("the workspace's runtime did not answer"))?;
+        if !resp.status().is_success() {
+            return Err(unavailable(format!(
+                "the workspace's runtime answered {}",
+                resp.status().as_u16()
+            )));
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|_| unavailable("the runtime's answer broke off"))?
+        {
+            if buf.len() + chunk.len() > MAX_RUNTIME_ANSWER {
+                return Err(unavailable("the runtime's answer is too large"));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&buf)
+            .map(Json)
+            .map_err(|_| unavailable("the runtime's answer is not JSON"))
+    }
+}
+
+#[utoipa::path(
+    post, path = "/workspaces/{id}/messages",
+    params(("id" = uuid::Uuid, Path, description = "workspace id")),
+    request_body = MessageRequest,
+    responses((status = 200, description = "the runtime's reply and its remembered history"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn post_message(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody<MessageRequest>,
+) -> ApiResult<Json<Value>> {
+    let url = app.runtime_url(&caller, &raw).await?;
+    app.relay(
+        app.http
+            .post(format!("{url}/messages"))
+            .json(&serde_json::json!({"text": body.text})),
+    )
+    .await
+}
+
+#[utoipa::path(
+    get, path = "/workspaces/{id}/messages",
+    params(("id" = uuid::Uuid, Path, description = "workspace id")),
+    responses((status = 200, description = "the runtime's remembered history"),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_messages(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let url = app.runtime_url(&caller, &raw).await?;
+    app.relay(app.http.get(format!("{url}/messages"))).await
+}
