@@ -1,6 +1,8 @@
 //! Creating, reading, listing and patching workspaces (SPEC §2 and §7).
 
-use crate::helpers::{TestApp, child_body, id_of, recording_runtime, workspace_body};
+use crate::helpers::{
+    TestApp, child_body, id_of, read_lines, recording_runtime, wait_for_pid, workspace_body,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -127,4 +129,34 @@ async fn patch_changes_fields_and_restart_applies_them() {
     let online = app.wait_online(&id).await;
     assert_eq!(online["name"], "after");
     assert_eq!(online["tier"], 1);
+}
+
+#[tokio::test]
+async fn workspaces_created_right_after_startup_are_started_once() {
+    // Whatever the server does at start (recovering workspaces of an earlier
+    // run) must not start a workspace created meanwhile a second time.
+    let app = TestApp::spawn().await;
+    let mut created = Vec::new();
+    for i in 0..4 {
+        let body = workspace_body(&format!("early-{i}"));
+        created.push(app.create_workspace(&body).await.expect_status(201));
+    }
+    for ws in &created {
+        let id = id_of(ws);
+        let online = app.wait_online(&id).await;
+        wait_for_pid(&app.volume_dir(&id)).await;
+        assert_eq!(
+            online["instance_id"], ws["instance_id"],
+            "{id} was started again after its create answered"
+        );
+    }
+    for ws in &created {
+        let id = id_of(ws);
+        assert_eq!(
+            read_lines(&app.volume_dir(&id).join("data.txt")),
+            ["started"],
+            "{id} must have been started exactly once"
+        );
+        assert_eq!(app.workspace(&id).await["instance_id"], ws["instance_id"]);
+    }
 }

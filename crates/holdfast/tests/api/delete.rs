@@ -7,8 +7,8 @@ use crate::helpers::{
 };
 use serde_json::Value;
 
-/// Creates `name` and waits for it to be online and for its process to have
-/// written its pid; returns the workspace and that pid.
+/// Creates a workspace from `body`, waits for it to be online and for its
+/// process to have written its pid; returns the workspace and that pid.
 async fn running_workspace(app: &TestApp, body: &Value) -> (Value, u32) {
     let ws = app.create_online_workspace(body).await;
     let pid = wait_for_pid(&app.volume_dir(&id_of(&ws))).await;

@@ -223,3 +223,131 @@ async fn process_runs_in_its_data_dir_with_holdfast_env() {
         "HOLDFAST_DATA_DIR is the volume"
     );
 }
+
+#[tokio::test]
+async fn switching_to_ephemeral_keeps_the_volume_and_switching_back_reattaches_it() {
+    let app = TestApp::spawn().await;
+    let ws = app
+        .create_online_workspace(&workspace_body_with_persistence("switcher", "persist"))
+        .await;
+    let id = id_of(&ws);
+    let volume = app.volume_dir(&id);
+    let scratch = app.scratch_dir(&id);
+    let persist_pid = wait_for_pid(&volume).await;
+
+    app.patch_workspace(
+        &id,
+        &json!({ "compute": { "data_persistence": "ephemeral" } }),
+    )
+    .await
+    .expect_status(200);
+    app.restart_workspace(&id).await.expect_status(200);
+    let online = app.wait_online(&id).await;
+    assert_eq!(online["data"]["mode"], "ephemeral", "{online}");
+    let ephemeral_pid = wait_for_pid(&scratch).await;
+    wait_process_gone(persist_pid).await;
+    assert_eq!(read_lines(&scratch.join("data.txt")), ["started"]);
+    assert_eq!(
+        read_lines(&volume.join("data.txt")),
+        ["started"],
+        "switching to ephemeral must not erase the durable volume"
+    );
+
+    app.patch_workspace(
+        &id,
+        &json!({ "compute": { "data_persistence": "persist" } }),
+    )
+    .await
+    .expect_status(200);
+    app.restart_workspace(&id).await.expect_status(200);
+    let online = app.wait_online(&id).await;
+    assert_eq!(online["data"]["mode"], "persist", "{online}");
+    assert_eq!(online["data"]["state"], "active", "{online}");
+    wait_for_pid_other_than(&volume, persist_pid).await;
+    wait_process_gone(ephemeral_pid).await;
+    assert_eq!(
+        read_lines(&volume.join("data.txt")),
+        ["started", "started"],
+        "switching back must re-attach the same data"
+    );
+    wait_path_gone(&scratch).await;
+}
+
+#[tokio::test]
+async fn persist_data_survives_a_server_restart() {
+    let mut app = TestApp::spawn().await;
+    let kept = app.create_online_workspace(&workspace_body("kept")).await;
+    let kept_id = id_of(&kept);
+    let scratchy = app
+        .create_online_workspace(&workspace_body_with_persistence("scratchy", "ephemeral"))
+        .await;
+    let scratchy_id = id_of(&scratchy);
+    let kept_pid = wait_for_pid(&app.volume_dir(&kept_id)).await;
+    let scratchy_pid = wait_for_pid(&app.scratch_dir(&scratchy_id)).await;
+
+    app.restart_server().await;
+    // A graceful stop of the server stops its workspaces.
+    wait_process_gone(kept_pid).await;
+    wait_process_gone(scratchy_pid).await;
+
+    app.wait_online(&kept_id).await;
+    app.wait_online(&scratchy_id).await;
+    wait_for_pid_other_than(&app.volume_dir(&kept_id), kept_pid).await;
+    wait_for_pid(&app.scratch_dir(&scratchy_id)).await;
+    assert_eq!(
+        read_lines(&app.volume_dir(&kept_id).join("data.txt")),
+        ["started", "started"]
+    );
+    assert_eq!(
+        read_lines(&app.scratch_dir(&scratchy_id).join("data.txt")),
+        ["started"]
+    );
+    assert_eq!(app.list_workspaces().await.len(), 2);
+}
+
+#[tokio::test]
+async fn persist_data_survives_a_server_crash() {
+    let mut app = TestApp::spawn().await;
+    let ws = app.create_online_workspace(&workspace_body("crashy")).await;
+    let id = id_of(&ws);
+    let volume = app.volume_dir(&id);
+    let pid = wait_for_pid(&volume).await;
+
+    app.crash_and_restart_server().await;
+    wait_process_gone(pid).await;
+
+    app.wait_online(&id).await;
+    wait_for_pid_other_than(&volume, pid).await;
+    assert_eq!(read_lines(&volume.join("data.txt")), ["started", "started"]);
+    let after = app.workspace(&id).await;
+    assert_eq!(after["data"]["mode"], "persist", "{after}");
+    assert_eq!(after["data"]["state"], "active", "{after}");
+}
+
+#[tokio::test]
+async fn persist_data_survives_a_process_crash_and_auto_restart() {
+    let app = TestApp::spawn().await;
+    // The first start exits with an error; the automatic restart finds the
+    // line the crashed run wrote and stays up.
+    let script = "echo started >> data.txt; \
+                  if [ \"$(wc -l < data.txt)\" -lt 2 ]; then exit 1; fi; \
+                  echo $$ > pid; exec sleep 600";
+    let created = app
+        .create_workspace(&json!({
+            "name": "crashes-once",
+            "runtime": { "command": ["sh", "-c", script] },
+        }))
+        .await
+        .expect_status(201);
+    let id = id_of(&created);
+    let volume = app.volume_dir(&id);
+    let pid = wait_for_pid(&volume).await;
+    let online = app.wait_online(&id).await;
+    assert_eq!(
+        read_lines(&volume.join("data.txt")),
+        ["started", "started"],
+        "the restarted process must see what the crashed one wrote"
+    );
+    assert!(crate::helpers::process_is_running(pid));
+    assert_eq!(online["data"]["state"], "active", "{online}");
+}

@@ -143,23 +143,34 @@ async fn malformed_json_is_400() {
         r#"{"name": "x","#,
         "not json",
         r#"{"name": "x"} trailing"#,
-        "",
+        "{'name': 'x'}",
     ] {
-        let response = app.create_workspace_raw(raw).await;
-        assert_eq!(
-            response.status.as_u16(),
-            400,
-            "body {raw:?} got {}: {}",
-            response.status,
-            response.text
-        );
-        assert_eq!(
-            response.body["code"], "malformed_json",
-            "body {raw:?} got {}",
-            response.text
-        );
+        app.create_workspace_raw(raw)
+            .await
+            .expect_error(400, "malformed_json");
     }
+    // An empty body is rejected too (whether read as bad JSON or as a body
+    // without the required `name`).
+    let empty = app.create_workspace_raw("").await;
+    assert_eq!(
+        empty.status.as_u16(),
+        400,
+        "empty body got {}: {}",
+        empty.status,
+        empty.text
+    );
     assert_nothing_created(&app).await;
+
+    let ws = app.create_online_workspace(&workspace_body("solid")).await;
+    let request = app
+        .authed(
+            reqwest::Method::PATCH,
+            &format!("/workspaces/{}", id_of(&ws)),
+        )
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(r#"{"name": "#);
+    app.send(request).await.expect_error(400, "malformed_json");
+    assert_eq!(app.workspace(&id_of(&ws)).await["name"], "solid");
 }
 
 #[tokio::test]
