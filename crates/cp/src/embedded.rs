@@ -27,12 +27,17 @@ pub struct CpPolicy {
     pub runtime_exe: PathBuf,
     /// How long a process gets between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// Whether the store also holds the platform's workspaces (embedded in
+    /// `serve`), which lets the sweeper find records without a workspace.
+    pub with_workspaces: bool,
 }
 
 pub struct EmbeddedCp {
     store: Store,
     backend: Arc<ProcessBackend>,
     policy: CpPolicy,
+    /// One sweeper pass at a time in this process.
+    sweeping: tokio::sync::Mutex<()>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -52,6 +57,7 @@ impl EmbeddedCp {
             store,
             backend,
             policy,
+            sweeping: tokio::sync::Mutex::new(()),
         });
         cp.reap_leftovers().await?;
         Ok(cp)
@@ -399,5 +405,79 @@ impl ControlPlane for EmbeddedCp {
             .into_iter()
             .map(Into::into)
             .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]
+    async fn restore_volume(
+        &self,
+        workspace_id: Uuid,
+        actor: Actor<'_>,
+    ) -> CpResult<Option<VolumeInfo>> {
+        let Some(v) = self.store.current_volume(workspace_id).await? else {
+            // No data left to bring back: erased, or never had any.
+            return match self.store.latest_volume(workspace_id).await? {
+                Some(v) if v.state == VolumeState::Erased => Err(CpError::DataErased),
+                _ => Ok(None),
+            };
+        };
+        let (action, from) = match v.state {
+            VolumeState::Active => return Ok(Some(v.into())),
+            VolumeState::Erasing | VolumeState::Erased => return Err(CpError::DataErased),
+            VolumeState::ErasePending => ("volume.erase_cancelled", VolumeState::ErasePending),
+            VolumeState::Retained => ("volume.restored", VolumeState::Retained),
+        };
+        let now = now_millis();
+        let v = self
+            .store
+            .transition_volume(
+                VolumeTransition {
+                    volume_id: v.id,
+                    from: &[from],
+                    to: VolumeState::Active,
+                    retain_until: None,
+                    erase_after: None,
+                    actor,
+                    reason: Some("restored"),
+                },
+                now,
+            )
+            .await
+            .map_err(|e| match e {
+                // The sweeper won the race: erasure has begun.
+                holdfast_store::StoreError::Conflict(_) => CpError::DataErased,
+                other => other.into(),
+            })?;
+        self.audit(actor, action, &v, Some("restored")).await;
+        Ok(Some(v.into()))
+    }
+
+    async fn export(&self, workspace_id: Uuid) -> CpResult<crate::export::ByteStream> {
+        let layout = self.backend.layout();
+        let dir = match self.store.current_volume(workspace_id).await? {
+            Some(v) if v.state != VolumeState::Erasing => layout.volume_dir(workspace_id),
+            Some(_) => return Err(CpError::DataErased),
+            None => layout.scratch_dir(workspace_id),
+        };
+        if std::fs::symlink_metadata(&dir)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            Ok(crate::export::stream_archive(dir))
+        } else {
+            Err(CpError::NotFound(
+                "the workspace has no data to export".to_owned(),
+            ))
+        }
+    }
+
+    async fn sweep(&self, dry_run: bool, actor: Actor<'_>) -> CpResult<crate::sweep::SweepReport> {
+        let _one_at_a_time = self.sweeping.lock().await;
+        let sweeper = crate::sweep::Sweeper {
+            store: &self.store,
+            layout: self.backend.layout(),
+            retention_grace: self.policy.retention_grace,
+            with_workspaces: self.policy.with_workspaces,
+        };
+        Ok(sweeper.run(dry_run, actor).await?)
     }
 }

@@ -51,6 +51,73 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes `path` and everything under it, returning the bytes of regular
+/// files removed. Never follows a symbolic link (links are unlinked, their
+/// targets untouched) and never opens a file, so a FIFO cannot block it. A
+/// directory the workspace made unwritable is made writable first (the walk
+/// stays inside `path`). A missing path removes nothing and is not an error.
+pub fn remove_tree_counting(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        let bytes = if meta.is_file() { meta.len() } else { 0 };
+        std::fs::remove_file(path)?;
+        return Ok(bytes);
+    }
+    let mut bytes = 0u64;
+    // Post-order walk: a directory is removed after its entries.
+    let mut stack: Vec<(std::path::PathBuf, bool)> = vec![(path.to_path_buf(), false)];
+    while let Some((dir, expanded)) = stack.pop() {
+        if expanded {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+                std::fs::read_dir(&dir)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        stack.push((dir.clone(), true));
+        let mut made_writable = false;
+        for entry in entries {
+            let entry = entry?;
+            // From the directory entry (d_type): no stat, no link followed.
+            let ft = entry.file_type()?;
+            let child = entry.path();
+            if ft.is_dir() {
+                stack.push((child, false));
+                continue;
+            }
+            if ft.is_file() {
+                bytes = bytes.saturating_add(entry.metadata().map(|m| m.len()).unwrap_or(0));
+            }
+            match std::fs::remove_file(&child) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !made_writable => {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+                    made_writable = true;
+                    std::fs::remove_file(&child)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +141,22 @@ mod tests {
                 .success()
         );
         assert_eq!(dir_size(&vol).unwrap(), 10);
+        let copy = root.path().join("copy");
+        assert!(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&vol)
+                .arg(&copy)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(
+            remove_tree_counting(&copy).unwrap(),
+            10,
+            "links and FIFOs count zero"
+        );
+        assert!(!copy.exists());
         remove_tree(&vol).unwrap();
         assert!(!vol.exists());
         assert!(

@@ -10,8 +10,10 @@
 //! function with a flag, and a test pins the prune path's single caller.
 
 mod embedded;
+pub mod export;
 pub mod fsutil;
 pub mod process;
+pub mod sweep;
 
 pub use embedded::{CpPolicy, EmbeddedCp};
 
@@ -116,6 +118,11 @@ pub enum CpError {
     /// The volume is in a state that forbids the operation.
     #[error("{0}")]
     Conflict(String),
+    /// Erasure has begun (or finished): the data cannot come back.
+    #[error("the workspace's data has been erased")]
+    DataErased,
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -169,4 +176,20 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn volume_history(&self, volume_id: Uuid) -> CpResult<Vec<VolumeHistoryEntry>>;
 
     async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>>;
+
+    /// Brings a `retained` or `erase_pending` volume back to `active`
+    /// (cancelling an erase). `DataErased` once erasure has begun; `None`
+    /// when the workspace has no durable data.
+    async fn restore_volume(
+        &self,
+        workspace_id: Uuid,
+        actor: Actor<'_>,
+    ) -> CpResult<Option<VolumeInfo>>;
+
+    /// A `.tar.gz` of the workspace's data dir (its volume, or its scratch
+    /// data while an ephemeral workspace runs).
+    async fn export(&self, workspace_id: Uuid) -> CpResult<export::ByteStream>;
+
+    /// One sweeper pass (SPEC §6).
+    async fn sweep(&self, dry_run: bool, actor: Actor<'_>) -> CpResult<sweep::SweepReport>;
 }

@@ -65,6 +65,11 @@ impl Layout {
         }
     }
 
+    /// Where an erasure moves a volume before deleting it.
+    pub fn trash_dir(&self, volume_id: Uuid) -> PathBuf {
+        self.root.join("trash").join(volume_id.to_string())
+    }
+
     pub fn log_file(&self, workspace_id: Uuid) -> PathBuf {
         self.root.join("logs").join(format!("{workspace_id}.log"))
     }

@@ -3,6 +3,7 @@
 //! persistence mode, runtime or environment.
 
 mod duration;
+pub mod failpoint;
 mod status;
 mod workspace;
 

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// How long data of a workspace deleted with erase can still be restored.
     #[arg(long, env = "HOLDFAST_ERASE_GRACE", default_value = "5m")]
     erase_grace: DurationArg,
+    /// How often the sweeper runs (it also runs at start).
+    #[arg(long, env = "HOLDFAST_SWEEP_INTERVAL", default_value = "60s")]
+    sweep_interval: DurationArg,
     /// A workspace still `provisioning` after this long becomes `failed`
     /// (its compute and data are left alone).
     #[arg(long, env = "HOLDFAST_PROVISION_TIMEOUT", default_value = "2m")]
@@ -102,6 +105,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         erase_grace: args.erase_grace.0,
         runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
         stop_timeout: args.stop_timeout.0,
+        with_workspaces: true,
     };
     let cp = EmbeddedCp::start(store.clone(), data_dir.clone(), policy).await?;
 
@@ -119,6 +123,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let app = App::new(store, cp.clone(), &token, url.clone(), reconciler).await?;
     let background = app.spawn_background();
+    let sweeper = app.spawn_sweeper(args.sweep_interval.0);
 
     let mut out = std::io::stdout().lock();
     if generated {
@@ -137,6 +142,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     background.abort();
+    sweeper.abort();
     // A graceful stop stops the workspaces' processes (never their data); the
     // next start starts them again.
     cp.backend().stop_all().await;

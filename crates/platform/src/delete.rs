@@ -1,7 +1,7 @@
 //! `DELETE /workspaces/:id`: the confirmation gates, the cascade, and the one
 //! place that may erase data.
 //!
-//! **Architecture Invariant:** [`App::finish_removal`] is the only caller of
+//! **Architecture Invariant:** [`App::finish_removal_locked`] is the only caller of
 //! `ControlPlane::stop_and_prune`, and only for a workspace whose removal was
 //! asked with `erase_data=true`. A test reads the source tree and fails if any
 //! other call site appears.
@@ -11,8 +11,8 @@ use crate::auth::Caller;
 use crate::dto::DeleteResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::Event;
-use crate::failpoint;
 use axum::http::StatusCode;
+use holdfast_domain::failpoint;
 use holdfast_domain::{DataPersistence, Status, VolumeState, format_millis, now_millis};
 use holdfast_store::WorkspaceRow;
 use serde_json::json;

@@ -89,6 +89,13 @@ impl From<holdfast_cp::CpError> for ApiError {
         match e {
             holdfast_cp::CpError::BadRequest(m) => ApiError::bad_request("invalid_field", m),
             holdfast_cp::CpError::Conflict(m) => ApiError::conflict("conflict", m),
+            holdfast_cp::CpError::DataErased => ApiError::conflict(
+                "data_erased",
+                "the workspace's data has been erased (or its erasure has begun); it cannot be restored",
+            ),
+            holdfast_cp::CpError::NotFound(m) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", m)
+            }
             holdfast_cp::CpError::Other(e) => ApiError::internal(format!("control plane: {e:#}")),
         }
     }

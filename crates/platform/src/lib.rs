@@ -7,13 +7,14 @@
 
 pub mod auth;
 mod body;
+mod data;
 mod delete;
 pub mod dto;
 pub mod error;
 mod events;
-mod failpoint;
 mod lifecycle;
 mod messages;
+mod metrics;
 mod openapi;
 mod reconciler;
 mod registry;
@@ -49,6 +50,7 @@ pub struct App {
     reconciler: ReconcilerSettings,
     /// For relaying messages to runtimes.
     http: reqwest::Client,
+    metrics: metrics::Metrics,
 }
 
 impl App {
@@ -73,6 +75,7 @@ impl App {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            metrics: metrics::Metrics::default(),
         }))
     }
 
@@ -141,6 +144,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/registry/heartbeat", post(registry::heartbeat))
         .route("/workspaces/{id}/data", get(routes::get_workspace_data))
         .route("/volumes", get(routes::list_volumes))
+        .route("/workspaces/{id}/restore", post(data::restore_workspace))
+        .route("/workspaces/{id}/data/export", get(data::export_data))
+        .route("/admin/sweep", post(data::admin_sweep))
+        .route("/audit", get(data::list_audit))
+        .route("/metrics", get(metrics::metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .with_state(app)

@@ -30,6 +30,11 @@ use utoipa::{Modify, OpenApi};
         crate::registry::heartbeat,
         crate::messages::post_message,
         crate::messages::get_messages,
+        crate::data::restore_workspace,
+        crate::data::export_data,
+        crate::data::admin_sweep,
+        crate::data::list_audit,
+        crate::metrics::metrics,
     ),
     components(schemas(
         dto::WorkspaceView, dto::DataSummary, dto::CreateWorkspaceRequest, dto::PatchWorkspaceRequest,
@@ -37,6 +42,8 @@ use utoipa::{Modify, OpenApi};
         dto::RuntimeSchema, dto::ComputeSchema, dto::VolumeSpecSchema, dto::ChildRef,
         crate::events::Event, crate::registry::RegisterRequest, crate::registry::RegisterResponse,
         crate::registry::HeartbeatRequest, crate::messages::MessageRequest,
+        crate::data::SweepRequest, crate::data::AuditView, holdfast_cp::sweep::SweepReport,
+        holdfast_cp::sweep::SweepItem,
     )),
     modifiers(&BearerAuth)
 )]

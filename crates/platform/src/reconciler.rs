@@ -19,8 +19,8 @@
 use crate::App;
 use crate::auth::{generate_token, hash_hex};
 use crate::events::Event;
-use crate::failpoint;
 use holdfast_cp::{InstanceState, ProvisionRequest};
+use holdfast_domain::failpoint;
 use holdfast_domain::{DesiredState, Runtime, Status, now_millis};
 use holdfast_store::{TokenKind, WorkspaceRow};
 use std::collections::BTreeMap;

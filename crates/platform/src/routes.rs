@@ -33,7 +33,7 @@ pub(crate) fn parse_id(raw: &str) -> ApiResult<Uuid> {
 
 /// Query strings are parsed by hand so that a bad value is a 400 that names
 /// the parameter, and an unknown parameter is refused rather than ignored.
-fn parse_query(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Vec<(String, String)>> {
+pub(crate) fn parse_query(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Vec<(String, String)>> {
     let mut out = Vec::new();
     for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -90,8 +90,10 @@ pub async fn create_workspace(
     caller: Caller,
     JsonBody(body): JsonBody<CreateWorkspaceRequest>,
 ) -> ApiResult<(StatusCode, Json<WorkspaceView>)> {
+    let started = std::time::Instant::now();
     let parsed = ParsedCreate::try_from(body)?;
     let ws = app.create(&caller, parsed).await?;
+    app.metrics.observe_op("create", started.elapsed());
     Ok((StatusCode::CREATED, Json(app.view(&ws).await?)))
 }
 
@@ -197,8 +199,10 @@ pub async fn restart_workspace(
     caller: Caller,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<WorkspaceView>> {
+    let started = std::time::Instant::now();
     let id = parse_id(&raw)?;
     let ws = app.restart(&caller, id).await?;
+    app.metrics.observe_op("restart", started.elapsed());
     Ok(Json(app.view(&ws).await?))
 }
 
@@ -250,7 +254,10 @@ pub async fn delete_workspace(
             _ => req.erase_data = parse_bool("erase_data", &v)?,
         }
     }
-    Ok(Json(app.delete(&caller, id, req).await?))
+    let started = std::time::Instant::now();
+    let resp = app.delete(&caller, id, req).await?;
+    app.metrics.observe_op("delete", started.elapsed());
+    Ok(Json(resp))
 }
 
 #[utoipa::path(
@@ -327,7 +334,16 @@ async fn run_state(
     for (_, v) in parse_query(uri.query(), &["cascade"])? {
         cascade = parse_bool("cascade", &v)?;
     }
+    let started = std::time::Instant::now();
     let ws = app.set_run_state(&caller, id, desired, cascade).await?;
+    app.metrics.observe_op(
+        match desired {
+            DesiredState::Paused => "pause",
+            DesiredState::Hibernated => "hibernate",
+            _ => "resume",
+        },
+        started.elapsed(),
+    );
     Ok(Json(app.view(&ws).await?))
 }
 

@@ -2,7 +2,7 @@
 //!
 //! **Architecture Invariant:** only the user's delete with `erase_data=true`
 //! reaches `ControlPlane::stop_and_prune`. Its one allowed call site is
-//! `finish_removal` in `crates/platform/src/delete.rs`, which calls it only
+//! `finish_removal_locked` in `crates/platform/src/delete.rs`, which calls it only
 //! for a workspace removed with erase. Any new caller fails this test.
 
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ fn only_the_erase_delete_flow_reaches_the_prune_path() {
         sites,
         vec![(
             "crates/platform/src/delete.rs".to_owned(),
-            "finish_removal".to_owned()
+            "finish_removal_locked".to_owned()
         )],
         "stop_and_prune may only be called from the delete-with-erase flow"
     );
@@ -93,9 +93,10 @@ fn only_the_erase_delete_flow_reaches_the_prune_path() {
         .find("if ws.delete_erase == Some(true) {")
         .expect("erase guard present");
     let call = delete.find("stop_and_prune(").expect("call present");
+    let between = &delete[guard.min(call)..call.max(guard)];
     assert!(
-        guard < call && delete[guard..call].lines().count() <= 2,
-        "the call sits right under the erase guard"
+        guard < call && between.lines().count() <= 4 && !between.contains('}'),
+        "the call sits directly inside the erase guard"
     );
 }
 

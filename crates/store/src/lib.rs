@@ -18,7 +18,9 @@ mod workspaces;
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use orgs::Org;
 pub use tokens::{TokenKind, TokenRow};
-pub use volumes::{InstanceRow, VolumeHistoryRow, VolumeRow, VolumeTransition};
+pub use volumes::{
+    InstanceRow, Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition,
+};
 pub use workspaces::{NewWorkspace, WorkspacePatch, WorkspaceRow};
 
 use anyhow::Context;

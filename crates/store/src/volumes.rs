@@ -55,7 +55,9 @@ pub struct VolumeHistoryRow {
 
 /// A compare-and-set on a volume's state: it applies only if the volume is in
 /// one of `from`. `retain_until` and `erase_after` are written as given (so a
-/// transition back to `active` clears them).
+/// transition back to `active` clears them). A transition to `erase_pending`
+/// records its actor as `erased_by` (who asked for the erasure, reported
+/// when it happens); a transition back to `active` clears it.
 #[derive(Debug, Clone)]
 pub struct VolumeTransition<'a> {
     pub volume_id: Uuid,
@@ -182,7 +184,9 @@ impl Store {
         // even on a database where the SELECT above is not a lock.
         let done = sqlx::query(
             "UPDATE volumes SET state = $2, retain_until = $3, erase_after = $4, reason = $5, \
-             updated_at = $6 WHERE id = $1 AND state = $7",
+             updated_at = $6, \
+             erased_by = CASE WHEN $2 = 'erase_pending' THEN $8 WHEN $2 = 'active' THEN NULL ELSE erased_by END \
+             WHERE id = $1 AND state = $7",
         )
         .bind(t.volume_id.to_string())
         .bind(t.to.as_str())
@@ -310,6 +314,258 @@ impl Store {
                     started_at: r.try_get("started_at")?,
                 })
             })
+            .collect()
+    }
+}
+
+/// What the store knows of a volume's workspace, for the sweeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The workspace exists and is not removed.
+    Live,
+    Removed,
+    /// No workspace row: the record is an orphan.
+    Missing,
+    /// This store has no workspace table to ask (a standalone control
+    /// plane): never treated as missing.
+    Unknown,
+}
+
+/// A volume the sweeper may have to act on, with what it needs to decide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepCandidate {
+    pub volume: VolumeRow,
+    pub presence: Presence,
+    /// The workspace's resolved mode, when known (`persist`/`ephemeral`).
+    pub workspace_mode: Option<String>,
+}
+
+impl Store {
+    /// Volumes that may need the sweeper now: erasures to resume, graces
+    /// that have passed, and (when `with_workspaces`) active volumes whose
+    /// workspace row is gone. One indexed query, so a pass over a large
+    /// store with little to do stays cheap.
+    #[tracing::instrument(skip_all, name = "store.sweep_candidates")]
+    pub async fn sweep_candidates(
+        &self,
+        now: Millis,
+        with_workspaces: bool,
+    ) -> StoreResult<Vec<SweepCandidate>> {
+        let cols = VOLUME_COLUMNS
+            .split(", ")
+            .map(|c| format!("v.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let due = "v.state = 'erasing' \
+                   OR (v.state = 'erase_pending' AND v.erase_after <= $1) \
+                   OR (v.state = 'retained' AND v.retain_until <= $1)";
+        let sql = if with_workspaces {
+            format!(
+                "SELECT {cols}, w.id AS ws_id, w.removed_at AS ws_removed_at, w.resolved_mode AS ws_mode \
+                 FROM volumes v LEFT JOIN workspaces w ON w.id = v.workspace_id \
+                 WHERE {due} OR (v.state = 'active' AND w.id IS NULL)"
+            )
+        } else {
+            format!(
+                "SELECT {cols}, NULL AS ws_id, NULL AS ws_removed_at, NULL AS ws_mode \
+                 FROM volumes v WHERE {due}"
+            )
+        };
+        let rows = sqlx::query(&sql).bind(now).fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| {
+                let ws_id: Option<String> = r.try_get("ws_id")?;
+                let removed: Option<Millis> = r.try_get("ws_removed_at")?;
+                let presence = match (with_workspaces, ws_id, removed) {
+                    (false, _, _) => Presence::Unknown,
+                    (true, None, _) => Presence::Missing,
+                    (true, Some(_), Some(_)) => Presence::Removed,
+                    (true, Some(_), None) => Presence::Live,
+                };
+                Ok(SweepCandidate {
+                    volume: VolumeRow::from_row(r)?,
+                    presence,
+                    workspace_mode: r.try_get("ws_mode")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Workspace ids that have a volume record still holding data (any state
+    /// but `erased`): the directories the store knows.
+    pub async fn known_volume_workspaces(&self) -> StoreResult<std::collections::HashSet<Uuid>> {
+        let rows = sqlx::query("SELECT workspace_id FROM volumes WHERE state <> 'erased'")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| parse_uuid(r, "workspace_id")).collect()
+    }
+
+    /// Step one of an erasure: a compare-and-set to `erasing`, before any file
+    /// is touched. Fails with `Conflict` if the volume left `from` meanwhile
+    /// (restored, reattached, or taken by another sweeper).
+    #[tracing::instrument(skip_all, name = "store.begin_erase", fields(volume_id = %volume_id))]
+    pub async fn begin_erase(
+        &self,
+        volume_id: Uuid,
+        from: VolumeState,
+        actor: &str,
+        reason: &str,
+        now: Millis,
+    ) -> StoreResult<VolumeRow> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(
+            "UPDATE volumes SET state = 'erasing', erased_by = COALESCE(erased_by, $3), reason = $4, updated_at = $5 \
+             WHERE id = $1 AND state = $2",
+        )
+        .bind(volume_id.to_string())
+        .bind(from.as_str())
+        .bind(actor.to_owned())
+        .bind(reason.to_owned())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "volume {volume_id} is no longer {from}"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
+             VALUES ($1, $2, $3, 'erasing', $4, $5)",
+        )
+        .bind(volume_id.to_string())
+        .bind(now)
+        .bind(from.as_str())
+        .bind(actor.to_owned())
+        .bind(reason.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.get_volume(volume_id)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Last step of an erasure, once the files are gone: `erasing` →
+    /// `erased` with the byte count, and the `volume.erased` audit event in
+    /// the same transaction, so there is exactly one event per erasure.
+    #[tracing::instrument(skip_all, name = "store.finish_erase", fields(volume_id = %volume_id))]
+    pub async fn finish_erase(
+        &self,
+        volume_id: Uuid,
+        bytes_erased: i64,
+        now: Millis,
+    ) -> StoreResult<VolumeRow> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(
+            "UPDATE volumes SET state = 'erased', erased_at = $2, bytes_erased = $3, bytes = 0, \
+             retain_until = NULL, erase_after = NULL, updated_at = $2 WHERE id = $1 AND state = 'erasing'",
+        )
+        .bind(volume_id.to_string())
+        .bind(now)
+        .bind(bytes_erased)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "volume {volume_id} is not erasing"
+            )));
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"
+        ))
+        .bind(volume_id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let vol = VolumeRow::from_row(&row)?;
+        let actor = vol
+            .erased_by
+            .clone()
+            .unwrap_or_else(|| "sweeper".to_owned());
+        sqlx::query(
+            "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
+             VALUES ($1, $2, 'erasing', 'erased', $3, $4)",
+        )
+        .bind(volume_id.to_string())
+        .bind(now)
+        .bind(actor.clone())
+        .bind(vol.reason.clone())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
+             VALUES ($1, $2, $3, 'volume.erased', $4, $5, $6, $7)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(now)
+        .bind(actor)
+        .bind(vol.workspace_id.to_string())
+        .bind(volume_id.to_string())
+        .bind(vol.reason.clone())
+        .bind(serde_json::json!({ "bytes_erased": bytes_erased }).to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(vol)
+    }
+
+    /// Records a directory found on disk that no record knows, as a
+    /// `retained` volume, with its `volume.adopted` audit event.
+    #[tracing::instrument(skip_all, name = "store.adopt_volume", fields(workspace_id = %workspace_id))]
+    pub async fn adopt_volume(
+        &self,
+        workspace_id: Uuid,
+        bytes: i64,
+        retain_until: Millis,
+        now: Millis,
+    ) -> StoreResult<VolumeRow> {
+        let id = Uuid::new_v4();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO volumes (id, workspace_id, state, bytes, retain_until, reason, created_at, updated_at) \
+             VALUES ($1, $2, 'retained', $3, $4, 'orphaned_on_disk', $5, $5)",
+        )
+        .bind(id.to_string())
+        .bind(workspace_id.to_string())
+        .bind(bytes)
+        .bind(retain_until)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
+             VALUES ($1, $2, NULL, 'retained', 'sweeper', 'orphaned_on_disk')",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
+             VALUES ($1, $2, 'sweeper', 'volume.adopted', $3, $4, 'orphaned_on_disk', $5)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(now)
+        .bind(workspace_id.to_string())
+        .bind(id.to_string())
+        .bind(serde_json::json!({ "bytes": bytes }).to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.get_volume(id).await?.ok_or(StoreError::NotFound)
+    }
+}
+
+impl Store {
+    /// Volumes per state with their summed bytes, for metrics.
+    pub async fn volume_stats(&self) -> StoreResult<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n, CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS b FROM volumes GROUP BY state",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?, r.try_get("b")?)))
             .collect()
     }
 }

@@ -409,3 +409,33 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Brings a removed workspace back: live again, intent `running`, a new
+    /// generation. Returns false if it was not removed.
+    #[tracing::instrument(skip_all, name = "store.unremove_workspace", fields(workspace_id = %id))]
+    pub async fn unremove_workspace(&self, id: Uuid, now: Millis) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE workspaces SET removed_at = NULL, status = $2, desired = $3, delete_erase = NULL, \
+             compute_released = 1, instance_id = NULL, url = NULL, generation = generation + 1, updated_at = $4 \
+             WHERE id = $1 AND removed_at IS NOT NULL",
+        )
+        .bind(id.to_string())
+        .bind(Status::Provisioning.as_str())
+        .bind(DesiredState::Running.as_str())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Workspaces per status, for metrics.
+    pub async fn count_workspaces_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM workspaces GROUP BY status")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+}

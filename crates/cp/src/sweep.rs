@@ -1,0 +1,500 @@
+//! The sweeper: retention, erasure and orphan reclaim (SPEC §6).
+//!
+//! A pass reads the volumes whose grace has passed (and, next to the platform's
+//! tables, the active ones whose workspace row is gone), decides with
+//! [`decide`] — a pure function, tested case by case below — and acts.
+//! Then it adopts directories under `volumes/` that no record knows.
+//!
+//! **Architecture Invariant:** an erasure is a compare-and-set to `erasing`
+//! in the store before any file is touched, and `erased` plus its single
+//! `volume.erased` audit event are written in one transaction after the
+//! files are gone. A crash anywhere in between leaves `erasing`, which the
+//! next pass (at start) resumes. A directory found on disk is never erased on
+//! first sight: it is recorded `retained` for the whole retention grace.
+
+use crate::fsutil;
+use crate::process::Layout;
+use holdfast_domain::{Millis, VolumeState, failpoint, now_millis};
+use holdfast_store::{Presence, Store, StoreError, SweepCandidate, VolumeRow, VolumeTransition};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// What the sweeper does with one volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    /// Start an erasure, with this reason.
+    Erase(&'static str),
+    /// Finish an erasure a crash interrupted.
+    ResumeErase,
+    /// An active record whose workspace row is gone: keep it, `retained`.
+    RetainOrphan,
+}
+
+/// Decides what to do with a volume at `now`. Never erases a volume attached
+/// to a live workspace, nor anything before its deadline.
+pub fn decide(c: &SweepCandidate, now: Millis) -> Decision {
+    let v = &c.volume;
+    match v.state {
+        VolumeState::Erasing => Decision::ResumeErase,
+        VolumeState::Erased => Decision::Keep,
+        VolumeState::ErasePending => {
+            let due = v.erase_after.is_some_and(|t| t <= now);
+            // A live workspace means a restore is under way: hands off.
+            if due && c.presence != Presence::Live {
+                Decision::Erase("erase_requested")
+            } else {
+                Decision::Keep
+            }
+        }
+        VolumeState::Retained => {
+            let due = v.retain_until.is_some_and(|t| t <= now);
+            let detached = match c.presence {
+                Presence::Removed | Presence::Missing | Presence::Unknown => true,
+                // A live workspace keeps a retained volume only when it was
+                // detached by a switch to ephemeral and still runs ephemeral.
+                Presence::Live => {
+                    v.reason.as_deref() == Some("switched_to_ephemeral")
+                        && c.workspace_mode.as_deref() == Some("ephemeral")
+                }
+            };
+            if due && detached {
+                Decision::Erase("retention_expired")
+            } else {
+                Decision::Keep
+            }
+        }
+        VolumeState::Active => {
+            if c.presence == Presence::Missing {
+                Decision::RetainOrphan
+            } else {
+                Decision::Keep
+            }
+        }
+    }
+}
+
+/// One line of a sweep report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SweepItem {
+    pub volume_id: Option<Uuid>,
+    pub workspace_id: Uuid,
+    /// `erase`, `resume_erase`, `retain` or `adopt`.
+    pub action: String,
+    pub reason: String,
+    /// `planned` (dry run), `done`, `skipped` (the volume changed under us),
+    /// or `failed`.
+    pub outcome: String,
+    pub bytes: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SweepReport {
+    pub dry_run: bool,
+    pub duration_ms: u64,
+    pub items: Vec<SweepItem>,
+}
+
+/// The sweeper's inputs.
+pub struct Sweeper<'a> {
+    pub store: &'a Store,
+    pub layout: &'a Layout,
+    pub retention_grace: Duration,
+    /// Whether the store also holds the platform's workspace table.
+    pub with_workspaces: bool,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Sweeper<'_> {
+    /// One pass. With `dry_run`, reports what it would do and changes nothing.
+    pub async fn run(&self, dry_run: bool, actor: &str) -> anyhow::Result<SweepReport> {
+        let started = Instant::now();
+        let now = now_millis();
+        let mut items = Vec::new();
+        for c in self
+            .store
+            .sweep_candidates(now, self.with_workspaces)
+            .await?
+        {
+            let v = &c.volume;
+            let (action, reason) = match decide(&c, now) {
+                Decision::Keep => continue,
+                Decision::Erase(reason) => ("erase", reason.to_owned()),
+                Decision::ResumeErase => ("resume_erase", v.reason.clone().unwrap_or_default()),
+                Decision::RetainOrphan => ("retain", "orphaned_record".to_owned()),
+            };
+            let mut item = SweepItem {
+                volume_id: Some(v.id),
+                workspace_id: v.workspace_id,
+                action: action.to_owned(),
+                reason: reason.clone(),
+                outcome: "planned".to_owned(),
+                bytes: None,
+                error: None,
+            };
+            if !dry_run {
+                let result = match action {
+                    "retain" => self.retain_orphan(v, now).await.map(|()| None),
+                    _ => erase(self.store, self.layout, v, actor, &reason)
+                        .await
+                        .map(Some),
+                };
+                match result {
+                    Ok(bytes) => {
+                        item.outcome = "done".to_owned();
+                        item.bytes = bytes;
+                    }
+                    Err(EraseError::Lost) => item.outcome = "skipped".to_owned(),
+                    Err(EraseError::Other(e)) => {
+                        tracing::error!(volume_id = %v.id, error = %e, "sweeper action failed");
+                        item.outcome = "failed".to_owned();
+                        item.error = Some(format!("{e:#}"));
+                    }
+                }
+            }
+            items.push(item);
+        }
+        items.extend(self.adopt_orphans_on_disk(dry_run, now).await?);
+        Ok(SweepReport {
+            dry_run,
+            duration_ms: started.elapsed().as_millis() as u64,
+            items,
+        })
+    }
+
+    async fn retain_orphan(&self, v: &VolumeRow, now: Millis) -> Result<(), EraseError> {
+        self.store
+            .transition_volume(
+                VolumeTransition {
+                    volume_id: v.id,
+                    from: &[VolumeState::Active],
+                    to: VolumeState::Retained,
+                    retain_until: Some(now + millis(self.retention_grace)),
+                    erase_after: None,
+                    actor: "sweeper",
+                    reason: Some("orphaned_record"),
+                },
+                now,
+            )
+            .await?;
+        let ev = holdfast_store::NewAuditEvent {
+            actor: "sweeper".to_owned(),
+            action: "volume.retained",
+            workspace_id: Some(v.workspace_id),
+            volume_id: Some(v.id),
+            reason: Some("orphaned_record".to_owned()),
+            detail: None,
+        };
+        self.store.audit(ev, now).await?;
+        Ok(())
+    }
+
+    /// Directories under `volumes/` that no record knows are recorded as
+    /// `retained` (reason `orphaned_on_disk`): kept for the whole grace, then
+    /// erased by a later pass like any retained volume.
+    async fn adopt_orphans_on_disk(
+        &self,
+        dry_run: bool,
+        now: Millis,
+    ) -> anyhow::Result<Vec<SweepItem>> {
+        let root = self.layout.volumes_root();
+        let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+            match std::fs::read_dir(&root) {
+                Ok(entries) => Ok(entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        })
+        .await??;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known = self.store.known_volume_workspaces().await?;
+        let mut items = Vec::new();
+        for name in names {
+            let Ok(workspace_id) = Uuid::parse_str(&name) else {
+                // Not ours to name, so not ours to erase: leave it and say so.
+                tracing::warn!(name, "unrecognised entry under volumes/; leaving it alone");
+                continue;
+            };
+            if known.contains(&workspace_id) {
+                continue;
+            }
+            let dir = self.layout.volume_dir(workspace_id);
+            let bytes = tokio::task::spawn_blocking(move || fsutil::dir_size(&dir)).await??;
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            let mut item = SweepItem {
+                volume_id: None,
+                workspace_id,
+                action: "adopt".to_owned(),
+                reason: "orphaned_on_disk".to_owned(),
+                outcome: "planned".to_owned(),
+                bytes: Some(bytes),
+                error: None,
+            };
+            if !dry_run {
+                let v = self
+                    .store
+                    .adopt_volume(workspace_id, bytes, now + millis(self.retention_grace), now)
+                    .await?;
+                item.volume_id = Some(v.id);
+                item.outcome = "done".to_owned();
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    /// The compare-and-set lost: the volume was restored or taken meanwhile.
+    #[error("the volume changed state; not erasing")]
+    Lost,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for EraseError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) => EraseError::Lost,
+            other => EraseError::Other(anyhow::Error::new(other)),
+        }
+    }
+}
+
+/// Erases one volume: mark `erasing` (compare-and-set), move the directory
+/// aside, delete it, then record `erased` with its audit event. Resumes an
+/// erasure already `erasing`. Returns the bytes erased.
+pub async fn erase(
+    store: &Store,
+    layout: &Layout,
+    v: &VolumeRow,
+    actor: &str,
+    reason: &str,
+) -> Result<i64, EraseError> {
+    let v = if v.state == VolumeState::Erasing {
+        v.clone()
+    } else {
+        // Ordering: the store says `erasing` before any file is touched.
+        store
+            .begin_erase(v.id, v.state, actor, reason, now_millis())
+            .await?
+    };
+    failpoint::hit("erase.after_mark");
+    let dir = layout.volume_dir(v.workspace_id);
+    let trash = layout.trash_dir(v.id);
+    let counted = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let mut counted = 0;
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            if let Some(parent) = trash.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if std::fs::symlink_metadata(&trash).is_ok() {
+                // A previous, interrupted pass already moved some of it.
+                counted += fsutil::remove_tree_counting(&dir)?;
+            } else {
+                // One rename makes the data vanish from its place at once;
+                // the slow part then runs on a path nothing else uses.
+                std::fs::rename(&dir, &trash)?;
+            }
+        }
+        failpoint::hit("erase.mid");
+        counted += fsutil::remove_tree_counting(&trash)?;
+        Ok(counted)
+    })
+    .await
+    .map_err(anyhow::Error::new)?
+    .map_err(anyhow::Error::new)?;
+    failpoint::hit("erase.before_record");
+    // A resumed erasure counts only what was left; the size recorded at the
+    // last stop is the better figure then.
+    let bytes = i64::try_from(counted).unwrap_or(i64::MAX).max(v.bytes);
+    store.finish_erase(v.id, bytes, now_millis()).await?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{Expect, expect};
+
+    const NOW: Millis = 1_000_000;
+
+    fn volume(
+        state: VolumeState,
+        retain_until: Option<Millis>,
+        erase_after: Option<Millis>,
+        reason: Option<&str>,
+    ) -> VolumeRow {
+        VolumeRow {
+            id: Uuid::nil(),
+            workspace_id: Uuid::nil(),
+            state,
+            bytes: 0,
+            size_gb: None,
+            retain_until,
+            erase_after,
+            erased_at: None,
+            bytes_erased: None,
+            erased_by: None,
+            reason: reason.map(str::to_owned),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn check(v: VolumeRow, presence: Presence, mode: Option<&str>, expect: Expect) {
+        let c = SweepCandidate {
+            volume: v,
+            presence,
+            workspace_mode: mode.map(str::to_owned),
+        };
+        expect.assert_eq(&format!("{:?}", decide(&c, NOW)));
+    }
+
+    use VolumeState::*;
+
+    #[test]
+    fn erase_pending_waits_for_its_deadline() {
+        check(
+            volume(ErasePending, None, Some(NOW + 1), None),
+            Presence::Removed,
+            None,
+            expect![["Keep"]],
+        );
+        check(
+            volume(ErasePending, None, Some(NOW), None),
+            Presence::Removed,
+            None,
+            expect![[r#"Erase("erase_requested")"#]],
+        );
+        check(
+            volume(ErasePending, None, Some(NOW - 1), None),
+            Presence::Missing,
+            None,
+            expect![[r#"Erase("erase_requested")"#]],
+        );
+    }
+
+    #[test]
+    fn erase_pending_of_a_live_workspace_is_never_erased() {
+        check(
+            volume(ErasePending, None, Some(NOW - 1), None),
+            Presence::Live,
+            Some("persist"),
+            expect![["Keep"]],
+        );
+    }
+
+    #[test]
+    fn retained_after_delete_expires() {
+        check(
+            volume(Retained, Some(NOW + 1), None, Some("workspace_deleted")),
+            Presence::Removed,
+            None,
+            expect![["Keep"]],
+        );
+        check(
+            volume(Retained, Some(NOW - 1), None, Some("workspace_deleted")),
+            Presence::Removed,
+            None,
+            expect![[r#"Erase("retention_expired")"#]],
+        );
+    }
+
+    #[test]
+    fn retained_of_a_restored_workspace_is_kept() {
+        check(
+            volume(Retained, Some(NOW - 1), None, Some("workspace_deleted")),
+            Presence::Live,
+            Some("persist"),
+            expect![["Keep"]],
+        );
+    }
+
+    #[test]
+    fn retained_by_a_switch_expires_only_while_still_ephemeral() {
+        check(
+            volume(Retained, Some(NOW - 1), None, Some("switched_to_ephemeral")),
+            Presence::Live,
+            Some("ephemeral"),
+            expect![[r#"Erase("retention_expired")"#]],
+        );
+        check(
+            volume(Retained, Some(NOW - 1), None, Some("switched_to_ephemeral")),
+            Presence::Live,
+            Some("persist"),
+            expect![["Keep"]],
+        );
+    }
+
+    #[test]
+    fn orphans() {
+        check(
+            volume(Active, None, None, None),
+            Presence::Missing,
+            None,
+            expect![["RetainOrphan"]],
+        );
+        check(
+            volume(Active, None, None, None),
+            Presence::Unknown,
+            None,
+            expect![["Keep"]],
+        );
+        check(
+            volume(Active, None, None, None),
+            Presence::Live,
+            Some("persist"),
+            expect![["Keep"]],
+        );
+        check(
+            volume(Retained, Some(NOW - 1), None, Some("orphaned_on_disk")),
+            Presence::Missing,
+            None,
+            expect![[r#"Erase("retention_expired")"#]],
+        );
+    }
+
+    #[test]
+    fn interrupted_erasures_resume_and_erased_stays() {
+        check(
+            volume(Erasing, None, None, Some("erase_requested")),
+            Presence::Live,
+            None,
+            expect![["ResumeErase"]],
+        );
+        check(
+            volume(Erased, None, None, None),
+            Presence::Missing,
+            None,
+            expect![["Keep"]],
+        );
+    }
+
+    #[test]
+    fn a_standalone_control_plane_trusts_the_volume_state() {
+        check(
+            volume(Retained, Some(NOW - 1), None, Some("workspace_deleted")),
+            Presence::Unknown,
+            None,
+            expect![[r#"Erase("retention_expired")"#]],
+        );
+        check(
+            volume(ErasePending, None, Some(NOW - 1), None),
+            Presence::Unknown,
+            None,
+            expect![[r#"Erase("erase_requested")"#]],
+        );
+    }
+}

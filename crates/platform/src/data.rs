@@ -1,0 +1,281 @@
+//! The data-safety API: restore, export, the sweeper's trigger and the audit
+//! log.
+
+use crate::App;
+use crate::auth::Caller;
+use crate::body::JsonBody;
+use crate::dto::{ErrorBody, WorkspaceView};
+use crate::error::{ApiError, ApiResult};
+use crate::routes::{parse_id, parse_query};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use holdfast_cp::sweep::SweepReport;
+use holdfast_domain::{format_millis, now_millis};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+impl App {
+    /// Brings a removed workspace back with its data and starts it.
+    #[tracing::instrument(skip_all, fields(workspace_id = %id))]
+    pub async fn restore(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> ApiResult<holdfast_store::WorkspaceRow> {
+        let ws = self.load_managed(caller, id).await?;
+        if !ws.is_removed() {
+            return Err(ApiError::conflict(
+                "not_removed",
+                "workspace is not removed; nothing to restore",
+            ));
+        }
+        if let Some(parent) = ws.parent_id
+            && self
+                .store
+                .get_workspace(parent)
+                .await?
+                .is_none_or(|p| p.is_removed())
+        {
+            return Err(ApiError::conflict(
+                "parent_removed",
+                "the workspace's parent is removed; restore the parent first",
+            )
+            .with("parent_id", parent.to_string()));
+        }
+        let _guard = self.locks.lock(id).await;
+        let actor = caller.actor();
+        // Ordering: the volume is back to `active` (a compare-and-set that
+        // loses to an erasure already begun) before the row is live again,
+        // so the sweeper can never be erasing data of a live workspace. A
+        // crash in between leaves an active volume of a removed workspace,
+        // which nothing erases and a retried restore picks up.
+        self.cp.restore_volume(id, &actor).await?;
+        self.store.unremove_workspace(id, now_millis()).await?;
+        self.audit_ws(&actor, "workspace.restored", id, None).await;
+        drop(_guard);
+        self.reconcile(id).await.map_err(ApiError::internal)?;
+        self.store
+            .get_workspace(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("workspace"))
+    }
+
+    /// One sweeper pass, recorded in the metrics.
+    pub async fn sweep(&self, dry_run: bool, actor: &str) -> ApiResult<SweepReport> {
+        let report = self.cp.sweep(dry_run, actor).await?;
+        if !dry_run {
+            self.metrics.observe_sweep(&report);
+        }
+        Ok(report)
+    }
+
+    /// Runs the sweeper at start and then every `every`.
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match app.sweep(false, "sweeper").await {
+                    Ok(r) if !r.items.is_empty() => {
+                        tracing::info!(
+                            actions = r.items.len(),
+                            duration_ms = r.duration_ms,
+                            "sweeper pass"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e.message, "sweeper pass failed"),
+                }
+            }
+        })
+    }
+}
+
+#[utoipa::path(
+    post, path = "/workspaces/{id}/restore",
+    params(("id" = Uuid, Path, description = "workspace id")),
+    responses(
+        (status = 200, body = WorkspaceView),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "data_erased, parent_removed or not_removed"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn restore_workspace(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<WorkspaceView>> {
+    let started = Instant::now();
+    let id = parse_id(&raw)?;
+    let ws = app.restore(&caller, id).await?;
+    app.metrics.observe_op("restore", started.elapsed());
+    Ok(Json(app.view(&ws).await?))
+}
+
+#[utoipa::path(
+    get, path = "/workspaces/{id}/data/export",
+    params(("id" = Uuid, Path, description = "workspace id")),
+    responses(
+        (status = 200, description = "the data dir as a .tar.gz stream", content_type = "application/gzip"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "data_erased"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn export_data(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw)?;
+    let ws = app.load_managed(&caller, id).await?;
+    let stream = app.cp.export(id).await?;
+    let filename = format!("holdfast-{}-{}.tar.gz", sanitize(&ws.name), id);
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A file-name-safe form of a workspace name.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SweepRequest {
+    /// Report the plan without acting.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[utoipa::path(
+    post, path = "/admin/sweep", request_body = SweepRequest,
+    responses((status = 200, body = SweepReport), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn admin_sweep(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<SweepRequest>,
+) -> ApiResult<Json<SweepReport>> {
+    if caller != Caller::Admin {
+        return Err(ApiError::not_found("route"));
+    }
+    Ok(Json(app.sweep(body.dry_run, &caller.actor()).await?))
+}
+
+/// An audit event as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuditView {
+    pub id: Uuid,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub workspace_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+#[utoipa::path(
+    get, path = "/audit",
+    params(
+        ("workspace_id" = Option<Uuid>, Query, description = "only this workspace's events"),
+        ("limit" = Option<u32>, Query, description = "at most this many (default 500, at most 10000)"),
+    ),
+    responses((status = 200, body = Vec<AuditView>), (status = 400, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list_audit(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<Vec<AuditView>>> {
+    let mut workspace = None;
+    let mut limit = 500i64;
+    for (k, v) in parse_query(uri.query(), &["workspace_id", "limit"])? {
+        if k == "workspace_id" {
+            workspace = Some(Uuid::parse_str(&v).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("workspace_id: must be a UUID, got {v:?}"),
+                )
+            })?);
+        } else {
+            limit = v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_field",
+                        "limit: must be an integer from 1 to 10000",
+                    )
+                })?;
+        }
+    }
+    if let Some(ws) = workspace {
+        // Another org's workspace is simply not found.
+        app.load_managed(&caller, ws).await?;
+    }
+    let events = app.store.list_audit(workspace, limit).await?;
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let visible = match caller {
+            Caller::Admin => true,
+            _ => match e.workspace_id {
+                Some(w) => app
+                    .store
+                    .get_workspace(w)
+                    .await?
+                    .is_some_and(|ws| caller.manages_org(ws.org_id)),
+                None => false,
+            },
+        };
+        if visible {
+            out.push(AuditView {
+                id: e.id,
+                at: format_millis(e.at),
+                actor: e.actor,
+                action: e.action,
+                workspace_id: e.workspace_id,
+                volume_id: e.volume_id,
+                reason: e.reason,
+                detail: e.detail,
+            });
+        }
+    }
+    Ok(Json(out))
+}
