@@ -1,6 +1,8 @@
 //! The `holdfast` binary: `serve` (platform API with the embedded control
-//! plane) and `runtime` (the built-in workspace program).
+//! plane), `runtime` (the built-in workspace program), and the CLI (`ws`,
+//! `volumes`, `sweep`), a client of the API.
 
+mod cli;
 mod runtime;
 mod serve;
 
@@ -23,15 +25,51 @@ enum Command {
     Serve(serve::ServeArgs),
     /// The built-in workspace runtime (spawned by the control plane).
     Runtime,
+    /// Workspaces (a client of the API).
+    Ws {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::WsCommand,
+    },
+    /// Volume records (a client of the API).
+    Volumes {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::VolumesCommand,
+    },
+    /// Run one sweeper pass now (a client of the API; admin token).
+    Sweep {
+        #[command(flatten)]
+        conn: cli::Conn,
+        /// Report what would be done without doing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A sentence for the operator, not a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve::run(args)),
         Command::Runtime => rt.block_on(runtime::run()),
+        Command::Ws { conn, cmd } => rt.block_on(cli::ws(conn, cmd)),
+        Command::Volumes { conn, cmd } => rt.block_on(cli::volumes(conn, cmd)),
+        Command::Sweep { conn, dry_run } => rt.block_on(cli::sweep(conn, dry_run)),
     }
 }

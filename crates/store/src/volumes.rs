@@ -184,9 +184,7 @@ impl Store {
         // even on a database where the SELECT above is not a lock.
         let done = sqlx::query(
             "UPDATE volumes SET state = $2, retain_until = $3, erase_after = $4, reason = $5, \
-             updated_at = $6, \
-             erased_by = CASE WHEN $2 = 'erase_pending' THEN $8 WHEN $2 = 'active' THEN NULL ELSE erased_by END \
-             WHERE id = $1 AND state = $7",
+             updated_at = $6 WHERE id = $1 AND state = $7",
         )
         .bind(t.volume_id.to_string())
         .bind(t.to.as_str())
@@ -202,6 +200,20 @@ impl Store {
                 "volume {} changed concurrently",
                 vol.id
             )));
+        }
+        // Who asked for an erasure is reported when it happens; a volume
+        // brought back forgets it.
+        let requested_by = match t.to {
+            VolumeState::ErasePending => Some(Some(t.actor.to_owned())),
+            VolumeState::Active => Some(None),
+            _ => None,
+        };
+        if let Some(by) = requested_by {
+            sqlx::query("UPDATE volumes SET erased_by = $2 WHERE id = $1")
+                .bind(t.volume_id.to_string())
+                .bind(by)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query(
             "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \

@@ -1,0 +1,524 @@
+//! The CLI: a client of the platform API. URL and token come from flags or
+//! `HOLDFAST_URL` / `HOLDFAST_TOKEN` (default: `http://127.0.0.1:7420` and
+//! the token in `./.holdfast/admin-token`). Tables by default, `--json` for
+//! scripts.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// The platform's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "HOLDFAST_URL",
+        default_value = "http://127.0.0.1:7420"
+    )]
+    url: String,
+    /// An API token (default: ./.holdfast/admin-token).
+    #[arg(long, global = true, env = "HOLDFAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WsCommand {
+    /// List workspaces.
+    List {
+        /// Include removed workspaces.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Create a workspace.
+    Create {
+        name: String,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        parent: Option<String>,
+        #[arg(long)]
+        tier: Option<u8>,
+        /// Saved data: persist, ephemeral or auto.
+        #[arg(long, default_value = "auto")]
+        data: String,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Run this command instead of the built-in runtime (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Show one workspace.
+    Show {
+        id: String,
+    },
+    /// Change a workspace (applies at its next start).
+    Patch {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        tier: Option<u8>,
+        /// Saved data: persist, ephemeral or auto.
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Stop (never erasing data) and start again.
+    Restart {
+        id: String,
+    },
+    Pause {
+        id: String,
+        #[arg(long)]
+        cascade: bool,
+    },
+    Resume {
+        id: String,
+        #[arg(long)]
+        cascade: bool,
+    },
+    Hibernate {
+        id: String,
+        #[arg(long)]
+        cascade: bool,
+    },
+    Wake {
+        id: String,
+    },
+    /// Delete a workspace. Its data is kept for the retention grace unless
+    /// --erase is given (then it is erased after the erase grace).
+    Delete {
+        id: String,
+        /// Also erase its saved data (restorable during the erase grace).
+        #[arg(long)]
+        erase: bool,
+        /// Also delete its live descendants.
+        #[arg(long)]
+        cascade: bool,
+        /// Confirm without a prompt by giving the workspace's exact name.
+        #[arg(long, value_name = "NAME")]
+        yes: Option<String>,
+    },
+    /// Bring back a deleted workspace with its data.
+    Restore {
+        id: String,
+    },
+    /// Download the workspace's data as a .tar.gz.
+    Export {
+        id: String,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumesCommand {
+    /// List volume records.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    json: bool,
+}
+
+impl Client {
+    fn new(conn: &Conn) -> anyhow::Result<Client> {
+        let token = match &conn.token {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string(".holdfast/admin-token")
+                .map(|s| s.trim().to_owned())
+                .context("no token: pass --token, set HOLDFAST_TOKEN, or run where ./.holdfast/admin-token exists")?,
+        };
+        Ok(Client {
+            http: reqwest::Client::new(),
+            url: conn.url.trim_end_matches('/').to_owned(),
+            token,
+            json: conn.json,
+        })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
+    async fn call(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = rb
+            .send()
+            .await
+            .with_context(|| format!("reaching {}", self.url))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body["error"].as_str().unwrap_or("request failed");
+            let code = body["code"].as_str().unwrap_or("");
+            bail!("{} {msg} ({code})", status.as_u16());
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.req(reqwest::Method::GET, path)).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(self.req(reqwest::Method::POST, path).json(&body))
+            .await
+    }
+
+    fn print(&self, v: &Value, columns: &[&str]) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+            return;
+        }
+        let rows: Vec<&Value> = match v {
+            Value::Array(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        print_table(&rows, columns);
+    }
+}
+
+fn cell(v: &Value, col: &str) -> String {
+    let mut cur = v;
+    for part in col.split('.') {
+        cur = &cur[part];
+    }
+    match cur {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(rows: &[&Value], columns: &[&str]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(r, c)).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |items: Vec<String>| {
+        items
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!(
+        "{}",
+        line(columns.iter().map(|c| c.to_uppercase()).collect())
+    );
+    for r in cells {
+        println!("{}", line(r));
+    }
+}
+
+const WS_COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "data.mode",
+    "data.state",
+    "data.bytes",
+];
+
+fn compute_for(data: &str) -> anyhow::Result<Value> {
+    Ok(match data {
+        "auto" => json!({}),
+        "persist" | "ephemeral" => json!({"data_persistence": data}),
+        other => bail!("--data must be persist, ephemeral or auto, not {other:?}"),
+    })
+}
+
+pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
+    let c = Client::new(&conn)?;
+    match cmd {
+        WsCommand::List { all } => {
+            let path = if all {
+                "/workspaces?include_removed=true"
+            } else {
+                "/workspaces"
+            };
+            c.print(&c.get(path).await?, WS_COLUMNS);
+        }
+        WsCommand::Create {
+            name,
+            role,
+            parent,
+            tier,
+            data,
+            env,
+            command,
+        } => {
+            let mut body = json!({"name": name, "compute": compute_for(&data)?});
+            if let Some(r) = role {
+                body["role"] = json!(r);
+            }
+            if let Some(p) = parent {
+                body["parent_id"] = json!(p);
+            }
+            if let Some(t) = tier {
+                body["tier"] = json!(t);
+            }
+            if !command.is_empty() {
+                body["runtime"] = json!({"command": command});
+            }
+            if !env.is_empty() {
+                let mut map = serde_json::Map::new();
+                for kv in env {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .with_context(|| format!("--env {kv:?} is not KEY=VALUE"))?;
+                    map.insert(k.to_owned(), json!(v));
+                }
+                body["env"] = Value::Object(map);
+            }
+            c.print(&c.post("/workspaces", body).await?, WS_COLUMNS);
+        }
+        WsCommand::Show { id } => {
+            let v = c.get(&format!("/workspaces/{id}")).await?;
+            if c.json {
+                c.print(&v, &[]);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        }
+        WsCommand::Patch {
+            id,
+            name,
+            role,
+            tier,
+            data,
+        } => {
+            let mut body = json!({});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(r) = role {
+                body["role"] = json!(r);
+            }
+            if let Some(t) = tier {
+                body["tier"] = json!(t);
+            }
+            if let Some(d) = data {
+                body["compute"] = compute_for(&d)?;
+            }
+            let v = c
+                .call(
+                    c.req(reqwest::Method::PATCH, &format!("/workspaces/{id}"))
+                        .json(&body),
+                )
+                .await?;
+            c.print(&v, WS_COLUMNS);
+        }
+        WsCommand::Restart { id } => c.print(
+            &c.post(&format!("/workspaces/{id}/restart"), json!({}))
+                .await?,
+            WS_COLUMNS,
+        ),
+        WsCommand::Pause { id, cascade } => c.print(
+            &c.post(
+                &format!("/workspaces/{id}/pause?cascade={cascade}"),
+                json!({}),
+            )
+            .await?,
+            WS_COLUMNS,
+        ),
+        WsCommand::Resume { id, cascade } => c.print(
+            &c.post(
+                &format!("/workspaces/{id}/resume?cascade={cascade}"),
+                json!({}),
+            )
+            .await?,
+            WS_COLUMNS,
+        ),
+        WsCommand::Hibernate { id, cascade } => c.print(
+            &c.post(
+                &format!("/workspaces/{id}/hibernate?cascade={cascade}"),
+                json!({}),
+            )
+            .await?,
+            WS_COLUMNS,
+        ),
+        WsCommand::Wake { id } => c.print(
+            &c.post(&format!("/workspaces/{id}/wake"), json!({})).await?,
+            WS_COLUMNS,
+        ),
+        WsCommand::Delete {
+            id,
+            erase,
+            cascade,
+            yes,
+        } => {
+            let name = match yes {
+                Some(n) => n,
+                None => {
+                    let ws = c.get(&format!("/workspaces/{id}")).await?;
+                    let name = ws["name"].as_str().unwrap_or_default().to_owned();
+                    if !std::io::stdin().is_terminal() {
+                        bail!("refusing to delete without confirmation: pass --yes {name:?}");
+                    }
+                    let what = if erase {
+                        "delete it AND ERASE its saved data"
+                    } else {
+                        "delete it (data kept)"
+                    };
+                    eprint!("Type the workspace name ({name}) to {what}: ");
+                    std::io::stderr().flush()?;
+                    let mut typed = String::new();
+                    std::io::stdin().read_line(&mut typed)?;
+                    typed.trim_end_matches(['\n', '\r']).to_owned()
+                }
+            };
+            let path = format!("/workspaces/{id}?confirm={cascade}&erase_data={erase}");
+            let v = c
+                .call(
+                    c.req(reqwest::Method::DELETE, &path)
+                        .header("X-Confirm-Name", name),
+                )
+                .await?;
+            c.print(&v, &["status", "cascade_deleted", "data", "restore_until"]);
+        }
+        WsCommand::Restore { id } => c.print(
+            &c.post(&format!("/workspaces/{id}/restore"), json!({}))
+                .await?,
+            WS_COLUMNS,
+        ),
+        WsCommand::Export { id, output } => export(&c, &id, &output).await?,
+    }
+    Ok(())
+}
+
+/// Streams the export to a file (written beside it, then renamed, so a
+/// broken download never looks complete), with a progress line on stderr.
+async fn export(c: &Client, id: &str, output: &std::path::Path) -> anyhow::Result<()> {
+    let mut resp = c
+        .req(
+            reqwest::Method::GET,
+            &format!("/workspaces/{id}/data/export"),
+        )
+        .send()
+        .await
+        .with_context(|| format!("reaching {}", c.url))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!(
+            "{} {}",
+            status.as_u16(),
+            body["error"].as_str().unwrap_or("export failed")
+        );
+    }
+    let partial = output.with_extension("partial");
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let tty = std::io::stderr().is_terminal();
+    let mut total = 0u64;
+    let spinner = ['|', '/', '-', '\\'];
+    let mut tick = 0usize;
+    while let Some(chunk) = resp.chunk().await.context("download broke off")? {
+        file.write_all(&chunk).await?;
+        total += chunk.len() as u64;
+        tick += 1;
+        if tty && tick.is_multiple_of(16) {
+            eprint!(
+                "\r{} exporting {:>10} bytes",
+                spinner[(tick / 16) % 4],
+                total
+            );
+        }
+    }
+    file.sync_all().await?;
+    tokio::fs::rename(&partial, output).await?;
+    if tty {
+        eprint!("\r");
+    }
+    eprintln!("exported {total} bytes to {}", output.display());
+    Ok(())
+}
+
+pub async fn volumes(conn: Conn, cmd: VolumesCommand) -> anyhow::Result<()> {
+    let c = Client::new(&conn)?;
+    match cmd {
+        VolumesCommand::List { state } => {
+            let path = match state {
+                Some(s) => format!("/volumes?state={s}"),
+                None => "/volumes".to_owned(),
+            };
+            c.print(
+                &c.get(&path).await?,
+                &[
+                    "id",
+                    "workspace_id",
+                    "state",
+                    "bytes",
+                    "retain_until",
+                    "erase_after",
+                    "reason",
+                ],
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn sweep(conn: Conn, dry_run: bool) -> anyhow::Result<()> {
+    let c = Client::new(&conn)?;
+    let report = c.post("/admin/sweep", json!({"dry_run": dry_run})).await?;
+    if c.json {
+        c.print(&report, &[]);
+    } else {
+        let items = report["items"].as_array().cloned().unwrap_or_default();
+        println!(
+            "{} in {} ms: {} action(s)",
+            if dry_run { "dry run" } else { "sweep" },
+            report["duration_ms"],
+            items.len()
+        );
+        if !items.is_empty() {
+            print_table(
+                &items.iter().collect::<Vec<_>>(),
+                &[
+                    "action",
+                    "outcome",
+                    "workspace_id",
+                    "volume_id",
+                    "reason",
+                    "bytes",
+                ],
+            );
+        }
+    }
+    Ok(())
+}

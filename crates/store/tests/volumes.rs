@@ -1,0 +1,82 @@
+//! Store-level checks of the volume state machine's compare-and-set.
+
+use holdfast_domain::VolumeState;
+use holdfast_store::{Store, StoreError, VolumeTransition};
+use uuid::Uuid;
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn transitions_are_compare_and_set_and_record_who_asked_to_erase() {
+    let (_dir, store) = store().await;
+    let ws = Uuid::new_v4();
+    let v = store.insert_volume(ws, None, "test", 1).await.unwrap();
+    let t = |from: &'static [VolumeState], to, actor| VolumeTransition {
+        volume_id: v.id,
+        from,
+        to,
+        retain_until: None,
+        erase_after: Some(100),
+        actor,
+        reason: Some("r"),
+    };
+    let pending = store
+        .transition_volume(
+            t(&[VolumeState::Active], VolumeState::ErasePending, "alice"),
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending.state, VolumeState::ErasePending);
+    assert_eq!(pending.erased_by.as_deref(), Some("alice"));
+    // The same CAS again loses: the volume is no longer active.
+    let again = store
+        .transition_volume(
+            t(&[VolumeState::Active], VolumeState::ErasePending, "bob"),
+            3,
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let erasing = store
+        .begin_erase(
+            v.id,
+            VolumeState::ErasePending,
+            "sweeper",
+            "erase_requested",
+            4,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        erasing.erased_by.as_deref(),
+        Some("alice"),
+        "the requester is kept"
+    );
+    let erased = store.finish_erase(v.id, 42, 5).await.unwrap();
+    assert_eq!(
+        (erased.state, erased.bytes_erased),
+        (VolumeState::Erased, Some(42))
+    );
+    let audit = store.list_audit(Some(ws), 10).await.unwrap();
+    assert_eq!(
+        audit.iter().filter(|e| e.action == "volume.erased").count(),
+        1
+    );
+    assert_eq!(audit[0].actor, "alice");
+    assert!(matches!(
+        store.finish_erase(v.id, 42, 6).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let history: Vec<_> = store
+        .volume_history(v.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.to_state)
+        .collect();
+    assert_eq!(history, ["active", "erase_pending", "erasing", "erased"]);
+}
