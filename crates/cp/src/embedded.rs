@@ -8,7 +8,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use holdfast_domain::{DataPersistence, Runtime, VolumeState, now_millis};
-use holdfast_store::{InstanceRow, NewAuditEvent, Store, VolumeRow, VolumeTransition};
+use holdfast_store::{NewAuditEvent, Store, VolumeRow, VolumeTransition};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,11 +76,6 @@ impl EmbeddedCp {
         let killed = tokio::task::spawn_blocking(move || reap_leftovers(&root)).await?;
         if killed > 0 {
             tracing::info!(killed, "stopped processes left by a previous run");
-        }
-        for inst in self.store.list_instances().await? {
-            self.store
-                .delete_instance(inst.workspace_id, &inst.instance_id)
-                .await?;
         }
         Ok(())
     }
@@ -199,19 +194,24 @@ impl EmbeddedCp {
         Ok(())
     }
 
-    async fn refresh_bytes(&self, workspace_id: Uuid) {
-        let Ok(Some(v)) = self.store.current_volume(workspace_id).await else {
-            return;
-        };
+    /// Re-measures a volume's size in the background (a walk of a large tree
+    /// must not hold up a stop or a delete). The figure is what `data.bytes`
+    /// shows and what an erasure reports when it was interrupted.
+    fn refresh_bytes(&self, workspace_id: Uuid) {
+        let store = self.store.clone();
         let dir = self.backend.layout().volume_dir(workspace_id);
-        if let Ok(Ok(bytes)) =
-            tokio::task::spawn_blocking(move || crate::fsutil::dir_size(&dir)).await
-        {
-            let _ = self
-                .store
-                .set_volume_bytes(v.id, i64::try_from(bytes).unwrap_or(i64::MAX))
-                .await;
-        }
+        tokio::spawn(async move {
+            let Ok(Some(v)) = store.current_volume(workspace_id).await else {
+                return;
+            };
+            if let Ok(Ok(bytes)) =
+                tokio::task::spawn_blocking(move || crate::fsutil::dir_size(&dir)).await
+            {
+                let _ = store
+                    .set_volume_bytes(v.id, i64::try_from(bytes).unwrap_or(i64::MAX))
+                    .await;
+            }
+        });
     }
 }
 
@@ -233,27 +233,13 @@ impl ControlPlane for EmbeddedCp {
             DataPersistence::Ephemeral => self.detach_volume(&req).await?,
         }
         let instance_id = Uuid::new_v4().to_string();
-        let pid = self
-            .backend
+        self.backend
             .spawn(Spawn {
                 workspace_id: req.workspace_id,
                 instance_id: instance_id.clone(),
                 argv: self.argv(&req.runtime),
                 env: req.env.clone(),
                 mode,
-            })
-            .await?;
-        // Ordering: recorded right after the spawn; a crash in between leaves
-        // a process the next run cannot recognise, which is why the process
-        // also carries its instance id in its environment and the runtime
-        // exits when its platform is gone.
-        self.store
-            .upsert_instance(&InstanceRow {
-                workspace_id: req.workspace_id,
-                instance_id: instance_id.clone(),
-                pid: i64::from(pid),
-                mode: mode.as_str().to_owned(),
-                started_at: now_millis(),
             })
             .await?;
         Ok(Provisioned {
@@ -269,10 +255,7 @@ impl ControlPlane for EmbeddedCp {
             return Ok(());
         };
         self.backend.stop(workspace_id, Some(instance_id)).await?;
-        self.store
-            .delete_instance(workspace_id, instance_id)
-            .await?;
-        self.refresh_bytes(workspace_id).await;
+        self.refresh_bytes(workspace_id);
         Ok(())
     }
 
@@ -318,11 +301,8 @@ impl ControlPlane for EmbeddedCp {
         }
         if let Some(instance_id) = instance_id {
             self.backend.stop(workspace_id, Some(instance_id)).await?;
-            self.store
-                .delete_instance(workspace_id, instance_id)
-                .await?;
         }
-        self.refresh_bytes(workspace_id).await;
+        self.refresh_bytes(workspace_id);
         Ok(marked.map(Into::into))
     }
 

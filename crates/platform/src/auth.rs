@@ -111,18 +111,17 @@ impl FromRequestParts<Arc<App>> for Caller {
             return Ok(Caller::Admin);
         }
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some((workspace_id, org_id)) = app.store.workspace_by_token(&hex).await? {
+            return Ok(Caller::Workspace {
+                workspace_id,
+                org_id: Some(org_id),
+            });
+        }
         match app.store.find_token(&hex).await? {
             Some(t) if t.kind == TokenKind::Org => {
                 t.org_id.map(Caller::Org).ok_or_else(ApiError::unauthorized)
             }
-            Some(t) => t
-                .workspace_id
-                .map(|workspace_id| Caller::Workspace {
-                    workspace_id,
-                    org_id: t.org_id,
-                })
-                .ok_or_else(ApiError::unauthorized),
-            None => Err(ApiError::unauthorized()),
+            _ => Err(ApiError::unauthorized()),
         }
     }
 }

@@ -115,10 +115,14 @@ impl App {
             .await;
         // Creation succeeded once the row is written; a failed first start
         // shows as status `failed`, and the loop retries a crashed one.
-        if let Err(e) = self.reconcile(id).await {
-            tracing::error!(workspace_id = %id, error = %e, "first start failed");
+        match self.reconcile(id).await {
+            Ok(Some(now)) => Ok(now),
+            Ok(None) => Ok(ws),
+            Err(e) => {
+                tracing::error!(workspace_id = %id, error = %e, "first start failed");
+                Ok(self.store.get_workspace(id).await?.unwrap_or(ws))
+            }
         }
-        Ok(self.store.get_workspace(id).await?.unwrap_or(ws))
     }
 
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]

@@ -22,7 +22,7 @@ use crate::events::Event;
 use holdfast_cp::{InstanceState, ProvisionRequest};
 use holdfast_domain::failpoint;
 use holdfast_domain::{DesiredState, Runtime, Status, now_millis};
-use holdfast_store::{TokenKind, WorkspaceRow};
+use holdfast_store::WorkspaceRow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -144,17 +144,18 @@ impl App {
         }
     }
 
-    /// Brings one workspace to its intent. Serialised per workspace.
+    /// Brings one workspace to its intent. Serialised per workspace. Returns
+    /// the workspace as it now is (`None` if it does not exist).
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
-    pub async fn reconcile(&self, id: Uuid) -> anyhow::Result<()> {
+    pub async fn reconcile(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
         let _guard = self.locks.lock(id).await;
         self.reconcile_locked(id).await
     }
 
-    async fn reconcile_locked(&self, id: Uuid) -> anyhow::Result<()> {
+    async fn reconcile_locked(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
         let Some(mut ws) = self.store.get_workspace(id).await? else {
             self.forget(id);
-            return Ok(());
+            return Ok(None);
         };
         if ws.is_removed() {
             if !ws.compute_released {
@@ -163,7 +164,7 @@ impl App {
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             }
             self.forget(id);
-            return Ok(());
+            return Ok(Some(ws));
         }
         let mut obs = self.observed(id);
         let runs = match obs.instance_id.clone() {
@@ -216,7 +217,7 @@ impl App {
             }
         }
         self.put_observed(id, obs);
-        Ok(())
+        Ok(Some(ws))
     }
 
     /// A running instance of the current generation: watch its heartbeats and
@@ -255,22 +256,18 @@ impl App {
     ) -> anyhow::Result<()> {
         failpoint::hit("start.before_provision");
         let now = now_millis();
-        // A workspace token per start; the previous instance's stop working,
-        // which also makes a stray old runtime exit.
+        // A workspace token per start; it replaces the previous instance's,
+        // which stops working at once (and makes a stray old runtime exit).
         let token = generate_token("hfw");
-        self.store.revoke_workspace_tokens(ws.id, now).await?;
         self.store
-            .insert_token(
-                &hash_hex(token.expose()),
-                TokenKind::Workspace,
-                Some(ws.org_id),
-                Some(ws.id),
-                now,
-            )
+            .begin_start(ws.id, &hash_hex(token.expose()), Status::Provisioning, now)
             .await?;
-        self.store.set_url(ws.id, None).await?;
         ws.url = None;
-        self.set_status(ws, Status::Provisioning).await?;
+        if ws.status != Status::Provisioning {
+            ws.status = Status::Provisioning;
+            self.events
+                .publish(Event::status(Status::Provisioning, ws.id, ws.org_id));
+        }
         let mut env: BTreeMap<String, String> =
             ws.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.insert("HOLDFAST_PLATFORM_URL".into(), self.public_url.clone());

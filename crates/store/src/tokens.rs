@@ -78,22 +78,3 @@ impl Store {
         }))
     }
 }
-
-impl Store {
-    /// Revokes every live token of a workspace (at each new start, and at
-    /// delete through `mark_removed`).
-    pub async fn revoke_workspace_tokens(
-        &self,
-        workspace_id: Uuid,
-        now: Millis,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE tokens SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(workspace_id.to_string())
-        .bind(now)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-}
