@@ -139,7 +139,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
 
     axum::serve(listener, holdfast_platform::router(Arc::clone(&app)))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown_signal(Arc::clone(&app)))
         .await?;
     background.abort();
     sweeper.abort();
@@ -150,11 +150,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(app: Arc<App>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    app.begin_shutdown();
 }

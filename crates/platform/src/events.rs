@@ -39,17 +39,28 @@ impl Event {
 
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             tx: broadcast::channel(1024).0,
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 }
 
 impl EventBus {
+    /// Ends every open event stream (at shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
     pub fn publish(&self, ev: Event) {
         // No subscriber is not an error.
         let _ = self.tx.send(ev);
@@ -70,20 +81,30 @@ pub async fn events(
     caller: Caller,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = app.events.subscribe();
-    let stream = futures_util::stream::unfold((rx, caller), |(mut rx, caller)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if caller.can_read(ev.workspace_id, ev.org_id) => {
-                    let data = serde_json::to_string(&ev).unwrap_or_default();
-                    let sse = SseEvent::default().event(ev.kind.clone()).data(data);
-                    return Some((Ok(sse), (rx, caller)));
+    let closing = app.events.closing();
+    let stream = futures_util::stream::unfold(
+        (rx, caller, closing),
+        |(mut rx, caller, mut closing)| async move {
+            loop {
+                let received = tokio::select! {
+                    // A server shutting down ends every stream, so that open
+                    // subscribers (a canvas tab) never hold up a graceful stop.
+                    _ = closing.wait_for(|c| *c) => return None,
+                    r = rx.recv() => r,
+                };
+                match received {
+                    Ok(ev) if caller.can_read(ev.workspace_id, ev.org_id) => {
+                        let data = serde_json::to_string(&ev).unwrap_or_default();
+                        let sse = SseEvent::default().event(ev.kind.clone()).data(data);
+                        return Some((Ok(sse), (rx, caller, closing)));
+                    }
+                    Ok(_) => continue,
+                    // A slow subscriber skips what it missed rather than ending.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-                Ok(_) => continue,
-                // A slow subscriber skips what it missed rather than ending.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
-        }
-    });
+        },
+    );
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -79,6 +79,12 @@ impl App {
         }))
     }
 
+    /// Begins a graceful shutdown: ends the event streams, which would
+    /// otherwise keep their connections (and so the server) open.
+    pub fn begin_shutdown(&self) {
+        self.events.close();
+    }
+
     /// Runs the reconciler loop: a first pass at start (which restarts every
     /// workspace that should run), then one pass per interval.
     pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {

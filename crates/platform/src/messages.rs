@@ -58,7 +58,18 @@ impl App {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let obs = self.observed(id);
-            if obs.registered
+            let alive = match obs.instance_id.as_deref() {
+                Some(instance) => self.instance_runs(id, instance).await,
+                None => false,
+            };
+            if !alive {
+                // A runtime that just died: let the reconciler notice now
+                // (and restart it after its backoff) rather than relay a
+                // message to a dead address.
+                if let Err(e) = self.reconcile(id).await {
+                    tracing::warn!(workspace_id = %id, error = %e, "reconcile before relay failed");
+                }
+            } else if obs.registered
                 && let Some(url) = self.store.get_workspace(id).await?.and_then(|w| w.url)
             {
                 return Ok(url);

@@ -131,7 +131,7 @@ impl App {
         Ok(())
     }
 
-    async fn instance_runs(&self, id: Uuid, instance: &str) -> bool {
+    pub(crate) async fn instance_runs(&self, id: Uuid, instance: &str) -> bool {
         match self.cp.status(id, instance).await {
             Ok(InstanceState::Running) => true,
             Ok(_) => false,

@@ -120,6 +120,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     server: Child,
     extra_args: Vec<String>,
+    /// Variables set on the server process on top of the cleaned environment
+    /// (for failpoints); empty for an ordinary server.
+    extra_env: Vec<(String, String)>,
     log: Arc<Mutex<String>>,
     // Declared last so that it is removed after the server is gone.
     data_dir: tempfile::TempDir,
@@ -139,10 +142,16 @@ impl TestApp {
         ])
     }
 
+    /// A server started with the given extra flags
+    /// (e.g. `["--restart-backoff", "200ms"]`).
+    pub async fn spawn_with(args: &[&str]) -> TestApp {
+        Self::spawn_with_args(args.iter().map(|a| (*a).to_owned()).collect())
+    }
+
     fn spawn_with_args(extra_args: Vec<String>) -> TestApp {
         let data_dir = tempfile::tempdir().expect("create a temp data dir");
         let log = Arc::new(Mutex::new(String::new()));
-        let (server, base_url) = start_server(data_dir.path(), &extra_args, &log);
+        let (server, base_url) = start_server(data_dir.path(), &extra_args, &[], &log);
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -153,6 +162,7 @@ impl TestApp {
             client,
             server,
             extra_args,
+            extra_env: Vec::new(),
             log,
             data_dir,
         }
@@ -162,6 +172,36 @@ impl TestApp {
     /// one on the same data dir and flags. The new one listens on a new port.
     pub async fn restart_server(&mut self) {
         stop_server(&mut self.server);
+        self.start_again();
+    }
+
+    /// Like [`Self::restart_server`], but fails the test when the server has
+    /// not exited on its own within the poll timeout after SIGTERM (where
+    /// `restart_server` would fall back to SIGKILL without a word).
+    pub async fn restart_server_expecting_graceful_exit(&mut self) {
+        let pid = self.server.id();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + POLL_TIMEOUT;
+        while self
+            .server
+            .try_wait()
+            .expect("poll the server process")
+            .is_none()
+        {
+            if Instant::now() >= deadline {
+                // SIGKILL at once: `stop_server` would wait another 10 s.
+                kill_process_group(pid);
+                let _ = self.server.wait();
+                panic!(
+                    "the server did not exit within {POLL_TIMEOUT:?} of SIGTERM; output:\n{}",
+                    self.server_log()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        kill_process_group(pid);
         self.start_again();
     }
 
@@ -178,9 +218,98 @@ impl TestApp {
             .lock()
             .unwrap()
             .push_str("---- server restarted ----\n");
-        let (server, base_url) = start_server(self.data_dir.path(), &self.extra_args, &self.log);
+        let (server, base_url) = start_server(
+            self.data_dir.path(),
+            &self.extra_args,
+            &self.extra_env,
+            &self.log,
+        );
         self.server = server;
         self.base_url = base_url;
+    }
+
+    /// Like [`Self::crash_and_restart_server`], but the new server also gets
+    /// the environment `env` (e.g. `HOLDFAST_FAILPOINTS`). A failpoint may
+    /// abort the new server while it boots, even before it listens, so this
+    /// returns once it listens *or* has exited; follow with
+    /// [`Self::expect_server_abort`] when a crash is expected.
+    pub async fn crash_and_restart_server_with_env(&mut self, env: &[(&str, &str)]) {
+        kill_process_group(self.server.id());
+        let _ = self.server.wait();
+        self.extra_env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.log
+            .lock()
+            .unwrap()
+            .push_str(&format!("---- server restarted with {env:?} ----\n"));
+        let (server, url) = launch_server(
+            self.data_dir.path(),
+            &self.extra_args,
+            &self.extra_env,
+            &self.log,
+        );
+        self.server = server;
+        if let Some(url) = url {
+            self.base_url = url;
+        }
+    }
+
+    /// Waits for the server to end on its own and asserts that it aborted
+    /// (SIGABRT, as a failpoint does) and said so naming `failpoint`: proof
+    /// that the crash window under test was really reached.
+    pub async fn expect_server_abort(&mut self, failpoint: &str) {
+        let deadline = Instant::now() + POLL_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.server.try_wait().expect("poll the server process") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not abort at failpoint {failpoint} within {POLL_TIMEOUT:?}; output:\n{}",
+                self.server_log()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "the server must end by SIGABRT at failpoint {failpoint}, got {status}; output:\n{}",
+            self.server_log()
+        );
+        let log = self.server_log();
+        let since_restart = log.rsplit("---- server restarted").next().unwrap_or("");
+        assert!(
+            since_restart.contains(failpoint),
+            "the aborted server did not name failpoint {failpoint}; output:\n{log}"
+        );
+    }
+
+    /// Starts a new server on the same data dir and flags after the previous
+    /// one ended on its own, without the environment given to
+    /// [`Self::crash_and_restart_server_with_env`].
+    pub async fn start_server_again_without_env(&mut self) {
+        assert!(
+            self.server
+                .try_wait()
+                .expect("poll the server process")
+                .is_some(),
+            "the previous server is still running"
+        );
+        self.extra_env.clear();
+        self.start_again();
+    }
+
+    /// Sends a request that may get no answer at all (the server aborts while
+    /// handling it): the transport error instead of a panic.
+    pub async fn try_send(&self, request: RequestBuilder) -> Result<ApiResponse, reqwest::Error> {
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(ApiResponse { status, body, text })
     }
 
     /// The server's `--data-dir`.
@@ -328,11 +457,241 @@ impl TestApp {
     pub fn server_log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// A request authenticated with `token` instead of the admin token.
+    pub fn with_token(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+    }
+
+    /// Polls `GET /workspaces/:id` until the status is `status`.
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let mut last = Value::Null;
+        let deadline = Instant::now() + POLL_TIMEOUT;
+        while Instant::now() < deadline {
+            last = self.workspace(id).await;
+            if last["status"] == status {
+                return last;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        panic!("workspace {id} did not become {status} within {POLL_TIMEOUT:?}; last seen: {last}");
+    }
+
+    async fn post_empty(&self, path: &str) -> ApiResponse {
+        self.send(self.authed(Method::POST, path)).await
+    }
+
+    /// `POST /workspaces/:id/pause`.
+    pub async fn pause_workspace(&self, id: &str) -> ApiResponse {
+        self.post_empty(&format!("/workspaces/{id}/pause")).await
+    }
+
+    /// `POST /workspaces/:id/pause?cascade=true`.
+    pub async fn pause_workspace_cascade(&self, id: &str) -> ApiResponse {
+        self.post_empty(&format!("/workspaces/{id}/pause?cascade=true"))
+            .await
+    }
+
+    /// `POST /workspaces/:id/resume`.
+    pub async fn resume_workspace(&self, id: &str) -> ApiResponse {
+        self.post_empty(&format!("/workspaces/{id}/resume")).await
+    }
+
+    /// `POST /workspaces/:id/resume?cascade=true`.
+    pub async fn resume_workspace_cascade(&self, id: &str) -> ApiResponse {
+        self.post_empty(&format!("/workspaces/{id}/resume?cascade=true"))
+            .await
+    }
+
+    /// `POST /workspaces/:id/hibernate`.
+    pub async fn hibernate_workspace(&self, id: &str) -> ApiResponse {
+        self.post_empty(&format!("/workspaces/{id}/hibernate"))
+            .await
+    }
+
+    /// `POST /workspaces/:id/hibernate?cascade=true`.
+    pub async fn hibernate_workspace_cascade(&self, id: &str) -> ApiResponse {
+        self.post_empty(&format!("/workspaces/{id}/hibernate?cascade=true"))
+            .await
+    }
+
+    /// `POST /workspaces/:id/wake`.
+    pub async fn wake_workspace(&self, id: &str) -> ApiResponse {
+        self.post_empty(&format!("/workspaces/{id}/wake")).await
+    }
+
+    /// `POST /workspaces/:id/messages` with `{"text": text}`.
+    pub async fn send_message(&self, id: &str, text: &str) -> ApiResponse {
+        self.post_json(
+            &format!("/workspaces/{id}/messages"),
+            &json!({ "text": text }),
+        )
+        .await
+    }
+
+    /// `POST /workspaces/:id/messages`, asserting 200; returns the reply's
+    /// text.
+    pub async fn say(&self, id: &str, text: &str) -> String {
+        let answer = self.send_message(id, text).await.expect_status(200);
+        answer["reply"]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string `reply.text` in {answer}"))
+            .to_owned()
+    }
+
+    /// `GET /workspaces/:id/messages`.
+    pub async fn get_messages(&self, id: &str) -> ApiResponse {
+        self.get(&format!("/workspaces/{id}/messages")).await
+    }
+
+    /// `GET /workspaces/:id/messages`, asserting 200; the `messages` array.
+    pub async fn messages(&self, id: &str) -> Vec<Value> {
+        let body = self.get_messages(id).await.expect_status(200);
+        match &body["messages"] {
+            Value::Array(items) => items.clone(),
+            _ => panic!("GET messages must answer {{\"messages\": [...]}}, got {body}"),
+        }
+    }
+
+    /// Subscribes to `GET /events` with the admin token. The subscription is
+    /// live when this returns (the server has sent the response head), so
+    /// every status change caused afterwards is delivered.
+    ///
+    /// The stream is read over a plain socket with HTTP/1.0 (so the body is
+    /// the raw event text, delimited by the connection's end) by a thread of
+    /// its own; dropping the [`EventStream`] shuts the socket down at once,
+    /// even while the test's async runtime is blocked in [`TestApp`]'s drop.
+    pub async fn subscribe_events(&self) -> EventStream {
+        use std::io::Write;
+        let authority = self
+            .base_url
+            .strip_prefix("http://")
+            .expect("an http:// base URL")
+            .to_owned();
+        let mut socket = std::net::TcpStream::connect(&authority).expect("connect for GET /events");
+        socket
+            .set_read_timeout(Some(STARTUP_TIMEOUT))
+            .expect("set a read timeout");
+        write!(
+            socket,
+            "GET /events HTTP/1.0\r\nHost: {authority}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .expect("send GET /events");
+        let mut reader = BufReader::new(socket.try_clone().expect("clone the socket"));
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read the response head");
+            assert!(
+                n > 0,
+                "GET /events: connection closed in the head: {head:?}"
+            );
+            let line = line.trim_end().to_owned();
+            if line.is_empty() {
+                break;
+            }
+            head.push(line);
+        }
+        assert!(
+            head.first()
+                .is_some_and(|status| status.split_whitespace().nth(1) == Some("200")),
+            "GET /events must answer 200: {head:?}"
+        );
+        assert!(
+            head.iter().any(|h| {
+                let h = h.to_ascii_lowercase();
+                h.starts_with("content-type:") && h.contains("text/event-stream")
+            }),
+            "GET /events must be text/event-stream: {head:?}"
+        );
+        // Events are read without a deadline from here on; the test's own
+        // waits bound how long it listens.
+        socket
+            .set_read_timeout(None)
+            .expect("clear the read timeout");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                if let Some(data) = line.strip_prefix("data:")
+                    && let Ok(value) = serde_json::from_str::<Value>(data.trim())
+                    && tx.send(value).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        EventStream { rx, socket }
+    }
+}
+
+/// A live `GET /events` subscription; each event is the parsed JSON of a
+/// `data:` line.
+pub struct EventStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    socket: std::net::TcpStream,
+}
+
+impl EventStream {
+    /// The next event about workspace `id` (others are skipped), failing the
+    /// test after the poll timeout.
+    pub async fn next_for(&mut self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + POLL_TIMEOUT;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no event for workspace {id} within {POLL_TIMEOUT:?}"))
+                .expect("the event stream ended");
+            if event["workspace_id"] == id {
+                return event;
+            }
+        }
+    }
+
+    /// Reads the events of workspace `id` until one of type `last` and
+    /// returns their types in order (`last` included).
+    pub async fn types_for_until(&mut self, id: &str, last: &str) -> Vec<String> {
+        let mut types = Vec::new();
+        loop {
+            let event = self.next_for(id).await;
+            assert!(event["at"].is_string(), "an event without `at`: {event}");
+            let kind = event["type"]
+                .as_str()
+                .unwrap_or_else(|| panic!("an event without a string `type`: {event}"))
+                .to_owned();
+            let done = kind == last;
+            types.push(kind);
+            if done {
+                return types;
+            }
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        // Also ends the reading thread, whose read now fails.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         stop_server(&mut self.server);
+        // A server that crashed on its own (a failpoint) and was never started
+        // again leaves its workspace processes, which live in process groups of
+        // their own, behind; do not let them outlive the test.
+        for pid in processes_with_env(&format!(
+            "HOLDFAST_CP_ROOT={}",
+            canonical(self.data_dir.path()).display()
+        )) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         if std::thread::panicking() {
             eprintln!("---- holdfast serve output ----\n{}", self.server_log());
         }
@@ -344,8 +703,32 @@ impl Drop for TestApp {
 fn start_server(
     data_dir: &Path,
     extra_args: &[String],
+    extra_env: &[(String, String)],
     log: &Arc<Mutex<String>>,
 ) -> (Child, String) {
+    let (mut server, url) = launch_server(data_dir, extra_args, extra_env, log);
+    match url {
+        Some(url) => (server, url),
+        None => {
+            kill_process_group(server.id());
+            let _ = server.wait();
+            panic!(
+                "holdfast serve did not print `listening on http://…` within {:?}; output:\n{}",
+                STARTUP_TIMEOUT,
+                log.lock().unwrap()
+            );
+        }
+    }
+}
+
+/// Starts `holdfast serve` and waits for its listening line; `None` when its
+/// output ends first (it is exiting). Panics after the startup timeout.
+fn launch_server(
+    data_dir: &Path,
+    extra_args: &[String],
+    extra_env: &[(String, String)],
+    log: &Arc<Mutex<String>>,
+) -> (Child, Option<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0"])
@@ -366,6 +749,10 @@ fn start_server(
             cmd.env_remove(key);
         }
     }
+    // Set after the clean-up above, so that a test's own choice survives it.
+    for (key, value) in extra_env {
+        cmd.env(key, value);
+    }
     let mut server = cmd.spawn().expect("spawn holdfast serve");
 
     let (lines_tx, lines_rx) = mpsc::channel::<String>();
@@ -380,10 +767,11 @@ fn start_server(
         match lines_rx.recv_timeout(left) {
             Ok(line) => {
                 if let Some(url) = listening_url(&line) {
-                    return (server, url);
+                    return (server, Some(url));
                 }
             }
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Disconnected) => return (server, None),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 kill_process_group(server.id());
                 let _ = server.wait();
                 panic!(
@@ -606,4 +994,65 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `path` with symbolic links resolved (the server canonicalises its data
+/// dir, and what it passes on to processes is the canonical path).
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The running (not zombie) processes whose environment holds exactly the
+/// entry `entry` (`KEY=value`).
+fn processes_with_env(entry: &str) -> Vec<u32> {
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    proc_dir
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|b| *b == 0).any(|kv| kv == entry.as_bytes()))
+        })
+        .filter(|pid| process_is_running(*pid))
+        .collect()
+}
+
+/// The running processes of workspace `id`: those whose environment holds
+/// `HOLDFAST_WORKSPACE_ID=<id>`, zombies excluded.
+pub fn workspace_processes(id: &str) -> Vec<u32> {
+    processes_with_env(&format!("HOLDFAST_WORKSPACE_ID={id}"))
+}
+
+/// Waits until workspace `id` has exactly `count` running processes and
+/// returns their pids.
+pub async fn wait_workspace_process_count(id: &str, count: usize) -> Vec<u32> {
+    eventually(
+        &format!("workspace {id} to run exactly {count} process(es)"),
+        || async move {
+            let pids = workspace_processes(id);
+            (pids.len() == count).then_some(pids)
+        },
+    )
+    .await
+}
+
+/// A create body for a workspace on the built-in runtime (no `runtime`).
+pub fn builtin_body(name: &str) -> Value {
+    json!({ "name": name })
+}
+
+/// The same, with an explicit `compute.data_persistence`.
+pub fn builtin_body_with_persistence(name: &str, mode: &str) -> Value {
+    json!({ "name": name, "compute": { "data_persistence": mode } })
+}
+
+/// Sends `SIGKILL` to `pid`, as an out-of-memory killer or a `kill -9` would.
+pub fn kill_9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -9 {pid} failed");
 }

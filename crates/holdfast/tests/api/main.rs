@@ -5,7 +5,10 @@
 mod create;
 mod data;
 mod delete;
+mod failpoints;
 mod helpers;
 mod misc;
 mod persistence;
+mod recovery;
+mod runtime;
 mod validation;
