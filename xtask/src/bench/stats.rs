@@ -25,11 +25,14 @@ impl Samples {
         let total: Duration = sorted.iter().sum();
         let n = sorted.len();
         Summary {
-            n,
             p50: percentile(&sorted, 50.0),
             p99: percentile(&sorted, 99.0),
             max: sorted.last().copied().unwrap_or_default(),
-            mean: if n == 0 { Duration::ZERO } else { total / n as u32 },
+            mean: if n == 0 {
+                Duration::ZERO
+            } else {
+                total / n as u32
+            },
         }
     }
 }
@@ -47,7 +50,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[derive(Debug, Clone, Copy)]
 pub struct Summary {
-    pub n: usize,
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
@@ -58,30 +60,41 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// One section of the printed report: a title, rows of numbers, and free
-/// lines below them (ratios' verdicts, notes).
+/// One section of the printed report: a title, then rows of numbers and
+/// free lines (verdicts, notes) in the order they were added.
 #[derive(Debug)]
 pub struct Section {
     pub title: String,
-    rows: Vec<(String, [String; 4])>,
-    lines: Vec<String>,
+    items: Vec<Item>,
+}
+
+#[derive(Debug)]
+enum Item {
+    Row(String, [String; 4]),
+    Line(String),
 }
 
 impl Section {
     pub fn new(title: impl Into<String>) -> Section {
-        Section { title: title.into(), rows: Vec::new(), lines: Vec::new() }
+        Section {
+            title: title.into(),
+            items: Vec::new(),
+        }
     }
 
     /// A row of latencies in milliseconds.
     pub fn timing(&mut self, label: impl Into<String>, s: &Summary) {
         let cell = |d: Duration| format!("{:.2}", ms(d));
-        self.rows.push((label.into(), [cell(s.p50), cell(s.p99), cell(s.max), cell(s.mean)]));
+        self.items.push(Item::Row(
+            label.into(),
+            [cell(s.p50), cell(s.p99), cell(s.max), cell(s.mean)],
+        ));
     }
 
     /// A row of `measured / baseline` for each column.
     pub fn ratio(&mut self, label: impl Into<String>, measured: &Summary, baseline: &Summary) {
         let cell = |a: Duration, b: Duration| format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64());
-        self.rows.push((
+        self.items.push(Item::Row(
             label.into(),
             [
                 cell(measured.p50, baseline.p50),
@@ -93,29 +106,43 @@ impl Section {
     }
 
     pub fn line(&mut self, text: impl Into<String>) {
-        self.lines.push(text.into());
+        self.items.push(Item::Line(text.into()));
     }
 
     fn render(&self, out: &mut String) {
         const HEADS: [&str; 4] = ["p50 (ms)", "p99 (ms)", "max (ms)", "mean (ms)"];
-        let label_width = self.rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
+        // `{:width$}` pads by chars, and labels hold arrows, so every width
+        // is counted in chars and padded by hand.
+        let label_width = self
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Row(label, _) => Some(label.chars().count()),
+                Item::Line(_) => None,
+            })
+            .max()
+            .unwrap_or(0);
         let _ = writeln!(out, "{}", self.title);
         let _ = write!(out, "  {:label_width$}", "");
         for h in HEADS {
             let _ = write!(out, "  {h:>10}");
         }
         out.push('\n');
-        for (label, cells) in &self.rows {
-            // `{:width$}` pads by chars, and labels hold arrows, so pad by hand.
-            let pad = label_width - label.chars().count();
-            let _ = write!(out, "  {label}{:pad$}", "");
-            for c in cells {
-                let _ = write!(out, "  {c:>10}");
+        for item in &self.items {
+            match item {
+                Item::Row(label, cells) => {
+                    let pad = label_width - label.chars().count();
+                    let _ = write!(out, "  {label}{:pad$}", "");
+                    for c in cells {
+                        let _ = write!(out, "  {c:>10}");
+                    }
+                    out.push('\n');
+                }
+                Item::Line(text) if text.is_empty() => out.push('\n'),
+                Item::Line(text) => {
+                    let _ = writeln!(out, "  {text}");
+                }
             }
-            out.push('\n');
-        }
-        for l in &self.lines {
-            let _ = writeln!(out, "  {l}");
         }
     }
 }
@@ -141,8 +168,15 @@ mod tests {
     use super::*;
 
     fn check(samples_ms: &[u64], p: f64, expect: u64) {
-        let sorted: Vec<Duration> = samples_ms.iter().map(|&m| Duration::from_millis(m)).collect();
-        assert_eq!(percentile(&sorted, p), Duration::from_millis(expect), "p{p} of {samples_ms:?}");
+        let sorted: Vec<Duration> = samples_ms
+            .iter()
+            .map(|&m| Duration::from_millis(m))
+            .collect();
+        assert_eq!(
+            percentile(&sorted, p),
+            Duration::from_millis(expect),
+            "p{p} of {samples_ms:?}"
+        );
     }
 
     #[test]

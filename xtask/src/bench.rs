@@ -1,0 +1,287 @@
+//! `cargo xtask bench`: builds holdfast in release, starts it on a fresh data
+//! dir, runs each benchmark section against it, and prints one table.
+//!
+//! A benchmark here is a measurement, not a test: missed targets print FAIL
+//! but the exit code stays 0; only a run that could not measure fails.
+//!
+//! To add a section, write a module beside `create_online` whose `run`
+//! returns a [`stats::Section`], and call it from [`run_sections`].
+
+mod create_online;
+mod server;
+mod stats;
+
+use anyhow::{Context, bail};
+use server::Server;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug)]
+pub struct Options {
+    /// Measured operations per row.
+    n: usize,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> anyhow::Result<Options> {
+        let mut opts = Options { n: 200 };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f, Some(v.to_owned())),
+                None => (arg.as_str(), None),
+            };
+            match flag {
+                "--n" => {
+                    let v = inline
+                        .or_else(|| args.next().cloned())
+                        .context("--n needs a value")?;
+                    opts.n = v
+                        .parse()
+                        .with_context(|| format!("--n: {v:?} is not a count"))?;
+                    if opts.n == 0 {
+                        bail!("--n must be at least 1");
+                    }
+                }
+                other => {
+                    bail!("bench: unknown argument {other:?} (usage: cargo xtask bench [--n N])")
+                }
+            }
+        }
+        Ok(opts)
+    }
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let bin = build_server(&root)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_with(&bin, &opts))
+}
+
+async fn run_with(bin: &Path, opts: &Options) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!(
+        "holdfast-bench-{}-{}",
+        std::process::id(),
+        random_hex()
+    ));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let header = format!(
+        "holdfast bench: {}, {} cores, load avg {} at start, commit {}, release build",
+        utc_now(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        commit(&workspace_root()),
+    );
+
+    let measured = match Server::start(
+        bin,
+        &scratch.join("data"),
+        format!("hfbench-{}", random_hex()),
+    )
+    .await
+    {
+        Ok(server) => {
+            eprintln!("bench: holdfast listening on {}", server.url);
+            let measured = run_sections(&server, &scratch, opts).await;
+            // The table is printed before the cleanup, so that a cleanup
+            // that hangs or fails does not cost the measurements.
+            if let Ok(sections) = &measured {
+                print!("{}", stats::render(&header, sections));
+            }
+            cleanup(server).await;
+            measured.map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = std::fs::remove_dir_all(&scratch) {
+        eprintln!("bench: could not remove {}: {e}", scratch.display());
+    }
+    measured
+}
+
+/// Every section, in the order they are printed. They share one server, so
+/// a section must leave it as it found it, apart from workspaces it created
+/// (which the cleanup deletes).
+async fn run_sections(
+    server: &Server,
+    scratch: &Path,
+    opts: &Options,
+) -> anyhow::Result<Vec<stats::Section>> {
+    Ok(vec![
+        create_online::run(server, scratch.to_path_buf(), opts.n).await?,
+    ])
+}
+
+async fn cleanup(server: Server) {
+    let (deleted, errors) = server.delete_remaining().await;
+    eprintln!(
+        "bench: cleanup deleted {deleted} workspaces, {} failed",
+        errors.len()
+    );
+    for e in errors.iter().take(5) {
+        eprintln!("  {e:#}");
+    }
+    match server.stop().await {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!("bench: holdfast serve exited with {status}"),
+        Err(e) => eprintln!("bench: stopping holdfast serve: {e:#}"),
+    }
+}
+
+/// The repository root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// `cargo build --release -p holdfast`, with its progress on the terminal.
+fn build_server(root: &Path) -> anyhow::Result<PathBuf> {
+    // `cargo xtask` is a `cargo run`, which sets CARGO to the cargo in use.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("bench: cargo build --release -p holdfast");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "holdfast"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p holdfast failed ({status})");
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin = target.join("release").join("holdfast");
+    if !bin.is_file() {
+        bail!("built, but {} is not there", bin.display());
+    }
+    Ok(bin)
+}
+
+/// The 1-minute load average: on a shared 2-core machine another build
+/// running during the bench moves the numbers more than anything measured, so
+/// the table says how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// The short commit measured, with `+dirty` when the tree has changes.
+fn commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{head}+dirty"),
+            _ => head,
+        },
+        None => "?".to_owned(),
+    }
+}
+
+/// 64 bits from the standard library's per-process random hasher keys: enough
+/// for a temp dir name and a throwaway admin token, without a `rand` dependency.
+fn random_hex() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// Now as `YYYY-MM-DD HH:MM:SS UTC`, without a date library.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_date(days: i64, expect: (i64, u32, u32)) {
+        assert_eq!(civil_from_days(days), expect, "day {days}");
+    }
+
+    #[test]
+    fn epoch() {
+        check_date(0, (1970, 1, 1));
+    }
+
+    #[test]
+    fn leap_day() {
+        check_date(11_016, (2000, 2, 29));
+    }
+
+    #[test]
+    fn new_year_2025() {
+        check_date(20_089, (2025, 1, 1));
+    }
+
+    fn check_args(args: &[&str], expect_n: Option<usize>) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            Options::parse(&args).ok().map(|o| o.n),
+            expect_n,
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn default_n() {
+        check_args(&[], Some(200));
+    }
+
+    #[test]
+    fn n_as_two_args_or_one() {
+        check_args(&["--n", "50"], Some(50));
+        check_args(&["--n=7"], Some(7));
+    }
+
+    #[test]
+    fn bad_args() {
+        check_args(&["--n"], None);
+        check_args(&["--n", "0"], None);
+        check_args(&["--n", "x"], None);
+        check_args(&["--fast"], None);
+    }
+}
