@@ -126,26 +126,28 @@ impl ProcessBackend {
     pub async fn spawn(&self, spec: Spawn) -> anyhow::Result<i32> {
         let data_dir = self.layout.data_dir(spec.workspace_id, spec.mode);
         let log_path = self.layout.log_file(spec.workspace_id);
-        let mode = spec.mode;
-        let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            if mode == DataPersistence::Ephemeral {
-                // Every start of an ephemeral workspace begins empty.
-                fsutil::remove_tree(&dir)?;
-            }
-            std::fs::create_dir_all(&dir)?;
-            if let Some(parent) = log_path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            Ok(())
-        })
-        .await??;
+        if spec.mode == DataPersistence::Ephemeral {
+            // Every start of an ephemeral workspace begins empty. The tree may
+            // be large, so it is removed off the async threads.
+            let dir = data_dir.clone();
+            tokio::task::spawn_blocking(move || fsutil::remove_tree(&dir)).await??;
+        }
+        // Two mkdirs of paths that usually exist: cheaper inline than a hop to
+        // the blocking pool, and on the create → online path.
+        std::fs::create_dir_all(&data_dir)?;
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.layout.log_file(spec.workspace_id))?;
-        let mut cmd = tokio::process::Command::new(&spec.argv[0]);
-        cmd.args(&spec.argv[1..])
+            .open(&log_path)?;
+        // std spawns with posix_spawn (no fork of this large process) only for
+        // a program given by path; look it up in the child's PATH ourselves.
+        let program = resolve_program(&spec.argv[0], std::env::var_os("PATH").as_deref());
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.arg0(&spec.argv[0])
+            .args(&spec.argv[1..])
             .current_dir(&data_dir)
             .env_clear()
             .stdin(Stdio::null())
@@ -246,6 +248,26 @@ impl ProcessBackend {
             }
         }
     }
+}
+
+/// The path of `argv0`: as given when it contains a `/`, else the first
+/// executable regular file of that name in `path` (a `PATH` value). Falls
+/// back to the bare name, which lets the spawn report "not found".
+fn resolve_program(argv0: &str, path: Option<&std::ffi::OsStr>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if argv0.contains('/') {
+        return PathBuf::from(argv0);
+    }
+    for dir in std::env::split_paths(path.unwrap_or_default()) {
+        let candidate = dir.join(argv0);
+        if let Ok(meta) = std::fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return candidate;
+        }
+    }
+    PathBuf::from(argv0)
 }
 
 async fn terminate_group(

@@ -115,9 +115,8 @@ impl App {
             .await;
         // Creation succeeded once the row is written; a failed first start
         // shows as status `failed`, and the loop retries a crashed one.
-        match self.reconcile(id).await {
-            Ok(Some(now)) => Ok(now),
-            Ok(None) => Ok(ws),
+        match self.reconcile_new(ws.clone()).await {
+            Ok(now) => Ok(now),
             Err(e) => {
                 tracing::error!(workspace_id = %id, error = %e, "first start failed");
                 Ok(self.store.get_workspace(id).await?.unwrap_or(ws))

@@ -153,10 +153,23 @@ impl App {
     }
 
     async fn reconcile_locked(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
-        let Some(mut ws) = self.store.get_workspace(id).await? else {
+        let Some(ws) = self.store.get_workspace(id).await? else {
             self.forget(id);
             return Ok(None);
         };
+        self.reconcile_loaded(ws).await.map(Some)
+    }
+
+    /// The first start of a workspace just inserted: its row is already in
+    /// hand (no other request can know its id yet), which saves a read on
+    /// the create → online path.
+    pub(crate) async fn reconcile_new(&self, ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
+        let _guard = self.locks.lock(ws.id).await;
+        self.reconcile_loaded(ws).await
+    }
+
+    async fn reconcile_loaded(&self, mut ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
+        let id = ws.id;
         if ws.is_removed() {
             if !ws.compute_released {
                 self.finish_removal_locked(&ws, "reconciler")
@@ -164,7 +177,7 @@ impl App {
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             }
             self.forget(id);
-            return Ok(Some(ws));
+            return Ok(ws);
         }
         let mut obs = self.observed(id);
         let runs = match obs.instance_id.clone() {
@@ -217,7 +230,7 @@ impl App {
             }
         }
         self.put_observed(id, obs);
-        Ok(Some(ws))
+        Ok(ws)
     }
 
     /// A running instance of the current generation: watch its heartbeats and
