@@ -116,9 +116,14 @@ impl EmbeddedCp {
     /// directory. Ordering: the record is written before the directory exists,
     /// so a directory under `volumes/` is always known to the store (the
     /// sweeper adopts any that is not).
-    async fn attach_volume(&self, req: &ProvisionRequest) -> CpResult<()> {
+    async fn attach_volume(&self, req: &ProvisionRequest) -> CpResult<VolumeRow> {
         let now = now_millis();
-        match self.store.current_volume(req.workspace_id).await? {
+        let current = if req.first_start {
+            None
+        } else {
+            self.store.current_volume(req.workspace_id).await?
+        };
+        let attached = match current {
             None => {
                 self.store
                     .insert_volume(
@@ -127,9 +132,9 @@ impl EmbeddedCp {
                         "control-plane",
                         now,
                     )
-                    .await?;
+                    .await?
             }
-            Some(v) if v.state == VolumeState::Active => {}
+            Some(v) if v.state == VolumeState::Active => v,
             Some(v) if v.state == VolumeState::Retained => {
                 // Switching back to persist within the retention grace brings
                 // the same data back.
@@ -150,6 +155,7 @@ impl EmbeddedCp {
                     .await?;
                 self.audit("control-plane", "volume.reattached", &v, Some("reattached"))
                     .await;
+                v
             }
             Some(v) => {
                 return Err(CpError::Conflict(format!(
@@ -157,13 +163,16 @@ impl EmbeddedCp {
                     v.state
                 )));
             }
-        }
-        Ok(())
+        };
+        Ok(attached)
     }
 
     /// An ephemeral start: a durable volume still attached is detached into
     /// `retained`, never erased.
     async fn detach_volume(&self, req: &ProvisionRequest) -> CpResult<()> {
+        if req.first_start {
+            return Ok(());
+        }
         if let Some(v) = self.store.current_volume(req.workspace_id).await?
             && v.state == VolumeState::Active
         {
@@ -228,10 +237,13 @@ impl ControlPlane for EmbeddedCp {
             tracing::warn!("provision while an instance runs; stopping it first");
             self.backend.stop(req.workspace_id, None).await?;
         }
-        match mode {
-            DataPersistence::Persist => self.attach_volume(&req).await?,
-            DataPersistence::Ephemeral => self.detach_volume(&req).await?,
-        }
+        let volume = match mode {
+            DataPersistence::Persist => Some(self.attach_volume(&req).await?.into()),
+            DataPersistence::Ephemeral => {
+                self.detach_volume(&req).await?;
+                None
+            }
+        };
         let instance_id = Uuid::new_v4().to_string();
         self.backend
             .spawn(Spawn {
@@ -246,6 +258,7 @@ impl ControlPlane for EmbeddedCp {
             instance_id,
             state: InstanceState::Running,
             data_mode: mode,
+            volume,
         })
     }
 

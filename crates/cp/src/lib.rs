@@ -38,6 +38,10 @@ pub struct ProvisionRequest {
     pub data_persistence: Option<DataPersistence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_size_gb: Option<u16>,
+    /// The workspace has never been started, so it has no volume record yet
+    /// and none is looked up (a fresh id cannot have one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first_start: bool,
 }
 
 impl ProvisionRequest {
@@ -61,6 +65,9 @@ pub struct Provisioned {
     pub state: InstanceState,
     /// The mode the request resolved to (auto → the control plane's policy).
     pub data_mode: DataPersistence,
+    /// The volume attached (a persist start), as it now is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeInfo>,
 }
 
 /// A volume record as the control plane reports it.

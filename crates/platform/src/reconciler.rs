@@ -43,6 +43,10 @@ pub struct Observed {
     pub next_attempt: Option<Instant>,
     /// Provisioning failed for this generation: wait for a new intent.
     pub failed_generation: Option<i64>,
+    /// The next start is the workspace's very first (set by create only).
+    pub first_start: bool,
+    /// The volume the last start attached, as the control plane reported it.
+    pub attached: Option<holdfast_cp::VolumeInfo>,
 }
 
 /// Timing knobs of the reconciler.
@@ -165,6 +169,21 @@ impl App {
     /// the create → online path.
     pub(crate) async fn reconcile_new(&self, ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
         let _guard = self.locks.lock(ws.id).await;
+        if self.observed.lock().expect("observed").contains_key(&ws.id) {
+            // The background loop saw the new row first and acted on it: the
+            // row in hand is stale, so take the ordinary path.
+            return self
+                .reconcile_locked(ws.id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("workspace vanished"));
+        }
+        self.put_observed(
+            ws.id,
+            Observed {
+                first_start: true,
+                ..Observed::default()
+            },
+        );
         self.reconcile_loaded(ws).await
     }
 
@@ -293,6 +312,8 @@ impl App {
             env,
             data_persistence: ws.compute.data_persistence,
             volume_size_gb: ws.compute.volume.map(|v| v.size_gb),
+            // Only ever for one attempt: a retry looks its volume up.
+            first_start: std::mem::take(&mut obs.first_start),
         };
         obs.generation = ws.generation;
         obs.registered = false;
@@ -301,6 +322,7 @@ impl App {
             Ok(p) => {
                 failpoint::hit("start.after_provision");
                 obs.instance_id = Some(p.instance_id.clone());
+                obs.attached = p.volume.clone();
                 obs.started_at = Some(Instant::now());
                 obs.failed_generation = None;
                 let status = if registers(&ws.runtime) {

@@ -93,8 +93,17 @@ pub async fn create_workspace(
     let started = std::time::Instant::now();
     let parsed = ParsedCreate::try_from(body)?;
     let ws = app.create(&caller, parsed).await?;
+    // A first start reports the volume it attached; no need to read it back.
+    let attached = app.observed(ws.id).attached;
+    let view = match (&attached, ws.resolved_mode) {
+        (Some(v), Some(holdfast_domain::DataPersistence::Persist)) => {
+            WorkspaceView::new(&ws, Some(v))
+        }
+        (None, Some(holdfast_domain::DataPersistence::Ephemeral)) => WorkspaceView::new(&ws, None),
+        _ => app.view(&ws).await?,
+    };
     app.metrics.observe_op("create", started.elapsed());
-    Ok((StatusCode::CREATED, Json(app.view(&ws).await?)))
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
