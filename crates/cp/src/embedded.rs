@@ -449,7 +449,17 @@ impl ControlPlane for EmbeddedCp {
         let dir = match self.store.current_volume(workspace_id).await? {
             Some(v) if v.state != VolumeState::Erasing => layout.volume_dir(workspace_id),
             Some(_) => return Err(CpError::DataErased),
-            None => layout.scratch_dir(workspace_id),
+            None => match self.store.latest_volume(workspace_id).await? {
+                // The durable data is gone; a scratch dir (if the workspace
+                // runs ephemeral now) is all there is.
+                Some(v)
+                    if v.state == VolumeState::Erased
+                        && !layout.scratch_dir(workspace_id).is_dir() =>
+                {
+                    return Err(CpError::DataErased);
+                }
+                _ => layout.scratch_dir(workspace_id),
+            },
         };
         if std::fs::symlink_metadata(&dir)
             .map(|m| m.is_dir())

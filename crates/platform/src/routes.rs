@@ -315,17 +315,28 @@ pub async fn list_volumes(
         );
     }
     let volumes = app.cp.list_volumes(state).await?;
+    // One read of the workspaces (removed ones too) for visibility and mode,
+    // rather than one per volume.
+    let workspaces: std::collections::HashMap<Uuid, WorkspaceRow> = app
+        .store
+        .list_workspaces(None, true)
+        .await?
+        .into_iter()
+        .map(|w| (w.id, w))
+        .collect();
     let mut out = Vec::new();
     for v in &volumes {
+        let ws = workspaces.get(&v.workspace_id);
         let visible = match caller {
             Caller::Admin => true,
-            _ => match app.store.get_workspace(v.workspace_id).await? {
-                Some(ws) => caller.manages_org(ws.org_id),
-                None => false,
-            },
+            _ => ws.is_some_and(|w| caller.manages_org(w.org_id)),
         };
         if visible {
-            out.push(VolumeView::new(v));
+            let mut view = VolumeView::new(v);
+            view.mode = ws
+                .and_then(|w| w.resolved_mode.or(w.compute.data_persistence))
+                .map(|m| m.as_str().to_owned());
+            out.push(view);
         }
     }
     Ok(Json(out))

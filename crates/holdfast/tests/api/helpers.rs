@@ -1056,3 +1056,435 @@ pub fn kill_9(pid: u32) {
         .expect("run kill");
     assert!(status.success(), "kill -9 {pid} failed");
 }
+
+// ---- Data safety: restore, sweeper, audit, export, metrics -----------------
+
+/// Flags for data-safety tests: graces short enough to wait out within a
+/// test, and a sweep interval so long that only the pass at start and
+/// `POST /admin/sweep` ever run the sweeper, so that each test decides when
+/// the sweeper acts. The graces are a few seconds rather than less so that a
+/// sweep made right after a delete or an adoption surely falls within them.
+pub const SHORT_GRACES: &[&str] = &[
+    "--erase-grace",
+    "2s",
+    "--retention-grace",
+    "3s",
+    "--sweep-interval",
+    "1h",
+];
+
+impl TestApp {
+    /// A server started with [`SHORT_GRACES`], returned once its pass at
+    /// start is over, so that the test's own sweeps are the only ones that
+    /// see what it plants afterwards.
+    pub async fn spawn_with_short_graces() -> TestApp {
+        let app = Self::spawn_with(SHORT_GRACES).await;
+        app.wait_for_a_sweeper_pass().await;
+        app
+    }
+
+    /// Waits until the metrics count at least one finished sweeper pass
+    /// since this server started (the pass at start, at first).
+    pub async fn wait_for_a_sweeper_pass(&self) {
+        eventually("the sweeper's pass at start", || async {
+            let text = self.metrics_text().await;
+            let runs = metric_value(&text, "holdfast_sweeper_runs_total")?;
+            (runs >= 1.0).then_some(())
+        })
+        .await
+    }
+
+    /// `<data-dir>/trash/<volume-id>`, where an erasure moves a volume before
+    /// deleting it.
+    pub fn trash_dir(&self, volume_id: &str) -> PathBuf {
+        self.data_dir().join("trash").join(volume_id)
+    }
+
+    /// `POST /workspaces/:id/restore`.
+    pub async fn restore_workspace(&self, id: &str) -> ApiResponse {
+        self.post_empty(&format!("/workspaces/{id}/restore")).await
+    }
+
+    /// `GET /workspaces/:id/data`, asserting 200: the volume record with its
+    /// history.
+    pub async fn volume(&self, id: &str) -> Value {
+        self.workspace_data(id).await.expect_status(200)
+    }
+
+    /// Polls `GET /workspaces/:id/data` until the volume is in `state`.
+    pub async fn wait_volume_state(&self, id: &str, state: &str) -> Value {
+        eventually(&format!("the volume of {id} to be {state}"), || async {
+            let record = self.volume(id).await;
+            (record["state"] == state).then_some(record)
+        })
+        .await
+    }
+
+    /// `GET /volumes` with a raw query string (`""` for none, else
+    /// `"?state=…"`).
+    pub async fn list_volumes_at(&self, query: &str) -> ApiResponse {
+        self.get(&format!("/volumes{query}")).await
+    }
+
+    /// `GET /volumes`, asserting 200 and a JSON array.
+    pub async fn volumes(&self) -> Vec<Value> {
+        self.list_at("/volumes").await
+    }
+
+    /// `GET /volumes?state=<state>`, asserting 200 and a JSON array.
+    pub async fn volumes_in_state(&self, state: &str) -> Vec<Value> {
+        self.list_at(&format!("/volumes?state={state}")).await
+    }
+
+    /// `POST /admin/sweep` with a raw JSON body.
+    pub async fn sweep_with_body(&self, body: &Value) -> ApiResponse {
+        self.post_json("/admin/sweep", body).await
+    }
+
+    /// `POST /admin/sweep` with `{}`, asserting 200 and a report that says it
+    /// was not a dry run.
+    pub async fn sweep(&self) -> Value {
+        let report = self.sweep_with_body(&json!({})).await.expect_status(200);
+        assert_eq!(report["dry_run"], false, "{report}");
+        assert!(report["items"].is_array(), "{report}");
+        report
+    }
+
+    /// `POST /admin/sweep` with `{"dry_run":true}`, asserting 200, a report
+    /// that says so, and that every item is only `planned`.
+    pub async fn sweep_dry_run(&self) -> Value {
+        let report = self
+            .sweep_with_body(&json!({ "dry_run": true }))
+            .await
+            .expect_status(200);
+        assert_eq!(report["dry_run"], true, "{report}");
+        for item in report_items(&report) {
+            assert_eq!(item["outcome"], "planned", "a dry run only plans: {report}");
+        }
+        report
+    }
+
+    /// Polls dry-run sweeps until one plans `action` for the volume of
+    /// workspace `workspace_id`, and returns that item. This waits out a
+    /// grace without guessing at clocks, and without acting (so it never
+    /// reaches a failpoint on the erase path).
+    pub async fn wait_sweep_plans(&self, workspace_id: &str, action: &str) -> Value {
+        eventually(
+            &format!("a dry-run sweep to plan {action} for workspace {workspace_id}"),
+            || async {
+                let report = self.sweep_dry_run().await;
+                items_for(&report, workspace_id)
+                    .into_iter()
+                    .find(|item| item["action"] == action)
+            },
+        )
+        .await
+    }
+
+    /// `GET /audit` with a raw query string (`""` for none, else `"?…"`).
+    pub async fn audit_at(&self, query: &str) -> ApiResponse {
+        self.get(&format!("/audit{query}")).await
+    }
+
+    /// `GET /audit`, asserting 200 and a JSON array.
+    pub async fn audit(&self) -> Vec<Value> {
+        self.list_at("/audit").await
+    }
+
+    /// `GET /audit?workspace_id=<id>`, asserting 200 and that every event is
+    /// about that workspace.
+    pub async fn audit_of(&self, id: &str) -> Vec<Value> {
+        let events = self.list_at(&format!("/audit?workspace_id={id}")).await;
+        for event in &events {
+            assert_eq!(
+                event["workspace_id"], id,
+                "the filter let another workspace's event through: {event}"
+            );
+        }
+        events
+    }
+
+    /// `GET /workspaces/:id/data/export`, read to the end.
+    pub async fn export_data(&self, id: &str) -> Export {
+        let response = self
+            .authed(Method::GET, &format!("/workspaces/{id}/data/export"))
+            .send()
+            .await
+            .expect("HTTP request to holdfast");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = response
+            .bytes()
+            .await
+            .expect("read the export body")
+            .to_vec();
+        Export {
+            status,
+            content_type,
+            bytes,
+        }
+    }
+
+    /// `GET /metrics` with the admin token, asserting 200; the text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status.as_u16(), 200, "{}", response.text);
+        response.text
+    }
+}
+
+/// The `items` of a sweep report.
+pub fn report_items(report: &Value) -> Vec<Value> {
+    match &report["items"] {
+        Value::Array(items) => items.clone(),
+        _ => panic!("a sweep report without an `items` array: {report}"),
+    }
+}
+
+/// The items of a sweep report about workspace `workspace_id`.
+pub fn items_for(report: &Value, workspace_id: &str) -> Vec<Value> {
+    report_items(report)
+        .into_iter()
+        .filter(|item| item["workspace_id"] == workspace_id)
+        .collect()
+}
+
+/// How many audit events have `action`.
+pub fn count_action(events: &[Value], action: &str) -> usize {
+    events.iter().filter(|e| e["action"] == action).count()
+}
+
+/// The audit events with `action`.
+pub fn events_with_action(events: &[Value], action: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["action"] == action)
+        .cloned()
+        .collect()
+}
+
+/// An RFC 3339 timestamp of the API as a point in time.
+pub fn parse_time(value: &Value) -> std::time::SystemTime {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an RFC 3339 timestamp string, got {value}"));
+    humantime::parse_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not an RFC 3339 timestamp: {e}"))
+}
+
+/// Every regular file under `dir`, by path relative to `dir`, with its
+/// content; directories are walked, symbolic links are not followed.
+pub fn snapshot_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                walk(root, &path, out);
+            } else if kind.is_file() {
+                let relative = path.strip_prefix(root).expect("under the root");
+                let content = std::fs::read(&path).expect("read a snapshot file");
+                out.insert(relative.display().to_string(), content);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The value of the sample `series` (a metric name with its labels, exactly
+/// as printed, e.g. `holdfast_volumes{state="erased"}`) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name.trim() == series).then(|| {
+                value
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap_or_else(|e| panic!("bad sample value in {line:?}: {e}"))
+            })
+        })
+}
+
+/// The answer to `GET /workspaces/:id/data/export`, body kept as bytes.
+pub struct Export {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What one tar entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other(String),
+}
+
+/// One entry of an exported archive.
+#[derive(Debug, Clone)]
+pub struct ArchiveEntry {
+    /// The path as stored, without a leading `./` or trailing `/`.
+    pub path: String,
+    pub kind: EntryKind,
+    pub content: Vec<u8>,
+    /// The target of a symbolic link, as stored.
+    pub link_target: Option<String>,
+}
+
+impl Export {
+    /// Asserts a 200 `application/gzip` answer and unpacks the tar.gz in
+    /// memory; no entry may be absolute or climb out with `..`.
+    #[track_caller]
+    pub fn expect_archive(self) -> Vec<ArchiveEntry> {
+        assert_eq!(
+            self.status.as_u16(),
+            200,
+            "expected an export, got HTTP {} with body {}",
+            self.status,
+            String::from_utf8_lossy(&self.bytes)
+        );
+        assert!(
+            self.content_type.starts_with("application/gzip"),
+            "an export is application/gzip, got {:?}",
+            self.content_type
+        );
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&self.bytes[..]));
+        let mut out = Vec::new();
+        for entry in archive.entries().expect("read the tar stream") {
+            let mut entry = entry.expect("a readable tar entry");
+            let raw = entry.path().expect("an entry path").into_owned();
+            assert!(
+                !raw.is_absolute()
+                    && raw
+                        .components()
+                        .all(|c| !matches!(c, std::path::Component::ParentDir)),
+                "an archive entry must stay inside the data dir: {}",
+                raw.display()
+            );
+            let path = raw
+                .display()
+                .to_string()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_owned();
+            let header_kind = entry.header().entry_type();
+            let kind = if header_kind.is_file() {
+                EntryKind::File
+            } else if header_kind.is_dir() {
+                EntryKind::Dir
+            } else if header_kind.is_symlink() {
+                EntryKind::Symlink
+            } else {
+                EntryKind::Other(format!("{header_kind:?}"))
+            };
+            let link_target = entry
+                .link_name()
+                .expect("a readable link name")
+                .map(|l| l.display().to_string());
+            let mut content = Vec::new();
+            entry
+                .read_to_end(&mut content)
+                .expect("read an entry's content");
+            out.push(ArchiveEntry {
+                path,
+                kind,
+                content,
+                link_target,
+            });
+        }
+        out
+    }
+
+    /// The answer as an [`ApiResponse`], for error checks.
+    pub fn into_response(self) -> ApiResponse {
+        let text = String::from_utf8_lossy(&self.bytes).into_owned();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        ApiResponse {
+            status: self.status,
+            body,
+            text,
+        }
+    }
+}
+
+impl TestApp {
+    /// Creates a persist workspace running [`recording_runtime`], waits for it
+    /// to be online and for its process to have written its pid; returns the
+    /// id and that pid.
+    pub async fn running_persist_workspace(&self, name: &str) -> (String, u32) {
+        let ws = self
+            .create_online_workspace(&workspace_body_with_persistence(name, "persist"))
+            .await;
+        let id = id_of(&ws);
+        let pid = wait_for_pid(&self.volume_dir(&id)).await;
+        (id, pid)
+    }
+}
+
+/// Writes a few files into `dir` as a workspace would keep them (a small text
+/// file, and a binary one in nested directories, both derived from `seed` so
+/// that two workspaces hold different bytes); returns what was written, by
+/// relative path, in the shape of [`snapshot_files`].
+pub fn plant_files(dir: &Path, seed: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut planted = std::collections::BTreeMap::new();
+    planted.insert(
+        "memory.md".to_owned(),
+        format!("# memory of {seed}\nremember me\n").into_bytes(),
+    );
+    // 64 KiB that differ from seed to seed and are not all one byte value.
+    let blob: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| {
+            let mixed = i.wrapping_mul(2_654_435_761) ^ seed.len() as u32;
+            (mixed >> 13) as u8 ^ seed.as_bytes()[i as usize % seed.len()]
+        })
+        .collect();
+    planted.insert("profile/cache/blob.bin".to_owned(), blob);
+    for (path, content) in &planted {
+        let file = dir.join(path);
+        std::fs::create_dir_all(file.parent().expect("a parent dir")).expect("create dirs");
+        std::fs::write(&file, content).expect("plant a file");
+    }
+    planted
+}
+
+/// The number of bytes in the files [`plant_files`] returned.
+pub fn planted_bytes(planted: &std::collections::BTreeMap<String, Vec<u8>>) -> u64 {
+    planted.values().map(|c| c.len() as u64).sum()
+}
+
+/// Asserts that every planted file is in `dir` with exactly its bytes.
+#[track_caller]
+pub fn assert_files_intact(dir: &Path, planted: &std::collections::BTreeMap<String, Vec<u8>>) {
+    let now = snapshot_files(dir);
+    for (path, content) in planted {
+        match now.get(path) {
+            Some(found) => assert!(
+                found == content,
+                "{path} in {} changed ({} bytes, was {})",
+                dir.display(),
+                found.len(),
+                content.len()
+            ),
+            None => panic!(
+                "{path} is missing from {}; have {:?}",
+                dir.display(),
+                now.keys()
+            ),
+        }
+    }
+}

@@ -2,13 +2,17 @@
 //! a fresh data dir and talks HTTP to it through the typed helpers in
 //! `helpers.rs`.
 
+mod audit;
 mod create;
 mod data;
 mod delete;
+mod erasure;
+mod export;
 mod failpoints;
 mod helpers;
 mod misc;
 mod persistence;
 mod recovery;
 mod runtime;
+mod sweeper;
 mod validation;
