@@ -1,9 +1,10 @@
-//! `cargo xtask`: holdfast's developer tasks (today: `bench`), in plain Rust.
+//! `cargo xtask`: holdfast's developer tasks (`test`, `bench`), in plain Rust.
 //!
 //! The alias in `.cargo/config.toml` runs this binary in release mode, so the
 //! measuring side of a benchmark is never the slow part of it.
 
 mod bench;
+mod test;
 
 use std::process::ExitCode;
 
@@ -11,6 +12,8 @@ const HELP: &str = "\
 Usage: cargo xtask <task> [options]
 
 Tasks:
+  test            Run every check CI runs: cargo fmt --check, clippy with
+                  -D warnings, and every test of the workspace.
   bench [--n N]   Build holdfast in release, start it, and print a table of
                   create -> online latency beside a bare spawn+mkdir baseline
                   measured in the same run (N workspaces, default 200).
@@ -25,6 +28,8 @@ fn main() -> ExitCode {
     };
     let result = match task {
         "bench" => bench::Options::parse(rest).and_then(bench::run),
+        "test" if rest.is_empty() => test::run_all(&bench::workspace_root()),
+        "test" => Err(anyhow::anyhow!("`test` takes no options\n\n{HELP}")),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(())
