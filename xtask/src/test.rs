@@ -43,18 +43,19 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         ],
     )?;
     if have_nextest(root) {
-        run(
-            root,
-            "tests",
-            "cargo",
-            &["nextest", "run", "--workspace", "--no-fail-fast"],
-        )?;
-        // nextest does not run doc tests.
+        // nextest does not run doc tests. They go first so that the run ends
+        // on nextest's summary of every test.
         run(
             root,
             "doc tests",
             "cargo",
             &["test", "--workspace", "--doc"],
+        )?;
+        run(
+            root,
+            "tests",
+            "cargo",
+            &["nextest", "run", "--workspace", "--no-fail-fast"],
         )?;
     } else {
         eprintln!("cargo-nextest not found; falling back to cargo test");
