@@ -12,10 +12,13 @@
 mod embedded;
 pub mod export;
 pub mod fsutil;
+pub mod http_client;
+pub mod http_server;
 pub mod process;
 pub mod sweep;
 
 pub use embedded::{CpPolicy, EmbeddedCp};
+pub use http_client::HttpCp;
 
 use async_trait::async_trait;
 use holdfast_domain::{DataPersistence, Millis, Runtime, Tier, VolumeState};
@@ -199,4 +202,15 @@ pub trait ControlPlane: Send + Sync + 'static {
 
     /// One sweeper pass (SPEC §6).
     async fn sweep(&self, dry_run: bool, actor: Actor<'_>) -> CpResult<sweep::SweepReport>;
+
+    /// Audit events the control plane wrote in a store of its own (newest
+    /// first). The embedded control plane writes into the platform's store,
+    /// so it has none of its own.
+    async fn audit_events(
+        &self,
+        _workspace_id: Option<Uuid>,
+        _limit: i64,
+    ) -> CpResult<Vec<holdfast_store::AuditEvent>> {
+        Ok(Vec::new())
+    }
 }

@@ -121,6 +121,16 @@ pub enum WsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an org (admin).
+    Create { name: String },
+    /// List orgs (admin).
+    List,
+    /// Mint a token for an org (admin); it is shown once.
+    Token { org_id: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum VolumesCommand {
     /// List volume records.
     List {
@@ -465,6 +475,30 @@ async fn export(c: &Client, id: &str, output: &std::path::Path) -> anyhow::Resul
         eprint!("\r");
     }
     eprintln!("exported {total} bytes to {}", output.display());
+    Ok(())
+}
+
+pub async fn org(conn: Conn, cmd: OrgCommand) -> anyhow::Result<()> {
+    let c = Client::new(&conn)?;
+    match cmd {
+        OrgCommand::Create { name } => c.print(
+            &c.post("/orgs", json!({"name": name})).await?,
+            &["id", "name", "created_at"],
+        ),
+        OrgCommand::List => c.print(
+            &c.get("/orgs").await?,
+            &["id", "name", "is_default", "created_at"],
+        ),
+        OrgCommand::Token { org_id } => {
+            let v = c.post(&format!("/orgs/{org_id}/tokens"), json!({})).await?;
+            if c.json {
+                c.print(&v, &[]);
+            } else {
+                // Alone on stdout, so that scripts can capture it.
+                println!("{}", v["token"].as_str().unwrap_or_default());
+            }
+        }
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! `volumes`, `sweep`), a client of the API.
 
 mod cli;
+mod cp_cmd;
 mod runtime;
 mod serve;
 
@@ -32,12 +33,24 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::WsCommand,
     },
+    /// Orgs and org tokens (a client of the API; admin token).
+    Org {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::OrgCommand,
+    },
     /// Volume records (a client of the API).
     Volumes {
         #[command(flatten)]
         conn: cli::Conn,
         #[command(subcommand)]
         cmd: cli::VolumesCommand,
+    },
+    /// The control plane as its own service.
+    Cp {
+        #[command(subcommand)]
+        cmd: cp_cmd::CpCommand,
     },
     /// Run one sweeper pass now (a client of the API; admin token).
     Sweep {
@@ -70,6 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runtime => rt.block_on(runtime::run()),
         Command::Ws { conn, cmd } => rt.block_on(cli::ws(conn, cmd)),
         Command::Volumes { conn, cmd } => rt.block_on(cli::volumes(conn, cmd)),
+        Command::Org { conn, cmd } => rt.block_on(cli::org(conn, cmd)),
         Command::Sweep { conn, dry_run } => rt.block_on(cli::sweep(conn, dry_run)),
+        Command::Cp { cmd } => rt.block_on(cp_cmd::run(cmd)),
     }
 }

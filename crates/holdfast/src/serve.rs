@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use holdfast_cp::{CpPolicy, EmbeddedCp};
+use holdfast_cp::{ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
 use holdfast_domain::{DataPersistence, DurationArg};
 use holdfast_platform::{App, ReconcilerSettings, Secret, generate_token};
 use holdfast_store::Store;
@@ -51,6 +51,16 @@ pub struct ServeArgs {
     /// each crash up to one minute and resets after a minute of stable run.
     #[arg(long, env = "HOLDFAST_RESTART_BACKOFF", default_value = "500ms")]
     restart_backoff: DurationArg,
+    /// Use the control plane at this URL (`holdfast cp serve`) instead of
+    /// the embedded one.
+    #[arg(long, env = "HOLDFAST_CP_URL", requires_all = ["cp_shared_secret", "cp_tenant_token"])]
+    cp_url: Option<String>,
+    /// The remote control plane's shared secret.
+    #[arg(long, env = "HOLDFAST_CP_SHARED_SECRET", hide_env_values = true)]
+    cp_shared_secret: Option<String>,
+    /// This platform's tenant token on the remote control plane.
+    #[arg(long, env = "HOLDFAST_CP_TENANT_TOKEN", hide_env_values = true)]
+    cp_tenant_token: Option<String>,
     /// How long a workspace process gets between SIGTERM and SIGKILL.
     #[arg(long, env = "HOLDFAST_STOP_TIMEOUT", default_value = "10s")]
     stop_timeout: DurationArg,
@@ -84,7 +94,8 @@ fn admin_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<(Secret
     Ok((token, true))
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Logs to stderr, filtered by `HOLDFAST_LOG` (default `info`).
+pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
@@ -92,6 +103,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
@@ -99,15 +114,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (token, generated) = admin_token(&data_dir, args.admin_token)?;
 
     let store = Store::open_sqlite(&data_dir.join("holdfast.db")).await?;
-    let policy = CpPolicy {
-        default_persistence: args.default_data_persistence,
-        retention_grace: args.retention_grace.0,
-        erase_grace: args.erase_grace.0,
-        runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
-        stop_timeout: args.stop_timeout.0,
-        with_workspaces: true,
+    // The embedded control plane (default), or a remote one over HTTP.
+    let (cp, embedded): (Arc<dyn ControlPlane>, Option<Arc<EmbeddedCp>>) = match &args.cp_url {
+        Some(url) => {
+            let secret = args
+                .cp_shared_secret
+                .as_deref()
+                .context("--cp-url needs --cp-shared-secret")?;
+            let tenant = args
+                .cp_tenant_token
+                .as_deref()
+                .context("--cp-url needs --cp-tenant-token")?;
+            (Arc::new(HttpCp::new(url, secret, tenant)?), None)
+        }
+        None => {
+            let policy = CpPolicy {
+                default_persistence: args.default_data_persistence,
+                retention_grace: args.retention_grace.0,
+                erase_grace: args.erase_grace.0,
+                runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
+                stop_timeout: args.stop_timeout.0,
+                with_workspaces: true,
+            };
+            let cp = EmbeddedCp::start(store.clone(), data_dir.clone(), policy).await?;
+            (cp.clone(), Some(cp))
+        }
     };
-    let cp = EmbeddedCp::start(store.clone(), data_dir.clone(), policy).await?;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -121,7 +153,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         backoff_base: args.restart_backoff.0,
         ..ReconcilerSettings::default()
     };
-    let app = App::new(store, cp.clone(), &token, url.clone(), reconciler).await?;
+    let app = App::new(store, cp, &token, url.clone(), reconciler).await?;
     let background = app.spawn_background();
     let sweeper = app.spawn_sweeper(args.sweep_interval.0);
 
@@ -138,24 +170,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
+    let closing = Arc::clone(&app);
     axum::serve(listener, holdfast_platform::router(Arc::clone(&app)))
-        .with_graceful_shutdown(shutdown_signal(Arc::clone(&app)))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            closing.begin_shutdown();
+        })
         .await?;
     background.abort();
     sweeper.abort();
     // A graceful stop stops the workspaces' processes (never their data); the
-    // next start starts them again.
-    cp.backend().stop_all().await;
+    // next start starts them again. A remote control plane keeps running
+    // them: it is a service of its own.
+    if let Some(cp) = embedded {
+        cp.backend().stop_all().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal(app: Arc<App>) {
+/// Resolves at SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    app.begin_shutdown();
 }

@@ -250,7 +250,16 @@ pub async fn list_audit(
         // Another org's workspace is simply not found.
         app.load_managed(&caller, ws).await?;
     }
-    let events = app.store.list_audit(workspace, limit).await?;
+    let mut events = app.store.list_audit(workspace, limit).await?;
+    // A remote control plane audits its own acts (erasures above all) in
+    // its own store; they are part of this log too.
+    let remote = app.cp.audit_events(workspace, limit).await?;
+    if !remote.is_empty() {
+        let seen: std::collections::HashSet<Uuid> = events.iter().map(|e| e.id).collect();
+        events.extend(remote.into_iter().filter(|e| !seen.contains(&e.id)));
+        events.sort_by_key(|e| std::cmp::Reverse(e.at));
+        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         let visible = match caller {

@@ -16,6 +16,7 @@ mod lifecycle;
 mod messages;
 mod metrics;
 mod openapi;
+mod orgs;
 mod reconciler;
 mod registry;
 mod routes;
@@ -155,6 +156,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/sweep", post(data::admin_sweep))
         .route("/audit", get(data::list_audit))
         .route("/metrics", get(metrics::metrics))
+        .route("/orgs", get(orgs::list_orgs).post(orgs::create_org))
+        .route("/orgs/{id}/tokens", post(orgs::create_org_token))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .with_state(app)

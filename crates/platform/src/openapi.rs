@@ -35,6 +35,9 @@ use utoipa::{Modify, OpenApi};
         crate::data::admin_sweep,
         crate::data::list_audit,
         crate::metrics::metrics,
+        crate::orgs::create_org,
+        crate::orgs::list_orgs,
+        crate::orgs::create_org_token,
     ),
     components(schemas(
         dto::WorkspaceView, dto::DataSummary, dto::CreateWorkspaceRequest, dto::PatchWorkspaceRequest,
@@ -43,7 +46,7 @@ use utoipa::{Modify, OpenApi};
         crate::events::Event, crate::registry::RegisterRequest, crate::registry::RegisterResponse,
         crate::registry::HeartbeatRequest, crate::messages::MessageRequest,
         crate::data::SweepRequest, crate::data::AuditView, holdfast_cp::sweep::SweepReport,
-        holdfast_cp::sweep::SweepItem,
+        holdfast_cp::sweep::SweepItem, crate::orgs::CreateOrgRequest, crate::orgs::OrgView, crate::orgs::TokenView,
     )),
     modifiers(&BearerAuth)
 )]

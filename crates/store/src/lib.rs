@@ -11,12 +11,14 @@
 
 mod audit;
 mod orgs;
+mod tenants;
 mod tokens;
 mod volumes;
 mod workspaces;
 
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use orgs::Org;
+pub use tenants::Tenant;
 pub use tokens::{TokenKind, TokenRow};
 pub use volumes::{
     InstanceRow, Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition,

@@ -61,3 +61,38 @@ impl Store {
         row.as_ref().map(Org::from_row).transpose()
     }
 }
+
+impl Store {
+    /// Creates an org. A name already taken is a `Conflict`.
+    pub async fn insert_org(&self, name: &str, now: Millis) -> StoreResult<Org> {
+        let id = Uuid::new_v4();
+        let done = sqlx::query(
+            "INSERT INTO orgs (id, name, is_default, created_at) VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(name.to_owned())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(crate::StoreError::Conflict(format!(
+                "an org named {name:?} exists"
+            )));
+        }
+        Ok(Org {
+            id,
+            name: name.to_owned(),
+            is_default: false,
+            created_at: now,
+        })
+    }
+
+    pub async fn list_orgs(&self) -> StoreResult<Vec<Org>> {
+        let rows = sqlx::query(
+            "SELECT id, name, is_default, created_at FROM orgs ORDER BY created_at, name",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(Org::from_row).collect()
+    }
+}

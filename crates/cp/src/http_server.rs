@@ -1,0 +1,599 @@
+//! `holdfast cp serve`: the control plane as its own HTTP service (SPEC §9).
+//!
+//! Every `/cp/*` route needs `Authorization: Bearer <shared secret>` and
+//! `X-Holdfast-Tenant-Token: <tenant token>`; missing or wrong is 401. A
+//! workspace belongs to the tenant that first provisioned it; to any other
+//! tenant it does not exist (404), for status, stop, prune and volumes alike.
+//! The request body of a provision is validated again here, whatever the
+//! platform checked: `data_persistence` that is not exactly `persist` or
+//! `ephemeral` is a 400 naming the field.
+
+use crate::sweep::SweepReport;
+use crate::{ControlPlane, CpError, EmbeddedCp, ProvisionRequest};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use holdfast_domain::{DataPersistence, FieldError, Runtime, VolumeState, now_millis};
+use holdfast_store::Store;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+/// The state of the control-plane service.
+pub struct CpService {
+    pub engine: Arc<EmbeddedCp>,
+    pub store: Store,
+    secret_hash: [u8; 32],
+}
+
+impl CpService {
+    pub fn new(engine: Arc<EmbeddedCp>, store: Store, shared_secret: &str) -> Arc<Self> {
+        Arc::new(CpService {
+            engine,
+            store,
+            secret_hash: Sha256::digest(shared_secret.as_bytes()).into(),
+        })
+    }
+}
+
+/// The SHA-256 of a token, hex: how tenant tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An error answered by the service: `{"error","code"}`.
+pub struct CpHttpError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl CpHttpError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        CpHttpError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn unauthorized() -> Self {
+        CpHttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the control plane needs Authorization: Bearer <shared secret> and X-Holdfast-Tenant-Token",
+        )
+    }
+
+    fn not_found() -> Self {
+        CpHttpError::new(StatusCode::NOT_FOUND, "not_found", "no such workspace")
+    }
+
+    fn bad(field_error: FieldError) -> Self {
+        CpHttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            field_error.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for CpHttpError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+impl From<CpError> for CpHttpError {
+    fn from(e: CpError) -> Self {
+        match e {
+            CpError::BadRequest(m) => CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", m),
+            CpError::Conflict(m) => CpHttpError::new(StatusCode::CONFLICT, "conflict", m),
+            CpError::DataErased => CpHttpError::new(
+                StatusCode::CONFLICT,
+                "data_erased",
+                "the workspace's data has been erased",
+            ),
+            CpError::NotFound(m) => CpHttpError::new(StatusCode::NOT_FOUND, "not_found", m),
+            CpError::Other(e) => {
+                tracing::error!(error = %format!("{e:#}"), "control plane error");
+                CpHttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the control plane's log",
+                )
+            }
+        }
+    }
+}
+
+impl From<holdfast_store::StoreError> for CpHttpError {
+    fn from(e: holdfast_store::StoreError) -> Self {
+        CpError::from(e).into()
+    }
+}
+
+type CpResult<T> = Result<T, CpHttpError>;
+
+/// The authenticated tenant of a request.
+pub struct TenantCtx {
+    pub id: Uuid,
+}
+
+impl FromRequestParts<Arc<CpService>> for TenantCtx {
+    type Rejection = CpHttpError;
+
+    async fn from_request_parts(parts: &mut Parts, svc: &Arc<CpService>) -> CpResult<Self> {
+        let secret = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(CpHttpError::unauthorized)?;
+        let given: [u8; 32] = Sha256::digest(secret.trim().as_bytes()).into();
+        if !bool::from(given.ct_eq(&svc.secret_hash)) {
+            return Err(CpHttpError::unauthorized());
+        }
+        let tenant_token = parts
+            .headers
+            .get("x-holdfast-tenant-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(CpHttpError::unauthorized)?;
+        let tenant = svc
+            .store
+            .tenant_by_token(&token_hash(tenant_token))
+            .await?
+            .ok_or_else(CpHttpError::unauthorized)?;
+        Ok(TenantCtx { id: tenant.id })
+    }
+}
+
+impl CpService {
+    /// The workspace, if this tenant owns it; 404 otherwise.
+    async fn owned(&self, tenant: &TenantCtx, raw: &str) -> CpResult<Uuid> {
+        let id = Uuid::parse_str(raw).map_err(|_| CpHttpError::not_found())?;
+        match self.store.workspace_tenant(id).await? {
+            Some(owner) if owner == tenant.id => Ok(id),
+            _ => Err(CpHttpError::not_found()),
+        }
+    }
+}
+
+/// Validates a provision body at this edge, field by field.
+fn parse_provision(body: &Value) -> Result<ProvisionRequest, FieldError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
+    const ALLOWED: &[&str] = &[
+        "org_id",
+        "workspace_id",
+        "runtime",
+        "tier",
+        "env",
+        "data_persistence",
+        "volume_size_gb",
+        "first_start",
+    ];
+    if let Some(unknown) = obj.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+        return Err(FieldError::new(
+            unknown.clone(),
+            format!("unknown field; allowed: {}", ALLOWED.join(", ")),
+        ));
+    }
+    let uuid = |field: &str| -> Result<Uuid, FieldError> {
+        obj.get(field)
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| FieldError::new(field, "must be a UUID"))
+    };
+    let tier = match obj.get("tier") {
+        None | Some(Value::Null) => 2,
+        Some(v) => holdfast_domain::Tier::parse(v)?.get(),
+    };
+    let env: BTreeMap<String, String> = match obj.get("env") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(m)) if m.len() <= 128 => m
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .filter(|s| !s.contains('\0') && !k.contains(['\0', '=']) && !k.is_empty())
+                    .map(|s| (k.clone(), s.to_owned()))
+                    .ok_or_else(|| {
+                        FieldError::new(format!("env.{k}"), "must be a string without NUL")
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(FieldError::new(
+                "env",
+                "must be an object of at most 128 strings",
+            ));
+        }
+    };
+    let volume_size_gb = match obj.get("volume_size_gb") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| (1..=500).contains(n))
+                .ok_or_else(|| {
+                    FieldError::new("volume_size_gb", "must be an integer from 1 to 500")
+                })? as u16,
+        ),
+    };
+    Ok(ProvisionRequest {
+        org_id: uuid("org_id")?,
+        workspace_id: uuid("workspace_id")?,
+        runtime: Runtime::parse(obj.get("runtime").unwrap_or(&Value::Null))?,
+        tier,
+        env,
+        data_persistence: match obj.get("data_persistence") {
+            None => None,
+            Some(v) => DataPersistence::parse(v)?,
+        },
+        volume_size_gb,
+        first_start: obj
+            .get("first_start")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+const MAX_BODY: usize = 1024 * 1024;
+
+async fn json_body(body: Body) -> CpResult<Value> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        CpHttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "body over 1 MiB",
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        CpHttpError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("body is not valid JSON: {e}"),
+        )
+    })
+}
+
+async fn provision(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    body: Body,
+) -> CpResult<Response> {
+    let req = parse_provision(&json_body(body).await?).map_err(CpHttpError::bad)?;
+    let owner = svc
+        .store
+        .claim_workspace(req.workspace_id, tenant.id, now_millis())
+        .await?;
+    if owner != tenant.id {
+        return Err(CpHttpError::not_found());
+    }
+    let p = svc.engine.provision(req).await?;
+    Ok((StatusCode::CREATED, Json(p)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct StopQuery {
+    instance_id: Option<String>,
+    #[serde(default)]
+    prune: bool,
+    actor: Option<String>,
+}
+
+/// Stop; with `prune=true`, also mark the data `erase_pending`. Without an
+/// `instance_id` there is nothing to stop (a no-op success for compute), but
+/// an erase request is still recorded: dropping it would leave the data of a
+/// workspace deleted with erase active forever.
+async fn stop(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> CpResult<Json<Value>> {
+    let Ok(id) = Uuid::parse_str(&raw) else {
+        return Err(CpHttpError::not_found());
+    };
+    match svc.store.workspace_tenant(id).await? {
+        Some(owner) if owner == tenant.id => {}
+        Some(_) => return Err(CpHttpError::not_found()),
+        None if q.instance_id.is_none() && !q.prune => return Ok(Json(json!({"stopped": false}))),
+        None => return Err(CpHttpError::not_found()),
+    }
+    let instance = q.instance_id.as_deref().filter(|s| !s.is_empty());
+    if q.prune {
+        let actor = q.actor.as_deref().unwrap_or("platform");
+        let volume = svc.engine.stop_and_prune(id, instance, actor).await?;
+        Ok(Json(
+            json!({"stopped": instance.is_some(), "volume": volume}),
+        ))
+    } else {
+        svc.engine.stop(id, instance).await?;
+        Ok(Json(json!({"stopped": instance.is_some()})))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    instance_id: Option<String>,
+}
+
+async fn status(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+    Query(q): Query<StatusQuery>,
+) -> CpResult<Json<Value>> {
+    let id = svc.owned(&tenant, &raw).await?;
+    let state = match q.instance_id.as_deref() {
+        Some(inst) => svc.engine.status(id, inst).await?,
+        None => crate::InstanceState::Unknown,
+    };
+    Ok(Json(json!({"state": state})))
+}
+
+async fn volume(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+) -> CpResult<Json<Value>> {
+    let id = svc.owned(&tenant, &raw).await?;
+    Ok(Json(json!({"volume": svc.engine.volume(id).await?})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActorBody {
+    actor: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn retain(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+    body: Body,
+) -> CpResult<Json<Value>> {
+    let id = svc.owned(&tenant, &raw).await?;
+    let b: ActorBody = serde_json::from_value(json_body(body).await?)
+        .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
+    let reason = b.reason.unwrap_or_else(|| "workspace_deleted".to_owned());
+    Ok(Json(
+        json!({"volume": svc.engine.retain_volume(id, &b.actor, &reason).await?}),
+    ))
+}
+
+async fn restore(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+    body: Body,
+) -> CpResult<Json<Value>> {
+    let id = svc.owned(&tenant, &raw).await?;
+    let b: ActorBody = serde_json::from_value(json_body(body).await?)
+        .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
+    Ok(Json(
+        json!({"volume": svc.engine.restore_volume(id, &b.actor).await?}),
+    ))
+}
+
+async fn export(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+) -> CpResult<Response> {
+    let id = svc.owned(&tenant, &raw).await?;
+    let stream = svc.engine.export(id).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/gzip")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct VolumesQuery {
+    state: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// Pages stay small so that a client's 64 KiB cap is never hit.
+const MAX_PAGE: usize = 100;
+
+async fn list_volumes(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Query(q): Query<VolumesQuery>,
+) -> CpResult<Json<Value>> {
+    let state = q
+        .state
+        .map(|s| s.parse::<VolumeState>())
+        .transpose()
+        .map_err(|e| {
+            CpHttpError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("state: {e}"),
+            )
+        })?;
+    let mine = svc.store.tenant_workspaces(tenant.id).await?;
+    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let volumes: Vec<_> = svc
+        .engine
+        .list_volumes(state)
+        .await?
+        .into_iter()
+        .filter(|v| mine.contains(&v.workspace_id))
+        .skip(q.offset)
+        .take(limit)
+        .collect();
+    Ok(Json(json!({"volumes": volumes})))
+}
+
+async fn history(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+) -> CpResult<Json<Value>> {
+    let volume_id = Uuid::parse_str(&raw).map_err(|_| CpHttpError::not_found())?;
+    let v = svc
+        .store
+        .get_volume(volume_id)
+        .await?
+        .ok_or_else(CpHttpError::not_found)?;
+    if svc.store.workspace_tenant(v.workspace_id).await? != Some(tenant.id) {
+        return Err(CpHttpError::not_found());
+    }
+    Ok(Json(
+        json!({"history": svc.engine.volume_history(volume_id).await?}),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SweepBody {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+async fn sweep(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    body: Body,
+) -> CpResult<Json<SweepReport>> {
+    let b: SweepBody = serde_json::from_value(json_body(body).await?)
+        .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
+    let mut report = svc
+        .engine
+        .sweep(b.dry_run, b.actor.as_deref().unwrap_or("sweeper"))
+        .await?;
+    // A tenant sees its own part of the pass only.
+    let mine = svc.store.tenant_workspaces(tenant.id).await?;
+    report.items.retain(|i| mine.contains(&i.workspace_id));
+    Ok(Json(report))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    workspace_id: Option<Uuid>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Query(q): Query<AuditQuery>,
+) -> CpResult<Json<Value>> {
+    if let Some(ws) = q.workspace_id {
+        svc.owned(&tenant, &ws.to_string()).await?;
+    }
+    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let mine = svc.store.tenant_workspaces(tenant.id).await?;
+    let window = i64::try_from(q.offset + limit)
+        .unwrap_or(i64::MAX)
+        .min(20_000);
+    let events: Vec<Value> = svc
+        .store
+        .list_audit(q.workspace_id, window)
+        .await?
+        .into_iter()
+        .filter(|e| e.workspace_id.is_some_and(|w| mine.contains(&w)))
+        .skip(q.offset)
+        .take(limit)
+        .map(|e| {
+            json!({"id": e.id, "at": e.at, "actor": e.actor, "action": e.action, "workspace_id": e.workspace_id,
+                   "volume_id": e.volume_id, "reason": e.reason, "detail": e.detail})
+        })
+        .collect();
+    Ok(Json(json!({"events": events})))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn fallback() -> CpHttpError {
+    CpHttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub fn router(svc: Arc<CpService>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/cp/workspaces/provision", post(provision))
+        .route("/cp/workspaces/{id}", axum::routing::delete(stop))
+        .route("/cp/workspaces/{id}/status", get(status))
+        .route("/cp/workspaces/{id}/volume", get(volume))
+        .route("/cp/workspaces/{id}/volume/retain", post(retain))
+        .route("/cp/workspaces/{id}/volume/restore", post(restore))
+        .route("/cp/workspaces/{id}/volume/export", get(export))
+        .route("/cp/volumes", get(list_volumes))
+        .route("/cp/volumes/{id}/history", get(history))
+        .route("/cp/sweep", post(sweep))
+        .route("/cp/audit", get(audit))
+        .fallback(fallback)
+        .with_state(svc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        json!({"org_id": Uuid::nil(), "workspace_id": Uuid::nil(), "runtime": {"command": ["sleep", "1"]}, "tier": 2, "env": {}})
+    }
+
+    #[test]
+    fn the_edge_rejects_bad_persistence_on_its_own() {
+        for bad in [
+            json!("Persist"),
+            json!("persistent"),
+            json!("off"),
+            json!(true),
+            json!(1),
+            json!("ephemeral "),
+        ] {
+            let mut b = base();
+            b["data_persistence"] = bad.clone();
+            let e = parse_provision(&b).unwrap_err();
+            assert_eq!(e.field, "data_persistence", "{bad}");
+        }
+        let mut b = base();
+        b["data_persistence"] = json!("ephemeral");
+        assert_eq!(
+            parse_provision(&b).unwrap().data_persistence,
+            Some(DataPersistence::Ephemeral)
+        );
+        assert_eq!(parse_provision(&base()).unwrap().data_persistence, None);
+        let mut b = base();
+        b["surprise"] = json!(1);
+        assert_eq!(parse_provision(&b).unwrap_err().field, "surprise");
+    }
+}

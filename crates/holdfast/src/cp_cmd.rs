@@ -1,0 +1,138 @@
+//! `holdfast cp serve` (the control plane as its own service) and
+//! `holdfast cp tenant add` (a platform instance allowed to use it).
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use holdfast_cp::http_server::{CpService, router, token_hash};
+use holdfast_cp::{ControlPlane, CpPolicy, EmbeddedCp};
+use holdfast_domain::{DataPersistence, DurationArg, now_millis};
+use holdfast_store::Store;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Subcommand)]
+pub enum CpCommand {
+    /// Run the control plane as an HTTP service.
+    Serve(CpServeArgs),
+    /// Manage the platform instances (tenants) allowed to use it.
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its token, once, alone on stdout.
+    Add {
+        name: String,
+        #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./.holdfast-cp")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CpServeArgs {
+    #[arg(long, env = "HOLDFAST_LISTEN", default_value = "127.0.0.1:7421")]
+    listen: String,
+    /// Where the control plane keeps its database, volumes, scratch data and
+    /// logs (the layout of SPEC §3).
+    #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./.holdfast-cp")]
+    data_dir: PathBuf,
+    /// The secret every platform sends as `Authorization: Bearer …`.
+    #[arg(long, env = "HOLDFAST_SHARED_SECRET", hide_env_values = true)]
+    shared_secret: String,
+    #[arg(
+        long,
+        env = "HOLDFAST_DEFAULT_DATA_PERSISTENCE",
+        default_value = "persist"
+    )]
+    default_data_persistence: DataPersistence,
+    #[arg(long, env = "HOLDFAST_RETENTION_GRACE", default_value = "7d")]
+    retention_grace: DurationArg,
+    #[arg(long, env = "HOLDFAST_ERASE_GRACE", default_value = "5m")]
+    erase_grace: DurationArg,
+    #[arg(long, env = "HOLDFAST_SWEEP_INTERVAL", default_value = "60s")]
+    sweep_interval: DurationArg,
+    #[arg(long, env = "HOLDFAST_STOP_TIMEOUT", default_value = "10s")]
+    stop_timeout: DurationArg,
+}
+
+pub async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    Store::open_sqlite(&data_dir.join("holdfast.db")).await
+}
+
+pub async fn run(cmd: CpCommand) -> anyhow::Result<()> {
+    match cmd {
+        CpCommand::Tenant {
+            cmd: TenantCommand::Add { name, data_dir },
+        } => {
+            let name = name.trim();
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                anyhow::bail!("a tenant name is 1 to 64 characters without control characters");
+            }
+            let store = open_store(&data_dir).await?;
+            let token = holdfast_platform::generate_token("hft");
+            store
+                .insert_tenant(name, &token_hash(token.expose()), now_millis())
+                .await?;
+            // Alone on stdout, so that scripts can capture it.
+            println!("{}", token.expose());
+            Ok(())
+        }
+        CpCommand::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: CpServeArgs) -> anyhow::Result<()> {
+    crate::serve::init_tracing();
+    if args.shared_secret.trim().is_empty() {
+        anyhow::bail!("--shared-secret must not be empty");
+    }
+    let store = open_store(&args.data_dir).await?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let policy = CpPolicy {
+        default_persistence: args.default_data_persistence,
+        retention_grace: args.retention_grace.0,
+        erase_grace: args.erase_grace.0,
+        runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
+        stop_timeout: args.stop_timeout.0,
+        // A standalone control plane has no workspace table: records are
+        // never taken for orphans by the absence of one.
+        with_workspaces: false,
+    };
+    let engine = EmbeddedCp::start(store.clone(), data_dir, policy).await?;
+    let svc = CpService::new(engine.clone(), store, args.shared_secret.trim());
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+
+    // The control plane owns its volumes, so it sweeps them itself.
+    let sweeper_engine = engine.clone();
+    let every = args.sweep_interval.0;
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match sweeper_engine.sweep(false, "sweeper").await {
+                Ok(r) if !r.items.is_empty() => {
+                    tracing::info!(actions = r.items.len(), "sweeper pass")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sweeper pass failed"),
+            }
+        }
+    });
+
+    println!("holdfast control plane listening on {url}");
+    axum::serve(listener, router(svc))
+        .with_graceful_shutdown(crate::serve::shutdown_signal())
+        .await?;
+    sweeper.abort();
+    engine.backend().stop_all().await;
+    tracing::info!("stopped");
+    Ok(())
+}
