@@ -27,6 +27,9 @@ pub enum TenantCommand {
         name: String,
         #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./.holdfast-cp")]
         data_dir: PathBuf,
+        /// The control plane's PostgreSQL, if it uses one.
+        #[arg(long, env = "HOLDFAST_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -38,6 +41,9 @@ pub struct CpServeArgs {
     /// logs (the layout of SPEC §3).
     #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./.holdfast-cp")]
     data_dir: PathBuf,
+    /// PostgreSQL (`postgres://…`) instead of SQLite in the data dir.
+    #[arg(long, env = "HOLDFAST_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// The secret every platform sends as `Authorization: Bearer …`.
     #[arg(long, env = "HOLDFAST_SHARED_SECRET", hide_env_values = true)]
     shared_secret: String,
@@ -57,22 +63,30 @@ pub struct CpServeArgs {
     stop_timeout: DurationArg,
 }
 
-pub async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+pub async fn open_store(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Store> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    Store::open_sqlite(&data_dir.join("holdfast.db")).await
+    match database_url {
+        Some(url) => Store::open_url(url).await,
+        None => Store::open_sqlite(&data_dir.join("holdfast.db")).await,
+    }
 }
 
 pub async fn run(cmd: CpCommand) -> anyhow::Result<()> {
     match cmd {
         CpCommand::Tenant {
-            cmd: TenantCommand::Add { name, data_dir },
+            cmd:
+                TenantCommand::Add {
+                    name,
+                    data_dir,
+                    database_url,
+                },
         } => {
             let name = name.trim();
             if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
                 anyhow::bail!("a tenant name is 1 to 64 characters without control characters");
             }
-            let store = open_store(&data_dir).await?;
+            let store = open_store(&data_dir, database_url.as_deref()).await?;
             let token = holdfast_platform::generate_token("hft");
             store
                 .insert_tenant(name, &token_hash(token.expose()), now_millis())
@@ -90,7 +104,7 @@ async fn serve(args: CpServeArgs) -> anyhow::Result<()> {
     if args.shared_secret.trim().is_empty() {
         anyhow::bail!("--shared-secret must not be empty");
     }
-    let store = open_store(&args.data_dir).await?;
+    let store = open_store(&args.data_dir, args.database_url.as_deref()).await?;
     let data_dir = args.data_dir.canonicalize()?;
     let policy = CpPolicy {
         default_persistence: args.default_data_persistence,

@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// Where the database, volumes, scratch data and logs live.
     #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./.holdfast")]
     data_dir: PathBuf,
+    /// PostgreSQL (`postgres://…`) instead of SQLite in the data dir; several
+    /// replicas may share it.
+    #[arg(long, env = "HOLDFAST_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// The admin token (default: generated on first start into
     /// <data-dir>/admin-token).
     #[arg(long, env = "HOLDFAST_ADMIN_TOKEN", hide_env_values = true)]
@@ -113,7 +117,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.canonicalize()?;
     let (token, generated) = admin_token(&data_dir, args.admin_token)?;
 
-    let store = Store::open_sqlite(&data_dir.join("holdfast.db")).await?;
+    let store = match &args.database_url {
+        Some(url) => Store::open_url(url).await?,
+        None => Store::open_sqlite(&data_dir.join("holdfast.db")).await?,
+    };
     // The embedded control plane (default), or a remote one over HTTP.
     let (cp, embedded): (Arc<dyn ControlPlane>, Option<Arc<EmbeddedCp>>) = match &args.cp_url {
         Some(url) => {

@@ -54,13 +54,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
+    Postgres,
 }
 
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    #[allow(dead_code)] // Read once PostgreSQL arrives with its own dialect quirks.
     dialect: Dialect,
 }
 
@@ -109,6 +109,43 @@ impl Store {
         })
     }
 
+    /// Opens the store a `--database-url` names: `postgres://…` (or
+    /// `postgresql://…`) for PostgreSQL, `sqlite://PATH` for SQLite.
+    pub async fn open_url(url: &str) -> anyhow::Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::open_postgres(url).await
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            Store::open_sqlite(Path::new(path.split('?').next().unwrap_or(path))).await
+        } else {
+            anyhow::bail!("--database-url must start with postgres://, postgresql:// or sqlite://")
+        }
+    }
+
+    /// Connects to PostgreSQL and runs the migrations. Several replicas may
+    /// share the database: the migrator takes PostgreSQL's advisory lock.
+    pub async fn open_postgres(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await
+            // The URL may hold a password: it is not repeated in the error.
+            .context("connecting to PostgreSQL (--database-url)")?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .context("running PostgreSQL migrations")?;
+        Ok(Store {
+            pool,
+            dialect: Dialect::Postgres,
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -141,4 +178,34 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&s)
         .with_context(|| format!("column {col}: bad JSON"))
         .map_err(Into::into)
+}
+
+/// Helpers for tests that need a database of their own.
+pub mod testing {
+    use anyhow::Context;
+    use sqlx::{Connection, Executor};
+
+    /// Creates an empty database on the PostgreSQL server that `admin_url`
+    /// names and returns a URL for it.
+    pub async fn fresh_postgres_database(admin_url: &str) -> anyhow::Result<String> {
+        sqlx::any::install_default_drivers();
+        let name = format!("holdfast_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::AnyConnection::connect(admin_url)
+            .await
+            .context("connecting to the test PostgreSQL")?;
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
+        conn.close().await?;
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin_url, String::new()),
+        };
+        // Replace the database part of the URL (after the host's '/').
+        let prefix_len = base.find("://").map_or(0, |i| i + 3);
+        let base = match base[prefix_len..].find('/') {
+            Some(slash) => &base[..prefix_len + slash],
+            None => base,
+        };
+        Ok(format!("{base}/{name}{query}"))
+    }
 }

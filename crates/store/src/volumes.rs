@@ -394,7 +394,8 @@ impl Store {
             )
         } else {
             format!(
-                "SELECT {cols}, NULL AS ws_id, NULL AS ws_removed_at, NULL AS ws_mode \
+                "SELECT {cols}, CAST(NULL AS TEXT) AS ws_id, CAST(NULL AS BIGINT) AS ws_removed_at, \
+                 CAST(NULL AS TEXT) AS ws_mode \
                  FROM volumes v WHERE {due}"
             )
         };

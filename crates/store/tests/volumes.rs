@@ -4,15 +4,41 @@ use holdfast_domain::VolumeState;
 use holdfast_store::{Store, StoreError, VolumeTransition};
 use uuid::Uuid;
 
-async fn store() -> (tempfile::TempDir, Store) {
+/// Every store this test runs against: SQLite always, PostgreSQL when
+/// `HOLDFAST_TEST_DATABASE_URL` names a server (a fresh database is created
+/// on it). Under `CI=true` a missing PostgreSQL is a failure, not a skip.
+async fn stores() -> Vec<(tempfile::TempDir, Store)> {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
-    (dir, store)
+    let sqlite = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    let mut out = vec![(dir, sqlite)];
+    match std::env::var("HOLDFAST_TEST_DATABASE_URL") {
+        Ok(admin_url) => {
+            let url = holdfast_store::testing::fresh_postgres_database(&admin_url)
+                .await
+                .unwrap();
+            out.push((
+                tempfile::tempdir().unwrap(),
+                Store::open_url(&url).await.unwrap(),
+            ));
+        }
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "CI=true but HOLDFAST_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run"
+            )
+        }
+        Err(_) => eprintln!("skipping PostgreSQL: HOLDFAST_TEST_DATABASE_URL is not set"),
+    }
+    out
 }
 
 #[tokio::test]
 async fn transitions_are_compare_and_set_and_record_who_asked_to_erase() {
-    let (_dir, store) = store().await;
+    for (_dir, store) in stores().await {
+        check_transitions(store).await;
+    }
+}
+
+async fn check_transitions(store: Store) {
     let ws = Uuid::new_v4();
     let v = store.insert_volume(ws, None, "test", 1).await.unwrap();
     let t = |from: &'static [VolumeState], to, actor| VolumeTransition {
