@@ -67,8 +67,48 @@ impl App {
     }
 
     /// One sweeper pass, recorded in the metrics.
+    ///
+    /// Replicas on one database sweep one at a time: a pass holds the
+    /// `sweeper` lease (waiting up to `wait` for another replica's pass).
     pub async fn sweep(&self, dry_run: bool, actor: &str) -> ApiResult<SweepReport> {
-        let report = self.cp.sweep(dry_run, actor).await?;
+        self.sweep_waiting(dry_run, actor, std::time::Duration::from_secs(60))
+            .await
+    }
+
+    async fn sweep_waiting(
+        &self,
+        dry_run: bool,
+        actor: &str,
+        wait: std::time::Duration,
+    ) -> ApiResult<SweepReport> {
+        let shared = self.store.dialect() == holdfast_store::Dialect::Postgres;
+        if shared && !dry_run {
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                let now = now_millis();
+                // Longer than any pass; a replica that dies mid-pass lets the
+                // next one in when it runs out.
+                if self
+                    .store
+                    .try_lease("sweeper", &self.replica_id, now + 600_000, now)
+                    .await?
+                {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(ApiError::conflict(
+                        "sweep_in_progress",
+                        "another replica is sweeping; try again shortly",
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        let report = self.cp.sweep(dry_run, actor).await;
+        if shared && !dry_run {
+            let _ = self.store.release_lease("sweeper", &self.replica_id).await;
+        }
+        let report = report?;
         if !dry_run {
             self.metrics.observe_sweep(&report);
         }
@@ -86,7 +126,10 @@ impl App {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match app.sweep(false, "sweeper").await {
+                match app
+                    .sweep_waiting(false, "sweeper", std::time::Duration::ZERO)
+                    .await
+                {
                     Ok(r) if !r.items.is_empty() => {
                         tracing::info!(
                             actions = r.items.len(),

@@ -166,7 +166,23 @@ impl App {
     /// erase. Idempotent; the reconciler calls it again after a crash.
     pub(crate) async fn finish_removal(&self, ws: &WorkspaceRow, actor: &str) -> ApiResult<()> {
         let _guard = self.locks.lock(ws.id).await;
-        self.finish_removal_locked(ws, actor).await
+        if !self
+            .lease(ws.id, std::time::Duration::from_secs(30))
+            .await
+            .map_err(ApiError::internal)?
+        {
+            return Err(ApiError::internal(
+                "another replica holds the workspace; the reconciler will finish",
+            ));
+        }
+        // Read again under the lease: another replica may have finished it.
+        let current = self.store.get_workspace(ws.id).await?;
+        let result = match current {
+            Some(ws) if !ws.compute_released => self.finish_removal_locked(&ws, actor).await,
+            _ => Ok(()),
+        };
+        self.release(ws.id).await;
+        result
     }
 
     /// [`App::finish_removal`] for a caller that holds the workspace's lock.
@@ -175,10 +191,7 @@ impl App {
         ws: &WorkspaceRow,
         actor: &str,
     ) -> ApiResult<()> {
-        let instance = self
-            .observed(ws.id)
-            .instance_id
-            .or_else(|| ws.instance_id.clone());
+        let instance = ws.instance_id.clone();
         if ws.delete_erase == Some(true) {
             self.cp
                 .stop_and_prune(ws.id, instance.as_deref(), actor)

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod body;
+mod canvas;
 mod data;
 mod delete;
 pub mod dto;
@@ -52,6 +53,8 @@ pub struct App {
     /// For relaying messages to runtimes.
     http: reqwest::Client,
     metrics: metrics::Metrics,
+    /// This process, as a lease holder on a shared database.
+    replica_id: String,
 }
 
 impl App {
@@ -77,6 +80,7 @@ impl App {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             metrics: metrics::Metrics::default(),
+            replica_id: format!("replica-{}", Uuid::new_v4()),
         }))
     }
 
@@ -122,6 +126,7 @@ async fn method_not_allowed() -> error::ApiError {
 /// The API router.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/", get(canvas::root_redirect))
         .route("/health", get(routes::health))
         .route("/openapi.json", get(openapi::openapi_json))
         .route(
@@ -156,6 +161,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/sweep", post(data::admin_sweep))
         .route("/audit", get(data::list_audit))
         .route("/metrics", get(metrics::metrics))
+        .merge(canvas::router())
         .route("/orgs", get(orgs::list_orgs).post(orgs::create_org))
         .route("/orgs/{id}/tokens", post(orgs::create_org_token))
         .method_not_allowed_fallback(method_not_allowed)

@@ -57,8 +57,12 @@ impl App {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let obs = self.observed(id);
-            let alive = match obs.instance_id.as_deref() {
+            let ws = self
+                .store
+                .get_workspace(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("workspace"))?;
+            let alive = match ws.instance_id.as_deref() {
                 Some(instance) => self.instance_runs(id, instance).await,
                 None => false,
             };
@@ -69,9 +73,7 @@ impl App {
                 if let Err(e) = self.reconcile(id).await {
                     tracing::warn!(workspace_id = %id, error = %e, "reconcile before relay failed");
                 }
-            } else if obs.registered
-                && let Some(url) = self.store.get_workspace(id).await?.and_then(|w| w.url)
-            {
+            } else if let Some(url) = ws.url {
                 return Ok(url);
             }
             if Instant::now() > deadline {

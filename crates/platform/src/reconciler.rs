@@ -1,16 +1,19 @@
 //! The reconciler: drives each workspace's compute toward its intent.
 //!
-//! Intent (desired state and generation) lives in the store; what is observed
-//! (which instance runs, whether it registered, when it last heartbeated, how
-//! often it crashed) lives in memory in [`Observed`] and is rebuilt from
-//! nothing at start: an empty observation means "nothing runs", and the
-//! control plane has already stopped whatever a previous run left behind.
+//! Intent (desired state and generation) lives in the store, and so does
+//! what was observed of the compute that matters to every replica: which
+//! instance runs, for which generation it was started, when, where its
+//! runtime registered and when it last heartbeated. The control plane's
+//! `status` says whether that instance still runs. What only paces this
+//! replica's own retries (crash count, backoff, a failed generation) lives
+//! in memory in [`Observed`].
 //!
-//! Every action on one workspace runs under its lock, so a start and a stop
-//! of the same workspace never overlap. API handlers write intent and then
-//! call [`App::reconcile`] for that workspace; the background loop does the
-//! same for every workspace, so an intent whose handler crashed is still
-//! carried out.
+//! Every action on one workspace runs under its local lock and, on a shared
+//! database, under a lease on its row, so a start and a stop of the same
+//! workspace never overlap, whichever replica acts. API handlers write
+//! intent and then call [`App::reconcile`] for that workspace; the background
+//! loop does the same for every workspace, so an intent whose handler (or
+//! whose replica) died is still carried out.
 //!
 //! **Architecture Invariant:** the reconciler only ever calls
 //! `ControlPlane::stop`. Finishing a removal goes through
@@ -27,27 +30,40 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// What this server knows of a workspace's compute. Not persisted.
+/// What this replica keeps of a workspace to pace its own actions. Not
+/// persisted: a replica that takes over starts from the default.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    /// The instance this server started, if it is believed to run.
-    pub instance_id: Option<String>,
-    /// The generation of intent that instance was started for.
-    pub generation: i64,
-    pub started_at: Option<Instant>,
-    pub registered: bool,
-    pub last_heartbeat: Option<Instant>,
     /// Crashes since the last stable run; drives the backoff.
     pub crashes: u32,
     /// No automatic restart before this instant.
     pub next_attempt: Option<Instant>,
     /// Provisioning failed for this generation: wait for a new intent.
     pub failed_generation: Option<i64>,
+    /// The generation of intent this replica last tried to start.
+    pub attempted_generation: Option<i64>,
     /// The next start is the workspace's very first (set by create only).
     pub first_start: bool,
     /// The volume the last start attached, as the control plane reported it.
     pub attached: Option<holdfast_cp::VolumeInfo>,
 }
+
+/// What the control plane says of the workspace's recorded instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// No instance is recorded.
+    Nothing,
+    Running,
+    /// It exited on its own: a crash.
+    Exited,
+    /// The control plane does not know it (it was restarted, or the server
+    /// was, and stopped what the previous run left): not a crash.
+    Gone,
+}
+
+/// How long a replica's lease on a workspace lasts: longer than any single
+/// start or stop (a stop waits at most its stop timeout).
+const LEASE: Duration = Duration::from_secs(60);
 
 /// Timing knobs of the reconciler.
 #[derive(Debug, Clone)]
@@ -136,24 +152,88 @@ impl App {
     }
 
     pub(crate) async fn instance_runs(&self, id: Uuid, instance: &str) -> bool {
+        self.seen(id, Some(instance)).await == Seen::Running
+    }
+
+    async fn seen(&self, id: Uuid, instance: Option<&str>) -> Seen {
+        let Some(instance) = instance else {
+            return Seen::Nothing;
+        };
         match self.cp.status(id, instance).await {
-            Ok(InstanceState::Running) => true,
-            Ok(_) => false,
+            Ok(InstanceState::Running) => Seen::Running,
+            Ok(InstanceState::Exited) => Seen::Exited,
+            Ok(InstanceState::Unknown) => Seen::Gone,
             // Data safety: a status we cannot read means "still running";
             // restarting on a guess could run it twice.
             Err(e) => {
                 tracing::debug!(workspace_id = %id, error = %e, "status unknown; assuming running");
-                true
+                Seen::Running
             }
         }
     }
 
-    /// Brings one workspace to its intent. Serialised per workspace. Returns
-    /// the workspace as it now is (`None` if it does not exist).
+    /// Whether this replica must hold a lease on a workspace's row to act on
+    /// it: only on a database that several replicas can share.
+    fn shared_store(&self) -> bool {
+        self.store.dialect() == holdfast_store::Dialect::Postgres
+    }
+
+    /// Takes the workspace's lease, waiting up to `wait` for another replica
+    /// to finish. False if it could not be had.
+    pub(crate) async fn lease(&self, id: Uuid, wait: Duration) -> anyhow::Result<bool> {
+        if !self.shared_store() {
+            return Ok(true);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = now_millis();
+            let until = now + i64::try_from(LEASE.as_millis()).unwrap_or(60_000);
+            if self
+                .store
+                .try_lease_workspace(id, &self.replica_id, until, now)
+                .await?
+            {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub(crate) async fn release(&self, id: Uuid) {
+        if self.shared_store()
+            && let Err(e) = self
+                .store
+                .release_workspace_lease(id, &self.replica_id)
+                .await
+        {
+            // It runs out on its own; another replica waits at most LEASE.
+            tracing::warn!(workspace_id = %id, error = %e, "releasing a workspace lease failed");
+        }
+    }
+
+    /// Brings one workspace to its intent, waiting for another replica that
+    /// is acting on it. Returns the workspace as it now is (`None` if it does
+    /// not exist).
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
     pub async fn reconcile(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
+        self.reconcile_waiting(id, Duration::from_secs(30)).await
+    }
+
+    async fn reconcile_waiting(
+        &self,
+        id: Uuid,
+        wait: Duration,
+    ) -> anyhow::Result<Option<WorkspaceRow>> {
         let _guard = self.locks.lock(id).await;
-        self.reconcile_locked(id).await
+        if !self.lease(id, wait).await? {
+            anyhow::bail!("another replica is acting on this workspace; try again shortly");
+        }
+        let result = self.reconcile_locked(id).await;
+        self.release(id).await;
+        result
     }
 
     async fn reconcile_locked(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
@@ -165,26 +245,34 @@ impl App {
     }
 
     /// The first start of a workspace just inserted: its row is already in
-    /// hand (no other request can know its id yet), which saves a read on
-    /// the create → online path.
+    /// hand, which saves a read on the create → online path.
     pub(crate) async fn reconcile_new(&self, ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
-        let _guard = self.locks.lock(ws.id).await;
-        if self.observed.lock().expect("observed").contains_key(&ws.id) {
-            // The background loop saw the new row first and acted on it: the
-            // row in hand is stale, so take the ordinary path.
-            return self
-                .reconcile_locked(ws.id)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("workspace vanished"));
+        let id = ws.id;
+        let _guard = self.locks.lock(id).await;
+        if !self.lease(ws.id, Duration::from_secs(30)).await? {
+            anyhow::bail!("another replica is acting on this workspace");
         }
-        self.put_observed(
-            ws.id,
-            Observed {
-                first_start: true,
-                ..Observed::default()
-            },
-        );
-        self.reconcile_loaded(ws).await
+        let result = if self.observed.lock().expect("observed").contains_key(&ws.id)
+            || self.shared_store()
+        {
+            // The background loop (here or on another replica) may have
+            // seen the new row first and acted on it: the row in hand may be
+            // stale, so read it again.
+            self.reconcile_locked(ws.id)
+                .await
+                .and_then(|w| w.ok_or_else(|| anyhow::anyhow!("workspace vanished")))
+        } else {
+            self.put_observed(
+                ws.id,
+                Observed {
+                    first_start: true,
+                    ..Observed::default()
+                },
+            );
+            self.reconcile_loaded(ws).await
+        };
+        self.release(id).await;
+        result
     }
 
     async fn reconcile_loaded(&self, mut ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
@@ -199,33 +287,36 @@ impl App {
             return Ok(ws);
         }
         let mut obs = self.observed(id);
-        let runs = match obs.instance_id.clone() {
-            Some(inst) => self.instance_runs(id, &inst).await,
-            None => false,
-        };
+        let seen = self.seen(id, ws.instance_id.as_deref()).await;
         let s = &self.reconciler;
         match ws.desired {
             DesiredState::Running => {
-                if runs && obs.generation == ws.generation {
+                let current = ws.instance_generation == Some(ws.generation);
+                if seen == Seen::Running && current {
                     self.check_health(&mut ws, &mut obs).await?;
-                } else if runs {
+                } else if seen == Seen::Running {
                     // A restart was asked for (the generation moved on).
-                    self.stop_instance(&mut ws, &mut obs, Status::Offline)
-                        .await?;
+                    self.stop_instance(&mut ws, Status::Offline).await?;
                     failpoint::hit("restart.after_stop");
                     obs.crashes = 0;
                     obs.next_attempt = None;
                     self.start_instance(&mut ws, &mut obs).await?;
                 } else {
-                    if obs.instance_id.is_some() {
-                        // It exited on its own: a crash.
+                    if seen == Seen::Exited {
                         tracing::warn!("workspace process exited; restarting with backoff");
-                        self.stop_instance(&mut ws, &mut obs, Status::Offline)
-                            .await?;
                         obs.crashes += 1;
                         obs.next_attempt = Some(Instant::now() + s.backoff(obs.crashes));
                     }
-                    if obs.generation != ws.generation {
+                    match seen {
+                        // Clean up what is left of it (an ephemeral
+                        // workspace's scratch data) and record it gone.
+                        Seen::Exited => self.stop_instance(&mut ws, Status::Offline).await?,
+                        // Nothing to stop: the control plane no longer knows
+                        // it. Only the record goes.
+                        Seen::Gone => self.forget_instance(&mut ws, Status::Offline).await?,
+                        Seen::Nothing | Seen::Running => {}
+                    }
+                    if obs.attempted_generation.is_some_and(|g| g != ws.generation) {
                         // New intent: no waiting on an old backoff or failure.
                         obs.next_attempt = None;
                         obs.crashes = 0;
@@ -240,12 +331,11 @@ impl App {
             }
             DesiredState::Paused | DesiredState::Hibernated | DesiredState::Removed => {
                 let target = desired_status(ws.desired);
-                if obs.instance_id.is_some() || ws.instance_id.is_some() {
-                    self.stop_instance(&mut ws, &mut obs, target).await?;
+                if ws.instance_id.is_some() {
+                    self.stop_instance(&mut ws, target).await?;
                 } else {
                     self.set_status(&mut ws, target).await?;
                 }
-                obs.generation = ws.generation;
             }
         }
         self.put_observed(id, obs);
@@ -256,24 +346,26 @@ impl App {
     /// its registration deadline.
     async fn check_health(&self, ws: &mut WorkspaceRow, obs: &mut Observed) -> anyhow::Result<()> {
         let s = &self.reconciler;
-        let started = obs.started_at.unwrap_or_else(Instant::now);
-        if started.elapsed() >= s.stable_after {
+        let now = now_millis();
+        let started = ws.started_at.unwrap_or(now);
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        if now - started >= ms(s.stable_after) {
             obs.crashes = 0;
         }
         if !registers(&ws.runtime) {
             return self.set_status(ws, Status::Online).await;
         }
-        if obs.registered {
-            let last = obs.last_heartbeat.unwrap_or(started);
-            if last.elapsed() > s.heartbeat_window {
+        if ws.url.is_some() {
+            let last = ws.last_heartbeat.unwrap_or(started);
+            if now - last > ms(s.heartbeat_window) {
                 tracing::warn!("missed the heartbeat window; stopping and restarting");
-                self.stop_instance(ws, obs, Status::Offline).await?;
+                self.stop_instance(ws, Status::Offline).await?;
                 obs.crashes += 1;
                 obs.next_attempt = Some(Instant::now() + s.backoff(obs.crashes));
             } else {
                 self.set_status(ws, Status::Online).await?;
             }
-        } else if started.elapsed() > s.provision_timeout && ws.status == Status::Provisioning {
+        } else if now - started > ms(s.provision_timeout) && ws.status == Status::Provisioning {
             // Compute and data are left alone: an operator may want to look.
             tracing::warn!("not registered within the provision timeout; failed");
             self.set_status(ws, Status::Failed).await?;
@@ -315,31 +407,32 @@ impl App {
             // Only ever for one attempt: a retry looks its volume up.
             first_start: std::mem::take(&mut obs.first_start),
         };
-        obs.generation = ws.generation;
-        obs.registered = false;
-        obs.last_heartbeat = None;
+        obs.attempted_generation = Some(ws.generation);
         match self.cp.provision(req).await {
             Ok(p) => {
                 failpoint::hit("start.after_provision");
-                obs.instance_id = Some(p.instance_id.clone());
                 obs.attached = p.volume.clone();
-                obs.started_at = Some(Instant::now());
                 obs.failed_generation = None;
                 let status = if registers(&ws.runtime) {
                     Status::Provisioning
                 } else {
                     Status::Online
                 };
+                let now = now_millis();
                 self.store
-                    .set_observed(
+                    .record_started(
                         ws.id,
                         status,
-                        Some(&p.instance_id),
-                        Some(p.data_mode),
-                        now_millis(),
+                        &p.instance_id,
+                        ws.generation,
+                        p.data_mode,
+                        now,
                     )
                     .await?;
                 ws.instance_id = Some(p.instance_id);
+                ws.instance_generation = Some(ws.generation);
+                ws.started_at = Some(now);
+                ws.last_heartbeat = None;
                 ws.resolved_mode = Some(p.data_mode);
                 if ws.status != status {
                     ws.status = status;
@@ -348,7 +441,6 @@ impl App {
             }
             Err(e) => {
                 tracing::error!(error = %e, "provisioning failed");
-                obs.instance_id = None;
                 obs.failed_generation = Some(ws.generation);
                 self.set_status(ws, Status::Failed).await?;
             }
@@ -357,73 +449,74 @@ impl App {
     }
 
     /// Stops the current instance (never prunes) and records `then`.
-    async fn stop_instance(
-        &self,
-        ws: &mut WorkspaceRow,
-        obs: &mut Observed,
-        then: Status,
-    ) -> anyhow::Result<()> {
-        let instance = obs.instance_id.clone().or_else(|| ws.instance_id.clone());
+    async fn stop_instance(&self, ws: &mut WorkspaceRow, then: Status) -> anyhow::Result<()> {
         failpoint::hit("stop.before_cp_stop");
-        self.cp.stop(ws.id, instance.as_deref()).await?;
+        self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
         failpoint::hit("stop.after_cp_stop");
-        obs.instance_id = None;
-        obs.registered = false;
-        obs.last_heartbeat = None;
-        self.store
-            .set_observed(ws.id, ws.status, None, None, now_millis())
-            .await?;
-        self.store.set_url(ws.id, None).await?;
-        ws.instance_id = None;
-        ws.url = None;
-        self.set_status(ws, then).await
+        self.forget_instance(ws, then).await
     }
 
-    /// Whether a workspace may need action, judged from its row and the
-    /// in-memory observation alone (cheap; no store access).
+    /// Records that the workspace has no instance any more, and `then`.
+    async fn forget_instance(&self, ws: &mut WorkspaceRow, then: Status) -> anyhow::Result<()> {
+        self.store.record_stopped(ws.id, then, now_millis()).await?;
+        ws.instance_id = None;
+        ws.instance_generation = None;
+        ws.url = None;
+        ws.started_at = None;
+        ws.last_heartbeat = None;
+        if ws.status != then {
+            ws.status = then;
+            self.events.publish(Event::status(then, ws.id, ws.org_id));
+        }
+        Ok(())
+    }
+
+    /// Whether a workspace may need action, judged from its row, this
+    /// replica's pacing and the control plane's status.
     async fn needs_action(&self, ws: &WorkspaceRow) -> bool {
         let obs = self.observed(ws.id);
         match ws.desired {
             DesiredState::Running => {
-                let Some(inst) = obs.instance_id.as_deref() else {
+                let Some(inst) = ws.instance_id.as_deref() else {
                     return obs.failed_generation != Some(ws.generation);
                 };
-                if obs.generation != ws.generation || !self.instance_runs(ws.id, inst).await {
+                if ws.instance_generation != Some(ws.generation)
+                    || !self.instance_runs(ws.id, inst).await
+                {
                     return true;
                 }
                 if !registers(&ws.runtime) {
                     return ws.status != Status::Online;
                 }
-                let started = obs.started_at.unwrap_or_else(Instant::now);
-                if obs.registered {
-                    obs.last_heartbeat.unwrap_or(started).elapsed()
-                        > self.reconciler.heartbeat_window
+                let now = now_millis();
+                let started = ws.started_at.unwrap_or(now);
+                let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                if ws.url.is_some() {
+                    now - ws.last_heartbeat.unwrap_or(started)
+                        > ms(self.reconciler.heartbeat_window)
                         || ws.status != Status::Online
                 } else {
-                    started.elapsed() > self.reconciler.provision_timeout
+                    now - started > ms(self.reconciler.provision_timeout)
                         && ws.status == Status::Provisioning
                 }
             }
-            other => {
-                obs.instance_id.is_some()
-                    || ws.instance_id.is_some()
-                    || ws.status != desired_status(other)
-            }
+            other => ws.instance_id.is_some() || ws.status != desired_status(other),
         }
     }
 
-    /// One pass over every workspace.
+    /// One pass over every workspace. A workspace another replica is acting
+    /// on is left to it.
     pub async fn reconcile_all(&self) -> anyhow::Result<()> {
         for ws in self.store.unreleased_removed().await? {
-            if let Err(e) = self.reconcile(ws.id).await {
+            if let Err(e) = self.reconcile_waiting(ws.id, Duration::ZERO).await {
                 tracing::warn!(workspace_id = %ws.id, error = %e, "finishing a removal failed; will retry");
             }
         }
-        for ws in self.store.live_workspaces().await? {
+        for ws in self.store.reconcile_candidates().await? {
             if self.needs_action(&ws).await
-                && let Err(e) = self.reconcile(ws.id).await
+                && let Err(e) = self.reconcile_waiting(ws.id, Duration::ZERO).await
             {
-                tracing::warn!(workspace_id = %ws.id, error = %e, "reconcile failed; will retry");
+                tracing::debug!(workspace_id = %ws.id, error = %e, "reconcile failed; will retry");
             }
         }
         Ok(())
@@ -438,22 +531,15 @@ impl App {
         if ws.is_removed() {
             return Ok(());
         }
-        let mut obs = self.observed(id);
-        obs.registered = true;
-        obs.last_heartbeat = Some(Instant::now());
-        self.put_observed(id, obs);
-        self.store.set_url(id, Some(url)).await?;
+        self.store.record_registered(id, url, now_millis()).await?;
         if ws.desired == DesiredState::Running {
             self.set_status(&mut ws, Status::Online).await?;
         }
         Ok(())
     }
 
-    pub(crate) fn heartbeat(&self, id: Uuid) {
-        let mut map = self.observed.lock().expect("observed");
-        if let Some(obs) = map.get_mut(&id) {
-            obs.last_heartbeat = Some(Instant::now());
-        }
+    pub(crate) async fn heartbeat(&self, id: Uuid) -> anyhow::Result<()> {
+        Ok(self.store.record_heartbeat(id, now_millis()).await?)
     }
 }
 

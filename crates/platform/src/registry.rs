@@ -96,7 +96,7 @@ pub async fn heartbeat(
     JsonBody(_body): JsonBody<HeartbeatRequest>,
 ) -> ApiResult<Json<crate::dto::Health>> {
     let id = workspace_of(&caller)?;
-    app.heartbeat(id);
+    app.heartbeat(id).await.map_err(ApiError::internal)?;
     Ok(Json(crate::dto::Health {
         status: "ok".to_owned(),
     }))

@@ -1,9 +1,14 @@
 //! Architecture invariants checked against the source tree itself.
 //!
 //! **Architecture Invariant:** only the user's delete with `erase_data=true`
-//! reaches `ControlPlane::stop_and_prune`. Its one allowed call site is
-//! `finish_removal_locked` in `crates/platform/src/delete.rs`, which calls it only
-//! for a workspace removed with erase. Any new caller fails this test.
+//! reaches `ControlPlane::stop_and_prune`. Its one allowed call site in the
+//! platform is `finish_removal_locked` in `crates/platform/src/delete.rs`,
+//! which calls it only for a workspace removed with erase. The control
+//! plane's HTTP edge (`stop` in `crates/cp/src/http_server.rs`) is the far
+//! end of that same call when the control plane is remote: it reaches the
+//! prune path only for `DELETE …?prune=true`, which only `HttpCp`'s
+//! `stop_and_prune` sends. Tests (files under a `tests/` folder) may call it.
+//! Any other caller fails this test.
 
 use std::path::{Path, PathBuf};
 
@@ -34,8 +39,8 @@ fn prune_call_sites(root: &Path) -> Vec<(String, String)> {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        // This file names the function in its own checks.
-        if rel.ends_with("tests/architecture.rs") {
+        // Tests may exercise the prune path directly.
+        if rel.split('/').any(|part| part == "tests") {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
@@ -81,10 +86,13 @@ fn only_the_erase_delete_flow_reaches_the_prune_path() {
     let sites = prune_call_sites(&root);
     assert_eq!(
         sites,
-        vec![(
-            "crates/platform/src/delete.rs".to_owned(),
-            "finish_removal_locked".to_owned()
-        )],
+        vec![
+            ("crates/cp/src/http_server.rs".to_owned(), "stop".to_owned()),
+            (
+                "crates/platform/src/delete.rs".to_owned(),
+                "finish_removal_locked".to_owned()
+            ),
+        ],
         "stop_and_prune may only be called from the delete-with-erase flow"
     );
     // And there, only behind the erase choice recorded at delete time.
@@ -98,6 +106,40 @@ fn only_the_erase_delete_flow_reaches_the_prune_path() {
         guard < call && between.lines().count() <= 4 && !between.contains('}'),
         "the call sits directly inside the erase guard"
     );
+}
+
+#[test]
+fn only_the_http_client_prune_sends_prune_true() {
+    // The control plane's edge prunes on `prune=true`; the only sender is
+    // `HttpCp::stop_and_prune`, itself reached only from `finish_removal_locked`.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let senders: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            !f.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .split('/')
+                .any(|p| p == "tests")
+        })
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .contains("(\"prune\", \"true\"")
+        })
+        .map(|f| {
+            f.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(senders, vec!["crates/cp/src/http_client.rs".to_owned()]);
 }
 
 #[test]

@@ -29,6 +29,12 @@ pub struct WorkspaceRow {
     pub delete_erase: Option<bool>,
     /// False while a removed workspace's compute has not been stopped yet.
     pub compute_released: bool,
+    /// The generation of intent the current instance was started for.
+    pub instance_generation: Option<i64>,
+    /// When the current instance was started.
+    pub started_at: Option<Millis>,
+    /// When its runtime last registered or heartbeated.
+    pub last_heartbeat: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub removed_at: Option<Millis>,
@@ -61,6 +67,9 @@ impl WorkspaceRow {
             url: row.try_get("url")?,
             delete_erase: delete_erase.map(|v| v != 0),
             compute_released: compute_released != 0,
+            instance_generation: row.try_get("instance_generation")?,
+            started_at: row.try_get("started_at")?,
+            last_heartbeat: row.try_get("last_heartbeat")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             removed_at: row.try_get("removed_at")?,
@@ -107,7 +116,7 @@ impl WorkspacePatch {
 
 const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
-    compute_released, created_at, updated_at, removed_at";
+    compute_released, instance_generation, started_at, last_heartbeat, created_at, updated_at, removed_at";
 
 fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("domain types serialize")
@@ -159,6 +168,9 @@ impl Store {
             url: None,
             delete_erase: None,
             compute_released: true,
+            instance_generation: None,
+            started_at: None,
+            last_heartbeat: None,
             created_at: now,
             updated_at: now,
             removed_at: None,
@@ -305,28 +317,134 @@ impl Store {
         Ok(ws)
     }
 
-    /// Records the observed status (and the instance and URL that go with it).
-    #[tracing::instrument(skip_all, name = "store.set_observed", fields(workspace_id = %id, status = %status))]
-    pub async fn set_observed(
+    /// Records a started instance: its id, the generation of intent it was
+    /// started for, when, and the mode its data resolved to. What any replica
+    /// needs to know that it runs.
+    #[tracing::instrument(skip_all, name = "store.record_started", fields(workspace_id = %id, status = %status))]
+    pub async fn record_started(
         &self,
         id: Uuid,
         status: Status,
-        instance_id: Option<&str>,
-        resolved_mode: Option<DataPersistence>,
+        instance_id: &str,
+        generation: i64,
+        resolved_mode: DataPersistence,
         now: Millis,
     ) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE workspaces SET status = $2, instance_id = $3, \
-             resolved_mode = COALESCE($4, resolved_mode), updated_at = $5 \
+            "UPDATE workspaces SET status = $2, instance_id = $3, instance_generation = $4, \
+             resolved_mode = $5, started_at = $6, last_heartbeat = NULL, updated_at = $6 \
              WHERE id = $1 AND removed_at IS NULL",
         )
         .bind(id.to_string())
         .bind(status.as_str())
-        .bind(instance_id.map(str::to_owned))
-        .bind(resolved_mode.map(|m| m.as_str().to_owned()))
+        .bind(instance_id.to_owned())
+        .bind(generation)
+        .bind(resolved_mode.as_str())
         .bind(now)
         .execute(self.pool())
         .await?;
+        Ok(())
+    }
+
+    /// Records that the workspace's instance is gone (stopped or exited).
+    #[tracing::instrument(skip_all, name = "store.record_stopped", fields(workspace_id = %id, status = %status))]
+    pub async fn record_stopped(&self, id: Uuid, status: Status, now: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE workspaces SET status = $2, instance_id = NULL, instance_generation = NULL, url = NULL, \
+             started_at = NULL, last_heartbeat = NULL, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(status.as_str())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A runtime registered: where it listens, and a first heartbeat.
+    pub async fn record_registered(&self, id: Uuid, url: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE workspaces SET url = $2, last_heartbeat = $3 WHERE id = $1 AND removed_at IS NULL")
+            .bind(id.to_string())
+            .bind(url.to_owned())
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// A runtime's heartbeat.
+    pub async fn record_heartbeat(&self, id: Uuid, now: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE workspaces SET last_heartbeat = $2 WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Takes (or renews) the lease on a workspace for `holder` until
+    /// `until`: granted when nobody holds it, `holder` already does, or the
+    /// previous holder's lease ran out (a replica that died). One replica at
+    /// a time acts on a workspace's compute.
+    pub async fn try_lease_workspace(
+        &self,
+        id: Uuid,
+        holder: &str,
+        until: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE workspaces SET lease_holder = $2, lease_until = $3 \
+             WHERE id = $1 AND (lease_holder IS NULL OR lease_holder = $2 OR lease_until IS NULL OR lease_until < $4)",
+        )
+        .bind(id.to_string())
+        .bind(holder.to_owned())
+        .bind(until)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_workspace_lease(&self, id: Uuid, holder: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE workspaces SET lease_holder = NULL, lease_until = NULL WHERE id = $1 AND lease_holder = $2")
+            .bind(id.to_string())
+            .bind(holder.to_owned())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes (or renews) a named lease (for example `sweeper`).
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = $2, expires_at = $3 \
+             WHERE leases.holder = $2 OR leases.expires_at < $4",
+        )
+        .bind(name.to_owned())
+        .bind(holder.to_owned())
+        .bind(until)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name.to_owned())
+            .bind(holder.to_owned())
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 
@@ -391,7 +509,10 @@ impl Store {
 
     /// Records that a removed workspace's compute has been stopped.
     pub async fn mark_compute_released(&self, id: Uuid) -> StoreResult<()> {
-        sqlx::query("UPDATE workspaces SET compute_released = 1, instance_id = NULL WHERE id = $1")
+        sqlx::query(
+            "UPDATE workspaces SET compute_released = 1, instance_id = NULL, instance_generation = NULL, \
+             url = NULL, started_at = NULL, last_heartbeat = NULL WHERE id = $1",
+        )
             .bind(id.to_string())
             .execute(self.pool())
             .await?;
@@ -440,7 +561,8 @@ impl Store {
     pub async fn unremove_workspace(&self, id: Uuid, now: Millis) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE workspaces SET removed_at = NULL, status = $2, desired = $3, delete_erase = NULL, \
-             compute_released = 1, instance_id = NULL, url = NULL, generation = generation + 1, updated_at = $4 \
+             compute_released = 1, instance_id = NULL, instance_generation = NULL, url = NULL, \
+             started_at = NULL, last_heartbeat = NULL, generation = generation + 1, updated_at = $4 \
              WHERE id = $1 AND removed_at IS NOT NULL",
         )
         .bind(id.to_string())
@@ -503,5 +625,22 @@ impl Store {
             ))
         })
         .transpose()
+    }
+}
+
+impl Store {
+    /// Live workspaces the reconciler may have to act on: all but those
+    /// whose intent is a stop (paused, hibernated) that is already carried
+    /// out. Those are the bulk of a large, mostly idle install, and skipping
+    /// them in SQL keeps a pass cheap.
+    #[tracing::instrument(skip_all, name = "store.reconcile_candidates")]
+    pub async fn reconcile_candidates(&self) -> StoreResult<Vec<WorkspaceRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM workspaces WHERE removed_at IS NULL \
+             AND NOT (desired IN ('paused', 'hibernated') AND instance_id IS NULL AND status = desired)"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(WorkspaceRow::from_row).collect()
     }
 }
