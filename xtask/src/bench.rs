@@ -5,11 +5,16 @@
 //! but the exit code stays 0; only a run that could not measure fails.
 //!
 //! To add a section, write a module beside `create_online` whose `run`
-//! returns a [`stats::Section`], and call it from [`run_sections`].
+//! returns a [`stats::Section`], name it in [`SectionName`], and call it from
+//! [`run_section`]. `--only` runs a subset.
 
 mod create_online;
+mod delete_latency;
+mod disk;
+mod erase_throughput;
 mod server;
 mod stats;
+mod sweep_pass;
 
 use anyhow::{Context, bail};
 use server::Server;
@@ -17,45 +22,128 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The sections, in the order they run and are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SectionName {
+    CreateOnline,
+    DeleteLatency,
+    EraseThroughput,
+    SweepPass,
+}
+
+impl SectionName {
+    const ALL: [SectionName; 4] = [
+        SectionName::CreateOnline,
+        SectionName::DeleteLatency,
+        SectionName::EraseThroughput,
+        SectionName::SweepPass,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SectionName::CreateOnline => "create_online",
+            SectionName::DeleteLatency => "delete_latency",
+            SectionName::EraseThroughput => "erase_throughput",
+            SectionName::SweepPass => "sweep_pass",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<SectionName> {
+        SectionName::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .with_context(|| {
+                let names: Vec<_> = SectionName::ALL.iter().map(|n| n.as_str()).collect();
+                format!(
+                    "--only: unknown section {s:?}; sections: {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask bench [--n N] [--delete-n N] [--erase-reps R] \
+     [--only SECTION[,SECTION]] [--server-bin PATH]";
+
 #[derive(Debug)]
 pub struct Options {
-    /// Measured operations per row.
+    /// Measured creates of the create → online section.
     n: usize,
+    /// Measured deletes of each kind in the delete latency section.
+    delete_n: usize,
+    /// Repetitions of each side in the erase throughput section.
+    erase_reps: usize,
+    /// The sections to run, in [`SectionName::ALL`] order.
+    only: Vec<SectionName>,
+    /// A holdfast binary to measure instead of building one: to compare two
+    /// builds, or to measure while the tree does not build.
+    server_bin: Option<PathBuf>,
 }
 
 impl Options {
     pub fn parse(args: &[String]) -> anyhow::Result<Options> {
-        let mut opts = Options { n: 200 };
+        let mut opts = Options {
+            n: 200,
+            delete_n: 20,
+            erase_reps: 3,
+            only: SectionName::ALL.to_vec(),
+            server_bin: None,
+        };
+        let mut only: Option<Vec<SectionName>> = None;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
                 Some((f, v)) => (f, Some(v.to_owned())),
                 None => (arg.as_str(), None),
             };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next().cloned())
+                    .with_context(|| format!("{flag} needs a value ({USAGE})"))
+            };
             match flag {
-                "--n" => {
-                    let v = inline
-                        .or_else(|| args.next().cloned())
-                        .context("--n needs a value")?;
-                    opts.n = v
-                        .parse()
-                        .with_context(|| format!("--n: {v:?} is not a count"))?;
-                    if opts.n == 0 {
-                        bail!("--n must be at least 1");
+                "--n" => opts.n = count(flag, &value()?)?,
+                "--delete-n" => opts.delete_n = count(flag, &value()?)?,
+                "--erase-reps" => opts.erase_reps = count(flag, &value()?)?,
+                "--only" => {
+                    let chosen = only.get_or_insert_with(Vec::new);
+                    for name in value()?.split(',').filter(|s| !s.is_empty()) {
+                        chosen.push(SectionName::parse(name)?);
                     }
                 }
-                other => {
-                    bail!("bench: unknown argument {other:?} (usage: cargo xtask bench [--n N])")
-                }
+                "--server-bin" => opts.server_bin = Some(PathBuf::from(value()?)),
+                other => bail!("bench: unknown argument {other:?} ({USAGE})"),
             }
+        }
+        if let Some(chosen) = only {
+            if chosen.is_empty() {
+                bail!("--only needs at least one section");
+            }
+            opts.only.retain(|n| chosen.contains(n));
         }
         Ok(opts)
     }
 }
 
+/// A count of at least 1.
+fn count(flag: &str, v: &str) -> anyhow::Result<usize> {
+    let n: usize = v
+        .parse()
+        .with_context(|| format!("{flag}: {v:?} is not a count"))?;
+    if n == 0 {
+        bail!("{flag} must be at least 1");
+    }
+    Ok(n)
+}
+
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let bin = build_server(&root)?;
+    let bin = match &opts.server_bin {
+        Some(bin) => bin
+            .canonicalize()
+            .with_context(|| format!("--server-bin {}", bin.display()))?,
+        None => build_server(&workspace_root())?,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -70,52 +158,66 @@ async fn run_with(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     ));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let header = format!(
-        "holdfast bench: {}, {} cores, load avg {} at start, commit {}, release build",
+        "holdfast bench: {}, {} cores, load avg {} at start, {}",
         utc_now(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
-        commit(&workspace_root()),
+        match &opts.server_bin {
+            Some(_) => format!("binary {}", bin.display()),
+            None => format!("commit {}, release build", commit(&workspace_root())),
+        },
     );
 
-    let measured = match Server::start(
-        bin,
-        &scratch.join("data"),
-        format!("hfbench-{}", random_hex()),
-    )
-    .await
-    {
-        Ok(server) => {
-            eprintln!("bench: holdfast listening on {}", server.url);
-            let measured = run_sections(&server, &scratch, opts).await;
-            // The table is printed before the cleanup, so that a cleanup
-            // that hangs or fails does not cost the measurements.
-            if let Ok(sections) = &measured {
-                print!("{}", stats::render(&header, sections));
+    // Each section starts and stops its own server on its own data dir
+    // under `scratch`, and cleans up after itself, so a later section never
+    // measures what an earlier one left behind. A section that cannot
+    // measure ends the run, but the sections already measured are printed.
+    let mut sections = Vec::new();
+    let mut failed = None;
+    for name in &opts.only {
+        eprintln!("bench: section {}", name.as_str());
+        match run_section(*name, bin, &scratch, opts).await {
+            Ok(s) => sections.push(s),
+            Err(e) => {
+                failed = Some(e.context(format!("section {}", name.as_str())));
+                break;
             }
-            cleanup(server).await;
-            measured.map(|_| ())
         }
-        Err(e) => Err(e),
-    };
+    }
+    print!("{}", stats::render(&header, &sections));
     if let Err(e) = std::fs::remove_dir_all(&scratch) {
         eprintln!("bench: could not remove {}: {e}", scratch.display());
     }
-    measured
+    failed.map_or(Ok(()), Err)
 }
 
-/// Every section, in the order they are printed. They share one server, so
-/// a section must leave it as it found it, apart from workspaces it created
-/// (which the cleanup deletes).
-async fn run_sections(
-    server: &Server,
+async fn run_section(
+    name: SectionName,
+    bin: &Path,
     scratch: &Path,
     opts: &Options,
-) -> anyhow::Result<Vec<stats::Section>> {
-    Ok(vec![
-        create_online::run(server, scratch.to_path_buf(), opts.n).await?,
-    ])
+) -> anyhow::Result<stats::Section> {
+    match name {
+        SectionName::CreateOnline => {
+            let server = Server::start(
+                bin,
+                &scratch.join("create-online"),
+                format!("hfbench-{}", random_hex()),
+            )
+            .await?;
+            eprintln!("bench: holdfast listening on {}", server.url);
+            let measured = create_online::run(&server, scratch.to_path_buf(), opts.n).await;
+            cleanup(server).await;
+            measured
+        }
+        SectionName::DeleteLatency => delete_latency::run(bin, scratch, opts.delete_n).await,
+        SectionName::EraseThroughput => erase_throughput::run(bin, scratch, opts.erase_reps).await,
+        SectionName::SweepPass => sweep_pass::run(bin, scratch).await,
+    }
 }
 
+/// Deletes (with erase) every workspace a section created and left, then
+/// stops the server with SIGTERM, which stops its workspaces' processes.
 async fn cleanup(server: Server) {
     let (deleted, errors) = server.delete_remaining().await;
     eprintln!(
@@ -283,5 +385,42 @@ mod tests {
         check_args(&["--n", "0"], None);
         check_args(&["--n", "x"], None);
         check_args(&["--fast"], None);
+        check_args(&["--delete-n", "0"], None);
+        check_args(&["--only", "nope"], None);
+        check_args(&["--only="], None);
+    }
+
+    fn check_only(args: &[&str], expect: &str) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let o = Options::parse(&args).expect("valid args");
+        let names: Vec<_> = o.only.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names.join(","), expect, "{args:?}");
+    }
+
+    #[test]
+    fn only_keeps_the_run_order() {
+        check_only(
+            &[],
+            "create_online,delete_latency,erase_throughput,sweep_pass",
+        );
+        check_only(&["--only", "sweep_pass"], "sweep_pass");
+        check_only(
+            &["--only=sweep_pass,create_online"],
+            "create_online,sweep_pass",
+        );
+        check_only(
+            &["--only", "erase_throughput", "--only", "delete_latency"],
+            "delete_latency,erase_throughput",
+        );
+    }
+
+    #[test]
+    fn counts() {
+        let args: Vec<String> = ["--delete-n", "5", "--erase-reps=2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let o = Options::parse(&args).expect("valid args");
+        assert_eq!((o.delete_n, o.erase_reps), (5, 2));
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +29,9 @@ pub struct Workspace {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// The `--data-dir` it was started with, canonical (as the server keeps
+    /// it), so that a benchmark can put data where the server looks for it.
+    pub data_dir: PathBuf,
     token: String,
     pub client: reqwest::Client,
     output: Arc<Mutex<VecDeque<String>>>,
@@ -39,13 +42,29 @@ impl Server {
     /// Starts `<bin> serve` on a free port with a fresh data dir and waits
     /// for its `listening on http://…` line.
     pub async fn start(bin: &Path, data_dir: &Path, token: String) -> anyhow::Result<Server> {
+        Server::start_with_args(bin, data_dir, token, &[]).await
+    }
+
+    /// [`Server::start`] with more `serve` flags, e.g. a short erase grace.
+    pub async fn start_with_args(
+        bin: &Path,
+        data_dir: &Path,
+        token: String,
+        extra: &[&str],
+    ) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", data_dir.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
-            .arg(data_dir)
+            .arg(&data_dir)
             .arg("--admin-token")
             .arg(&token)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -105,6 +124,7 @@ impl Server {
         Ok(Server {
             child,
             url,
+            data_dir,
             token,
             client,
             output,
@@ -193,20 +213,30 @@ impl Server {
     }
 
     /// `DELETE /workspaces/<id>?erase_data=true` with the name confirmed.
-    pub async fn delete_workspace(&self, ws: &Workspace) -> anyhow::Result<()> {
+    /// Returns the response body (`data` says `erase_pending`).
+    pub async fn delete_workspace(&self, ws: &Workspace) -> anyhow::Result<Value> {
+        self.delete(ws, "?erase_data=true").await
+    }
+
+    /// `DELETE /workspaces/<id>` without erase: the data is `retained`.
+    pub async fn delete_workspace_keeping_data(&self, ws: &Workspace) -> anyhow::Result<Value> {
+        self.delete(ws, "").await
+    }
+
+    async fn delete(&self, ws: &Workspace, query: &str) -> anyhow::Result<Value> {
         let resp = self
             .client
-            .delete(format!("{}/workspaces/{}?erase_data=true", self.url, ws.id))
+            .delete(format!("{}/workspaces/{}{query}", self.url, ws.id))
             .header("Authorization", self.auth())
             .header("X-Confirm-Name", &ws.name)
             .send()
             .await
-            .with_context(|| format!("DELETE /workspaces/{}", ws.id))?;
+            .with_context(|| format!("DELETE /workspaces/{}{query}", ws.id))?;
         let code = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !code.is_success() {
             bail!(
-                "DELETE /workspaces/{} ({}) answered {code}: {text}",
+                "DELETE /workspaces/{}{query} ({}) answered {code}: {text}",
                 ws.id,
                 ws.name
             );
@@ -215,7 +245,76 @@ impl Server {
             .lock()
             .expect("created lock")
             .retain(|w| w.id != ws.id);
-        Ok(())
+        serde_json::from_str(&text)
+            .with_context(|| format!("DELETE /workspaces/{}{query} body: {text}", ws.id))
+    }
+
+    /// `POST /workspaces/<id>/restore`; returns the restored workspace's
+    /// `status`. The workspace is the benchmark's to delete again.
+    pub async fn restore_workspace(&self, ws: &Workspace) -> anyhow::Result<String> {
+        let view = self
+            .post_json(&format!("/workspaces/{}/restore", ws.id), &Value::Null)
+            .await?;
+        let mut created = self.created.lock().expect("created lock");
+        if !created.iter().any(|w| w.id == ws.id) {
+            created.push(ws.clone());
+        }
+        view["status"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("restore of {}: no status in {view}", ws.id))
+    }
+
+    /// `POST /admin/sweep` with `{}`: one sweeper pass; returns its report.
+    pub async fn sweep(&self) -> anyhow::Result<Value> {
+        self.post_json("/admin/sweep", &serde_json::json!({})).await
+    }
+
+    /// `POST /admin/sweep` with `{"dry_run": true}`: the plan, nothing done.
+    pub async fn sweep_dry_run(&self) -> anyhow::Result<Value> {
+        self.post_json("/admin/sweep", &serde_json::json!({"dry_run": true}))
+            .await
+    }
+
+    /// A POST with the admin token and an optional JSON body (`null`: none);
+    /// any 2xx is parsed as JSON.
+    async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", self.auth());
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let resp = req.send().await.with_context(|| format!("POST {path}"))?;
+        let code = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !code.is_success() {
+            bail!("POST {path} answered {code}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("POST {path} body: {text}"))
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .header("Authorization", self.auth())
+            .send()
+            .await
+            .context("GET /metrics")?;
+        let code = resp.status();
+        let text = resp.text().await?;
+        if !code.is_success() {
+            bail!("GET /metrics answered {code}: {text}");
+        }
+        Ok(text)
+    }
+
+    /// The server's process id, to read its CPU time from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Deletes every workspace still recorded as created. Returns how many
@@ -226,7 +325,7 @@ impl Server {
         let mut errors = Vec::new();
         for ws in &remaining {
             match self.delete_workspace(ws).await {
-                Ok(()) => deleted += 1,
+                Ok(_) => deleted += 1,
                 Err(e) => errors.push(e),
             }
         }
