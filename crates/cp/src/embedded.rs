@@ -473,6 +473,10 @@ impl ControlPlane for EmbeddedCp {
         }
     }
 
+    async fn volume_stats(&self) -> CpResult<Vec<(String, i64, i64)>> {
+        Ok(self.store.volume_stats().await?)
+    }
+
     async fn sweep(&self, dry_run: bool, actor: Actor<'_>) -> CpResult<crate::sweep::SweepReport> {
         let _one_at_a_time = self.sweeping.lock().await;
         let sweeper = crate::sweep::Sweeper {

@@ -203,6 +203,19 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// One sweeper pass (SPEC §6).
     async fn sweep(&self, dry_run: bool, actor: Actor<'_>) -> CpResult<sweep::SweepReport>;
 
+    /// Volume records per state: `(state, count, bytes)`, for metrics. The
+    /// default counts a full listing; the embedded control plane asks its
+    /// store directly.
+    async fn volume_stats(&self) -> CpResult<Vec<(String, i64, i64)>> {
+        let mut stats: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        for v in self.list_volumes(None).await? {
+            let e = stats.entry(v.state.as_str().to_owned()).or_default();
+            e.0 += 1;
+            e.1 += v.bytes;
+        }
+        Ok(stats.into_iter().map(|(s, (n, b))| (s, n, b)).collect())
+    }
+
     /// Audit events the control plane wrote in a store of its own (newest
     /// first). The embedded control plane writes into the platform's store,
     /// so it has none of its own.

@@ -266,6 +266,9 @@ pub async fn list_audit(
     caller: Caller,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<Vec<AuditView>>> {
+    if matches!(caller, Caller::Workspace { .. }) {
+        return Err(ApiError::not_found("route"));
+    }
     let mut workspace = None;
     let mut limit = 500i64;
     for (k, v) in parse_query(uri.query(), &["workspace_id", "limit"])? {

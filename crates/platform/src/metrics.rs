@@ -86,7 +86,8 @@ pub async fn metrics(
             escape(&status)
         );
     }
-    let stats = app.store.volume_stats().await?;
+    // From the control plane: with a remote one, volumes live in its store.
+    let stats = app.cp.volume_stats().await?;
     let _ = writeln!(
         w,
         "# HELP holdfast_volumes Volume records by state.\n# TYPE holdfast_volumes gauge"

@@ -307,6 +307,9 @@ pub async fn list_volumes(
     caller: Caller,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<Vec<VolumeView>>> {
+    if matches!(caller, Caller::Workspace { .. }) {
+        return Err(ApiError::not_found("route"));
+    }
     let mut state = None;
     for (_, v) in parse_query(uri.query(), &["state"])? {
         state = Some(
