@@ -1,15 +1,45 @@
 //! `cargo xtask test`: every check CI runs, in order: formatting, lints, then
 //! every test of the workspace (unit tests, the store and architecture tests,
-//! and the black-box API suite against the real binary).
+//! and the black-box API suite against the real binary), then the canvas's
+//! browser tests (`tests/browser`, Debian's Chromium driven by playwright-core).
 
 use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn run(root: &Path, what: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
     eprintln!("==> {what}: {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Like [`run`], with the environment variables `env` set for the command.
+fn run_with_env(
+    root: &Path,
+    what: &str,
+    env: &[(&str, &str)],
+    program: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    eprintln!(
+        "==> {what}: {} {program} {}",
+        vars.join(" "),
+        args.join(" ")
+    );
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .with_context(|| format!("running {program}"))?;
@@ -51,12 +81,33 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             "cargo",
             &["test", "--workspace", "--doc"],
         )?;
+        // The API suite a second time, each test against a `holdfast cp
+        // serve` of its own (SPEC §9: the platform behaves the same with a
+        // remote control plane). It runs before the whole workspace, and its
+        // failure is reported after it, so that the run still ends on
+        // nextest's summary of every test.
+        let remote = run_with_env(
+            root,
+            "API tests with a remote control plane",
+            &[("HOLDFAST_TEST_CP", "remote")],
+            "cargo",
+            &[
+                "nextest",
+                "run",
+                "-p",
+                "holdfast",
+                "--test",
+                "api",
+                "--no-fail-fast",
+            ],
+        );
         run(
             root,
             "tests",
             "cargo",
             &["nextest", "run", "--workspace", "--no-fail-fast"],
         )?;
+        remote?;
     } else {
         eprintln!("cargo-nextest not found; falling back to cargo test");
         run(
@@ -65,6 +116,79 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             "cargo",
             &["test", "--workspace", "--no-fail-fast"],
         )?;
+    }
+    browser(root)
+}
+
+/// The canvas's browser tests. Outside CI a machine without Chromium skips
+/// them (with a message saying how to get it); under CI they must run, so
+/// Chromium is installed when missing and a failed install fails the run.
+fn browser(root: &Path) -> anyhow::Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !Path::new(CHROMIUM).exists() {
+        if !ci {
+            eprintln!(
+                "skipping browser tests: {CHROMIUM} not installed (apt-get install -y chromium)"
+            );
+            return Ok(());
+        }
+        run(root, "install chromium", "apt-get", &["update"])?;
+        run(
+            root,
+            "install chromium",
+            "apt-get",
+            &["install", "-y", "chromium"],
+        )?;
+        if !Path::new(CHROMIUM).exists() {
+            bail!("apt-get installed chromium but {CHROMIUM} is still missing");
+        }
+    }
+    let dir = root.join("tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        run(
+            &dir,
+            "browser test dependencies",
+            "npm",
+            &["ci", "--no-audit", "--no-fund"],
+        )?;
+    }
+    run(
+        root,
+        "build holdfast",
+        "cargo",
+        &["build", "-p", "holdfast"],
+    )?;
+    let bin = root.join("target/debug/holdfast");
+    eprintln!("==> browser tests: node --test (in tests/browser)");
+    // Node's TAP reporter closes with `# pass N` and `# fail M`; they are
+    // echoed as they come and summed into the run's last line.
+    let mut child = Command::new("node")
+        .args(["--test", "--test-reporter=tap", "--test-concurrency=1"])
+        .current_dir(&dir)
+        .env("HOLDFAST_BIN", &bin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running node (the browser tests need Node.js 20 or newer)")?;
+    let (mut passed, mut failed) = (None, None);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading the browser tests' output")?;
+            println!("{line}");
+            let count = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            };
+            passed = count("# pass ").or(passed);
+            failed = count("# fail ").or(failed);
+        }
+    }
+    let status = child.wait().context("waiting for the browser tests")?;
+    let (Some(passed), Some(failed)) = (passed, failed) else {
+        bail!("the browser tests printed no summary ({status})");
+    };
+    println!("browser: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 || passed == 0 {
+        bail!("browser tests failed ({status})");
     }
     Ok(())
 }

@@ -355,8 +355,9 @@ impl Window {
 }
 
 /// Two persist workspaces with files; A is deleted with erase and its grace
-/// waited out; the server is crashed and started with the window's failpoint,
-/// so the sweep at start aborts it there; then it is started without it.
+/// waited out; the process running the control plane is crashed and started
+/// with the window's failpoint, so the sweep at start aborts it there; then
+/// it is started without it.
 /// A's erasure must finish exactly once and B must have lost nothing.
 async fn check_erase_crash_window(window: Window) {
     let failpoint = window.failpoint();
@@ -381,9 +382,12 @@ async fn check_erase_crash_window(window: Window) {
     app.wait_sweep_plans(&a, "erase").await;
     assert_files_intact(&a_dir, &a_files);
 
-    app.crash_and_restart_server_with_env(&[("HOLDFAST_FAILPOINTS", failpoint)])
+    // The erase path runs in the control plane: the server itself, or with a
+    // remote control plane, the `holdfast cp serve` (crashed and started with
+    // the failpoint while the server keeps running).
+    app.crash_and_restart_control_plane_with_env(&[("HOLDFAST_FAILPOINTS", failpoint)])
         .await;
-    app.expect_server_abort(failpoint).await;
+    app.expect_control_plane_abort(failpoint).await;
 
     // The disk shows that the crash happened where the window says.
     let trash = app.trash_dir(&a_volume);
@@ -403,7 +407,7 @@ async fn check_erase_crash_window(window: Window) {
     }
     assert_files_intact(&b_dir, &b_files);
 
-    app.start_server_again_without_env().await;
+    app.start_control_plane_again_without_env().await;
     let record = app.wait_volume_state(&a, "erased").await;
     // More passes must not erase (or record) anything twice.
     let report = app.sweep().await;

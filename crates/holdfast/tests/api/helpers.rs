@@ -1,6 +1,11 @@
 //! The test harness: spawns one `holdfast serve` per test (port 0, fresh data
 //! dir), wraps its HTTP API in typed helpers and offers polling helpers for the
 //! files and processes a workspace leaves on disk.
+//!
+//! With `HOLDFAST_TEST_CP=remote` in the environment every [`TestApp`] also
+//! starts a `holdfast cp serve` of its own and points the platform at it, so
+//! that the same suite checks that the platform behaves the same with a
+//! remote control plane (SPEC §9).
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
@@ -14,6 +19,72 @@ use std::time::{Duration, Instant};
 
 /// The admin token every test server is started with.
 pub const ADMIN_TOKEN: &str = "holdfast-test-admin-token-5f0c2b";
+
+/// The environment variable that selects the control plane the suite runs
+/// against: `remote` for a `holdfast cp serve` per test, anything else (or
+/// unset) for the control plane embedded in `holdfast serve`.
+pub const CP_MODE_ENV: &str = "HOLDFAST_TEST_CP";
+
+/// The shared secret every test control plane is started with.
+pub const CP_SHARED_SECRET: &str = "holdfast-test-cp-secret-7d41e9";
+
+/// Flags that belong to the control plane in remote mode: the platform would
+/// ignore them there, so they go to `holdfast cp serve` instead.
+const CP_ONLY_FLAGS: &[&str] = &[
+    "--erase-grace",
+    "--retention-grace",
+    "--default-data-persistence",
+    "--stop-timeout",
+];
+
+/// Flags that both processes get in remote mode: the control plane sweeps on
+/// its own interval, and the platform asks it to sweep on its own.
+const SHARED_FLAGS: &[&str] = &["--sweep-interval"];
+
+/// Whether this run of the suite uses a remote control plane.
+pub fn remote_mode() -> bool {
+    std::env::var(CP_MODE_ENV).is_ok_and(|mode| mode == "remote")
+}
+
+/// In remote mode, prints why the calling test does not apply and returns
+/// true (the test then returns at once). For behaviour that belongs to the
+/// control plane embedded in `holdfast serve`, and only to it.
+pub fn skip_in_remote_mode(why: &str) -> bool {
+    let skip = remote_mode();
+    if skip {
+        eprintln!("skipping in remote mode: {why}");
+    }
+    skip
+}
+
+/// Splits test flags between the platform and the control plane for remote
+/// mode: `(platform flags, control plane flags)`. Both `--flag value` and
+/// `--flag=value` are understood.
+fn split_flags(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut platform, mut cp) = (Vec::new(), Vec::new());
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (name, inline_value) = match arg.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (arg.as_str(), false),
+        };
+        let to_cp = CP_ONLY_FLAGS.contains(&name);
+        let to_both = SHARED_FLAGS.contains(&name);
+        if !to_cp && !to_both {
+            platform.push(arg.clone());
+            continue;
+        }
+        let mut flag = vec![arg.clone()];
+        if !inline_value && let Some(value) = args.next() {
+            flag.push(value.clone());
+        }
+        if to_both {
+            platform.extend(flag.iter().cloned());
+        }
+        cp.extend(flag);
+    }
+    (platform, cp)
+}
 
 /// How long a server may take to print its listening line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,16 +185,27 @@ impl ApiResponse {
 
 /// A running `holdfast serve` with its own data dir. Dropping it sends
 /// SIGTERM, waits for the server to exit (SIGKILL after 10 s) and then kills
-/// anything left in its process group.
+/// anything left in its process group; in remote mode it then stops its
+/// control plane the same way.
 pub struct TestApp {
     pub base_url: String,
     pub client: reqwest::Client,
     server: Child,
+    /// The platform's own flags (in remote mode with `--cp-url` and friends,
+    /// and without the flags that belong to the control plane).
     extra_args: Vec<String>,
     /// Variables set on the server process on top of the cleaned environment
     /// (for failpoints); empty for an ordinary server.
     extra_env: Vec<(String, String)>,
     log: Arc<Mutex<String>>,
+    /// Where volumes, scratch dirs and the trash live: the server's data dir
+    /// with the embedded control plane, the control plane's otherwise.
+    cp_data_dir: PathBuf,
+    /// Whether the server uses a remote control plane.
+    remote: bool,
+    /// The control plane this app started and owns (remote mode); dropped,
+    /// and so stopped, after the server.
+    cp: Option<CpServer>,
     // Declared last so that it is removed after the server is gone.
     data_dir: tempfile::TempDir,
 }
@@ -149,23 +231,57 @@ impl TestApp {
     }
 
     fn spawn_with_args(extra_args: Vec<String>) -> TestApp {
+        if !remote_mode() {
+            let data_dir = tempfile::tempdir().expect("create a temp data dir");
+            let cp_data_dir = data_dir.path().to_path_buf();
+            return Self::start(extra_args, data_dir, cp_data_dir, None);
+        }
+        let (platform_args, cp_args) = split_flags(&extra_args);
+        let (cp, tokens) = CpServer::start_with_args(&["test-platform"], cp_args);
+        let platform_args = [cp.platform_flags(&tokens[0]), platform_args].concat();
         let data_dir = tempfile::tempdir().expect("create a temp data dir");
+        let cp_data_dir = cp.data_dir().to_path_buf();
+        Self::start(platform_args, data_dir, cp_data_dir, Some(cp))
+    }
+
+    /// A server that uses the control plane `cp`, which the caller owns and
+    /// must keep running while the server lives (declare it first, so that
+    /// it is dropped last), as tenant `tenant_token`, with extra platform
+    /// flags `args`. Whatever the mode of the suite.
+    pub async fn spawn_on_cp(cp: &CpServer, tenant_token: &str, args: &[&str]) -> TestApp {
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let platform_args = [cp.platform_flags(tenant_token), args].concat();
+        let data_dir = tempfile::tempdir().expect("create a temp data dir");
+        let mut app = Self::start(platform_args, data_dir, cp.data_dir().to_path_buf(), None);
+        app.remote = true;
+        app
+    }
+
+    fn start(
+        extra_args: Vec<String>,
+        data_dir: tempfile::TempDir,
+        cp_data_dir: PathBuf,
+        cp: Option<CpServer>,
+    ) -> TestApp {
         let log = Arc::new(Mutex::new(String::new()));
         let (server, base_url) = start_server(data_dir.path(), &extra_args, &[], &log);
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("build the HTTP client");
         TestApp {
             base_url,
-            client,
+            client: http_client(),
             server,
             extra_args,
             extra_env: Vec::new(),
             log,
+            cp_data_dir,
+            remote: cp.is_some(),
+            cp,
             data_dir,
         }
+    }
+
+    /// Whether this server uses a remote control plane.
+    pub fn is_remote(&self) -> bool {
+        self.remote
     }
 
     /// Stops the server with SIGTERM (as an operator would) and starts a new
@@ -260,31 +376,37 @@ impl TestApp {
     /// (SIGABRT, as a failpoint does) and said so naming `failpoint`: proof
     /// that the crash window under test was really reached.
     pub async fn expect_server_abort(&mut self, failpoint: &str) {
-        let deadline = Instant::now() + POLL_TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.server.try_wait().expect("poll the server process") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not abort at failpoint {failpoint} within {POLL_TIMEOUT:?}; output:\n{}",
-                self.server_log()
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        };
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            status.signal(),
-            Some(6),
-            "the server must end by SIGABRT at failpoint {failpoint}, got {status}; output:\n{}",
-            self.server_log()
-        );
-        let log = self.server_log();
-        let since_restart = log.rsplit("---- server restarted").next().unwrap_or("");
-        assert!(
-            since_restart.contains(failpoint),
-            "the aborted server did not name failpoint {failpoint}; output:\n{log}"
-        );
+        expect_abort(&mut self.server, &self.log, "the server", failpoint).await;
+    }
+
+    /// Like [`Self::crash_and_restart_server_with_env`], for the process that
+    /// runs the control plane (whose failpoints are those of the erase path):
+    /// the server itself in embedded mode; in remote mode the
+    /// `holdfast cp serve`, started again on its address while the server
+    /// keeps running (workspaces outlive it, as they outlive a server).
+    pub async fn crash_and_restart_control_plane_with_env(&mut self, env: &[(&str, &str)]) {
+        match &mut self.cp {
+            Some(cp) => cp.crash_and_restart_with_env(env),
+            None => self.crash_and_restart_server_with_env(env).await,
+        }
+    }
+
+    /// Like [`Self::expect_server_abort`], for the process that runs the
+    /// control plane.
+    pub async fn expect_control_plane_abort(&mut self, failpoint: &str) {
+        match &mut self.cp {
+            Some(cp) => cp.expect_abort(failpoint).await,
+            None => self.expect_server_abort(failpoint).await,
+        }
+    }
+
+    /// Like [`Self::start_server_again_without_env`], for the process that
+    /// runs the control plane.
+    pub async fn start_control_plane_again_without_env(&mut self) {
+        match &mut self.cp {
+            Some(cp) => cp.start_again_without_env(),
+            None => self.start_server_again_without_env().await,
+        }
     }
 
     /// Starts a new server on the same data dir and flags after the previous
@@ -312,24 +434,25 @@ impl TestApp {
         Ok(ApiResponse { status, body, text })
     }
 
-    /// The server's `--data-dir`.
-    pub fn data_dir(&self) -> &Path {
-        self.data_dir.path()
+    /// The data dir of the control plane, where volumes, scratch dirs and
+    /// the trash live: the server's own with the embedded control plane.
+    pub fn cp_data_dir(&self) -> &Path {
+        &self.cp_data_dir
     }
 
-    /// `<data-dir>/volumes`.
+    /// `<cp-data-dir>/volumes`.
     pub fn volumes_root(&self) -> PathBuf {
-        self.data_dir().join("volumes")
+        self.cp_data_dir().join("volumes")
     }
 
-    /// A persist workspace's volume: `<data-dir>/volumes/<id>`.
+    /// A persist workspace's volume: `<cp-data-dir>/volumes/<id>`.
     pub fn volume_dir(&self, id: &str) -> PathBuf {
         self.volumes_root().join(id)
     }
 
-    /// An ephemeral workspace's data dir: `<data-dir>/scratch/<id>`.
+    /// An ephemeral workspace's data dir: `<cp-data-dir>/scratch/<id>`.
     pub fn scratch_dir(&self, id: &str) -> PathBuf {
-        self.data_dir().join("scratch").join(id)
+        self.cp_data_dir().join("scratch").join(id)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -345,11 +468,7 @@ impl TestApp {
 
     /// Sends a request and reads the whole answer.
     pub async fn send(&self, request: RequestBuilder) -> ApiResponse {
-        let response = request.send().await.expect("HTTP request to holdfast");
-        let status = response.status();
-        let text = response.text().await.expect("read the response body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        ApiResponse { status, body, text }
+        send_request(request).await
     }
 
     pub async fn get(&self, path: &str) -> ApiResponse {
@@ -405,7 +524,7 @@ impl TestApp {
         self.list_at("/workspaces?include_removed=true").await
     }
 
-    async fn list_at(&self, path: &str) -> Vec<Value> {
+    pub async fn list_at(&self, path: &str) -> Vec<Value> {
         match self.get(path).await.expect_status(200) {
             Value::Array(items) => items,
             other => panic!("GET {path} must answer a JSON array, got {other}"),
@@ -682,20 +801,80 @@ impl Drop for TestApp {
         stop_server(&mut self.server);
         // A server that crashed on its own (a failpoint) and was never started
         // again leaves its workspace processes, which live in process groups of
-        // their own, behind; do not let them outlive the test.
-        for pid in processes_with_env(&format!(
-            "HOLDFAST_CP_ROOT={}",
-            canonical(self.data_dir.path()).display()
-        )) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
+        // their own, behind; do not let them outlive the test. (In remote mode
+        // the control plane's own drop, which follows, reaps its processes.)
+        reap_processes_of(self.data_dir.path());
         if std::thread::panicking() {
             eprintln!("---- holdfast serve output ----\n{}", self.server_log());
         }
     }
+}
+
+/// SIGKILL to every process left running by a control plane whose data dir
+/// is `data_dir` (those with `HOLDFAST_CP_ROOT=<data dir>`).
+fn reap_processes_of(data_dir: &Path) {
+    for pid in processes_with_env(&format!(
+        "HOLDFAST_CP_ROOT={}",
+        canonical(data_dir).display()
+    )) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A `holdfast` command with the caller's `HOLDFAST_*` variables removed:
+/// flags also read them, and they must not change what a test starts.
+fn holdfast_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HOLDFAST_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// The HTTP client of the tests: no proxy, a generous timeout.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("build the HTTP client")
+}
+
+/// Waits for `child` to end on its own and asserts that it aborted (SIGABRT,
+/// as a failpoint does) and, since its last start, printed to `log` a line
+/// naming `failpoint`. `what` names the process in messages.
+async fn expect_abort(child: &mut Child, log: &Arc<Mutex<String>>, what: &str, failpoint: &str) {
+    let log_text = || log.lock().unwrap().clone();
+    let deadline = Instant::now() + POLL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll a holdfast process") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not abort at failpoint {failpoint} within {POLL_TIMEOUT:?}; output:\n{}",
+            log_text()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "{what} must end by SIGABRT at failpoint {failpoint}, got {status}; output:\n{}",
+        log_text()
+    );
+    let log = log_text();
+    let since_restart = log.rsplit("---- server restarted").next().unwrap_or("");
+    assert!(
+        since_restart.contains(failpoint),
+        "{what} aborted without naming failpoint {failpoint}; output:\n{log}"
+    );
 }
 
 /// Starts `holdfast serve` on port 0 and waits for its listening line.
@@ -706,19 +885,8 @@ fn start_server(
     extra_env: &[(String, String)],
     log: &Arc<Mutex<String>>,
 ) -> (Child, String) {
-    let (mut server, url) = launch_server(data_dir, extra_args, extra_env, log);
-    match url {
-        Some(url) => (server, url),
-        None => {
-            kill_process_group(server.id());
-            let _ = server.wait();
-            panic!(
-                "holdfast serve did not print `listening on http://…` within {:?}; output:\n{}",
-                STARTUP_TIMEOUT,
-                log.lock().unwrap()
-            );
-        }
-    }
+    let (server, url) = launch_server(data_dir, extra_args, extra_env, log);
+    expect_listening("holdfast serve", server, url, log)
 }
 
 /// Starts `holdfast serve` and waits for its listening line; `None` when its
@@ -729,31 +897,38 @@ fn launch_server(
     extra_env: &[(String, String)],
     log: &Arc<Mutex<String>>,
 ) -> (Child, Option<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    let mut cmd = holdfast_command();
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--admin-token", ADMIN_TOKEN])
-        .args(extra_args)
-        .stdin(Stdio::null())
+        .args(extra_args);
+    launch("holdfast serve", cmd, extra_env, log)
+}
+
+/// Spawns `cmd` (a `holdfast` server) in a process group of its own with
+/// `extra_env`, copies its output to `log` and waits for its listening line;
+/// `None` when its output ends first (it is exiting). Panics after the
+/// startup timeout. `what` names it in messages.
+fn launch(
+    what: &str,
+    mut cmd: Command,
+    extra_env: &[(String, String)],
+    log: &Arc<Mutex<String>>,
+) -> (Child, Option<String>) {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so that the harness can reap workspace
         // processes a misbehaving server leaves behind, and simulate a crash.
         .process_group(0);
-    // Flags also read HOLDFAST_* variables; keep the caller's environment
-    // from changing what the test starts.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HOLDFAST_") {
-            cmd.env_remove(key);
-        }
-    }
-    // Set after the clean-up above, so that a test's own choice survives it.
+    // Set after the clean-up of `holdfast_command`, so that a test's own
+    // choice survives it.
     for (key, value) in extra_env {
         cmd.env(key, value);
     }
-    let mut server = cmd.spawn().expect("spawn holdfast serve");
+    let mut server = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
 
     let (lines_tx, lines_rx) = mpsc::channel::<String>();
     let stdout = server.stdout.take().expect("piped stdout");
@@ -775,11 +950,33 @@ fn launch_server(
                 kill_process_group(server.id());
                 let _ = server.wait();
                 panic!(
-                    "holdfast serve did not print `listening on http://…` within {:?}; output:\n{}",
+                    "{what} did not print `listening on http://…` within {:?}; output:\n{}",
                     STARTUP_TIMEOUT,
                     log.lock().unwrap()
                 );
             }
+        }
+    }
+}
+
+/// A server that must be listening, with its URL: on `None` (it exited
+/// before its listening line), reaps it and fails the test with its output.
+fn expect_listening(
+    what: &str,
+    mut server: Child,
+    url: Option<String>,
+    log: &Arc<Mutex<String>>,
+) -> (Child, String) {
+    match url {
+        Some(url) => (server, url),
+        None => {
+            kill_process_group(server.id());
+            let _ = server.wait();
+            panic!(
+                "{what} did not print `listening on http://…` within {:?}; output:\n{}",
+                STARTUP_TIMEOUT,
+                log.lock().unwrap()
+            );
         }
     }
 }
@@ -901,6 +1098,15 @@ impl DeleteRequest<'_> {
         }
         self.app.send(request).await
     }
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send_request(request: RequestBuilder) -> ApiResponse {
+    let response = request.send().await.expect("HTTP request to holdfast");
+    let status = response.status();
+    let text = response.text().await.expect("read the response body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    ApiResponse { status, body, text }
 }
 
 /// Polls `check` until it returns `Some`, failing the test with `what` after
@@ -1094,10 +1300,10 @@ impl TestApp {
         .await
     }
 
-    /// `<data-dir>/trash/<volume-id>`, where an erasure moves a volume before
-    /// deleting it.
+    /// `<cp-data-dir>/trash/<volume-id>`, where an erasure moves a volume
+    /// before deleting it.
     pub fn trash_dir(&self, volume_id: &str) -> PathBuf {
-        self.data_dir().join("trash").join(volume_id)
+        self.cp_data_dir().join("trash").join(volume_id)
     }
 
     /// `POST /workspaces/:id/restore`.
@@ -1487,4 +1693,264 @@ pub fn assert_files_intact(dir: &Path, planted: &std::collections::BTreeMap<Stri
             ),
         }
     }
+}
+
+// ---- A control plane of its own: `holdfast cp serve` -----------------------
+
+/// A running `holdfast cp serve` with its own data dir, started with
+/// [`CP_SHARED_SECRET`]. It keeps its address across restarts, so that the
+/// servers using it need not be told. Dropping it sends SIGTERM (which stops
+/// its workspaces), waits for it to exit (SIGKILL after 10 s) and then kills
+/// any workspace process it left behind.
+pub struct CpServer {
+    pub url: String,
+    pub client: reqwest::Client,
+    /// `127.0.0.1:<port>`, the port its first start picked.
+    listen: String,
+    args: Vec<String>,
+    /// Variables set on the process on top of the cleaned environment (for
+    /// failpoints); empty for an ordinary start.
+    env: Vec<(String, String)>,
+    process: Child,
+    log: Arc<Mutex<String>>,
+    // Declared last so that it is removed after the process is gone.
+    data_dir: tempfile::TempDir,
+}
+
+impl CpServer {
+    /// A control plane started with the extra flags `args`, with one tenant
+    /// per name of `tenants` added before it starts; returns it and the
+    /// tenants' tokens, in the order of `tenants`.
+    pub fn start_with_tenants(tenants: &[&str], args: &[&str]) -> (CpServer, Vec<String>) {
+        Self::start_with_args(tenants, args.iter().map(|a| (*a).to_owned()).collect())
+    }
+
+    fn start_with_args(tenants: &[&str], args: Vec<String>) -> (CpServer, Vec<String>) {
+        let data_dir = tempfile::tempdir().expect("create a temp data dir for the control plane");
+        let tokens = tenants
+            .iter()
+            .map(|name| add_tenant(data_dir.path(), name))
+            .collect();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (process, url) = launch_cp(data_dir.path(), "127.0.0.1:0", &args, &[], &log);
+        let (process, url) = expect_listening("holdfast cp serve", process, url, &log);
+        let listen = url
+            .strip_prefix("http://")
+            .expect("an http:// control plane URL")
+            .to_owned();
+        let cp = CpServer {
+            url,
+            client: http_client(),
+            listen,
+            args,
+            env: Vec::new(),
+            process,
+            log,
+            data_dir,
+        };
+        (cp, tokens)
+    }
+
+    /// Its `--data-dir`, where its volumes, scratch dirs and trash live.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// `<data-dir>/volumes/<id>`.
+    pub fn volume_dir(&self, workspace_id: &str) -> PathBuf {
+        self.data_dir().join("volumes").join(workspace_id)
+    }
+
+    /// The flags that make `holdfast serve` use this control plane as the
+    /// tenant of `tenant_token`.
+    pub fn platform_flags(&self, tenant_token: &str) -> Vec<String> {
+        [
+            "--cp-url",
+            &self.url,
+            "--cp-shared-secret",
+            CP_SHARED_SECRET,
+            "--cp-tenant-token",
+            tenant_token,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// A request to `path` with neither the shared secret nor a tenant token.
+    pub fn unauthenticated(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.url))
+    }
+
+    /// A request to `path` with the shared secret and `tenant_token`, as the
+    /// platform of that tenant sends it.
+    pub fn as_tenant(&self, tenant_token: &str, method: Method, path: &str) -> RequestBuilder {
+        self.unauthenticated(method, path)
+            .bearer_auth(CP_SHARED_SECRET)
+            .header("X-Holdfast-Tenant-Token", tenant_token)
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn send(&self, request: RequestBuilder) -> ApiResponse {
+        send_request(request).await
+    }
+
+    /// Everything it printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Kills it with SIGKILL, as a host crash would (its workspace
+    /// processes, in process groups of their own, survive it), and starts it
+    /// again on its address and data dir with the environment `env`. A
+    /// failpoint may abort the new process before it listens, so this
+    /// returns once it listens *or* has exited; follow with
+    /// [`Self::expect_abort`] when a crash is expected.
+    pub fn crash_and_restart_with_env(&mut self, env: &[(&str, &str)]) {
+        kill_process_group(self.process.id());
+        let _ = self.process.wait();
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.log
+            .lock()
+            .unwrap()
+            .push_str(&format!("---- server restarted with {env:?} ----\n"));
+        let (process, url) = launch_cp(
+            self.data_dir.path(),
+            &self.listen,
+            &self.args,
+            &self.env,
+            &self.log,
+        );
+        self.process = process;
+        if let Some(url) = url {
+            assert_eq!(url, self.url, "the control plane must keep its address");
+        }
+    }
+
+    /// Waits for it to end on its own and asserts that it aborted at
+    /// `failpoint`, as [`TestApp::expect_server_abort`] does for a server.
+    pub async fn expect_abort(&mut self, failpoint: &str) {
+        expect_abort(&mut self.process, &self.log, "the control plane", failpoint).await;
+    }
+
+    /// Starts it again after it ended on its own, without the environment
+    /// given to [`Self::crash_and_restart_with_env`].
+    pub fn start_again_without_env(&mut self) {
+        assert!(
+            self.process
+                .try_wait()
+                .expect("poll the control plane process")
+                .is_some(),
+            "the previous control plane is still running"
+        );
+        self.env.clear();
+        self.start_again();
+    }
+
+    /// Sends SIGTERM, as an operator would, and fails the test when it has
+    /// not exited on its own within the poll timeout. Whatever it left
+    /// running is left for the test to see (and for the drop to reap).
+    pub async fn stop_expecting_graceful_exit(&mut self) {
+        let pid = self.process.id();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + POLL_TIMEOUT;
+        while self
+            .process
+            .try_wait()
+            .expect("poll the control plane process")
+            .is_none()
+        {
+            if Instant::now() >= deadline {
+                kill_process_group(pid);
+                let _ = self.process.wait();
+                panic!(
+                    "the control plane did not exit within {POLL_TIMEOUT:?} of SIGTERM; output:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Kills it with SIGKILL and starts it again on its address.
+    pub fn crash_and_restart(&mut self) {
+        kill_process_group(self.process.id());
+        let _ = self.process.wait();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
+        self.log
+            .lock()
+            .unwrap()
+            .push_str("---- server restarted ----\n");
+        let (process, url) = launch_cp(
+            self.data_dir.path(),
+            &self.listen,
+            &self.args,
+            &self.env,
+            &self.log,
+        );
+        let (process, url) = expect_listening("holdfast cp serve", process, url, &self.log);
+        assert_eq!(url, self.url, "the control plane must keep its address");
+        self.process = process;
+    }
+}
+
+impl Drop for CpServer {
+    fn drop(&mut self) {
+        // One that has already exited (a failpoint, a graceful stop) is not
+        // signalled again: its pid may belong to someone else by now.
+        if matches!(self.process.try_wait(), Ok(None)) {
+            stop_server(&mut self.process);
+        }
+        reap_processes_of(self.data_dir.path());
+        if std::thread::panicking() {
+            eprintln!("---- holdfast cp serve output ----\n{}", self.log());
+        }
+    }
+}
+
+/// `holdfast cp tenant add <name> --data-dir <data_dir>`: the tenant's token,
+/// which it prints alone on stdout.
+fn add_tenant(data_dir: &Path, name: &str) -> String {
+    let out = holdfast_command()
+        .args(["cp", "tenant", "add", name, "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run holdfast cp tenant add");
+    assert!(
+        out.status.success(),
+        "holdfast cp tenant add {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("a UTF-8 token");
+    let token = stdout.trim();
+    assert!(
+        !token.is_empty() && token.lines().count() == 1,
+        "the tenant token is printed alone on stdout, got {stdout:?}"
+    );
+    token.to_owned()
+}
+
+/// Starts `holdfast cp serve` on `listen` and waits for its listening line;
+/// `None` when it exits first.
+fn launch_cp(
+    data_dir: &Path,
+    listen: &str,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Arc<Mutex<String>>,
+) -> (Child, Option<String>) {
+    let mut cmd = holdfast_command();
+    cmd.args(["cp", "serve", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .args(["--shared-secret", CP_SHARED_SECRET])
+        .args(args);
+    launch("holdfast cp serve", cmd, env, log)
 }
