@@ -98,6 +98,21 @@ fn admin_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<(Secret
     Ok((token, true))
 }
 
+/// This replica's id, kept in `<data-dir>/replica-id` (made on first start).
+fn replica_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!("replica-{}", uuid::Uuid::new_v4());
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 /// Logs to stderr, filtered by `HOLDFAST_LOG` (default `info`).
 pub fn init_tracing() {
     tracing_subscriber::fmt()
@@ -160,7 +175,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         backoff_base: args.restart_backoff.0,
         ..ReconcilerSettings::default()
     };
-    let app = App::new(store, cp, &token, url.clone(), reconciler).await?;
+    let app = App::new(
+        store,
+        cp,
+        &token,
+        url.clone(),
+        reconciler,
+        replica_id(&data_dir)?,
+    )
+    .await?;
     let background = app.spawn_background();
     let sweeper = app.spawn_sweeper(args.sweep_interval.0);
 

@@ -81,16 +81,18 @@ impl App {
         actor: &str,
         wait: std::time::Duration,
     ) -> ApiResult<SweepReport> {
+        // A short lease, renewed while the pass runs: a replica that dies
+        // mid-pass holds up the others for at most SWEEP_LEASE.
+        const SWEEP_LEASE: i64 = 30_000;
         let shared = self.store.dialect() == holdfast_store::Dialect::Postgres;
+        let mut renew = None;
         if shared && !dry_run {
             let deadline = std::time::Instant::now() + wait;
             loop {
                 let now = now_millis();
-                // Longer than any pass; a replica that dies mid-pass lets the
-                // next one in when it runs out.
                 if self
                     .store
-                    .try_lease("sweeper", &self.replica_id, now + 600_000, now)
+                    .try_lease("sweeper", &self.replica_id, now + SWEEP_LEASE, now)
                     .await?
                 {
                     break;
@@ -103,9 +105,21 @@ impl App {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+            let store = self.store.clone();
+            let holder = self.replica_id.clone();
+            renew = Some(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                    let now = now_millis();
+                    let _ = store
+                        .try_lease("sweeper", &holder, now + SWEEP_LEASE, now)
+                        .await;
+                }
+            }));
         }
         let report = self.cp.sweep(dry_run, actor).await;
-        if shared && !dry_run {
+        if let Some(renew) = renew {
+            renew.abort();
             let _ = self.store.release_lease("sweeper", &self.replica_id).await;
         }
         let report = report?;

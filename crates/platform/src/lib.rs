@@ -53,7 +53,9 @@ pub struct App {
     /// For relaying messages to runtimes.
     http: reqwest::Client,
     metrics: metrics::Metrics,
-    /// This process, as a lease holder on a shared database.
+    /// This replica, as a lease holder on a shared database. Stable across
+    /// restarts (kept in its data dir), so that a replica restarted after a
+    /// crash takes back its own leases at once instead of waiting them out.
     replica_id: String,
 }
 
@@ -64,6 +66,7 @@ impl App {
         admin_token: &Secret,
         public_url: String,
         reconciler: ReconcilerSettings,
+        replica_id: String,
     ) -> anyhow::Result<Arc<App>> {
         let default_org = store.default_org(holdfast_domain::now_millis()).await?.id;
         Ok(Arc::new(App {
@@ -80,7 +83,7 @@ impl App {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             metrics: metrics::Metrics::default(),
-            replica_id: format!("replica-{}", Uuid::new_v4()),
+            replica_id,
         }))
     }
 

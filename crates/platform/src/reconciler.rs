@@ -62,8 +62,9 @@ enum Seen {
 }
 
 /// How long a replica's lease on a workspace lasts: longer than any single
-/// start or stop (a stop waits at most its stop timeout).
-const LEASE: Duration = Duration::from_secs(60);
+/// start or stop (a stop waits at most its stop timeout). Another replica
+/// waits at most this long for one that died holding it.
+const LEASE: Duration = Duration::from_secs(30);
 
 /// Timing knobs of the reconciler.
 #[derive(Debug, Clone)]

@@ -41,6 +41,54 @@ const CP_ONLY_FLAGS: &[&str] = &[
 /// its own interval, and the platform asks it to sweep on its own.
 const SHARED_FLAGS: &[&str] = &["--sweep-interval"];
 
+/// Set to `postgres` to run the suite on PostgreSQL: each server gets a
+/// fresh database on the server `HOLDFAST_TEST_DATABASE_URL` names.
+const STORE_ENV: &str = "HOLDFAST_TEST_STORE";
+
+/// Whether this run of the suite stores the platform's state in PostgreSQL.
+pub fn postgres_mode() -> bool {
+    std::env::var(STORE_ENV).is_ok_and(|s| s == "postgres")
+}
+
+/// `--database-url` of a fresh, empty PostgreSQL database (created with
+/// `psql` on the test server), or nothing outside PostgreSQL mode.
+pub fn database_flags() -> Vec<String> {
+    if !postgres_mode() {
+        return Vec::new();
+    }
+    let admin = std::env::var("HOLDFAST_TEST_DATABASE_URL")
+        .expect("HOLDFAST_TEST_STORE=postgres needs HOLDFAST_TEST_DATABASE_URL (a PostgreSQL server to create databases on)");
+    vec!["--database-url".to_owned(), fresh_database(&admin)]
+}
+
+/// Creates an empty database on the server `admin_url` names; returns its URL.
+pub fn fresh_database(admin_url: &str) -> String {
+    let name = format!("holdfast_api_{}", uuid::Uuid::new_v4().simple());
+    let out = std::process::Command::new("psql")
+        .arg(admin_url)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("run psql (PostgreSQL's client) to create a test database");
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, String::new()), |(b, q)| (b, format!("?{q}")));
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let base = base[host_start..]
+        .find('/')
+        .map_or(base, |slash| &base[..host_start + slash]);
+    format!("{base}/{name}{query}")
+}
+
 /// Whether this run of the suite uses a remote control plane.
 pub fn remote_mode() -> bool {
     std::env::var(CP_MODE_ENV).is_ok_and(|mode| mode == "remote")
@@ -231,6 +279,9 @@ impl TestApp {
     }
 
     fn spawn_with_args(extra_args: Vec<String>) -> TestApp {
+        // On PostgreSQL each server gets a database of its own; restarts of
+        // the same server keep it (it is part of the flags).
+        let extra_args = [extra_args, database_flags()].concat();
         if !remote_mode() {
             let data_dir = tempfile::tempdir().expect("create a temp data dir");
             let cp_data_dir = data_dir.path().to_path_buf();
