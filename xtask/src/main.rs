@@ -4,6 +4,7 @@
 //! measuring side of a benchmark is never the slow part of it.
 
 mod bench;
+mod postgres;
 mod test;
 
 use std::process::ExitCode;
@@ -13,10 +14,16 @@ Usage: cargo xtask <task> [options]
 
 Tasks:
   test            Run every check CI runs: cargo fmt --check, clippy with
-                  -D warnings, and every test of the workspace.
-  bench [--n N]   Build holdfast in release, start it, and print a table of
-                  create -> online latency beside a bare spawn+mkdir baseline
-                  measured in the same run (N workspaces, default 200).
+                  -D warnings, every test of the workspace, the API suite
+                  again against a remote control plane and on a throwaway
+                  PostgreSQL, and the canvas's browser tests.
+  bench [--n N] [--only SECTION[,SECTION]] [--delete-n N] [--erase-reps R]
+        [--server-bin PATH]
+                  Build holdfast in release and print the benchmark tables:
+                  create_online (create -> online beside a bare spawn+mkdir
+                  baseline), delete_latency (DELETE with a 1 GiB volume),
+                  erase_throughput (against rm -rf), sweep_pass (100,000
+                  volume records). See BENCHMARKS.md.
   help            Print this help.
 ";
 

@@ -2,6 +2,8 @@
 //! every test of the workspace (unit tests, the store and architecture tests,
 //! and the black-box API suite against the real binary), then the canvas's
 //! browser tests (`tests/browser`, Debian's Chromium driven by playwright-core).
+//! The API suite also runs against a remote control plane and on a throwaway
+//! PostgreSQL cluster.
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -72,6 +74,24 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
+    // A throwaway PostgreSQL for the tests that need one (dropped, and so
+    // stopped, when this function returns). Under CI a missing PostgreSQL
+    // is installed, or the run fails.
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let postgres = crate::postgres::Cluster::start(ci)?;
+    let db_env: Vec<(&str, &str)> = postgres
+        .as_ref()
+        .map(|c| vec![("HOLDFAST_TEST_DATABASE_URL", c.url.as_str())])
+        .unwrap_or_default();
+    let api = [
+        "nextest",
+        "run",
+        "-p",
+        "holdfast",
+        "--test",
+        "api",
+        "--no-fail-fast",
+    ];
     if have_nextest(root) {
         // nextest does not run doc tests. They go first so that the run ends
         // on nextest's summary of every test.
@@ -81,38 +101,43 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             "cargo",
             &["test", "--workspace", "--doc"],
         )?;
-        // The API suite a second time, each test against a `holdfast cp
-        // serve` of its own (SPEC §9: the platform behaves the same with a
-        // remote control plane). It runs before the whole workspace, and its
-        // failure is reported after it, so that the run still ends on
-        // nextest's summary of every test.
+        // The API suite twice more: against a `holdfast cp serve` of its own
+        // per test (SPEC §9: the platform behaves the same with a remote
+        // control plane), and on PostgreSQL. They run before the whole
+        // workspace and their failures are reported after it, so that the
+        // run still ends on nextest's summary of every test.
+        let remote_env = [db_env.clone(), vec![("HOLDFAST_TEST_CP", "remote")]].concat();
         let remote = run_with_env(
             root,
             "API tests with a remote control plane",
-            &[("HOLDFAST_TEST_CP", "remote")],
+            &remote_env,
             "cargo",
-            &[
-                "nextest",
-                "run",
-                "-p",
-                "holdfast",
-                "--test",
-                "api",
-                "--no-fail-fast",
-            ],
+            &api,
         );
-        run(
+        let on_postgres = match &postgres {
+            Some(_) => {
+                let env = [db_env.clone(), vec![("HOLDFAST_TEST_STORE", "postgres")]].concat();
+                run_with_env(root, "API tests on PostgreSQL", &env, "cargo", &api)
+            }
+            None => Ok(()),
+        };
+        // The store's tests and the replica tests use PostgreSQL through
+        // HOLDFAST_TEST_DATABASE_URL.
+        run_with_env(
             root,
             "tests",
+            &db_env,
             "cargo",
             &["nextest", "run", "--workspace", "--no-fail-fast"],
         )?;
         remote?;
+        on_postgres?;
     } else {
         eprintln!("cargo-nextest not found; falling back to cargo test");
-        run(
+        run_with_env(
             root,
             "tests",
+            &db_env,
             "cargo",
             &["test", "--workspace", "--no-fail-fast"],
         )?;
