@@ -94,7 +94,7 @@ impl App {
         ids.extend(descendants.iter().map(|d| d.id));
         let removed = self
             .store
-            .mark_removed(&ids, req.erase_data, now_millis())
+            .mark_removed(&ids, req.erase_data, &caller.actor(), now_millis())
             .await?;
         failpoint::hit("delete.after_mark");
         let actor = caller.actor();

@@ -280,7 +280,12 @@ impl App {
         let id = ws.id;
         if ws.is_removed() {
             if !ws.compute_released {
-                self.finish_removal_locked(&ws, "reconciler")
+                // Finished on behalf of whoever asked for the removal.
+                let actor = ws
+                    .removed_by
+                    .clone()
+                    .unwrap_or_else(|| "reconciler".to_owned());
+                self.finish_removal_locked(&ws, &actor)
                     .await
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             }

@@ -35,6 +35,8 @@ pub struct WorkspaceRow {
     pub started_at: Option<Millis>,
     /// When its runtime last registered or heartbeated.
     pub last_heartbeat: Option<Millis>,
+    /// Who asked for its removal.
+    pub removed_by: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub removed_at: Option<Millis>,
@@ -70,6 +72,7 @@ impl WorkspaceRow {
             instance_generation: row.try_get("instance_generation")?,
             started_at: row.try_get("started_at")?,
             last_heartbeat: row.try_get("last_heartbeat")?,
+            removed_by: row.try_get("removed_by")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             removed_at: row.try_get("removed_at")?,
@@ -116,7 +119,7 @@ impl WorkspacePatch {
 
 const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
-    compute_released, instance_generation, started_at, last_heartbeat, created_at, updated_at, removed_at";
+    compute_released, instance_generation, started_at, last_heartbeat, removed_by, created_at, updated_at, removed_at";
 
 fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("domain types serialize")
@@ -171,6 +174,7 @@ impl Store {
             instance_generation: None,
             started_at: None,
             last_heartbeat: None,
+            removed_by: None,
             created_at: now,
             updated_at: now,
             removed_at: None,
@@ -478,20 +482,27 @@ impl Store {
     /// stopped by the reconciler, never running workspaces that were asked to
     /// go away.
     #[tracing::instrument(skip_all, name = "store.mark_removed", fields(count = ids.len()))]
-    pub async fn mark_removed(&self, ids: &[Uuid], erase: bool, now: Millis) -> StoreResult<u64> {
+    pub async fn mark_removed(
+        &self,
+        ids: &[Uuid],
+        erase: bool,
+        actor: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
         let mut tx = self.pool().begin().await?;
         let mut n = 0;
         for id in ids {
             let done = sqlx::query(
                 "UPDATE workspaces SET removed_at = $2, status = $3, desired = $4, \
-                 delete_erase = $5, compute_released = 0, token_hash = NULL, updated_at = $2 \
-                 WHERE id = $1 AND removed_at IS NULL",
+                 delete_erase = $5, compute_released = 0, token_hash = NULL, removed_by = $6, \
+                 updated_at = $2 WHERE id = $1 AND removed_at IS NULL",
             )
             .bind(id.to_string())
             .bind(now)
             .bind(Status::Removed.as_str())
             .bind(DesiredState::Removed.as_str())
             .bind(i64::from(erase))
+            .bind(actor.to_owned())
             .execute(&mut *tx)
             .await?;
             n += done.rows_affected();

@@ -14,6 +14,7 @@ mod misc;
 mod orgs;
 mod persistence;
 mod recovery;
+mod replicas;
 mod runtime;
 mod sweeper;
 mod tenancy;
