@@ -37,6 +37,15 @@ fn is_root() -> bool {
 
 /// Runs a PostgreSQL tool, as the `postgres` user when we are root.
 fn pg(bin: &Path, tool: &str, args: &[String]) -> anyhow::Result<()> {
+    pg_with(bin, tool, args, std::process::Stdio::inherit())
+}
+
+fn pg_with(
+    bin: &Path,
+    tool: &str,
+    args: &[String],
+    stdout: std::process::Stdio,
+) -> anyhow::Result<()> {
     let program = bin.join(tool);
     let status = if is_root() {
         let line = std::iter::once(program.display().to_string())
@@ -48,9 +57,10 @@ fn pg(bin: &Path, tool: &str, args: &[String]) -> anyhow::Result<()> {
             .join(" ");
         Command::new("su")
             .args(["postgres", "-s", "/bin/sh", "-c", &line])
+            .stdout(stdout)
             .status()
     } else {
-        Command::new(&program).args(args).status()
+        Command::new(&program).args(args).stdout(stdout).status()
     }
     .with_context(|| format!("running {tool}"))?;
     if !status.success() {

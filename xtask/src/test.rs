@@ -142,6 +142,9 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             &["test", "--workspace", "--no-fail-fast"],
         )?;
     }
+    // Stopped before the browser tests, so that the run's last line is the
+    // browser tests' summary (or nextest's).
+    drop(postgres);
     browser(root)
 }
 
