@@ -64,7 +64,13 @@ impl Modify for BearerAuth {
     }
 }
 
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "this document")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+/// Every route but `/health` and the canvas login needs a token (SPEC §10),
+/// this document included.
+#[utoipa::path(
+    get, path = "/openapi.json",
+    responses((status = 200, description = "this document"), (status = 401, body = crate::dto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn openapi_json(_caller: crate::auth::Caller) -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

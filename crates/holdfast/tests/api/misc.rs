@@ -32,3 +32,16 @@ async fn openapi_document_is_3_1_and_lists_the_workspace_paths() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_needs_a_token_like_every_route_but_health() {
+    let app = TestApp::spawn().await;
+    let anonymous = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    app.get("/openapi.json").await.expect_status(200);
+}
