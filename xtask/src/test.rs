@@ -13,16 +13,7 @@ use std::process::{Command, Stdio};
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn run(root: &Path, what: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
-    eprintln!("==> {what}: {program} {}", args.join(" "));
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(root)
-        .status()
-        .with_context(|| format!("running {program}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
+    run_with_env(root, what, &[], program, args)
 }
 
 /// Like [`run`], with the environment variables `env` set for the command.

@@ -4,8 +4,8 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use holdfast_cp::http_server::{CpService, router, token_hash};
-use holdfast_cp::{ControlPlane, CpPolicy, EmbeddedCp};
-use holdfast_domain::{DataPersistence, DurationArg, now_millis};
+use holdfast_cp::{ControlPlane, EmbeddedCp};
+use holdfast_domain::{DurationArg, now_millis};
 use holdfast_store::Store;
 use std::path::{Path, PathBuf};
 
@@ -47,20 +47,10 @@ pub struct CpServeArgs {
     /// The secret every platform sends as `Authorization: Bearer …`.
     #[arg(long, env = "HOLDFAST_SHARED_SECRET", hide_env_values = true)]
     shared_secret: String,
-    #[arg(
-        long,
-        env = "HOLDFAST_DEFAULT_DATA_PERSISTENCE",
-        default_value = "persist"
-    )]
-    default_data_persistence: DataPersistence,
-    #[arg(long, env = "HOLDFAST_RETENTION_GRACE", default_value = "7d")]
-    retention_grace: DurationArg,
-    #[arg(long, env = "HOLDFAST_ERASE_GRACE", default_value = "5m")]
-    erase_grace: DurationArg,
+    #[command(flatten)]
+    policy: crate::serve::PolicyArgs,
     #[arg(long, env = "HOLDFAST_SWEEP_INTERVAL", default_value = "60s")]
     sweep_interval: DurationArg,
-    #[arg(long, env = "HOLDFAST_STOP_TIMEOUT", default_value = "10s")]
-    stop_timeout: DurationArg,
 }
 
 pub async fn open_store(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Store> {
@@ -106,16 +96,9 @@ async fn serve(args: CpServeArgs) -> anyhow::Result<()> {
     }
     let store = open_store(&args.data_dir, args.database_url.as_deref()).await?;
     let data_dir = args.data_dir.canonicalize()?;
-    let policy = CpPolicy {
-        default_persistence: args.default_data_persistence,
-        retention_grace: args.retention_grace.0,
-        erase_grace: args.erase_grace.0,
-        runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
-        stop_timeout: args.stop_timeout.0,
-        // A standalone control plane has no workspace table: records are
-        // never taken for orphans by the absence of one.
-        with_workspaces: false,
-    };
+    // A standalone control plane has no workspace table: records are never
+    // taken for orphans by the absence of one.
+    let policy = args.policy.policy(false)?;
     let engine = EmbeddedCp::start(store.clone(), data_dir, policy).await?;
     let svc = CpService::new(engine.clone(), store, args.shared_secret.trim());
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -27,19 +27,8 @@ pub struct ServeArgs {
     /// <data-dir>/admin-token).
     #[arg(long, env = "HOLDFAST_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// What a workspace without `compute.data_persistence` (auto) gets.
-    #[arg(
-        long,
-        env = "HOLDFAST_DEFAULT_DATA_PERSISTENCE",
-        default_value = "persist"
-    )]
-    default_data_persistence: DataPersistence,
-    /// How long data of a workspace deleted without erase is kept.
-    #[arg(long, env = "HOLDFAST_RETENTION_GRACE", default_value = "7d")]
-    retention_grace: DurationArg,
-    /// How long data of a workspace deleted with erase can still be restored.
-    #[arg(long, env = "HOLDFAST_ERASE_GRACE", default_value = "5m")]
-    erase_grace: DurationArg,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// How often the sweeper runs (it also runs at start).
     #[arg(long, env = "HOLDFAST_SWEEP_INTERVAL", default_value = "60s")]
     sweep_interval: DurationArg,
@@ -65,9 +54,6 @@ pub struct ServeArgs {
     /// This platform's tenant token on the remote control plane.
     #[arg(long, env = "HOLDFAST_CP_TENANT_TOKEN", hide_env_values = true)]
     cp_tenant_token: Option<String>,
-    /// How long a workspace process gets between SIGTERM and SIGKILL.
-    #[arg(long, env = "HOLDFAST_STOP_TIMEOUT", default_value = "10s")]
-    stop_timeout: DurationArg,
 }
 
 /// Reads, or creates on first start, the admin token. Returns it and whether
@@ -96,6 +82,43 @@ fn admin_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<(Secret
     f.sync_all()?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok((token, true))
+}
+
+/// The control plane's policy flags, shared by `serve` (its embedded control
+/// plane) and `cp serve`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// What a workspace without `compute.data_persistence` (auto) gets.
+    #[arg(
+        long,
+        env = "HOLDFAST_DEFAULT_DATA_PERSISTENCE",
+        default_value = "persist"
+    )]
+    default_data_persistence: DataPersistence,
+    /// How long data of a workspace deleted without erase is kept.
+    #[arg(long, env = "HOLDFAST_RETENTION_GRACE", default_value = "7d")]
+    retention_grace: DurationArg,
+    /// How long data of a workspace deleted with erase can still be restored.
+    #[arg(long, env = "HOLDFAST_ERASE_GRACE", default_value = "5m")]
+    erase_grace: DurationArg,
+    /// How long a workspace process gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "HOLDFAST_STOP_TIMEOUT", default_value = "10s")]
+    stop_timeout: DurationArg,
+}
+
+impl PolicyArgs {
+    /// `with_workspaces`: whether the control plane shares the platform's
+    /// store (embedded), so that its sweeper can tell orphan records.
+    pub fn policy(&self, with_workspaces: bool) -> anyhow::Result<CpPolicy> {
+        Ok(CpPolicy {
+            default_persistence: self.default_data_persistence,
+            retention_grace: self.retention_grace.0,
+            erase_grace: self.erase_grace.0,
+            runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
+            stop_timeout: self.stop_timeout.0,
+            with_workspaces,
+        })
+    }
 }
 
 /// This replica's id, kept in `<data-dir>/replica-id` (made on first start).
@@ -150,14 +173,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (Arc::new(HttpCp::new(url, secret, tenant)?), None)
         }
         None => {
-            let policy = CpPolicy {
-                default_persistence: args.default_data_persistence,
-                retention_grace: args.retention_grace.0,
-                erase_grace: args.erase_grace.0,
-                runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
-                stop_timeout: args.stop_timeout.0,
-                with_workspaces: true,
-            };
+            let policy = args.policy.policy(true)?;
             let cp = EmbeddedCp::start(store.clone(), data_dir.clone(), policy).await?;
             (cp.clone(), Some(cp))
         }
