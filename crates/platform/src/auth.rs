@@ -6,7 +6,6 @@ use crate::App;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use holdfast_store::TokenKind;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -131,11 +130,9 @@ impl FromRequestParts<Arc<App>> for Caller {
                 org_id: Some(org_id),
             });
         }
-        match app.store.find_token(&hex).await? {
-            Some(t) if t.kind == TokenKind::Org => {
-                t.org_id.map(Caller::Org).ok_or_else(ApiError::unauthorized)
-            }
-            _ => Err(ApiError::unauthorized()),
+        match app.store.org_of_token(&hex).await? {
+            Some(org) => Ok(Caller::Org(org)),
+            None => Err(ApiError::unauthorized()),
         }
     }
 }

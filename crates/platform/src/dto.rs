@@ -396,9 +396,3 @@ pub struct ErrorBody {
     /// A stable snake_case code.
     pub code: String,
 }
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ChildRef {
-    pub id: Uuid,
-    pub name: String,
-}

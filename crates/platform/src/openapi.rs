@@ -42,7 +42,7 @@ use utoipa::{Modify, OpenApi};
     components(schemas(
         dto::WorkspaceView, dto::DataSummary, dto::CreateWorkspaceRequest, dto::PatchWorkspaceRequest,
         dto::DeleteResponse, dto::VolumeView, dto::HistoryView, dto::ErrorBody, dto::Health,
-        dto::RuntimeSchema, dto::ComputeSchema, dto::VolumeSpecSchema, dto::ChildRef,
+        dto::RuntimeSchema, dto::ComputeSchema, dto::VolumeSpecSchema,
         crate::events::Event, crate::registry::RegisterRequest, crate::registry::RegisterResponse,
         crate::registry::HeartbeatRequest, crate::messages::MessageRequest,
         crate::data::SweepRequest, crate::data::AuditView, holdfast_cp::sweep::SweepReport,

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use holdfast_domain::{WorkspaceName, format_millis, now_millis};
-use holdfast_store::{Org, StoreError, TokenKind};
+use holdfast_store::{Org, StoreError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -124,13 +124,7 @@ pub async fn create_org_token(
         .ok_or_else(|| ApiError::not_found("org"))?;
     let token = generate_token("hfo");
     app.store
-        .insert_token(
-            &hash_hex(token.expose()),
-            TokenKind::Org,
-            Some(org.id),
-            None,
-            now_millis(),
-        )
+        .insert_org_token(&hash_hex(token.expose()), org.id, now_millis())
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -19,10 +19,7 @@ mod workspaces;
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use orgs::Org;
 pub use tenants::Tenant;
-pub use tokens::{TokenKind, TokenRow};
-pub use volumes::{
-    InstanceRow, Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition,
-};
+pub use volumes::{Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition};
 pub use workspaces::{NewWorkspace, WorkspacePatch, WorkspaceRow};
 
 use anyhow::Context;

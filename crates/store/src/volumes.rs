@@ -69,15 +69,6 @@ pub struct VolumeTransition<'a> {
     pub reason: Option<&'a str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceRow {
-    pub workspace_id: Uuid,
-    pub instance_id: String,
-    pub pid: i64,
-    pub mode: String,
-    pub started_at: Millis,
-}
-
 const VOLUME_COLUMNS: &str = "id, workspace_id, state, bytes, size_gb, retain_until, erase_after, \
     erased_at, bytes_erased, erased_by, reason, created_at, updated_at";
 
@@ -294,51 +285,6 @@ impl Store {
                     to_state: r.try_get("to_state")?,
                     actor: r.try_get("actor")?,
                     reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Records the process running a workspace, so that a restarted server can
-    /// find what the previous one left running.
-    pub async fn upsert_instance(&self, inst: &InstanceRow) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO instances (workspace_id, instance_id, pid, mode, started_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (workspace_id) DO UPDATE SET instance_id = $2, pid = $3, mode = $4, started_at = $5",
-        )
-        .bind(inst.workspace_id.to_string())
-        .bind(inst.instance_id.clone())
-        .bind(inst.pid)
-        .bind(inst.mode.clone())
-        .bind(inst.started_at)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    pub async fn delete_instance(&self, workspace_id: Uuid, instance_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM instances WHERE workspace_id = $1 AND instance_id = $2")
-            .bind(workspace_id.to_string())
-            .bind(instance_id.to_owned())
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    pub async fn list_instances(&self) -> StoreResult<Vec<InstanceRow>> {
-        let rows =
-            sqlx::query("SELECT workspace_id, instance_id, pid, mode, started_at FROM instances")
-                .fetch_all(self.pool())
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(InstanceRow {
-                    workspace_id: parse_uuid(r, "workspace_id")?,
-                    instance_id: r.try_get("instance_id")?,
-                    pid: r.try_get("pid")?,
-                    mode: r.try_get("mode")?,
-                    started_at: r.try_get("started_at")?,
                 })
             })
             .collect()

@@ -213,11 +213,6 @@ impl Store {
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
 
-    /// Every workspace that is not removed, for the reconciler.
-    pub async fn live_workspaces(&self) -> StoreResult<Vec<WorkspaceRow>> {
-        self.list_workspaces(None, false).await
-    }
-
     /// Live (not removed) descendants of `id`, nearest first.
     #[tracing::instrument(skip_all, name = "store.live_descendants", fields(workspace_id = %id))]
     pub async fn live_descendants(&self, id: Uuid) -> StoreResult<Vec<WorkspaceRow>> {
@@ -241,26 +236,6 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
-    }
-
-    /// Whether making `new_parent` the parent of `id` would close a cycle.
-    pub async fn is_ancestor_or_self(&self, id: Uuid, candidate: Uuid) -> StoreResult<bool> {
-        if id == candidate {
-            return Ok(true);
-        }
-        let mut cursor = Some(candidate);
-        let mut hops = 0;
-        while let Some(cur) = cursor {
-            if cur == id {
-                return Ok(true);
-            }
-            hops += 1;
-            if hops > 10_000 {
-                return Ok(true);
-            }
-            cursor = self.get_workspace(cur).await?.and_then(|w| w.parent_id);
-        }
-        Ok(false)
     }
 
     /// Applies a configuration change. Returns the updated row.
@@ -475,7 +450,7 @@ impl Store {
     }
 
     /// Marks `ids` removed in one transaction, with the erase choice, and
-    /// revokes their tokens. Rows already removed are left as they are.
+    /// revokes their tokens (the token hash on the row is cleared). Rows already removed are left as they are.
     ///
     /// Ordering: this runs before any compute is stopped, so that a crash
     /// between the two leaves workspaces that are removed in intent and are
@@ -506,13 +481,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             n += done.rows_affected();
-            sqlx::query(
-                "UPDATE tokens SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(id.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         }
         tx.commit().await?;
         Ok(n)
@@ -549,16 +517,6 @@ impl Store {
             .bind(id.to_string())
             .bind(status.as_str())
             .bind(now)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Records the URL a runtime registered (or clears it).
-    pub async fn set_url(&self, id: Uuid, url: Option<&str>) -> StoreResult<()> {
-        sqlx::query("UPDATE workspaces SET url = $2 WHERE id = $1")
-            .bind(id.to_string())
-            .bind(url.map(str::to_owned))
             .execute(self.pool())
             .await?;
         Ok(())
