@@ -42,6 +42,11 @@ fn run_with_env(
     Ok(())
 }
 
+fn on_path(program: &str) -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join(program).is_file())
+}
+
 fn have_nextest(root: &Path) -> bool {
     Command::new("cargo")
         .args(["nextest", "--version"])
@@ -70,6 +75,16 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     // is installed, or the run fails.
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let postgres = crate::postgres::Cluster::start(ci)?;
+    // The sandbox tests need bubblewrap; under CI it is installed when
+    // missing (outside CI those tests skip and say why).
+    if ci && !on_path("bwrap") {
+        run(
+            root,
+            "install bubblewrap",
+            "sh",
+            &["-c", "apt-get update && apt-get install -y bubblewrap"],
+        )?;
+    }
     let db_env: Vec<(&str, &str)> = postgres
         .as_ref()
         .map(|c| vec![("HOLDFAST_TEST_DATABASE_URL", c.url.as_str())])

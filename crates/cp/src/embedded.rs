@@ -30,6 +30,8 @@ pub struct CpPolicy {
     /// Whether the store also holds the platform's workspaces (embedded in
     /// `serve`), which lets the sweeper find records without a workspace.
     pub with_workspaces: bool,
+    /// How workspace processes are confined.
+    pub sandbox: crate::process::Sandbox,
 }
 
 pub struct EmbeddedCp {
@@ -52,7 +54,11 @@ impl EmbeddedCp {
         data_dir: PathBuf,
         policy: CpPolicy,
     ) -> anyhow::Result<Arc<Self>> {
-        let backend = ProcessBackend::new(Layout::new(data_dir), policy.stop_timeout);
+        let backend = ProcessBackend::new(
+            Layout::new(data_dir),
+            policy.stop_timeout,
+            policy.sandbox.clone(),
+        );
         let cp = Arc::new(EmbeddedCp {
             store,
             backend,

@@ -101,18 +101,113 @@ struct Child {
     exit: watch::Receiver<Option<Option<i32>>>,
 }
 
+/// How workspace processes are confined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sandbox {
+    /// A plain child process (its own process group, cleared environment,
+    /// working directory in its data dir).
+    None,
+    /// Inside bubblewrap: `/usr` and `/etc` read-only, a private `/tmp`,
+    /// `/proc` and `/dev`, its own pid, IPC and UTS namespaces, and of the
+    /// host's files only its own data dir (read-write) and the holdfast
+    /// binary (read-only, for the built-in runtime). The network is shared:
+    /// the runtime registers with the platform over loopback.
+    Bwrap {
+        bwrap: PathBuf,
+        holdfast_exe: PathBuf,
+    },
+}
+
+impl Sandbox {
+    /// The argv that runs `program args…` in `data_dir` under this sandbox.
+    pub fn wrap(
+        &self,
+        program: &Path,
+        argv0: &str,
+        args: &[String],
+        data_dir: &Path,
+    ) -> (PathBuf, Vec<String>) {
+        match self {
+            Sandbox::None => {
+                let _ = argv0;
+                (program.to_path_buf(), args.to_vec())
+            }
+            Sandbox::Bwrap {
+                bwrap,
+                holdfast_exe,
+            } => {
+                let dir = data_dir.display().to_string();
+                let mut out: Vec<String> = [
+                    "--ro-bind",
+                    "/usr",
+                    "/usr",
+                    "--ro-bind",
+                    "/etc",
+                    "/etc",
+                    "--symlink",
+                    "usr/bin",
+                    "/bin",
+                    "--symlink",
+                    "usr/sbin",
+                    "/sbin",
+                    "--symlink",
+                    "usr/lib",
+                    "/lib",
+                    "--symlink",
+                    "usr/lib64",
+                    "/lib64",
+                    "--proc",
+                    "/proc",
+                    "--dev",
+                    "/dev",
+                    "--tmpfs",
+                    "/tmp",
+                    "--unshare-pid",
+                    "--unshare-ipc",
+                    "--unshare-uts",
+                    // Nothing of a workspace outlives its bwrap, which is
+                    // what a stop signals.
+                    "--die-with-parent",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+                let exe = holdfast_exe.display().to_string();
+                if !exe.starts_with("/usr/") {
+                    out.extend(["--ro-bind".to_owned(), exe.clone(), exe]);
+                }
+                out.extend([
+                    "--bind".to_owned(),
+                    dir.clone(),
+                    dir.clone(),
+                    "--chdir".to_owned(),
+                    dir,
+                ]);
+                // bubblewrap 0.8 (Debian 12) has no --argv0: the program
+                // sees its full path as argv[0].
+                let _ = argv0;
+                out.extend(["--".to_owned(), program.display().to_string()]);
+                out.extend(args.iter().cloned());
+                (bwrap.clone(), out)
+            }
+        }
+    }
+}
+
 /// The live children of this server.
 pub struct ProcessBackend {
     layout: Layout,
     stop_timeout: Duration,
+    sandbox: Sandbox,
     children: Mutex<HashMap<Uuid, Child>>,
 }
 
 impl ProcessBackend {
-    pub fn new(layout: Layout, stop_timeout: Duration) -> Arc<Self> {
+    pub fn new(layout: Layout, stop_timeout: Duration, sandbox: Sandbox) -> Arc<Self> {
         Arc::new(ProcessBackend {
             layout,
             stop_timeout,
+            sandbox,
             children: Mutex::new(HashMap::new()),
         })
     }
@@ -145,9 +240,14 @@ impl ProcessBackend {
         // std spawns with posix_spawn (no fork of this large process) only for
         // a program given by path; look it up in the child's PATH ourselves.
         let program = resolve_program(&spec.argv[0], std::env::var_os("PATH").as_deref());
+        let (program, args) =
+            self.sandbox
+                .wrap(&program, &spec.argv[0], &spec.argv[1..], &data_dir);
         let mut cmd = tokio::process::Command::new(&program);
-        cmd.arg0(&spec.argv[0])
-            .args(&spec.argv[1..])
+        if self.sandbox == Sandbox::None {
+            cmd.arg0(&spec.argv[0]);
+        }
+        cmd.args(&args)
             .current_dir(&data_dir)
             .env_clear()
             .stdin(Stdio::null())

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Args;
+use holdfast_cp::process::Sandbox;
 use holdfast_cp::{ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
 use holdfast_domain::{DataPersistence, DurationArg};
 use holdfast_platform::{App, ReconcilerSettings, Secret, generate_token};
@@ -104,19 +105,41 @@ pub struct PolicyArgs {
     /// How long a workspace process gets between SIGTERM and SIGKILL.
     #[arg(long, env = "HOLDFAST_STOP_TIMEOUT", default_value = "10s")]
     stop_timeout: DurationArg,
+    /// `bwrap` runs each workspace inside bubblewrap, seeing of the host
+    /// only /usr, /etc (read-only) and its own data dir; `none` runs plain
+    /// child processes.
+    #[arg(long, env = "HOLDFAST_SANDBOX", default_value = "none", value_parser = ["none", "bwrap"])]
+    sandbox: String,
 }
 
 impl PolicyArgs {
     /// `with_workspaces`: whether the control plane shares the platform's
     /// store (embedded), so that its sweeper can tell orphan records.
     pub fn policy(&self, with_workspaces: bool) -> anyhow::Result<CpPolicy> {
+        let exe = std::env::current_exe().context("locating the holdfast binary")?;
+        let sandbox = match self.sandbox.as_str() {
+            "bwrap" => {
+                let bwrap = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                    .map(|d| d.join("bwrap"))
+                    .find(|p| p.is_file())
+                    .context(
+                        "--sandbox bwrap needs bubblewrap on the PATH (apt-get install bubblewrap)",
+                    )?;
+                Sandbox::Bwrap {
+                    bwrap,
+                    holdfast_exe: exe.clone(),
+                }
+            }
+            _ => Sandbox::None,
+        };
         Ok(CpPolicy {
             default_persistence: self.default_data_persistence,
             retention_grace: self.retention_grace.0,
             erase_grace: self.erase_grace.0,
-            runtime_exe: std::env::current_exe().context("locating the holdfast binary")?,
+            runtime_exe: exe,
             stop_timeout: self.stop_timeout.0,
             with_workspaces,
+            sandbox,
         })
     }
 }

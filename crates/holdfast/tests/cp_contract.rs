@@ -55,6 +55,7 @@ async fn embedded() -> Subject {
         runtime_exe: PathBuf::from(env!("CARGO_BIN_EXE_holdfast")),
         stop_timeout: Duration::from_secs(5),
         with_workspaces: false,
+        sandbox: holdfast_cp::process::Sandbox::None,
     };
     let cp = EmbeddedCp::start(store, root.clone(), policy)
         .await

@@ -35,6 +35,7 @@ const CP_ONLY_FLAGS: &[&str] = &[
     "--retention-grace",
     "--default-data-persistence",
     "--stop-timeout",
+    "--sandbox",
 ];
 
 /// Flags that both processes get in remote mode: the control plane sweeps on
@@ -487,6 +488,11 @@ impl TestApp {
 
     /// The data dir of the control plane, where volumes, scratch dirs and
     /// the trash live: the server's own with the embedded control plane.
+    /// The platform's own `--data-dir` (its admin token, its SQLite file).
+    pub fn platform_data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
     pub fn cp_data_dir(&self) -> &Path {
         &self.cp_data_dir
     }

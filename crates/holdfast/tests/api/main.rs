@@ -16,6 +16,7 @@ mod persistence;
 mod recovery;
 mod replicas;
 mod runtime;
+mod sandbox;
 mod sweeper;
 mod tenancy;
 mod validation;
