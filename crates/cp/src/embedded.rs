@@ -220,7 +220,7 @@ impl EmbeddedCp {
                 return;
             };
             if let Ok(Ok(bytes)) =
-                tokio::task::spawn_blocking(move || crate::fsutil::dir_size(&dir)).await
+                tokio::task::spawn_blocking(move || crate::tree::tree_size(&dir)).await
             {
                 let _ = store
                     .set_volume_bytes(v.id, i64::try_from(bytes).unwrap_or(i64::MAX))
@@ -467,16 +467,20 @@ impl ControlPlane for EmbeddedCp {
                 _ => layout.scratch_dir(workspace_id),
             },
         };
-        if std::fs::symlink_metadata(&dir)
+        if !std::fs::symlink_metadata(&dir)
             .map(|m| m.is_dir())
             .unwrap_or(false)
         {
-            Ok(crate::export::stream_archive(dir))
-        } else {
-            Err(CpError::NotFound(
+            return Err(CpError::NotFound(
                 "the workspace has no data to export".to_owned(),
-            ))
+            ));
         }
+        let root = dir.clone();
+        let plan = tokio::task::spawn_blocking(move || crate::export::check(&root))
+            .await
+            .map_err(anyhow::Error::new)?
+            .map_err(|e| CpError::ExportRefused(e.to_string()))?;
+        Ok(crate::export::stream_archive(dir, plan))
     }
 
     async fn volume_stats(&self) -> CpResult<Vec<(String, i64, i64)>> {

@@ -67,6 +67,14 @@ impl CallError {
             )),
             CallError::Status(status, code) => match (status, code.as_deref()) {
                 (StatusCode::CONFLICT, Some("data_erased")) => CpError::DataErased,
+                // The control plane's sentence names the entry, but answers
+                // are never echoed into errors: say what the code means.
+                (StatusCode::CONFLICT, Some("export_refused")) => CpError::ExportRefused(
+                    "the workspace's data holds an entry an archive cannot include safely \
+                     (a socket, a file hard-linked from outside its data, or an unreadable \
+                     entry); the control plane's log names it"
+                        .to_owned(),
+                ),
                 (StatusCode::CONFLICT, _) => {
                     CpError::Conflict(format!("{op}: the control plane refused (409)"))
                 }

@@ -110,6 +110,14 @@ impl From<CpError> for CpHttpError {
                 "the workspace's data has been erased",
             ),
             CpError::NotFound(m) => CpHttpError::new(StatusCode::NOT_FOUND, "not_found", m),
+            CpError::ExportRefused(m) => {
+                tracing::warn!(reason = %m, "export refused");
+                CpHttpError::new(
+                    StatusCode::CONFLICT,
+                    "export_refused",
+                    format!("the data cannot be exported: {m}"),
+                )
+            }
             CpError::Other(e) => {
                 tracing::error!(error = %format!("{e:#}"), "control plane error");
                 CpHttpError::new(

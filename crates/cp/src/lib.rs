@@ -11,11 +11,11 @@
 
 mod embedded;
 pub mod export;
-pub mod fsutil;
 pub mod http_client;
 pub mod http_server;
 pub mod process;
 pub mod sweep;
+pub mod tree;
 
 pub use embedded::{CpPolicy, EmbeddedCp};
 pub use http_client::HttpCp;
@@ -133,6 +133,11 @@ pub enum CpError {
     DataErased,
     #[error("{0}")]
     NotFound(String),
+    /// The data holds an entry an export cannot include safely (a socket, a
+    /// file hard-linked from outside, an unreadable entry), named in the
+    /// message.
+    #[error("the data cannot be exported: {0}")]
+    ExportRefused(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

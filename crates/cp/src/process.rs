@@ -8,7 +8,7 @@
 //! - `logs/<workspace-id>.log`: the process's stdout and stderr, kept outside
 //!   the data so that logs never count as (or leak into) saved data.
 
-use crate::fsutil;
+use crate::tree;
 use holdfast_domain::DataPersistence;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -224,8 +224,9 @@ impl ProcessBackend {
         if spec.mode == DataPersistence::Ephemeral {
             // Every start of an ephemeral workspace begins empty. The tree may
             // be large, so it is removed off the async threads.
-            let dir = data_dir.clone();
-            tokio::task::spawn_blocking(move || fsutil::remove_tree(&dir)).await??;
+            let scratch = self.layout.root().join("scratch");
+            let name = spec.workspace_id.to_string();
+            tokio::task::spawn_blocking(move || tree::erase_tree(&scratch, &name)).await??;
         }
         // Two mkdirs of paths that usually exist: cheaper inline than a hop to
         // the blocking pool, and on the create → online path.
@@ -327,8 +328,9 @@ impl ProcessBackend {
             terminate_group(child.pid, &mut child.exit, self.stop_timeout).await;
         }
         if child.mode == DataPersistence::Ephemeral {
-            let dir = self.layout.scratch_dir(workspace_id);
-            tokio::task::spawn_blocking(move || fsutil::remove_tree(&dir)).await??;
+            let scratch = self.layout.root().join("scratch");
+            let name = workspace_id.to_string();
+            tokio::task::spawn_blocking(move || tree::erase_tree(&scratch, &name)).await??;
         }
         Ok(())
     }

@@ -12,8 +12,8 @@
 //! next pass (at start) resumes. A directory found on disk is never erased on
 //! first sight: it is recorded `retained` for the whole retention grace.
 
-use crate::fsutil;
 use crate::process::Layout;
+use crate::tree;
 use holdfast_domain::{Millis, VolumeState, failpoint, now_millis};
 use holdfast_store::{Presence, Store, StoreError, SweepCandidate, VolumeRow, VolumeTransition};
 use serde::{Deserialize, Serialize};
@@ -229,7 +229,7 @@ impl Sweeper<'_> {
                 continue;
             }
             let dir = self.layout.volume_dir(workspace_id);
-            let bytes = tokio::task::spawn_blocking(move || fsutil::dir_size(&dir)).await??;
+            let bytes = tokio::task::spawn_blocking(move || tree::tree_size(&dir)).await??;
             let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
             let mut item = SweepItem {
                 volume_id: None,
@@ -252,6 +252,13 @@ impl Sweeper<'_> {
         }
         Ok(items)
     }
+}
+
+/// The directory that holds a volume directory.
+fn layout_volumes(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.parent()
+        .expect("a volume dir has a parent")
+        .to_path_buf()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,15 +300,17 @@ pub async fn erase(
     failpoint::hit("erase.after_mark");
     let dir = layout.volume_dir(v.workspace_id);
     let trash = layout.trash_dir(v.id);
+    let workspace = v.workspace_id.to_string();
+    let volume = v.id.to_string();
     let counted = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
         let mut counted = 0;
+        let trash_root = trash.parent().expect("trash has a parent").to_path_buf();
         if std::fs::symlink_metadata(&dir).is_ok() {
-            if let Some(parent) = trash.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
+            std::fs::create_dir_all(&trash_root)?;
             if std::fs::symlink_metadata(&trash).is_ok() {
-                // A previous, interrupted pass already moved some of it.
-                counted += fsutil::remove_tree_counting(&dir)?;
+                // A previous, interrupted pass already moved a volume of
+                // this id aside: erase both.
+                counted += tree::erase_tree(&layout_volumes(&dir), &workspace)?;
             } else {
                 // One rename makes the data vanish from its place at once;
                 // the slow part then runs on a path nothing else uses.
@@ -309,7 +318,7 @@ pub async fn erase(
             }
         }
         failpoint::hit("erase.mid");
-        counted += fsutil::remove_tree_counting(&trash)?;
+        counted += tree::erase_tree(&trash_root, &volume)?;
         Ok(counted)
     })
     .await

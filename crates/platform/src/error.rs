@@ -96,6 +96,10 @@ impl From<holdfast_cp::CpError> for ApiError {
             holdfast_cp::CpError::NotFound(m) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", m)
             }
+            holdfast_cp::CpError::ExportRefused(m) => ApiError::conflict(
+                "export_refused",
+                format!("the data cannot be exported: {m}"),
+            ),
             holdfast_cp::CpError::Other(e) => ApiError::internal(format!("control plane: {e:#}")),
         }
     }
