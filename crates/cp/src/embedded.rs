@@ -1,7 +1,8 @@
 //! The in-process control plane: the process backend plus volume records in
 //! the store.
 
-use crate::process::{Layout, ProcessBackend, ProcessState, Spawn, reap_leftovers};
+use crate::cgroup::Cgroups;
+use crate::process::{Confinement, Layout, ProcessBackend, ProcessState, Spawn};
 use crate::{
     Actor, ControlPlane, CpError, CpResult, InstanceState, ProvisionRequest, Provisioned,
     VolumeHistoryEntry, VolumeInfo,
@@ -54,10 +55,26 @@ impl EmbeddedCp {
         data_dir: PathBuf,
         policy: CpPolicy,
     ) -> anyhow::Result<Arc<Self>> {
+        let layout = Layout::new(data_dir);
+        if let crate::process::Sandbox::Bwrap { etc, .. } = &policy.sandbox {
+            crate::process::Sandbox::write_etc(etc)?;
+        }
+        let dir = layout.root().to_path_buf();
+        let cgroups = tokio::task::spawn_blocking(move || Cgroups::detect(&dir)).await?;
+        if !cgroups.contained() {
+            tracing::warn!(
+                "cgroups cannot be written here: workspace limits are not enforced, and a \
+                 process that leaves its process group can outlive its workspace's stop"
+            );
+        } else if !cgroups.limits() {
+            tracing::warn!("cgroup limits cannot be set here: workspace limits are not enforced");
+        }
         let backend = ProcessBackend::new(
-            Layout::new(data_dir),
+            layout,
             policy.stop_timeout,
             policy.sandbox.clone(),
+            cgroups,
+            policy.runtime_exe.clone(),
         );
         let cp = Arc::new(EmbeddedCp {
             store,
@@ -78,8 +95,8 @@ impl EmbeddedCp {
     /// start anyway) so that the platform's restart never makes a second
     /// process for a workspace.
     async fn reap_leftovers(&self) -> anyhow::Result<()> {
-        let root = self.backend.layout().root().to_path_buf();
-        let killed = tokio::task::spawn_blocking(move || reap_leftovers(&root)).await?;
+        let backend = self.backend.clone();
+        let killed = tokio::task::spawn_blocking(move || backend.reap_leftovers()).await?;
         if killed > 0 {
             tracing::info!(killed, "stopped processes left by a previous run");
         }
@@ -251,13 +268,15 @@ impl ControlPlane for EmbeddedCp {
             }
         };
         let instance_id = Uuid::new_v4().to_string();
-        self.backend
+        let Confinement { isolation, limits } = self
+            .backend
             .spawn(Spawn {
                 workspace_id: req.workspace_id,
                 instance_id: instance_id.clone(),
                 argv: self.argv(&req.runtime),
                 env: req.env.clone(),
                 mode,
+                tier: req.tier(),
             })
             .await?;
         Ok(Provisioned {
@@ -265,6 +284,8 @@ impl ControlPlane for EmbeddedCp {
             state: InstanceState::Running,
             data_mode: mode,
             volume,
+            isolation: Some(isolation),
+            limits: Some(limits),
         })
     }
 
@@ -323,6 +344,10 @@ impl ControlPlane for EmbeddedCp {
         }
         self.refresh_bytes(workspace_id);
         Ok(marked.map(Into::into))
+    }
+
+    async fn confinement(&self) -> CpResult<Confinement> {
+        Ok(self.backend.confinement())
     }
 
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {

@@ -209,6 +209,15 @@ impl ControlPlane for HttpCp {
             .map_err(|_| CallError::Malformed.into_cp("stop and prune"))
     }
 
+    async fn confinement(&self) -> CpResult<crate::process::Confinement> {
+        let rb = self.request(Method::GET, "/cp/info");
+        let v = self
+            .call::<Value>(rb, StatusCode::OK)
+            .await
+            .map_err(|e| e.into_cp("info"))?;
+        serde_json::from_value(v).map_err(|_| CallError::Malformed.into_cp("info"))
+    }
+
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
         let rb = self
             .request(

@@ -361,6 +361,12 @@ async fn status(
     Ok(Json(json!({"state": state})))
 }
 
+/// What a workspace started now gets: `{isolation, limits}`.
+async fn info(State(svc): State<Arc<CpService>>, _tenant: TenantCtx) -> CpResult<Json<Value>> {
+    let c = svc.engine.confinement().await?;
+    Ok(Json(json!({"isolation": c.isolation, "limits": c.limits})))
+}
+
 async fn volume(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
@@ -555,6 +561,7 @@ async fn fallback() -> CpHttpError {
 pub fn router(svc: Arc<CpService>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/cp/info", get(info))
         .route("/cp/workspaces/provision", post(provision))
         .route("/cp/workspaces/{id}", axum::routing::delete(stop))
         .route("/cp/workspaces/{id}/status", get(status))

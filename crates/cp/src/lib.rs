@@ -9,6 +9,7 @@
 //! [`ControlPlane::stop_and_prune`]. The two are separate functions, never one
 //! function with a flag, and a test pins the prune path's single caller.
 
+pub mod cgroup;
 mod embedded;
 pub mod export;
 pub mod http_client;
@@ -71,6 +72,12 @@ pub struct Provisioned {
     /// The volume attached (a persist start), as it now is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeInfo>,
+    /// How the started workspace is isolated, and whether its tier's
+    /// limits apply (absent from an older control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<process::Isolation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<process::Limits>,
 }
 
 /// A volume record as the control plane reports it.
@@ -175,6 +182,10 @@ pub trait ControlPlane: Send + Sync + 'static {
     ) -> CpResult<Option<VolumeInfo>>;
 
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState>;
+
+    /// What a workspace started now gets: its isolation, and whether its
+    /// tier's limits apply.
+    async fn confinement(&self) -> CpResult<process::Confinement>;
 
     /// Detaches the workspace's volume into `retained` for the retention grace
     /// (a delete without erase). No file is touched.

@@ -1,15 +1,21 @@
 //! The process backend: each workspace is a child process in its own process
-//! group, working in its data directory.
+//! group and cgroup (where the host allows), by default inside bubblewrap,
+//! working in its data directory.
 //!
 //! Layout under the control plane's data dir (SPEC §3):
 //! - `volumes/<workspace-id>/`: a persist workspace's durable volume;
 //! - `scratch/<workspace-id>/`: an ephemeral workspace's data, emptied before
 //!   every start and removed at every stop;
 //! - `logs/<workspace-id>.log`: the process's stdout and stderr, kept outside
-//!   the data so that logs never count as (or leak into) saved data.
+//!   the data so that logs never count as (or leak into) saved data;
+//! - `run/<workspace-id>.pid`: the running process's pid and start time, so
+//!   that a server restarted after `kill -9` stops what it left behind even
+//!   where there are no cgroups;
+//! - `sandbox/etc/`: the minimal `/etc` a sandboxed workspace sees.
 
+use crate::cgroup::{Cgroups, WorkspaceCgroup};
 use crate::tree;
-use holdfast_domain::DataPersistence;
+use holdfast_domain::{DataPersistence, Tier};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap};
@@ -23,14 +29,27 @@ use uuid::Uuid;
 /// The environment variable that ties a process to its instance.
 pub const INSTANCE_ENV: &str = "HOLDFAST_INSTANCE_ID";
 
-/// The environment variable that ties a process to the control plane (by its
-/// data dir) that started it; used after a crash of the server to find every
-/// process it left behind, recorded or not, and never anyone else's.
-pub const ROOT_ENV: &str = "HOLDFAST_CP_ROOT";
+/// The environment variable that older versions of holdfast set on every
+/// workspace process, naming the control plane's data dir. It is no longer
+/// set (a workspace's environment names nothing of the server's); it is
+/// still looked for at start, to stop what an older version left running.
+pub const LEGACY_ROOT_ENV: &str = "HOLDFAST_CP_ROOT";
 
-/// Variables of the server's own environment a workspace inherits. Everything
-/// else (the admin token above all) is withheld.
-const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "RUST_LOG"];
+/// Variables of the server's own environment an unsandboxed workspace
+/// inherits (it runs the host's programs, found by the host's `PATH`).
+/// Everything else (the admin token above all) is withheld. A sandboxed
+/// workspace inherits nothing of the server's environment.
+const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
+
+/// Where a sandboxed workspace sees its data dir.
+pub const SANDBOX_DATA_DIR: &str = "/data";
+
+/// Where a sandboxed workspace sees the holdfast binary (the built-in
+/// runtime).
+const SANDBOX_EXE: &str = "/opt/holdfast/holdfast";
+
+/// What a sandboxed workspace's `PATH` is.
+const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -73,6 +92,15 @@ impl Layout {
     pub fn log_file(&self, workspace_id: Uuid) -> PathBuf {
         self.root.join("logs").join(format!("{workspace_id}.log"))
     }
+
+    pub fn pid_file(&self, workspace_id: Uuid) -> PathBuf {
+        self.root.join("run").join(format!("{workspace_id}.pid"))
+    }
+
+    /// The minimal `/etc` of the sandbox.
+    pub fn sandbox_etc(&self) -> PathBuf {
+        self.root.join("sandbox").join("etc")
+    }
 }
 
 /// What to run.
@@ -83,6 +111,70 @@ pub struct Spawn {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub mode: DataPersistence,
+    pub tier: Tier,
+}
+
+/// What a started workspace got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Confinement {
+    pub isolation: Isolation,
+    pub limits: Limits,
+}
+
+/// How a workspace is isolated from the host (`isolation` in its JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    Bwrap,
+    Container,
+    Pod,
+    None,
+}
+
+/// Whether the tier's limits apply (`limits` in its JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limits {
+    Enforced,
+    None,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Bwrap => "bwrap",
+            Isolation::Container => "container",
+            Isolation::Pod => "pod",
+            Isolation::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "bwrap" => Isolation::Bwrap,
+            "container" => Isolation::Container,
+            "pod" => Isolation::Pod,
+            "none" => Isolation::None,
+            _ => return None,
+        })
+    }
+}
+
+impl Limits {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limits::Enforced => "enforced",
+            Limits::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "enforced" => Limits::Enforced,
+            "none" => Limits::None,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,52 +190,94 @@ struct Child {
     instance_id: String,
     pid: i32,
     mode: DataPersistence,
+    cgroup: Option<WorkspaceCgroup>,
     exit: watch::Receiver<Option<Option<i32>>>,
 }
 
 /// How workspace processes are confined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sandbox {
-    /// A plain child process (its own process group, cleared environment,
-    /// working directory in its data dir).
+    /// A plain child process (its own process group and cgroup, cleared
+    /// environment, working directory in its data dir).
     None,
-    /// Inside bubblewrap: `/usr` and `/etc` read-only, a private `/tmp`,
-    /// `/proc` and `/dev`, its own pid, IPC and UTS namespaces, and of the
-    /// host's files only its own data dir (read-write) and the holdfast
-    /// binary (read-only, for the built-in runtime). The network is shared:
-    /// the runtime registers with the platform over loopback.
+    /// Inside bubblewrap, in its own user (no capabilities), pid, IPC, UTS
+    /// and cgroup namespaces and its own session. It sees `/usr` read-only,
+    /// a minimal `/etc` (generated: no host accounts, no secrets), a private
+    /// `/tmp`, its data dir at `/data` (read-write, its working directory)
+    /// and the holdfast binary (read-only, for the built-in runtime); the
+    /// rest of its root is read-only and empty. The network is shared: the
+    /// runtime registers with the platform over loopback.
     Bwrap {
         bwrap: PathBuf,
         holdfast_exe: PathBuf,
+        etc: PathBuf,
     },
 }
 
+/// Host files a sandbox's minimal `/etc` shows, read-only, where they exist:
+/// what dynamically linked programs, TLS clients and name lookups need, none
+/// of it secret.
+const ETC_PASSTHROUGH: &[&str] = &[
+    "ld.so.cache",
+    "localtime",
+    "resolv.conf",
+    "alternatives",
+    "ssl/certs",
+];
+
 impl Sandbox {
+    /// Writes the minimal `/etc` the sandbox shows (accounts for the
+    /// workspace's own uid only).
+    pub fn write_etc(etc: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(etc)?;
+        let uid = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
+        let mut passwd = format!("agent:x:{uid}:{gid}:workspace:{SANDBOX_DATA_DIR}:/bin/sh\n");
+        let mut group = format!("agent:x:{gid}:\n");
+        if uid != 65534 {
+            passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+            group.push_str("nogroup:x:65534:\n");
+        }
+        std::fs::write(etc.join("passwd"), passwd)?;
+        std::fs::write(etc.join("group"), group)?;
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+        std::fs::write(etc.join("hostname"), "workspace\n")?;
+        std::fs::write(
+            etc.join("nsswitch.conf"),
+            "passwd: files\ngroup: files\nhosts: files dns\n",
+        )?;
+        Ok(())
+    }
+
     /// The argv that runs `program args…` in `data_dir` under this sandbox.
-    pub fn wrap(
-        &self,
-        program: &Path,
-        argv0: &str,
-        args: &[String],
-        data_dir: &Path,
-    ) -> (PathBuf, Vec<String>) {
+    pub fn wrap(&self, program: &Path, args: &[String], data_dir: &Path) -> (PathBuf, Vec<String>) {
         match self {
-            Sandbox::None => {
-                let _ = argv0;
-                (program.to_path_buf(), args.to_vec())
-            }
+            Sandbox::None => (program.to_path_buf(), args.to_vec()),
             Sandbox::Bwrap {
                 bwrap,
                 holdfast_exe,
+                etc,
             } => {
-                let dir = data_dir.display().to_string();
-                let mut out: Vec<String> = [
+                let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+                let mut out = s(&[
+                    "--unshare-user",
+                    "--unshare-pid",
+                    "--unshare-ipc",
+                    "--unshare-uts",
+                    "--unshare-cgroup-try",
+                    "--hostname",
+                    "workspace",
+                    "--cap-drop",
+                    "ALL",
+                    // Its own session: no signals to, or input injection
+                    // into, the server's terminal.
+                    "--new-session",
+                    // Nothing of a workspace outlives the server that
+                    // started it, nor the bwrap a stop ends.
+                    "--die-with-parent",
                     "--ro-bind",
                     "/usr",
                     "/usr",
-                    "--ro-bind",
-                    "/etc",
-                    "/etc",
                     "--symlink",
                     "usr/bin",
                     "/bin",
@@ -162,34 +296,77 @@ impl Sandbox {
                     "/dev",
                     "--tmpfs",
                     "/tmp",
-                    "--unshare-pid",
-                    "--unshare-ipc",
-                    "--unshare-uts",
-                    // Nothing of a workspace outlives its bwrap, which is
-                    // what a stop signals.
-                    "--die-with-parent",
-                ]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
-                let exe = holdfast_exe.display().to_string();
-                if !exe.starts_with("/usr/") {
-                    out.extend(["--ro-bind".to_owned(), exe.clone(), exe]);
+                    "--dir",
+                    "/etc",
+                ]);
+                for f in ["passwd", "group", "hosts", "hostname", "nsswitch.conf"] {
+                    out.extend([
+                        "--ro-bind".to_owned(),
+                        etc.join(f).display().to_string(),
+                        format!("/etc/{f}"),
+                    ]);
+                }
+                for f in ETC_PASSTHROUGH {
+                    out.extend([
+                        "--ro-bind-try".to_owned(),
+                        format!("/etc/{f}"),
+                        format!("/etc/{f}"),
+                    ]);
                 }
                 out.extend([
+                    "--ro-bind".to_owned(),
+                    holdfast_exe.display().to_string(),
+                    SANDBOX_EXE.to_owned(),
                     "--bind".to_owned(),
-                    dir.clone(),
-                    dir.clone(),
+                    data_dir.display().to_string(),
+                    SANDBOX_DATA_DIR.to_owned(),
                     "--chdir".to_owned(),
-                    dir,
+                    SANDBOX_DATA_DIR.to_owned(),
+                    // Everything but /data and /tmp is read-only.
+                    "--remount-ro".to_owned(),
+                    "/".to_owned(),
+                    "--".to_owned(),
                 ]);
-                // bubblewrap 0.8 (Debian 12) has no --argv0: the program
-                // sees its full path as argv[0].
-                let _ = argv0;
-                out.extend(["--".to_owned(), program.display().to_string()]);
+                // The built-in runtime is the holdfast binary, seen at its
+                // sandbox path; any other program is the host's, by path.
+                let program = if program == holdfast_exe.as_path() {
+                    SANDBOX_EXE.to_owned()
+                } else {
+                    program.display().to_string()
+                };
+                out.push(program);
                 out.extend(args.iter().cloned());
                 (bwrap.clone(), out)
             }
+        }
+    }
+
+    /// Runs `true` in this sandbox: whether it works on this host.
+    pub fn probe(&self, scratch: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(scratch)?;
+        let (program, args) = self.wrap(Path::new("/usr/bin/true"), &[], scratch);
+        let out = std::process::Command::new(&program)
+            .args(&args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("running {}: {e}", program.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "{} failed ({}): {}",
+                program.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        }
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        match self {
+            Sandbox::None => Isolation::None,
+            Sandbox::Bwrap { .. } => Isolation::Bwrap,
         }
     }
 }
@@ -199,15 +376,27 @@ pub struct ProcessBackend {
     layout: Layout,
     stop_timeout: Duration,
     sandbox: Sandbox,
+    cgroups: Cgroups,
+    /// The holdfast binary, whose `contain` subcommand puts a workspace
+    /// into its cgroup before it runs.
+    launcher: PathBuf,
     children: Mutex<HashMap<Uuid, Child>>,
 }
 
 impl ProcessBackend {
-    pub fn new(layout: Layout, stop_timeout: Duration, sandbox: Sandbox) -> Arc<Self> {
+    pub fn new(
+        layout: Layout,
+        stop_timeout: Duration,
+        sandbox: Sandbox,
+        cgroups: Cgroups,
+        launcher: PathBuf,
+    ) -> Arc<Self> {
         Arc::new(ProcessBackend {
             layout,
             stop_timeout,
             sandbox,
+            cgroups,
+            launcher,
             children: Mutex::new(HashMap::new()),
         })
     }
@@ -216,9 +405,21 @@ impl ProcessBackend {
         &self.layout
     }
 
-    /// Prepares the data dir and starts the process. Returns its pid.
+    /// What a workspace started now gets.
+    pub fn confinement(&self) -> Confinement {
+        Confinement {
+            isolation: self.sandbox.isolation(),
+            limits: if self.cgroups.limits() {
+                Limits::Enforced
+            } else {
+                Limits::None
+            },
+        }
+    }
+
+    /// Prepares the data dir and starts the process. Returns what it got.
     #[tracing::instrument(skip_all, fields(workspace_id = %spec.workspace_id, instance_id = %spec.instance_id))]
-    pub async fn spawn(&self, spec: Spawn) -> anyhow::Result<i32> {
+    pub async fn spawn(&self, spec: Spawn) -> anyhow::Result<Confinement> {
         let data_dir = self.layout.data_dir(spec.workspace_id, spec.mode);
         let log_path = self.layout.log_file(spec.workspace_id);
         if spec.mode == DataPersistence::Ephemeral {
@@ -238,41 +439,89 @@ impl ProcessBackend {
             .create(true)
             .append(true)
             .open(&log_path)?;
+        let sandboxed = self.sandbox != Sandbox::None;
         // std spawns with posix_spawn (no fork of this large process) only for
         // a program given by path; look it up in the child's PATH ourselves.
-        let program = resolve_program(&spec.argv[0], std::env::var_os("PATH").as_deref());
-        let (program, args) =
-            self.sandbox
-                .wrap(&program, &spec.argv[0], &spec.argv[1..], &data_dir);
-        let mut cmd = tokio::process::Command::new(&program);
-        if self.sandbox == Sandbox::None {
-            cmd.arg0(&spec.argv[0]);
-        }
-        cmd.args(&args)
-            .current_dir(&data_dir)
+        let path = if sandboxed {
+            Some(std::ffi::OsString::from(SANDBOX_PATH))
+        } else {
+            std::env::var_os("PATH")
+        };
+        let program = resolve_program(&spec.argv[0], path.as_deref());
+        let (program, args) = self.sandbox.wrap(&program, &spec.argv[1..], &data_dir);
+        let mut confinement = self.confinement();
+        let cgroup = if self.cgroups.contained() {
+            match self.cgroups.create(spec.workspace_id, spec.tier) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no cgroup for this workspace; its limits are not enforced");
+                    confinement.limits = Limits::None;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut cmd = match &cgroup {
+            // The launcher joins the cgroup, then execs the program: nothing
+            // of the workspace ever runs outside it.
+            Some(cg) => {
+                let mut cmd = tokio::process::Command::new(&self.launcher);
+                cmd.arg("contain");
+                for f in cg.procs_files() {
+                    cmd.arg("--cgroup").arg(f);
+                }
+                if !sandboxed {
+                    cmd.arg("--argv0").arg(&spec.argv[0]);
+                }
+                cmd.arg("--").arg(&program).args(&args);
+                cmd
+            }
+            None => {
+                let mut cmd = tokio::process::Command::new(&program);
+                if !sandboxed {
+                    cmd.arg0(&spec.argv[0]);
+                }
+                cmd.args(&args);
+                cmd
+            }
+        };
+        cmd.current_dir(&data_dir)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .process_group(0)
             .kill_on_drop(false);
-        for key in INHERITED_ENV {
-            if let Ok(v) = std::env::var(key) {
-                cmd.env(key, v);
+        let seen_dir = if sandboxed {
+            PathBuf::from(SANDBOX_DATA_DIR)
+        } else {
+            for key in INHERITED_ENV {
+                if let Ok(v) = std::env::var(key) {
+                    cmd.env(key, v);
+                }
             }
+            data_dir.clone()
+        };
+        if sandboxed {
+            cmd.env("PATH", SANDBOX_PATH).env("TMPDIR", "/tmp");
         }
-        cmd.env("HOME", &data_dir);
+        cmd.env("HOME", &seen_dir);
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
-        cmd.env("HOLDFAST_DATA_DIR", &data_dir);
+        cmd.env("HOLDFAST_DATA_DIR", &seen_dir);
         cmd.env("HOLDFAST_WORKSPACE_ID", spec.workspace_id.to_string());
         cmd.env(INSTANCE_ENV, &spec.instance_id);
-        cmd.env(ROOT_ENV, self.layout.root());
         let mut child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", spec.argv[0]))?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        // Ordering: recorded right after the spawn, so that a server killed
+        // from now on finds this process at its next start.
+        if let Err(e) = write_pid_file(&self.layout.pid_file(spec.workspace_id), pid) {
+            tracing::warn!(error = %e, "recording the pid failed");
+        }
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let code = child.wait().await.ok().and_then(|s| s.code());
@@ -284,10 +533,11 @@ impl ProcessBackend {
                 instance_id: spec.instance_id,
                 pid,
                 mode: spec.mode,
+                cgroup,
                 exit: rx,
             },
         );
-        Ok(pid)
+        Ok(confinement)
     }
 
     pub fn state(&self, workspace_id: Uuid, instance_id: &str) -> ProcessState {
@@ -325,14 +575,57 @@ impl ProcessBackend {
             return Ok(());
         };
         if child.exit.borrow().is_none() {
-            terminate_group(child.pid, &mut child.exit, self.stop_timeout).await;
+            terminate_group(
+                child.pid,
+                child.cgroup.as_ref(),
+                &mut child.exit,
+                self.stop_timeout,
+            )
+            .await;
         }
+        // Whatever left the process group (`setsid`, a double fork) is still
+        // in the cgroup: nothing of the workspace survives its stop.
+        if let Some(cg) = child.cgroup.take() {
+            tokio::task::spawn_blocking(move || {
+                cg.kill_and_wait(Duration::from_secs(10));
+                cg.remove();
+            })
+            .await?;
+        }
+        let _ = std::fs::remove_file(self.layout.pid_file(workspace_id));
         if child.mode == DataPersistence::Ephemeral {
             let scratch = self.layout.root().join("scratch");
             let name = workspace_id.to_string();
             tokio::task::spawn_blocking(move || tree::erase_tree(&scratch, &name)).await??;
         }
         Ok(())
+    }
+
+    /// Stops whatever a previous run of this control plane left running
+    /// (after `kill -9`): every process in its workspaces' cgroups, every
+    /// recorded process that is still the one recorded, and anything an
+    /// older version marked with its data dir. Returns how many it stopped.
+    pub fn reap_leftovers(&self) -> usize {
+        let mut killed = self.cgroups.reap_all();
+        let run = self.layout.root().join("run");
+        if let Ok(entries) = std::fs::read_dir(&run) {
+            for e in entries.flatten() {
+                if let Some((pid, start)) = read_pid_file(&e.path())
+                    && start_time(pid) == Some(start)
+                {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    killed += 1;
+                }
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        killed + reap_legacy(self.layout.root())
+    }
+
+    /// At a graceful shutdown, after [`Self::stop_all`].
+    pub fn release(&self) {
+        self.cgroups.remove_bases();
     }
 
     /// Stops every child (a graceful server shutdown). Data is kept.
@@ -374,11 +667,15 @@ fn resolve_program(argv0: &str, path: Option<&std::ffi::OsStr>) -> PathBuf {
 
 async fn terminate_group(
     pid: i32,
+    cgroup: Option<&WorkspaceCgroup>,
     exit: &mut watch::Receiver<Option<Option<i32>>>,
     timeout: Duration,
 ) {
     let pgid = Pid::from_raw(pid);
     let _ = killpg(pgid, Signal::SIGTERM);
+    if let Some(cg) = cgroup {
+        cg.signal(Signal::SIGTERM);
+    }
     let timed_out = tokio::time::timeout(timeout, exit.wait_for(Option::is_some))
         .await
         .is_err();
@@ -391,13 +688,37 @@ async fn terminate_group(
     let _ = exit.wait_for(Option::is_some).await;
 }
 
+/// A process's start time (clock ticks since boot, field 22 of
+/// `/proc/<pid>/stat`): with the pid, what tells a process from a later one
+/// that reused its pid.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> std::io::Result<()> {
+    let start = start_time(pid).unwrap_or(0);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, format!("{pid} {start}\n"))
+}
+
+fn read_pid_file(path: &Path) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    let pid = parts.next()?.parse().ok()?;
+    let start = parts.next()?.parse().ok()?;
+    (pid > 1).then_some((pid, start))
+}
+
 /// Kills every process group whose leader carries `HOLDFAST_CP_ROOT=<root>`
-/// in its environment: what a previous run of this control plane left
-/// running. Returns how many it killed. Reading `/proc/<pid>/environ` (rather
-/// than trusting recorded pids) means a recycled pid is never signalled and a
-/// process started just before a crash, not yet recorded, is still found.
-pub fn reap_leftovers(root: &Path) -> usize {
-    let needle = format!("{ROOT_ENV}={}", root.display());
+/// in its environment: what an older version of holdfast, which marked its
+/// workspaces so, left running.
+fn reap_legacy(root: &Path) -> usize {
+    let needle = format!("{LEGACY_ROOT_ENV}={}", root.display());
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -418,8 +739,6 @@ pub fn reap_leftovers(root: &Path) -> usize {
             continue;
         };
         if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            // Kill the whole group (the workspace's children too), then the
-            // process itself in case it left its group.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             killed += 1;

@@ -98,7 +98,7 @@ async fn serve(args: CpServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.canonicalize()?;
     // A standalone control plane has no workspace table: records are never
     // taken for orphans by the absence of one.
-    let policy = args.policy.policy(false)?;
+    let policy = args.policy.policy(false, &data_dir)?;
     let engine = EmbeddedCp::start(store.clone(), data_dir, policy).await?;
     let svc = CpService::new(engine.clone(), store, args.shared_secret.trim());
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -130,6 +130,7 @@ async fn serve(args: CpServeArgs) -> anyhow::Result<()> {
         .await?;
     sweeper.abort();
     engine.backend().stop_all().await;
+    engine.backend().release();
     tracing::info!("stopped");
     Ok(())
 }

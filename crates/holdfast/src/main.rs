@@ -63,6 +63,18 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // `holdfast contain … -- PROGRAM`: the launcher that puts a workspace
+    // into its cgroup, then execs it. Handled before anything else starts
+    // (no runtime, no argument parser) because it is on every workspace's
+    // start path.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "contain") {
+        let e = holdfast_cp::cgroup::contain_main(&args[2..]);
+        eprintln!("holdfast contain: {e}");
+        return std::process::ExitCode::from(125);
+    }
+    // Whatever the server inherited stays out of the workspaces it starts.
+    holdfast_cp::cgroup::close_inherited_fds();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use holdfast_cp::process::Sandbox;
+use holdfast_cp::process::{Layout, Sandbox};
 use holdfast_cp::{ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
 use holdfast_domain::{DataPersistence, DurationArg};
 use holdfast_platform::{App, ReconcilerSettings, Secret, generate_token};
@@ -105,32 +105,54 @@ pub struct PolicyArgs {
     /// How long a workspace process gets between SIGTERM and SIGKILL.
     #[arg(long, env = "HOLDFAST_STOP_TIMEOUT", default_value = "10s")]
     stop_timeout: DurationArg,
-    /// `bwrap` runs each workspace inside bubblewrap, seeing of the host
-    /// only /usr, /etc (read-only) and its own data dir; `none` runs plain
-    /// child processes.
-    #[arg(long, env = "HOLDFAST_SANDBOX", default_value = "none", value_parser = ["none", "bwrap"])]
+    /// How workspaces are isolated: `bwrap` runs each inside bubblewrap
+    /// (and refuses to start where it cannot), `none` runs plain child
+    /// processes, `auto` is bwrap where it works on this host, otherwise
+    /// none with a warning.
+    #[arg(long, env = "HOLDFAST_SANDBOX", default_value = "auto", value_parser = ["auto", "bwrap", "none"])]
     sandbox: String,
 }
 
 impl PolicyArgs {
     /// `with_workspaces`: whether the control plane shares the platform's
     /// store (embedded), so that its sweeper can tell orphan records.
-    pub fn policy(&self, with_workspaces: bool) -> anyhow::Result<CpPolicy> {
+    pub fn policy(&self, with_workspaces: bool, data_dir: &Path) -> anyhow::Result<CpPolicy> {
         let exe = std::env::current_exe().context("locating the holdfast binary")?;
         let sandbox = match self.sandbox.as_str() {
-            "bwrap" => {
-                let bwrap = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            "none" => Sandbox::None,
+            wanted => {
+                let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
                     .map(|d| d.join("bwrap"))
-                    .find(|p| p.is_file())
-                    .context(
-                        "--sandbox bwrap needs bubblewrap on the PATH (apt-get install bubblewrap)",
-                    )?;
-                Sandbox::Bwrap {
-                    bwrap,
-                    holdfast_exe: exe.clone(),
+                    .find(|p| p.is_file());
+                let tried = found
+                    .context("bubblewrap (bwrap) is not on the PATH (apt-get install bubblewrap)")
+                    .and_then(|bwrap| {
+                        let sandbox = Sandbox::Bwrap {
+                            bwrap,
+                            holdfast_exe: exe.clone(),
+                            etc: Layout::new(data_dir).sandbox_etc(),
+                        };
+                        let etc = Layout::new(data_dir).sandbox_etc();
+                        Sandbox::write_etc(&etc)
+                            .with_context(|| format!("writing {}", etc.display()))?;
+                        sandbox.probe(&data_dir.join("sandbox").join("probe"))?;
+                        Ok(sandbox)
+                    });
+                match (tried, wanted) {
+                    (Ok(sandbox), _) => sandbox,
+                    (Err(e), "bwrap") => {
+                        return Err(e.context("--sandbox bwrap cannot sandbox on this host"));
+                    }
+                    (Err(e), _) => {
+                        tracing::warn!(
+                            error = %format!("{e:#}"),
+                            "--sandbox auto: bubblewrap does not work here; workspaces run \
+                             WITHOUT a sandbox (isolation \"none\")"
+                        );
+                        Sandbox::None
+                    }
                 }
             }
-            _ => Sandbox::None,
         };
         Ok(CpPolicy {
             default_persistence: self.default_data_persistence,
@@ -196,7 +218,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (Arc::new(HttpCp::new(url, secret, tenant)?), None)
         }
         None => {
-            let policy = args.policy.policy(true)?;
+            let policy = args.policy.policy(true, &data_dir)?;
             let cp = EmbeddedCp::start(store.clone(), data_dir.clone(), policy).await?;
             (cp.clone(), Some(cp))
         }
@@ -253,6 +275,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // them: it is a service of its own.
     if let Some(cp) = embedded {
         cp.backend().stop_all().await;
+        cp.backend().release();
     }
     tracing::info!("stopped");
     Ok(())

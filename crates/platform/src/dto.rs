@@ -2,6 +2,7 @@
 //! and response bodies. They carry the OpenAPI schemas.
 
 use crate::error::{ApiError, ApiResult};
+use holdfast_cp::process::Confinement;
 use holdfast_cp::{VolumeHistoryEntry, VolumeInfo};
 use holdfast_domain::{
     Compute, DataPersistence, Env, FieldError, Role, Runtime, Tier, WorkspaceName, format_millis,
@@ -261,10 +262,16 @@ pub struct WorkspaceView {
     pub updated_at: String,
     pub removed_at: Option<String>,
     pub data: DataSummary,
+    /// How it is isolated from the host: `bwrap`, `container`, `pod` or
+    /// `none` (as of its last start; before its first, what it would get).
+    pub isolation: String,
+    /// Whether its tier's memory, process and CPU limits apply: `enforced`
+    /// or `none`.
+    pub limits: String,
 }
 
 impl WorkspaceView {
-    pub fn new(ws: &WorkspaceRow, volume: Option<&VolumeInfo>) -> Self {
+    pub fn new(ws: &WorkspaceRow, volume: Option<&VolumeInfo>, default: &Confinement) -> Self {
         let mode = ws.resolved_mode.or(ws.compute.data_persistence);
         WorkspaceView {
             id: ws.id,
@@ -283,6 +290,14 @@ impl WorkspaceView {
             updated_at: format_millis(ws.updated_at),
             removed_at: ws.removed_at.map(format_millis),
             data: DataSummary::new(mode, volume),
+            isolation: ws
+                .isolation
+                .clone()
+                .unwrap_or_else(|| default.isolation.as_str().to_owned()),
+            limits: ws
+                .limits
+                .clone()
+                .unwrap_or_else(|| default.limits.as_str().to_owned()),
         }
     }
 }

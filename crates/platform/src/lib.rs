@@ -57,6 +57,9 @@ pub struct App {
     /// restarts (kept in its data dir), so that a replica restarted after a
     /// crash takes back its own leases at once instead of waiting them out.
     replica_id: String,
+    /// What the control plane gives a workspace started now (shown for one
+    /// that has not started yet).
+    pub(crate) confinement: holdfast_cp::process::Confinement,
 }
 
 impl App {
@@ -69,6 +72,17 @@ impl App {
         replica_id: String,
     ) -> anyhow::Result<Arc<App>> {
         let default_org = store.default_org(holdfast_domain::now_millis()).await?.id;
+        let confinement = match cp.confinement().await {
+            Ok(c) => c,
+            Err(e) => {
+                // An older or unreachable control plane: claim nothing.
+                tracing::warn!(error = %e, "the control plane did not say how it isolates workspaces");
+                holdfast_cp::process::Confinement {
+                    isolation: holdfast_cp::process::Isolation::None,
+                    limits: holdfast_cp::process::Limits::None,
+                }
+            }
+        };
         Ok(Arc::new(App {
             store,
             cp,
@@ -84,6 +98,7 @@ impl App {
                 .build()?,
             metrics: metrics::Metrics::default(),
             replica_id,
+            confinement,
         }))
     }
 

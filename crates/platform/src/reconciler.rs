@@ -429,12 +429,22 @@ impl App {
                     .record_started(
                         ws.id,
                         status,
-                        &p.instance_id,
-                        ws.generation,
-                        p.data_mode,
+                        holdfast_store::Started {
+                            instance_id: &p.instance_id,
+                            generation: ws.generation,
+                            resolved_mode: p.data_mode,
+                            isolation: p.isolation.map(|i| i.as_str()),
+                            limits: p.limits.map(|l| l.as_str()),
+                        },
                         now,
                     )
                     .await?;
+                if let Some(i) = p.isolation {
+                    ws.isolation = Some(i.as_str().to_owned());
+                }
+                if let Some(l) = p.limits {
+                    ws.limits = Some(l.as_str().to_owned());
+                }
                 ws.instance_id = Some(p.instance_id);
                 ws.instance_generation = Some(ws.generation);
                 ws.started_at = Some(now);

@@ -65,7 +65,7 @@ fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
 impl App {
     pub(crate) async fn view(&self, ws: &WorkspaceRow) -> ApiResult<WorkspaceView> {
         let volume = self.cp.volume(ws.id).await?;
-        Ok(WorkspaceView::new(ws, volume.as_ref()))
+        Ok(WorkspaceView::new(ws, volume.as_ref(), &self.confinement))
     }
 }
 
@@ -97,9 +97,11 @@ pub async fn create_workspace(
     let attached = app.observed(ws.id).attached;
     let view = match (&attached, ws.resolved_mode) {
         (Some(v), Some(holdfast_domain::DataPersistence::Persist)) => {
-            WorkspaceView::new(&ws, Some(v))
+            WorkspaceView::new(&ws, Some(v), &app.confinement)
         }
-        (None, Some(holdfast_domain::DataPersistence::Ephemeral)) => WorkspaceView::new(&ws, None),
+        (None, Some(holdfast_domain::DataPersistence::Ephemeral)) => {
+            WorkspaceView::new(&ws, None, &app.confinement)
+        }
         _ => app.view(&ws).await?,
     };
     app.metrics.observe_op("create", started.elapsed());

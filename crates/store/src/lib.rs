@@ -20,7 +20,7 @@ pub use audit::{AuditEvent, NewAuditEvent};
 pub use orgs::Org;
 pub use tenants::Tenant;
 pub use volumes::{Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition};
-pub use workspaces::{NewWorkspace, WorkspacePatch, WorkspaceRow};
+pub use workspaces::{NewWorkspace, Started, WorkspacePatch, WorkspaceRow};
 
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};

@@ -37,6 +37,10 @@ pub struct WorkspaceRow {
     pub last_heartbeat: Option<Millis>,
     /// Who asked for its removal.
     pub removed_by: Option<String>,
+    /// How its last start was isolated and whether its limits applied, as
+    /// the control plane reported (`bwrap`…, `enforced`/`none`).
+    pub isolation: Option<String>,
+    pub limits: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub removed_at: Option<Millis>,
@@ -73,6 +77,8 @@ impl WorkspaceRow {
             started_at: row.try_get("started_at")?,
             last_heartbeat: row.try_get("last_heartbeat")?,
             removed_by: row.try_get("removed_by")?,
+            isolation: row.try_get("isolation")?,
+            limits: row.try_get("limits")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             removed_at: row.try_get("removed_at")?,
@@ -117,9 +123,21 @@ impl WorkspacePatch {
     }
 }
 
+/// What a start recorded on the row: the instance, the generation of intent
+/// it was started for, the mode auto resolved to, and what the control
+/// plane says the instance got (kept as before when it says nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct Started<'a> {
+    pub instance_id: &'a str,
+    pub generation: i64,
+    pub resolved_mode: DataPersistence,
+    pub isolation: Option<&'a str>,
+    pub limits: Option<&'a str>,
+}
+
 const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
-    compute_released, instance_generation, started_at, last_heartbeat, removed_by, created_at, updated_at, removed_at";
+    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, created_at, updated_at, removed_at";
 
 fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("domain types serialize")
@@ -175,6 +193,8 @@ impl Store {
             started_at: None,
             last_heartbeat: None,
             removed_by: None,
+            isolation: None,
+            limits: None,
             created_at: now,
             updated_at: now,
             removed_at: None,
@@ -304,14 +324,20 @@ impl Store {
         &self,
         id: Uuid,
         status: Status,
-        instance_id: &str,
-        generation: i64,
-        resolved_mode: DataPersistence,
+        started: Started<'_>,
         now: Millis,
     ) -> StoreResult<()> {
+        let Started {
+            instance_id,
+            generation,
+            resolved_mode,
+            isolation,
+            limits,
+        } = started;
         sqlx::query(
             "UPDATE workspaces SET status = $2, instance_id = $3, instance_generation = $4, \
-             resolved_mode = $5, started_at = $6, last_heartbeat = NULL, updated_at = $6 \
+             resolved_mode = $5, started_at = $6, last_heartbeat = NULL, updated_at = $6, \
+             isolation = COALESCE($7, isolation), limits = COALESCE($8, limits) \
              WHERE id = $1 AND removed_at IS NULL",
         )
         .bind(id.to_string())
@@ -320,6 +346,8 @@ impl Store {
         .bind(generation)
         .bind(resolved_mode.as_str())
         .bind(now)
+        .bind(isolation.map(str::to_owned))
+        .bind(limits.map(str::to_owned))
         .execute(self.pool())
         .await?;
         Ok(())

@@ -890,6 +890,10 @@ fn holdfast_command() -> Command {
             cmd.env_remove(key);
         }
     }
+    // Most tests watch workspace processes by their host pids, which a
+    // sandbox's pid namespace hides: they run unsandboxed. The isolation
+    // tests (and any test passing `--sandbox`) run sandboxed, the default.
+    cmd.env("HOLDFAST_SANDBOX", "none");
     cmd
 }
 
@@ -1279,6 +1283,13 @@ fn processes_with_env(entry: &str) -> Vec<u32> {
                 .is_ok_and(|environ| environ.split(|b| *b == 0).any(|kv| kv == entry.as_bytes()))
         })
         .filter(|pid| process_is_running(*pid))
+        // A workspace's launcher (`holdfast contain … -- PROGRAM`) carries
+        // its environment for the instant before it becomes PROGRAM; it is
+        // not one of the workspace's processes yet.
+        .filter(|pid| {
+            !std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"contain".as_slice()))
+        })
         .collect()
 }
 
