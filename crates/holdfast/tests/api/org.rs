@@ -660,3 +660,94 @@ async fn the_export_imports_back_as_a_no_op() {
         .await
         .expect_error(404, "not_found");
 }
+
+/// Runs `holdfast org …` against the test server as the admin; its stdout,
+/// asserting success.
+fn cli(app: &TestApp, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HOLDFAST_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .arg("org")
+        .args(args)
+        .args([
+            "--url",
+            &app.base_url,
+            "--token",
+            crate::helpers::ADMIN_TOKEN,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run holdfast org");
+    assert!(
+        out.status.success(),
+        "holdfast org {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+#[tokio::test]
+async fn the_cli_prints_the_plan_and_exports() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("org.yaml");
+    std::fs::write(&file, team_doc()).unwrap();
+    let file = file.to_str().unwrap();
+
+    let dry = cli(&app, &["import", file, "--dry-run"]);
+    assert_eq!(
+        dry,
+        "+ create root\n+ create root/research\n+ create root/research/scraper\n+ create root/writer\n\
+         4 to create, 0 to update, 0 to remove, 0 unchanged (dry run: nothing was changed)\n"
+    );
+    assert!(app.list_workspaces().await.is_empty());
+
+    cli(&app, &["import", file]);
+    let writer = app
+        .list_workspaces()
+        .await
+        .into_iter()
+        .find(|w| w["name"] == "writer")
+        .unwrap();
+    app.wait_online(&id_of(&writer)).await;
+    let smaller = team_doc()
+        .split("  - name: writer")
+        .next()
+        .unwrap()
+        .replace("role: the team", "role: the lab");
+    std::fs::write(dir.path().join("org.yaml"), smaller).unwrap();
+    let applied = cli(&app, &["import", file, "--reconcile"]);
+    let lines: Vec<&str> = applied.lines().collect();
+    assert_eq!(lines[0], "~ update root (role)", "{applied}");
+    assert!(
+        lines[1].starts_with("- remove root/writer (data kept until 20"),
+        "{applied}"
+    );
+    assert_eq!(
+        lines[2], "0 to create, 1 to update, 1 to remove, 2 unchanged",
+        "{applied}"
+    );
+    assert_eq!(app.workspace(&id_of(&writer)).await["status"], "removed");
+
+    let exported = cli(&app, &["export"]);
+    assert_eq!(exported, app.get("/org/export").await.text);
+    let again = dir.path().join("again.yaml");
+    cli(&app, &["export", "-o", again.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), exported);
+    assert_eq!(
+        cli(
+            &app,
+            &[
+                "import",
+                again.to_str().unwrap(),
+                "--reconcile",
+                "--dry-run"
+            ]
+        ),
+        "0 to create, 0 to update, 0 to remove, 3 unchanged (dry run: nothing was changed)\n"
+    );
+}
