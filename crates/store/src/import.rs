@@ -71,6 +71,15 @@ impl Store {
     ) -> StoreResult<()> {
         let via = "org.import";
         let mut tx = self.pool().begin().await?;
+        if self.dialect() == crate::Dialect::Postgres {
+            // Imports into one org take turns, so that the checks below see
+            // what a concurrent import wrote (SQLite's single connection
+            // already serialises every transaction).
+            sqlx::query("SELECT id FROM orgs WHERE id = $1 FOR UPDATE")
+                .bind(org.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
         for ws in &w.creates {
             if let Some(parent) = ws.parent_id
                 && !w.creates.iter().any(|c| c.id == parent)
@@ -87,6 +96,38 @@ impl Store {
                         "workspace {parent} was removed while the import ran"
                     )));
                 }
+            }
+            // Two imports of one document at once would otherwise both
+            // create the same tree: a live sibling of the same name that
+            // appeared since the plan was made aborts this one.
+            let twin = match ws.parent_id {
+                Some(parent) => {
+                    sqlx::query(
+                        "SELECT id FROM workspaces WHERE org_id = $1 AND parent_id = $2 \
+                         AND name = $3 AND removed_at IS NULL",
+                    )
+                    .bind(org.to_string())
+                    .bind(parent.to_string())
+                    .bind(ws.name.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                }
+                None => {
+                    sqlx::query(
+                        "SELECT id FROM workspaces WHERE org_id = $1 AND parent_id IS NULL \
+                         AND name = $2 AND removed_at IS NULL",
+                    )
+                    .bind(org.to_string())
+                    .bind(ws.name.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                }
+            };
+            if twin.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "a workspace named {:?} appeared there while the import ran",
+                    ws.name
+                )));
             }
             insert_query(ws, now).execute(&mut *tx).await?;
             audit(

@@ -751,3 +751,62 @@ async fn the_cli_prints_the_plan_and_exports() {
         "0 to create, 0 to update, 0 to remove, 3 unchanged (dry run: nothing was changed)\n"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_both_routes_and_their_statuses() {
+    let app = TestApp::spawn().await;
+    let doc = app.get("/openapi.json").await.expect_status(200);
+    let import = &doc["paths"]["/org/import"]["post"];
+    let mut statuses: Vec<&str> = import["responses"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no /org/import in {}", doc["paths"]))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["200", "400", "401", "404", "409", "413", "415"]);
+    let content = import["requestBody"]["content"].as_object().unwrap();
+    for media in ["application/yaml", "text/yaml", "application/json"] {
+        assert!(content.contains_key(media), "{media} in {content:?}");
+    }
+    let params: Vec<&str> = import["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["mode", "dry_run", "org_id", "erase_data"]);
+    let export = &doc["paths"]["/org/export"]["get"];
+    assert!(
+        export["responses"]["200"]["content"]["application/yaml"].is_object(),
+        "{export}"
+    );
+    for schema in ["ImportResponse", "OrgDocumentSchema", "RemovedItem"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_imports_of_one_document_create_its_tree_once() {
+    let app = TestApp::spawn().await;
+    let doc = "name: root\nruntime: {command: [sleep, '600']}\nchildren: [{name: a, runtime: {command: [sleep, '600']}}]\n";
+    let answers =
+        futures_util::future::join_all((0..6).map(|_| import_raw(&app, "", YAML, doc.to_owned())))
+            .await;
+    let mut created = 0;
+    for answer in answers {
+        match answer.status.as_u16() {
+            200 => created += answer.body["created"].as_array().unwrap().len(),
+            409 => assert_eq!(answer.body["code"], "org_changed", "{}", answer.text),
+            other => panic!("unexpected {other}: {}", answer.text),
+        }
+    }
+    assert_eq!(created, 2, "root and root/a, once");
+    let names: Vec<Value> = app
+        .list_workspaces()
+        .await
+        .into_iter()
+        .map(|w| w["name"].clone())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
