@@ -238,6 +238,67 @@ test('narrow screen: the board and the panel stay usable', async () => {
   await page.getByRole('tab', { name: 'Config' }).waitFor({ state: 'detached' });
 });
 
+test('import: the dry-run plan comes first, says removed workspaces keep their data, then applies', async () => {
+  const sleep = { command: ['sh', '-c', 'exec sleep infinity'] };
+  const team = await server.api('POST', '/workspaces', { name: 'team', runtime: sleep });
+  const old = await server.api('POST', '/workspaces', {
+    name: 'old', parent_id: team.id, runtime: sleep, compute: { data_persistence: 'persist' },
+  });
+  await server.waitOnline(old.id);
+
+  const page = await page1280();
+  await page.getByRole('button', { name: 'Import', exact: true }).click();
+  const d = dialog(page);
+  const apply = d.getByRole('button', { name: 'Apply' });
+  assert.equal(await apply.isDisabled(), true, 'nothing to apply before a preview');
+
+  // A bad document: the error names the path and the line; nothing changes.
+  await d.getByLabel('YAML document').fill('name: team\ntier: 9\n');
+  await d.getByRole('button', { name: 'Preview' }).click();
+  await d.getByRole('alert').filter({ hasText: 'team (line 2): tier' }).waitFor();
+  assert.equal(await apply.isDisabled(), true);
+
+  const doc = [
+    'name: team',
+    'runtime: {command: [sh, -c, exec sleep infinity]}',
+    'children:',
+    '  - name: fresh',
+    '    runtime: {command: [sh, -c, exec sleep infinity]}',
+    '',
+  ].join('\n');
+  await d.getByLabel('YAML document').fill(doc);
+  await d.getByLabel('Also remove workspaces the document no longer names').check();
+  await d.getByRole('button', { name: 'Preview' }).click();
+  const plan = d.getByRole('region', { name: 'Plan' });
+  await plan.getByText('+ create team/fresh').waitFor();
+  await plan.getByText('- remove team/old (saved data kept)').waitFor();
+  await plan.getByText(/Removed workspaces keep their saved data\. Nothing is erased/).waitFor();
+  await plan.getByText(/Nothing has changed yet/).waitFor();
+  // The preview was a dry run.
+  assert.equal((await server.workspace(old.id)).status, 'online');
+  assert.equal(await byName('fresh'), undefined);
+  await screenshot(page, 'canvas-import.png');
+
+  // Editing the document takes the plan away until the next preview.
+  await d.getByLabel('YAML document').fill(`${doc}# edited\n`);
+  assert.equal(await apply.isDisabled(), true, 'an edited document needs a new preview');
+  await d.getByRole('button', { name: 'Preview' }).click();
+  await plan.getByText('+ create team/fresh').waitFor();
+  await apply.click();
+  await d.waitFor({ state: 'hidden' });
+  await page.getByText(/Imported: 1 created, 0 changed, 1 removed\. Removed workspaces keep their saved data\./).waitFor();
+
+  const fresh = await server.waitFor('fresh to exist', () => byName('fresh'));
+  assert.equal(fresh.parent_id, team.id);
+  assert.equal((await server.workspace(old.id)).status, 'removed');
+  const volume = await server.waitFor('the old data to be retained', async () => {
+    const v = await server.api('GET', `/workspaces/${old.id}/data`);
+    return v.state === 'retained' ? v : null;
+  });
+  assert.ok(volume.retain_until, 'kept until the retention grace ends');
+  await page.locator('.card[data-ws-name="fresh"]').waitFor();
+});
+
 test('screenshots: board, Config tab and delete dialog at 1280 px', async () => {
   const make = (body) => server.api('POST', '/workspaces', body);
   const lead = await make({ name: 'research-lead', role: 'Plans the research and reviews results', compute: { data_persistence: 'persist' } });

@@ -128,6 +128,34 @@ pub enum OrgCommand {
     List,
     /// Mint a token for an org (admin); it is shown once.
     Token { org_id: String },
+    /// Import a tree of workspaces from a YAML (or .json) file: create what
+    /// is missing, change what differs (at each workspace's next start).
+    Import {
+        file: PathBuf,
+        /// Also remove the workspaces of the tree that the file no longer
+        /// names. Their saved data is kept for the retention grace, and a
+        /// restore brings them back; nothing is erased.
+        #[arg(long)]
+        reconcile: bool,
+        /// Show the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Admin: the org to import into (default: the default org).
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Print the org's live tree as YAML (importing it changes nothing).
+    Export {
+        /// Admin: the org to export (default: the default org).
+        #[arg(long)]
+        org: Option<String>,
+        /// The top-level workspace whose tree to export, when there are several.
+        #[arg(long)]
+        root: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -498,8 +526,140 @@ pub async fn org(conn: Conn, cmd: OrgCommand) -> anyhow::Result<()> {
                 println!("{}", v["token"].as_str().unwrap_or_default());
             }
         }
+        OrgCommand::Import {
+            file,
+            reconcile,
+            dry_run,
+            org,
+        } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let content_type = if file.extension().is_some_and(|e| e == "json") {
+                "application/json"
+            } else {
+                "application/yaml"
+            };
+            let mut query = Vec::new();
+            if reconcile {
+                query.push("mode=reconcile".to_owned());
+            }
+            if dry_run {
+                query.push("dry_run=true".to_owned());
+            }
+            if let Some(org) = org {
+                query.push(format!("org_id={}", encode(&org)));
+            }
+            let path = if query.is_empty() {
+                "/org/import".to_owned()
+            } else {
+                format!("/org/import?{}", query.join("&"))
+            };
+            let answer = c
+                .call(
+                    c.req(reqwest::Method::POST, &path)
+                        .header(reqwest::header::CONTENT_TYPE, content_type)
+                        .body(body),
+                )
+                .await?;
+            if c.json {
+                c.print(&answer, &[]);
+            } else {
+                for line in plan_lines(&answer) {
+                    println!("{line}");
+                }
+            }
+        }
+        OrgCommand::Export { org, root, output } => {
+            let mut query = Vec::new();
+            if let Some(org) = org {
+                query.push(format!("org_id={}", encode(&org)));
+            }
+            if let Some(root) = root {
+                query.push(format!("root={}", encode(&root)));
+            }
+            let path = if query.is_empty() {
+                "/org/export".to_owned()
+            } else {
+                format!("/org/export?{}", query.join("&"))
+            };
+            let resp = c
+                .req(reqwest::Method::GET, &path)
+                .send()
+                .await
+                .with_context(|| format!("reaching {}", c.url))?;
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let msg = body["error"].as_str().unwrap_or("request failed");
+                let code = body["code"].as_str().unwrap_or("");
+                bail!("{} {msg} ({code})", status.as_u16());
+            }
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
     }
     Ok(())
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// An import's answer as the plan a person reads: `+ create path`,
+/// `~ update path (fields)`, `- remove path (data kept until …)`, then a
+/// summary line.
+fn plan_lines(answer: &Value) -> Vec<String> {
+    let items = |key: &str| answer[key].as_array().cloned().unwrap_or_default();
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let mut out = Vec::new();
+    let dry = answer["dry_run"] == true;
+    for c in items("created") {
+        out.push(format!("+ create {}", text(&c["path"])));
+    }
+    for u in items("updated") {
+        let fields: Vec<String> = u["fields"]
+            .as_array()
+            .map(|f| f.iter().map(text).collect())
+            .unwrap_or_default();
+        out.push(format!(
+            "~ update {} ({})",
+            text(&u["path"]),
+            fields.join(", ")
+        ));
+    }
+    for r in items("removed") {
+        let kept = match (r["data"].as_str(), r["restore_until"].as_str()) {
+            (Some("retained"), Some(until)) => format!("data kept until {until}"),
+            (Some("retained"), None) => "data kept for the retention grace".to_owned(),
+            _ => "no saved data".to_owned(),
+        };
+        out.push(format!("- remove {} ({kept})", text(&r["path"])));
+    }
+    let unchanged = answer["unchanged"].as_u64().unwrap_or(0);
+    out.push(format!(
+        "{} to create, {} to update, {} to remove, {unchanged} unchanged{}",
+        items("created").len(),
+        items("updated").len(),
+        items("removed").len(),
+        if dry {
+            " (dry run: nothing was changed)"
+        } else {
+            ""
+        }
+    ));
+    out
 }
 
 pub async fn volumes(conn: Conn, cmd: VolumesCommand) -> anyhow::Result<()> {
@@ -555,4 +715,34 @@ pub async fn sweep(conn: Conn, dry_run: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    #[test]
+    fn an_import_answer_reads_as_a_plan() {
+        let answer = json!({
+            "created": [{"id": null, "path": "root/new"}],
+            "updated": [{"id": "u", "path": "root/a", "fields": ["tier", "env"]}],
+            "removed": [
+                {"id": "r", "path": "root/old", "data": "retained", "restore_until": "2026-12-08T10:00:00.000Z"},
+                {"id": "s", "path": "root/old/tmp", "data": "none", "restore_until": null},
+                {"id": "t", "path": "root/dry", "data": "retained", "restore_until": null},
+            ],
+            "unchanged": 2,
+            "dry_run": true,
+        });
+        expect![[r#"
+            + create root/new
+            ~ update root/a (tier, env)
+            - remove root/old (data kept until 2026-12-08T10:00:00.000Z)
+            - remove root/old/tmp (no saved data)
+            - remove root/dry (data kept for the retention grace)
+            1 to create, 1 to update, 3 to remove, 2 unchanged (dry run: nothing was changed)"#]]
+        .assert_eq(&plan_lines(&answer).join("\n"));
+        assert_eq!(encode("a b/ü"), "a%20b%2F%C3%BC");
+    }
 }

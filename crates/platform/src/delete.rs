@@ -196,12 +196,50 @@ impl App {
             self.cp
                 .stop_and_prune(ws.id, instance.as_deref(), actor)
                 .await?;
+            self.store.mark_compute_released(ws.id).await?;
+            self.forget(ws.id);
+            Ok(())
         } else {
-            self.cp.stop(ws.id, instance.as_deref()).await?;
-            self.cp
-                .retain_volume(ws.id, actor, "workspace_deleted")
-                .await?;
+            self.stop_and_retain_locked(ws, actor).await
         }
+    }
+
+    /// Finishes a removal that was recorded without erase, as the org
+    /// import's reconcile records every removal: stop the compute and keep
+    /// the data `retained` for the retention grace. A row whose removal asked
+    /// for erase is left alone: that is the delete flow's, through
+    /// [`App::finish_removal`]. Idempotent, like it.
+    pub(crate) async fn finish_retaining_removal(&self, id: Uuid, actor: &str) -> ApiResult<()> {
+        let _guard = self.locks.lock(id).await;
+        if !self
+            .lease(id, std::time::Duration::from_secs(30))
+            .await
+            .map_err(ApiError::internal)?
+        {
+            return Err(ApiError::internal(
+                "another replica holds the workspace; the reconciler will finish",
+            ));
+        }
+        let current = self.store.get_workspace(id).await?;
+        let result = match current {
+            Some(ws)
+                if ws.is_removed() && !ws.compute_released && ws.delete_erase == Some(false) =>
+            {
+                self.stop_and_retain_locked(&ws, actor).await
+            }
+            _ => Ok(()),
+        };
+        self.release(id).await;
+        result
+    }
+
+    /// The end of every removal without erase: stop (never prune), then keep
+    /// the volume `retained`. The caller holds the workspace's lock.
+    async fn stop_and_retain_locked(&self, ws: &WorkspaceRow, actor: &str) -> ApiResult<()> {
+        self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
+        self.cp
+            .retain_volume(ws.id, actor, "workspace_deleted")
+            .await?;
         self.store.mark_compute_released(ws.id).await?;
         self.forget(ws.id);
         Ok(())

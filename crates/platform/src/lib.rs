@@ -17,6 +17,7 @@ mod lifecycle;
 mod messages;
 mod metrics;
 mod openapi;
+mod org;
 mod orgs;
 mod reconciler;
 mod registry;
@@ -60,6 +61,9 @@ pub struct App {
     /// What the control plane gives a workspace started now (shown for one
     /// that has not started yet).
     pub(crate) confinement: holdfast_cp::process::Confinement,
+    /// Wakes the reconciler loop before its next tick, for intent written
+    /// without a reconcile of its own (an org import).
+    reconcile_soon: tokio::sync::Notify,
 }
 
 impl App {
@@ -99,6 +103,7 @@ impl App {
             metrics: metrics::Metrics::default(),
             replica_id,
             confinement,
+            reconcile_soon: tokio::sync::Notify::new(),
         }))
     }
 
@@ -108,15 +113,24 @@ impl App {
         self.events.close();
     }
 
+    /// Asks the reconciler loop for a pass now rather than at its next tick.
+    pub(crate) fn nudge_reconciler(&self) {
+        self.reconcile_soon.notify_one();
+    }
+
     /// Runs the reconciler loop: a first pass at start (which restarts every
-    /// workspace that should run), then one pass per interval.
+    /// workspace that should run), then one pass per interval, or sooner
+    /// when nudged.
     pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let app = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(app.reconciler.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = app.reconcile_soon.notified() => {}
+                }
                 if let Err(e) = app.reconcile_all().await {
                     tracing::warn!(error = %e, "reconcile pass failed");
                 }
@@ -182,6 +196,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(canvas::router())
         .route("/orgs", get(orgs::list_orgs).post(orgs::create_org))
         .route("/orgs/{id}/tokens", post(orgs::create_org_token))
+        .route("/org/import", post(org::import_org))
+        .route("/org/export", get(org::export_org))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .with_state(app)

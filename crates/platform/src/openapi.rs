@@ -38,6 +38,8 @@ use utoipa::{Modify, OpenApi};
         crate::orgs::create_org,
         crate::orgs::list_orgs,
         crate::orgs::create_org_token,
+        crate::org::import_org,
+        crate::org::export_org,
     ),
     components(schemas(
         dto::WorkspaceView, dto::DataSummary, dto::CreateWorkspaceRequest, dto::PatchWorkspaceRequest,
@@ -47,6 +49,8 @@ use utoipa::{Modify, OpenApi};
         crate::registry::HeartbeatRequest, crate::messages::MessageRequest,
         crate::data::SweepRequest, crate::data::AuditView, holdfast_cp::sweep::SweepReport,
         holdfast_cp::sweep::SweepItem, crate::orgs::CreateOrgRequest, crate::orgs::OrgView, crate::orgs::TokenView,
+        crate::org::OrgDocumentSchema, crate::org::ImportResponse, crate::org::CreatedItem,
+        crate::org::UpdatedItem, crate::org::RemovedItem,
     )),
     modifiers(&BearerAuth)
 )]

@@ -576,6 +576,114 @@
     }
   });
 
+  // ---- Import dialog ---------------------------------------------------------
+
+  const impDialog = $('#import-dialog');
+  const impForm = $('#import-form');
+  const impText = $('#import-text');
+  const impReconcile = $('#import-reconcile');
+  const impPlan = $('#import-plan');
+  const impApply = $('#import-apply');
+  const impPreview = $('#import-preview');
+  // The document and mode the shown plan was computed for: Apply sends
+  // exactly those, and is disabled once either changes.
+  let previewed = null;
+
+  async function importDoc(doc, reconcile, dryRun) {
+    const q = [];
+    if (reconcile) q.push('mode=reconcile');
+    if (dryRun) q.push('dry_run=true');
+    const url = `/org/import${q.length ? `?${q.join('&')}` : ''}`;
+    let res;
+    try {
+      res = await fetch(url, {
+        method: 'POST',
+        credentials: 'same-origin',
+        headers: { Accept: 'application/json', 'Content-Type': 'application/yaml' },
+        body: doc,
+      });
+    } catch (e) {
+      throw new ApiError(0, { error: 'The server could not be reached. Check that holdfast is running.' });
+    }
+    if (res.status === 401) {
+      location.href = '/canvas/login';
+      throw new ApiError(401, { error: 'Your session has ended. Sign in again.' });
+    }
+    let data = null;
+    try { data = await res.json(); } catch (e) { data = null; }
+    if (!res.ok) throw new ApiError(res.status, data);
+    return data;
+  }
+
+  function showPlan(plan) {
+    const items = $('[data-plan-items]', impPlan);
+    items.replaceChildren();
+    for (const c of plan.created) items.append(el('li', { class: 'create' }, `+ create ${c.path}`));
+    for (const u of plan.updated) items.append(el('li', { class: 'update' }, `~ update ${u.path} (${u.fields.join(', ')})`));
+    for (const r of plan.removed) {
+      const kept = r.data === 'retained' ? 'saved data kept' : 'no saved data';
+      items.append(el('li', { class: 'remove' }, `- remove ${r.path} (${kept})`));
+    }
+    const changes = plan.created.length + plan.updated.length + plan.removed.length;
+    $('[data-plan-summary]', impPlan).textContent = changes
+      ? `${plan.created.length} to create, ${plan.updated.length} to change, ${plan.removed.length} to remove, ${plan.unchanged} unchanged. Nothing has changed yet.`
+      : `Nothing to do: all ${plan.unchanged} workspaces are already as the document says.`;
+    $('[data-plan-keep]', impPlan).hidden = plan.removed.length === 0;
+    impPlan.hidden = false;
+  }
+
+  function invalidatePreview() {
+    previewed = null;
+    impApply.disabled = true;
+    impPlan.hidden = true;
+  }
+
+  $('#import-button').addEventListener('click', () => {
+    impForm.reset();
+    showFormError(impForm, '');
+    invalidatePreview();
+    impDialog.showModal();
+    impText.focus();
+  });
+  $('[data-close]', impDialog).addEventListener('click', () => impDialog.close());
+  impText.addEventListener('input', invalidatePreview);
+  impReconcile.addEventListener('change', invalidatePreview);
+  impPreview.addEventListener('click', async () => {
+    const doc = impText.value;
+    if (!doc.trim()) return showFormError(impForm, 'Paste a YAML document first.');
+    showFormError(impForm, '');
+    invalidatePreview();
+    impPreview.disabled = true;
+    try {
+      const plan = await importDoc(doc, impReconcile.checked, true);
+      showPlan(plan);
+      previewed = { doc, reconcile: impReconcile.checked };
+      impApply.disabled = plan.created.length + plan.updated.length + plan.removed.length === 0;
+    } catch (e) {
+      showFormError(impForm, e.message);
+    } finally {
+      impPreview.disabled = false;
+    }
+  });
+  impForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    if (!previewed) return;
+    impApply.disabled = true;
+    impApply.textContent = 'Applying…';
+    try {
+      const done = await importDoc(previewed.doc, previewed.reconcile, false);
+      impDialog.close();
+      const kept = done.removed.length ? ' Removed workspaces keep their saved data.' : '';
+      toast(`Imported: ${done.created.length} created, ${done.updated.length} changed, ${done.removed.length} removed.${kept}`, { kind: 'ok' });
+      await refreshBoard();
+    } catch (e) {
+      showFormError(impForm, e.message);
+      impApply.disabled = false;
+    } finally {
+      impApply.textContent = 'Apply';
+    }
+  });
+
   // ---- Clicks ------------------------------------------------------------
 
   document.addEventListener('click', async (ev) => {

@@ -10,6 +10,7 @@
 //! transaction is held across a call to the control plane or the filesystem.
 
 mod audit;
+mod import;
 mod orgs;
 mod tenants;
 mod tokens;
@@ -17,6 +18,7 @@ mod volumes;
 mod workspaces;
 
 pub use audit::{AuditEvent, NewAuditEvent};
+pub use import::{ImportUpdate, ImportWrite};
 pub use orgs::Org;
 pub use tenants::Tenant;
 pub use volumes::{Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition};

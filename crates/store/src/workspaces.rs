@@ -51,7 +51,7 @@ impl WorkspaceRow {
         self.removed_at.is_some()
     }
 
-    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+    pub(crate) fn from_row(row: &AnyRow) -> StoreResult<Self> {
         let delete_erase: Option<i64> = row.try_get("delete_erase")?;
         let compute_released: i64 = row.try_get("compute_released")?;
         let resolved: Option<String> = row.try_get("resolved_mode")?;
@@ -135,11 +135,82 @@ pub struct Started<'a> {
     pub limits: Option<&'a str>,
 }
 
-const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
+impl WorkspacePatch {
+    /// Sets the fields this patch names on `ws`.
+    pub(crate) fn apply_to(&self, ws: &mut WorkspaceRow) {
+        if let Some(name) = &self.name {
+            ws.name = name.clone();
+        }
+        if let Some(role) = &self.role {
+            ws.role = role.clone();
+        }
+        if let Some(tier) = self.tier {
+            ws.tier = tier;
+        }
+        if let Some(runtime) = &self.runtime {
+            ws.runtime = runtime.clone();
+        }
+        if let Some(env) = &self.env {
+            ws.env = env.clone();
+        }
+        if let Some(compute) = self.compute {
+            ws.compute = compute;
+        }
+    }
+}
+
+/// Writes a row's configuration columns inside a transaction.
+pub(crate) async fn write_config(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ws: &WorkspaceRow,
+    now: Millis,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE workspaces SET name = $2, role = $3, tier = $4, runtime = $5, env = $6, \
+         compute = $7, updated_at = $8 WHERE id = $1",
+    )
+    .bind(ws.id.to_string())
+    .bind(&ws.name)
+    .bind(ws.role.clone())
+    .bind(i64::from(ws.tier.get()))
+    .bind(json(&ws.runtime))
+    .bind(json(&ws.env))
+    .bind(json(&ws.compute))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The insert of a new workspace: intent `running`, status `provisioning`.
+pub(crate) fn insert_query(
+    ws: &NewWorkspace,
+    now: Millis,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
+    sqlx::query(
+        "INSERT INTO workspaces (id, org_id, name, role, parent_id, tier, runtime, env, compute, \
+         desired, generation, status, compute_released, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, 1, $12, $12)",
+    )
+    .bind(ws.id.to_string())
+    .bind(ws.org_id.to_string())
+    .bind(ws.name.clone())
+    .bind(ws.role.clone())
+    .bind(ws.parent_id.map(|p| p.to_string()))
+    .bind(i64::from(ws.tier.get()))
+    .bind(json(&ws.runtime))
+    .bind(json(&ws.env))
+    .bind(json(&ws.compute))
+    .bind(DesiredState::Running.as_str())
+    .bind(Status::Provisioning.as_str())
+    .bind(now)
+}
+
+pub(crate) const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
     compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, created_at, updated_at, removed_at";
 
-fn json(v: &impl serde::Serialize) -> String {
+pub(crate) fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("domain types serialize")
 }
 
@@ -150,25 +221,7 @@ impl Store {
         ws: &NewWorkspace,
         now: Millis,
     ) -> StoreResult<WorkspaceRow> {
-        sqlx::query(
-            "INSERT INTO workspaces (id, org_id, name, role, parent_id, tier, runtime, env, compute, \
-             desired, generation, status, compute_released, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, 1, $12, $12)",
-        )
-        .bind(ws.id.to_string())
-        .bind(ws.org_id.to_string())
-        .bind(&ws.name)
-        .bind(ws.role.clone())
-        .bind(ws.parent_id.map(|p| p.to_string()))
-        .bind(i64::from(ws.tier.get()))
-        .bind(json(&ws.runtime))
-        .bind(json(&ws.env))
-        .bind(json(&ws.compute))
-        .bind(DesiredState::Running.as_str())
-        .bind(Status::Provisioning.as_str())
-        .bind(now)
-        .execute(self.pool())
-        .await?;
+        insert_query(ws, now).execute(self.pool()).await?;
         // Built from what was written rather than read back: create is on
         // the path measured by the create → online benchmark.
         Ok(WorkspaceRow {
@@ -279,38 +332,8 @@ impl Store {
         if ws.is_removed() {
             return Err(StoreError::Conflict("workspace is removed".into()));
         }
-        if let Some(name) = &patch.name {
-            ws.name = name.clone();
-        }
-        if let Some(role) = &patch.role {
-            ws.role = role.clone();
-        }
-        if let Some(tier) = patch.tier {
-            ws.tier = tier;
-        }
-        if let Some(runtime) = &patch.runtime {
-            ws.runtime = runtime.clone();
-        }
-        if let Some(env) = &patch.env {
-            ws.env = env.clone();
-        }
-        if let Some(compute) = patch.compute {
-            ws.compute = compute;
-        }
-        sqlx::query(
-            "UPDATE workspaces SET name = $2, role = $3, tier = $4, runtime = $5, env = $6, \
-             compute = $7, updated_at = $8 WHERE id = $1",
-        )
-        .bind(id.to_string())
-        .bind(&ws.name)
-        .bind(ws.role.clone())
-        .bind(i64::from(ws.tier.get()))
-        .bind(json(&ws.runtime))
-        .bind(json(&ws.env))
-        .bind(json(&ws.compute))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        patch.apply_to(&mut ws);
+        write_config(&mut tx, &ws, now).await?;
         tx.commit().await?;
         ws.updated_at = now;
         Ok(ws)

@@ -11,6 +11,7 @@ mod export;
 mod failpoints;
 mod helpers;
 mod misc;
+mod org;
 mod orgs;
 mod persistence;
 mod recovery;
