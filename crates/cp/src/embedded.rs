@@ -1,6 +1,7 @@
-//! The in-process control plane: the process backend plus volume records in
-//! the store.
+//! The in-process control plane: a backend (processes or containers, see
+//! [`crate::backend`]) plus volume records in the store.
 
+use crate::backend::{Backend, DataKind};
 use crate::cgroup::Cgroups;
 use crate::process::{Confinement, Layout, ProcessBackend, ProcessState, Spawn};
 use crate::{
@@ -8,7 +9,7 @@ use crate::{
     VolumeHistoryEntry, VolumeInfo,
 };
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, Runtime, VolumeState, now_millis};
+use holdfast_domain::{DataPersistence, Program, Runtime, VolumeState, now_millis};
 use holdfast_store::{NewAuditEvent, Store, VolumeRow, VolumeTransition};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,13 +32,25 @@ pub struct CpPolicy {
     /// Whether the store also holds the platform's workspaces (embedded in
     /// `serve`), which lets the sweeper find records without a workspace.
     pub with_workspaces: bool,
-    /// How workspace processes are confined.
+    /// How workspace processes are confined (the process backend).
     pub sandbox: crate::process::Sandbox,
+    /// What runs workspaces (`--backend`).
+    pub backend: BackendChoice,
+}
+
+/// The backend a control plane runs workspaces on.
+#[derive(Debug, Clone)]
+pub enum BackendChoice {
+    /// Child processes, volumes as directories under the data dir.
+    Process,
+    /// Containers of a Docker Engine API server (Docker or Podman), volumes
+    /// as its named volumes.
+    Container(crate::container::ContainerSettings),
 }
 
 pub struct EmbeddedCp {
     store: Store,
-    backend: Arc<ProcessBackend>,
+    backend: Arc<dyn Backend>,
     policy: CpPolicy,
     /// One sweeper pass at a time in this process.
     sweeping: tokio::sync::Mutex<()>,
@@ -55,6 +68,26 @@ impl EmbeddedCp {
         data_dir: PathBuf,
         policy: CpPolicy,
     ) -> anyhow::Result<Arc<Self>> {
+        let backend: Arc<dyn Backend> = match &policy.backend {
+            BackendChoice::Process => Self::process_backend(data_dir, &policy).await?,
+            BackendChoice::Container(settings) => {
+                crate::container::ContainerBackend::connect(settings.clone(), &data_dir).await?
+            }
+        };
+        let cp = Arc::new(EmbeddedCp {
+            store,
+            backend,
+            policy,
+            sweeping: tokio::sync::Mutex::new(()),
+        });
+        cp.reap_leftovers().await?;
+        Ok(cp)
+    }
+
+    async fn process_backend(
+        data_dir: PathBuf,
+        policy: &CpPolicy,
+    ) -> anyhow::Result<Arc<ProcessBackend>> {
         let layout = Layout::new(data_dir);
         if let crate::process::Sandbox::Bwrap { etc, .. } = &policy.sandbox {
             crate::process::Sandbox::write_etc(etc)?;
@@ -69,34 +102,25 @@ impl EmbeddedCp {
         } else if !cgroups.limits() {
             tracing::warn!("cgroup limits cannot be set here: workspace limits are not enforced");
         }
-        let backend = ProcessBackend::new(
+        Ok(ProcessBackend::new(
             layout,
             policy.stop_timeout,
             policy.sandbox.clone(),
             cgroups,
             policy.runtime_exe.clone(),
-        );
-        let cp = Arc::new(EmbeddedCp {
-            store,
-            backend,
-            policy,
-            sweeping: tokio::sync::Mutex::new(()),
-        });
-        cp.reap_leftovers().await?;
-        Ok(cp)
+        ))
     }
 
-    pub fn backend(&self) -> &Arc<ProcessBackend> {
+    pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }
 
     /// Whatever a previous run left running cannot be waited on by this one.
-    /// Kill it (persist data is on disk; ephemeral data is wiped at the next
+    /// Stop it (persist data is kept; ephemeral data is wiped at the next
     /// start anyway) so that the platform's restart never makes a second
-    /// process for a workspace.
+    /// instance of a workspace.
     async fn reap_leftovers(&self) -> anyhow::Result<()> {
-        let backend = self.backend.clone();
-        let killed = tokio::task::spawn_blocking(move || backend.reap_leftovers()).await?;
+        let killed = self.backend.reap_leftovers().await?;
         if killed > 0 {
             tracing::info!(killed, "stopped processes left by a previous run");
         }
@@ -104,14 +128,9 @@ impl EmbeddedCp {
     }
 
     fn argv(&self, runtime: &Runtime) -> Vec<String> {
-        match runtime {
-            Runtime::Template(_) => {
-                vec![
-                    self.policy.runtime_exe.to_string_lossy().into_owned(),
-                    "runtime".to_owned(),
-                ]
-            }
-            Runtime::Command(argv) => argv.clone(),
+        match &runtime.program {
+            Program::Template(_) => self.backend.builtin_argv(),
+            Program::Command(argv) => argv.clone(),
         }
     }
 
@@ -231,14 +250,12 @@ impl EmbeddedCp {
     /// shows and what an erasure reports when it was interrupted.
     fn refresh_bytes(&self, workspace_id: Uuid) {
         let store = self.store.clone();
-        let dir = self.backend.layout().volume_dir(workspace_id);
+        let backend = self.backend.clone();
         tokio::spawn(async move {
             let Ok(Some(v)) = store.current_volume(workspace_id).await else {
                 return;
             };
-            if let Ok(Ok(bytes)) =
-                tokio::task::spawn_blocking(move || crate::tree::tree_size(&dir)).await
-            {
+            if let Ok(Some(bytes)) = backend.data_bytes(workspace_id, DataKind::Volume).await {
                 let _ = store
                     .set_volume_bytes(v.id, i64::try_from(bytes).unwrap_or(i64::MAX))
                     .await;
@@ -256,7 +273,7 @@ impl ControlPlane for EmbeddedCp {
             .unwrap_or(self.policy.default_persistence);
         // One process per workspace: whatever still runs is stopped (never
         // pruned) before the new one starts.
-        if self.backend.current_instance(req.workspace_id).is_some() {
+        if self.backend.has_instance(req.workspace_id).await {
             tracing::warn!("provision while an instance runs; stopping it first");
             self.backend.stop(req.workspace_id, None).await?;
         }
@@ -270,14 +287,17 @@ impl ControlPlane for EmbeddedCp {
         let instance_id = Uuid::new_v4().to_string();
         let Confinement { isolation, limits } = self
             .backend
-            .spawn(Spawn {
-                workspace_id: req.workspace_id,
-                instance_id: instance_id.clone(),
-                argv: self.argv(&req.runtime),
-                env: req.env.clone(),
-                mode,
-                tier: req.tier(),
-            })
+            .spawn(
+                Spawn {
+                    workspace_id: req.workspace_id,
+                    instance_id: instance_id.clone(),
+                    argv: self.argv(&req.runtime),
+                    env: req.env.clone(),
+                    mode,
+                    tier: req.tier(),
+                },
+                req.runtime.image.as_ref(),
+            )
             .await?;
         Ok(Provisioned {
             instance_id,
@@ -351,7 +371,7 @@ impl ControlPlane for EmbeddedCp {
     }
 
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
-        Ok(match self.backend.state(workspace_id, instance_id) {
+        Ok(match self.backend.state(workspace_id, instance_id).await? {
             ProcessState::Running => InstanceState::Running,
             ProcessState::Exited(_) => InstanceState::Exited,
             ProcessState::Unknown => InstanceState::Unknown,
@@ -476,36 +496,22 @@ impl ControlPlane for EmbeddedCp {
     }
 
     async fn export(&self, workspace_id: Uuid) -> CpResult<crate::export::ByteStream> {
-        let layout = self.backend.layout();
-        let dir = match self.store.current_volume(workspace_id).await? {
-            Some(v) if v.state != VolumeState::Erasing => layout.volume_dir(workspace_id),
+        let kind = match self.store.current_volume(workspace_id).await? {
+            Some(v) if v.state != VolumeState::Erasing => DataKind::Volume,
             Some(_) => return Err(CpError::DataErased),
             None => match self.store.latest_volume(workspace_id).await? {
-                // The durable data is gone; a scratch dir (if the workspace
+                // The durable data is gone; scratch data (if the workspace
                 // runs ephemeral now) is all there is.
                 Some(v)
                     if v.state == VolumeState::Erased
-                        && !layout.scratch_dir(workspace_id).is_dir() =>
+                        && !self.backend.has_data(workspace_id, DataKind::Scratch).await =>
                 {
                     return Err(CpError::DataErased);
                 }
-                _ => layout.scratch_dir(workspace_id),
+                _ => DataKind::Scratch,
             },
         };
-        if !std::fs::symlink_metadata(&dir)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            return Err(CpError::NotFound(
-                "the workspace has no data to export".to_owned(),
-            ));
-        }
-        let root = dir.clone();
-        let plan = tokio::task::spawn_blocking(move || crate::export::check(&root))
-            .await
-            .map_err(anyhow::Error::new)?
-            .map_err(|e| CpError::ExportRefused(e.to_string()))?;
-        Ok(crate::export::stream_archive(dir, plan))
+        self.backend.export(workspace_id, kind).await
     }
 
     async fn volume_stats(&self) -> CpResult<Vec<(String, i64, i64)>> {
@@ -516,7 +522,7 @@ impl ControlPlane for EmbeddedCp {
         let _one_at_a_time = self.sweeping.lock().await;
         let sweeper = crate::sweep::Sweeper {
             store: &self.store,
-            layout: self.backend.layout(),
+            backend: self.backend.as_ref(),
             retention_grace: self.policy.retention_grace,
             with_workspaces: self.policy.with_workspaces,
         };

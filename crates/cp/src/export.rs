@@ -333,6 +333,35 @@ pub fn stream_archive(root: PathBuf, plan: Plan) -> ByteStream {
     }))
 }
 
+/// Streams what `write` writes, run on a blocking thread; the receiver
+/// resolves once it has finished (so that the caller can release what the
+/// writer read from). A failure part-way fails the stream.
+pub fn stream_with(
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
+) -> (ByteStream, tokio::sync::oneshot::Receiver<()>) {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let err_tx = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let result = write(&mut writer).and_then(|()| writer.flush());
+        if let Err(e) = result
+            && e.kind() != io::ErrorKind::BrokenPipe
+        {
+            tracing::warn!(error = %e, "export failed part-way");
+            let _ = err_tx.blocking_send(Err(e));
+        }
+        let _ = done_tx.send(());
+    });
+    let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    (stream, done_rx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

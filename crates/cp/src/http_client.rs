@@ -75,6 +75,12 @@ impl CallError {
                      entry); the control plane's log names it"
                         .to_owned(),
                 ),
+                (StatusCode::CONFLICT, Some("image_not_found")) => CpError::ImageMissing(format!(
+                    "{op}: the workspace's container image is not on the engine"
+                )),
+                (StatusCode::SERVICE_UNAVAILABLE, _) => CpError::Unavailable(format!(
+                    "{op}: the control plane's backend is unavailable"
+                )),
                 (StatusCode::CONFLICT, _) => {
                     CpError::Conflict(format!("{op}: the control plane refused (409)"))
                 }

@@ -118,6 +118,17 @@ impl From<CpError> for CpHttpError {
                     format!("the data cannot be exported: {m}"),
                 )
             }
+            CpError::Unavailable(m) => {
+                tracing::warn!(reason = %m, "backend unavailable");
+                CpHttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backend_unavailable",
+                    "the control plane's backend is unavailable; try again shortly",
+                )
+            }
+            CpError::ImageMissing(m) => {
+                CpHttpError::new(StatusCode::CONFLICT, "image_not_found", m)
+            }
             CpError::Other(e) => {
                 tracing::error!(error = %format!("{e:#}"), "control plane error");
                 CpHttpError::new(

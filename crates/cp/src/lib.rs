@@ -1,15 +1,17 @@
 //! The control plane: provisions compute and data volumes on a backend.
 //!
 //! [`ControlPlane`] is the interface the platform talks to. [`EmbeddedCp`]
-//! implements it in-process over the [`process`] backend and the store's
-//! volume records.
+//! implements it in-process over a [`backend::Backend`] (the [`process`]
+//! backend, or the [`container`] backend) and the store's volume records.
 //!
 //! **Architecture Invariant:** routine operations call [`ControlPlane::stop`];
 //! only the user's delete with `erase_data=true` calls
 //! [`ControlPlane::stop_and_prune`]. The two are separate functions, never one
 //! function with a flag, and a test pins the prune path's single caller.
 
+pub mod backend;
 pub mod cgroup;
+pub mod container;
 mod embedded;
 pub mod export;
 pub mod http_client;
@@ -18,7 +20,7 @@ pub mod process;
 pub mod sweep;
 pub mod tree;
 
-pub use embedded::{CpPolicy, EmbeddedCp};
+pub use embedded::{BackendChoice, CpPolicy, EmbeddedCp};
 pub use http_client::HttpCp;
 
 use async_trait::async_trait;
@@ -145,6 +147,12 @@ pub enum CpError {
     /// message.
     #[error("the data cannot be exported: {0}")]
     ExportRefused(String),
+    /// The backend (a container engine) does not answer: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The workspace's container image is not on the engine.
+    #[error("{0}")]
+    ImageMissing(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

@@ -405,6 +405,11 @@ impl ProcessBackend {
         &self.layout
     }
 
+    /// The holdfast binary (the built-in runtime is `<it> runtime`).
+    pub fn launcher(&self) -> &Path {
+        &self.launcher
+    }
+
     /// What a workspace started now gets.
     pub fn confinement(&self) -> Confinement {
         Confinement {

@@ -3,7 +3,8 @@
 //! A pass reads the volumes whose grace has passed (and, next to the platform's
 //! tables, the active ones whose workspace row is gone), decides with
 //! [`decide`] — a pure function, tested case by case below — and acts.
-//! Then it adopts directories under `volumes/` that no record knows.
+//! Then it adopts volumes of the backend (directories under `volumes/`, or
+//! labelled named volumes of a container engine) that no record knows.
 //!
 //! **Architecture Invariant:** an erasure is a compare-and-set to `erasing`
 //! in the store before any file is touched, and `erased` plus its single
@@ -12,8 +13,7 @@
 //! next pass (at start) resumes. A directory found on disk is never erased on
 //! first sight: it is recorded `retained` for the whole retention grace.
 
-use crate::process::Layout;
-use crate::tree;
+use crate::backend::{Backend, DataKind};
 use holdfast_domain::{Millis, VolumeState, failpoint, now_millis};
 use holdfast_store::{Presence, Store, StoreError, SweepCandidate, VolumeRow, VolumeTransition};
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,7 @@ pub struct SweepReport {
 /// The sweeper's inputs.
 pub struct Sweeper<'a> {
     pub store: &'a Store,
-    pub layout: &'a Layout,
+    pub backend: &'a dyn Backend,
     pub retention_grace: Duration,
     /// Whether the store also holds the platform's workspace table.
     pub with_workspaces: bool,
@@ -140,7 +140,7 @@ impl Sweeper<'_> {
             if !dry_run {
                 let result = match action {
                     "retain" => self.retain_orphan(v, now).await.map(|()| None),
-                    _ => erase(self.store, self.layout, v, actor, &reason)
+                    _ => erase(self.store, self.backend, v, actor, &reason)
                         .await
                         .map(Some),
                 };
@@ -202,34 +202,21 @@ impl Sweeper<'_> {
         dry_run: bool,
         now: Millis,
     ) -> anyhow::Result<Vec<SweepItem>> {
-        let root = self.layout.volumes_root();
-        let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
-            match std::fs::read_dir(&root) {
-                Ok(entries) => Ok(entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(e),
-            }
-        })
-        .await??;
+        let names = self.backend.volume_workspaces().await?;
         if names.is_empty() {
             return Ok(Vec::new());
         }
         let known = self.store.known_volume_workspaces().await?;
         let mut items = Vec::new();
-        for name in names {
-            let Ok(workspace_id) = Uuid::parse_str(&name) else {
-                // Not ours to name, so not ours to erase: leave it and say so.
-                tracing::warn!(name, "unrecognised entry under volumes/; leaving it alone");
-                continue;
-            };
+        for workspace_id in names {
             if known.contains(&workspace_id) {
                 continue;
             }
-            let dir = self.layout.volume_dir(workspace_id);
-            let bytes = tokio::task::spawn_blocking(move || tree::tree_size(&dir)).await??;
+            let bytes = self
+                .backend
+                .data_bytes(workspace_id, DataKind::Volume)
+                .await?
+                .unwrap_or(0);
             let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
             let mut item = SweepItem {
                 volume_id: None,
@@ -254,13 +241,6 @@ impl Sweeper<'_> {
     }
 }
 
-/// The directory that holds a volume directory.
-fn layout_volumes(dir: &std::path::Path) -> std::path::PathBuf {
-    dir.parent()
-        .expect("a volume dir has a parent")
-        .to_path_buf()
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EraseError {
     /// The compare-and-set lost: the volume was restored or taken meanwhile.
@@ -279,12 +259,14 @@ impl From<StoreError> for EraseError {
     }
 }
 
-/// Erases one volume: mark `erasing` (compare-and-set), move the directory
-/// aside, delete it, then record `erased` with its audit event. Resumes an
-/// erasure already `erasing`. Returns the bytes erased.
+/// Erases one volume: mark `erasing` (compare-and-set), have the backend
+/// remove it (the process backend moves the directory aside and deletes it;
+/// the container backend removes the container, then the named volume), then
+/// record `erased` with its audit event. Resumes an erasure already
+/// `erasing`. Returns the bytes erased.
 pub async fn erase(
     store: &Store,
-    layout: &Layout,
+    backend: &dyn Backend,
     v: &VolumeRow,
     actor: &str,
     reason: &str,
@@ -298,32 +280,7 @@ pub async fn erase(
             .await?
     };
     failpoint::hit("erase.after_mark");
-    let dir = layout.volume_dir(v.workspace_id);
-    let trash = layout.trash_dir(v.id);
-    let workspace = v.workspace_id.to_string();
-    let volume = v.id.to_string();
-    let counted = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-        let mut counted = 0;
-        let trash_root = trash.parent().expect("trash has a parent").to_path_buf();
-        if std::fs::symlink_metadata(&dir).is_ok() {
-            std::fs::create_dir_all(&trash_root)?;
-            if std::fs::symlink_metadata(&trash).is_ok() {
-                // A previous, interrupted pass already moved a volume of
-                // this id aside: erase both.
-                counted += tree::erase_tree(&layout_volumes(&dir), &workspace)?;
-            } else {
-                // One rename makes the data vanish from its place at once;
-                // the slow part then runs on a path nothing else uses.
-                std::fs::rename(&dir, &trash)?;
-            }
-        }
-        failpoint::hit("erase.mid");
-        counted += tree::erase_tree(&trash_root, &volume)?;
-        Ok(counted)
-    })
-    .await
-    .map_err(anyhow::Error::new)?
-    .map_err(anyhow::Error::new)?;
+    let counted = backend.erase_volume(&v).await?;
     failpoint::hit("erase.before_record");
     // A resumed erasure counts only what was left; the size recorded at the
     // last stop is the better figure then.

@@ -10,7 +10,8 @@ mod workspace;
 pub use duration::{DurationArg, parse_duration};
 pub use status::{DesiredState, Status, VolumeState};
 pub use workspace::{
-    BUILTIN_TEMPLATE, Compute, DataPersistence, Env, Role, Runtime, Tier, VolumeSpec, WorkspaceName,
+    BUILTIN_TEMPLATE, Compute, DataPersistence, Env, ImageRef, Program, Role, Runtime, Tier,
+    VolumeSpec, WorkspaceName,
 };
 
 use std::fmt;

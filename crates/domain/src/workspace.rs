@@ -268,23 +268,114 @@ fn parse_volume(v: &Value) -> Result<Option<VolumeSpec>, FieldError> {
     Ok(size.map(|size_gb| VolumeSpec { size_gb }))
 }
 
-/// What a workspace runs: the built-in runtime (by template name) or an argv.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Runtime {
+/// What a workspace runs: a program (the built-in runtime by template name,
+/// or an argv) and, for the container backend, the image to run it in.
+///
+/// On the wire and in the store it is one object: `{"template":…}` or
+/// `{"command":[…]}`, with an optional `"image"` beside either.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Runtime {
+    pub program: Program,
+    /// The container image (`runtime.image`); `None` means the backend's
+    /// default (`--container-image`). Ignored by the process backend.
+    pub image: Option<ImageRef>,
+}
+
+/// Reads as its program (`Template("holdfast-runtime")`), with the image
+/// after it when one is set.
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.program.fmt(f)?;
+        match &self.image {
+            Some(image) => write!(f, " in {image:?}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The program a workspace runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
     Template(String),
     Command(Vec<String>),
 }
 
-impl Default for Runtime {
+impl Default for Program {
     fn default() -> Self {
-        Runtime::Template(BUILTIN_TEMPLATE.to_owned())
+        Program::Template(BUILTIN_TEMPLATE.to_owned())
+    }
+}
+
+/// A container image reference (`localhost/holdfast-runtime:1`,
+/// `docker.io/library/debian:bookworm-slim`, `name@sha256:…`): 1 to 255
+/// characters of the reference grammar's alphabet, never starting with `-`
+/// (so that it can never be read as a flag by an engine's CLI).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageRef(String);
+
+impl ImageRef {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(s: &str) -> Result<Self, FieldError> {
+        let err = |why: &str| FieldError::new("runtime.image", why.to_owned());
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(err("must be 1 to 255 characters"));
+        }
+        if !s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+            return Err(err("must start with a letter or a digit"));
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+        {
+            return Err(err(
+                "may only hold letters, digits and . _ - / : @ (an image reference)",
+            ));
+        }
+        Ok(ImageRef(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ImageRef {
+    type Error = FieldError;
+    fn try_from(s: String) -> Result<Self, FieldError> {
+        ImageRef::parse(&s)
+    }
+}
+
+impl From<ImageRef> for String {
+    fn from(i: ImageRef) -> String {
+        i.0
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
 impl Runtime {
     const MAX_ARGS: usize = 256;
     const MAX_ARG_BYTES: usize = 4096;
+
+    /// A runtime that runs `argv` (in the backend's default image).
+    pub fn command(argv: Vec<String>) -> Self {
+        Runtime {
+            program: Program::Command(argv),
+            image: None,
+        }
+    }
+
+    /// Whether it is the built-in runtime (which registers).
+    pub fn is_builtin(&self) -> bool {
+        matches!(self.program, Program::Template(_))
+    }
 
     pub fn parse(v: &Value) -> Result<Self, FieldError> {
         let obj = match v {
@@ -297,20 +388,27 @@ impl Runtime {
                 ));
             }
         };
-        if obj.len() != 1 {
+        let image = match obj.get("image") {
+            None => None,
+            Some(Value::String(s)) => Some(ImageRef::parse(s)?),
+            Some(_) => return Err(FieldError::new("runtime.image", "must be a string")),
+        };
+        let mut programs = obj.iter().filter(|(k, _)| k.as_str() != "image");
+        let (Some((key, value)), None) = (programs.next(), programs.next()) else {
             return Err(FieldError::new(
                 "runtime",
                 "must have exactly one of \"template\" or \"command\"",
             ));
-        }
-        let (key, value) = obj.iter().next().expect("one entry");
-        match key.as_str() {
+        };
+        let program = match key.as_str() {
             "template" => match value.as_str() {
-                Some(BUILTIN_TEMPLATE) => Ok(Runtime::default()),
-                _ => Err(FieldError::new(
-                    "runtime.template",
-                    format!("unknown template {value}; available: {BUILTIN_TEMPLATE:?}"),
-                )),
+                Some(BUILTIN_TEMPLATE) => Program::default(),
+                _ => {
+                    return Err(FieldError::new(
+                        "runtime.template",
+                        format!("unknown template {value}; available: {BUILTIN_TEMPLATE:?}"),
+                    ));
+                }
             },
             "command" => {
                 let items = value.as_array().ok_or_else(|| {
@@ -341,13 +439,44 @@ impl Runtime {
                 if argv[0].trim().is_empty() {
                     return Err(FieldError::new("runtime.command[0]", "must not be empty"));
                 }
-                Ok(Runtime::Command(argv))
+                Program::Command(argv)
             }
-            other => Err(FieldError::new(
-                format!("runtime.{other}"),
-                "unknown field; allowed: template, command",
-            )),
+            other => {
+                return Err(FieldError::new(
+                    format!("runtime.{other}"),
+                    "unknown field; allowed: template, command, image",
+                ));
+            }
+        };
+        Ok(Runtime { program, image })
+    }
+
+    /// The wire and stored form.
+    pub fn to_value(&self) -> Value {
+        let mut obj = serde_json::Map::new();
+        match &self.program {
+            Program::Template(t) => obj.insert("template".into(), Value::from(t.as_str())),
+            Program::Command(argv) => obj.insert("command".into(), Value::from(argv.clone())),
+        };
+        if let Some(image) = &self.image {
+            obj.insert("image".into(), Value::from(image.as_str()));
         }
+        Value::Object(obj)
+    }
+}
+
+impl Serialize for Runtime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_value().serialize(s)
+    }
+}
+
+/// Read back through [`Runtime::parse`], so that a stored or relayed runtime
+/// meets the same rules as one from a client.
+impl<'de> Deserialize<'de> for Runtime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Runtime::parse(&v).map_err(serde::de::Error::custom)
     }
 }
 
@@ -514,6 +643,38 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&rt).unwrap(),
             json!({"command": ["sleep", "1"]})
+        );
+    }
+
+    #[test]
+    fn runtime_images() {
+        let rt = Runtime::parse(&json!({"command": ["sh"], "image": "localhost/x:tag"})).unwrap();
+        assert_eq!(
+            rt.image.as_ref().map(ImageRef::as_str),
+            Some("localhost/x:tag")
+        );
+        assert_eq!(
+            serde_json::to_value(&rt).unwrap(),
+            json!({"command": ["sh"], "image": "localhost/x:tag"})
+        );
+        let back: Runtime = serde_json::from_value(rt.to_value()).unwrap();
+        assert_eq!(back, rt);
+        let rt = Runtime::parse(&json!({"template": "holdfast-runtime", "image": "a@sha256:00"}));
+        assert!(rt.is_ok_and(|r| r.is_builtin() && r.image.is_some()));
+        for bad in [
+            json!(""),
+            json!("-rm"),
+            json!("a b"),
+            json!(7),
+            json!("x".repeat(256)),
+        ] {
+            let e = Runtime::parse(&json!({"command": ["sh"], "image": bad})).unwrap_err();
+            assert_eq!(e.field, "runtime.image");
+        }
+        // An image alone names no program.
+        assert_eq!(
+            Runtime::parse(&json!({"image": "a"})).unwrap_err().field,
+            "runtime"
         );
     }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Subcommand)]
 pub enum CpCommand {
     /// Run the control plane as an HTTP service.
-    Serve(CpServeArgs),
+    Serve(Box<CpServeArgs>),
     /// Manage the platform instances (tenants) allowed to use it.
     Tenant {
         #[command(subcommand)]
@@ -85,7 +85,7 @@ pub async fn run(cmd: CpCommand) -> anyhow::Result<()> {
             println!("{}", token.expose());
             Ok(())
         }
-        CpCommand::Serve(args) => serve(args).await,
+        CpCommand::Serve(args) => serve(*args).await,
     }
 }
 

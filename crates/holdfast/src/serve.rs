@@ -2,9 +2,10 @@
 
 use anyhow::Context;
 use clap::Args;
+use holdfast_cp::container::ContainerSettings;
 use holdfast_cp::process::{Layout, Sandbox};
-use holdfast_cp::{ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
-use holdfast_domain::{DataPersistence, DurationArg};
+use holdfast_cp::{BackendChoice, ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
+use holdfast_domain::{DataPersistence, DurationArg, ImageRef};
 use holdfast_platform::{App, ReconcilerSettings, Secret, generate_token};
 use holdfast_store::Store;
 use std::io::Write;
@@ -111,6 +112,29 @@ pub struct PolicyArgs {
     /// none with a warning.
     #[arg(long, env = "HOLDFAST_SANDBOX", default_value = "auto", value_parser = ["auto", "bwrap", "none"])]
     sandbox: String,
+    /// What runs workspaces: `process` (a child process each, data in the
+    /// data dir), `container` (a container each on a Docker Engine API
+    /// server, Docker or Podman, data in its named volumes).
+    #[arg(long, env = "HOLDFAST_BACKEND", default_value = "process", value_parser = ["process", "container", "kubernetes"])]
+    backend: String,
+    /// The container engine (`--backend container`): `unix:///…sock`,
+    /// `tcp://host:port`. Default: `$DOCKER_HOST`, else
+    /// `unix:///var/run/docker.sock`.
+    #[arg(long, env = "HOLDFAST_CONTAINER_HOST")]
+    container_host: Option<String>,
+    /// The image of a workspace whose `runtime.image` is not set. It must be
+    /// on the engine and hold a C library: the built-in runtime is this
+    /// binary, mounted read-only into the container.
+    #[arg(
+        long,
+        env = "HOLDFAST_CONTAINER_IMAGE",
+        default_value = "localhost/holdfast-runtime:latest"
+    )]
+    container_image: String,
+    /// The containers' network mode. `host` lets the built-in runtime reach
+    /// the platform's loopback URL and be reached at its own.
+    #[arg(long, env = "HOLDFAST_CONTAINER_NETWORK", default_value = "host")]
+    container_network: String,
 }
 
 impl PolicyArgs {
@@ -119,6 +143,8 @@ impl PolicyArgs {
     pub fn policy(&self, with_workspaces: bool, data_dir: &Path) -> anyhow::Result<CpPolicy> {
         let exe = std::env::current_exe().context("locating the holdfast binary")?;
         let sandbox = match self.sandbox.as_str() {
+            // A container is its own sandbox: bubblewrap is for processes.
+            _ if self.backend != "process" => Sandbox::None,
             "none" => Sandbox::None,
             wanted => {
                 let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
@@ -154,7 +180,27 @@ impl PolicyArgs {
                 }
             }
         };
+        let backend = match self.backend.as_str() {
+            "process" => BackendChoice::Process,
+            "container" => BackendChoice::Container(ContainerSettings {
+                host: self
+                    .container_host
+                    .clone()
+                    .filter(|h| !h.trim().is_empty())
+                    .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+                    .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned()),
+                image: ImageRef::parse(&self.container_image)
+                    .map_err(|e| anyhow::anyhow!("--container-image: {}", e.message))?,
+                runtime_exe: exe.clone(),
+                stop_timeout: self.stop_timeout.0,
+                network: self.container_network.clone(),
+            }),
+            other => anyhow::bail!(
+                "--backend {other} is not built yet; use --backend process or --backend container"
+            ),
+        };
         Ok(CpPolicy {
+            backend,
             default_persistence: self.default_data_persistence,
             retention_grace: self.retention_grace.0,
             erase_grace: self.erase_grace.0,

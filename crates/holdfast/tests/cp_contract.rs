@@ -56,6 +56,7 @@ async fn embedded() -> Subject {
         stop_timeout: Duration::from_secs(5),
         with_workspaces: false,
         sandbox: holdfast_cp::process::Sandbox::None,
+        backend: holdfast_cp::BackendChoice::Process,
     };
     let cp = EmbeddedCp::start(store, root.clone(), policy)
         .await
@@ -145,7 +146,7 @@ fn request(id: Uuid, mode: Option<DataPersistence>) -> ProvisionRequest {
     ProvisionRequest {
         org_id: Uuid::new_v4(),
         workspace_id: id,
-        runtime: Runtime::Command(vec![
+        runtime: Runtime::command(vec![
             "sh".into(),
             "-c".into(),
             "echo started >> starts; exec sleep 600".into(),

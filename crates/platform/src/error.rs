@@ -100,6 +100,15 @@ impl From<holdfast_cp::CpError> for ApiError {
                 "export_refused",
                 format!("the data cannot be exported: {m}"),
             ),
+            holdfast_cp::CpError::Unavailable(m) => {
+                tracing::warn!(reason = %m, "control plane backend unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backend_unavailable",
+                    "the workspace backend (its container engine) is unavailable; try again shortly",
+                )
+            }
+            holdfast_cp::CpError::ImageMissing(m) => ApiError::conflict("image_not_found", m),
             holdfast_cp::CpError::Other(e) => ApiError::internal(format!("control plane: {e:#}")),
         }
     }
@@ -111,7 +120,15 @@ impl IntoResponse for ApiError {
         body.insert("error".into(), json!(self.message));
         body.insert("code".into(), json!(self.code));
         body.extend(self.extra);
-        (self.status, axum::Json(Value::Object(body))).into_response()
+        let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
+        // An unavailable backend is a passing state: say when to come back.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }
 

@@ -107,7 +107,7 @@ impl ReconcilerSettings {
 }
 
 fn registers(runtime: &Runtime) -> bool {
-    matches!(runtime, Runtime::Template(_))
+    runtime.is_builtin()
 }
 
 fn desired_status(desired: DesiredState) -> Status {

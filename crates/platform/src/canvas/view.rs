@@ -5,7 +5,7 @@
 use crate::data::AuditView;
 use crate::dto::WorkspaceView;
 use askama::Template;
-use holdfast_domain::{DataPersistence, Runtime};
+use holdfast_domain::{DataPersistence, Program};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
@@ -398,9 +398,9 @@ impl PanelFragment {
                 .unwrap_or_else(|| "unknown".to_owned());
             (p.to_string(), name)
         });
-        let (runtime_is_command, runtime_text) = match &ws.runtime {
-            Runtime::Template(t) => (false, t.clone()),
-            Runtime::Command(argv) => (true, join_command(argv)),
+        let (runtime_is_command, runtime_text) = match &ws.runtime.program {
+            Program::Template(t) => (false, t.clone()),
+            Program::Command(argv) => (true, join_command(argv)),
         };
         let persistence = match ws.compute.data_persistence {
             None => "auto",

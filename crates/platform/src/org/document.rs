@@ -14,7 +14,7 @@
 //! body, which the API caps at 1 MiB.
 
 use crate::dto::{CreateWorkspaceRequest, ParsedCreate};
-use holdfast_domain::{Compute, Env, Role, Runtime, Tier, WorkspaceName};
+use holdfast_domain::{Compute, Env, Program, Role, Runtime, Tier, WorkspaceName};
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -607,17 +607,20 @@ fn write_node(out: &mut String, node: &OrgNode, indent: usize, in_list: bool) {
         out.push_str(&format!("{pad}role: {}\n", scalar(role.as_str())));
     }
     out.push_str(&format!("{pad}tier: {}\n", node.tier.get()));
-    match &node.runtime {
-        Runtime::Template(t) => {
+    match &node.runtime.program {
+        Program::Template(t) => {
             out.push_str(&format!("{pad}runtime:\n{pad}  template: {}\n", scalar(t)));
         }
-        Runtime::Command(argv) => {
+        Program::Command(argv) => {
             let items: Vec<String> = argv.iter().map(|a| quoted(a)).collect();
             out.push_str(&format!(
                 "{pad}runtime:\n{pad}  command: [{}]\n",
                 items.join(", ")
             ));
         }
+    }
+    if let Some(image) = &node.runtime.image {
+        out.push_str(&format!("{pad}  image: {}\n", quoted(image.as_str())));
     }
     if node.compute != Compute::default() {
         out.push_str(&format!("{pad}compute:\n"));

@@ -1,0 +1,235 @@
+//! The backend port: what the embedded control plane needs from whatever runs
+//! workspaces and holds their data, so that the same volume records, sweeper
+//! and contract sit over a child process ([`ProcessBackend`]) or a container
+//! ([`crate::container::ContainerBackend`]).
+//!
+//! **Architecture Invariant:** no method here erases a persist volume but
+//! [`Backend::erase_volume`], and only [`crate::sweep::erase`] calls it, after
+//! its compare-and-set to `erasing`. `stop` never touches a durable volume.
+
+use crate::export::ByteStream;
+use crate::process::{Confinement, Layout, ProcessBackend, ProcessState, Spawn};
+use crate::{CpError, CpResult, tree};
+use async_trait::async_trait;
+use holdfast_domain::{DataPersistence, ImageRef, failpoint};
+use holdfast_store::VolumeRow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Which data of a workspace an operation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// Its durable (persist) volume.
+    Volume,
+    /// The scratch data of an ephemeral workspace while it runs.
+    Scratch,
+}
+
+impl From<DataPersistence> for DataKind {
+    fn from(mode: DataPersistence) -> Self {
+        match mode {
+            DataPersistence::Persist => DataKind::Volume,
+            DataPersistence::Ephemeral => DataKind::Scratch,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// What a workspace started now gets.
+    fn confinement(&self) -> Confinement;
+
+    /// The argv of the built-in runtime, as the started program sees it.
+    fn builtin_argv(&self) -> Vec<String>;
+
+    /// Prepares the data (a persist volume is created if missing, never
+    /// emptied; scratch data starts empty) and starts the workspace.
+    async fn spawn(&self, spec: Spawn, image: Option<&ImageRef>) -> CpResult<Confinement>;
+
+    /// Stops the instance (any, with `None`). Scratch data goes with it; a
+    /// durable volume is never touched. Stopping what is not running succeeds.
+    async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> CpResult<()>;
+
+    /// Whether some instance of the workspace is known to run (or to have
+    /// been left behind), so that a new start must stop it first.
+    async fn has_instance(&self, workspace_id: Uuid) -> bool;
+
+    async fn state(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<ProcessState>;
+
+    /// Stops whatever a previous run of this control plane left running
+    /// (after `kill -9`). Returns how many it stopped.
+    async fn reap_leftovers(&self) -> anyhow::Result<usize>;
+
+    /// Stops every instance (a graceful shutdown). Data is kept.
+    async fn stop_all(&self);
+
+    /// Releases what the backend holds on the host (after [`Self::stop_all`]).
+    fn release(&self) {}
+
+    /// The bytes of the workspace's data, `None` when it has none.
+    async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>>;
+
+    /// Whether the workspace has data of that kind right now.
+    async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool;
+
+    /// A `.tar.gz` of the data, entries relative to the data dir.
+    /// `NotFound` when there is none.
+    async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream>;
+
+    /// Removes the workspace's durable volume (its compute is stopped first).
+    /// Returns the bytes removed. Only [`crate::sweep::erase`] calls it.
+    async fn erase_volume(&self, v: &VolumeRow) -> anyhow::Result<u64>;
+
+    /// The workspaces that have a durable volume on this backend (known to
+    /// the store or not): what the sweeper adopts from.
+    async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>>;
+}
+
+/// The directory that holds a volume directory.
+fn layout_volumes(dir: &std::path::Path) -> PathBuf {
+    dir.parent()
+        .expect("a volume dir has a parent")
+        .to_path_buf()
+}
+
+#[async_trait]
+impl Backend for ProcessBackend {
+    fn confinement(&self) -> Confinement {
+        ProcessBackend::confinement(self)
+    }
+
+    fn builtin_argv(&self) -> Vec<String> {
+        vec![
+            self.launcher().to_string_lossy().into_owned(),
+            "runtime".to_owned(),
+        ]
+    }
+
+    async fn spawn(&self, spec: Spawn, _image: Option<&ImageRef>) -> CpResult<Confinement> {
+        Ok(ProcessBackend::spawn(self, spec).await?)
+    }
+
+    async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> CpResult<()> {
+        Ok(ProcessBackend::stop(self, workspace_id, instance_id).await?)
+    }
+
+    async fn has_instance(&self, workspace_id: Uuid) -> bool {
+        self.current_instance(workspace_id).is_some()
+    }
+
+    async fn state(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<ProcessState> {
+        Ok(ProcessBackend::state(self, workspace_id, instance_id))
+    }
+
+    async fn reap_leftovers(&self) -> anyhow::Result<usize> {
+        // A scan of `/proc` and the run dir, once at start.
+        Ok(ProcessBackend::reap_leftovers(self))
+    }
+
+    async fn stop_all(&self) {
+        ProcessBackend::stop_all(self).await
+    }
+
+    fn release(&self) {
+        ProcessBackend::release(self)
+    }
+
+    async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>> {
+        let dir = dir_of(self.layout(), workspace_id, kind);
+        Ok(tokio::task::spawn_blocking(move || {
+            std::fs::symlink_metadata(&dir)
+                .is_ok_and(|m| m.is_dir())
+                .then(|| tree::tree_size(&dir))
+                .transpose()
+        })
+        .await??)
+    }
+
+    async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
+        dir_of(self.layout(), workspace_id, kind).is_dir()
+    }
+
+    async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream> {
+        let dir = dir_of(self.layout(), workspace_id, kind);
+        if !std::fs::symlink_metadata(&dir)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            return Err(CpError::NotFound(
+                "the workspace has no data to export".to_owned(),
+            ));
+        }
+        let root = dir.clone();
+        let plan = tokio::task::spawn_blocking(move || crate::export::check(&root))
+            .await
+            .map_err(anyhow::Error::new)?
+            .map_err(|e| CpError::ExportRefused(e.to_string()))?;
+        Ok(crate::export::stream_archive(dir, plan))
+    }
+
+    async fn erase_volume(&self, v: &VolumeRow) -> anyhow::Result<u64> {
+        let layout = self.layout();
+        let dir = layout.volume_dir(v.workspace_id);
+        let trash = layout.trash_dir(v.id);
+        let workspace = v.workspace_id.to_string();
+        let volume = v.id.to_string();
+        let counted = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let mut counted = 0;
+            let trash_root = trash.parent().expect("trash has a parent").to_path_buf();
+            if std::fs::symlink_metadata(&dir).is_ok() {
+                std::fs::create_dir_all(&trash_root)?;
+                if std::fs::symlink_metadata(&trash).is_ok() {
+                    // A previous, interrupted pass already moved a volume of
+                    // this id aside: erase both.
+                    counted += tree::erase_tree(&layout_volumes(&dir), &workspace)?;
+                } else {
+                    // One rename makes the data vanish from its place at once;
+                    // the slow part then runs on a path nothing else uses.
+                    std::fs::rename(&dir, &trash)?;
+                }
+            }
+            failpoint::hit("erase.mid");
+            counted += tree::erase_tree(&trash_root, &volume)?;
+            Ok(counted)
+        })
+        .await??;
+        Ok(counted)
+    }
+
+    async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>> {
+        let root = self.layout().volumes_root();
+        let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+            match std::fs::read_dir(&root) {
+                Ok(entries) => Ok(entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        })
+        .await??;
+        Ok(names
+            .into_iter()
+            .filter_map(|name| match Uuid::parse_str(&name) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    // Not ours to name, so not ours to erase: leave it and say so.
+                    tracing::warn!(name, "unrecognised entry under volumes/; leaving it alone");
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+fn dir_of(layout: &Layout, workspace_id: Uuid, kind: DataKind) -> PathBuf {
+    match kind {
+        DataKind::Volume => layout.volume_dir(workspace_id),
+        DataKind::Scratch => layout.scratch_dir(workspace_id),
+    }
+}
+
+/// The backend a control plane runs on, chosen by `--backend`.
+pub type SharedBackend = Arc<dyn Backend>;

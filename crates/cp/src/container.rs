@@ -1,0 +1,1069 @@
+//! The container backend: each workspace is a container of a Docker Engine
+//! API server (Docker, or Podman's `podman system service`), its data a named
+//! volume of that engine (SPEC §14).
+//!
+//! Names and labels, all under this control plane's scope id (`holdfast.cp`,
+//! kept in `<data-dir>/cp-id`) so that two servers sharing an engine never
+//! touch each other's:
+//! - container `holdfast-<workspace-id>`, labels `holdfast.workspace`,
+//!   `holdfast.instance`, `holdfast.cp`, `holdfast.kind=workspace`,
+//!   `holdfast.data=persist|ephemeral`. The engine refuses a second
+//!   container of one name, so a workspace never has two.
+//! - persist: named volume `holdfast-<workspace-id>` (`holdfast.kind=persist`),
+//!   mounted at `/data`, the working directory. A stop removes the container
+//!   and never the volume (no `v=1` anywhere); only [`Backend::erase_volume`]
+//!   (the sweeper's erase) removes it, after the container is gone.
+//! - ephemeral: a new volume `holdfast-<workspace-id>-scratch-<instance-id>`
+//!   (`holdfast.kind=scratch`) per start, removed at stop.
+//! - helpers: short-lived containers `holdfast-<workspace-id>-helper-<n>`
+//!   (`holdfast.kind=helper`), created and never started, through which the
+//!   engine's archive API reads a volume for its size and its export: nothing
+//!   here assumes the volume's files are on this host.
+//!
+//! Confinement: no privileged mode, every capability dropped (the built-in
+//! runtime needs none: it writes files it owns and listens on a high port),
+//! `no-new-privileges`, a read-only root with a private `/tmp`, and the
+//! tier's memory, process and CPU-share limits as container resources. The
+//! network is the host's (`--network host`): the runtime registers at the
+//! platform URL, which is a loopback address.
+//!
+//! The built-in runtime is this holdfast binary, bind-mounted read-only at
+//! `/opt/holdfast/holdfast`: the image needs only the C library it links
+//! (see ARCHITECTURE.md for how the test image is built without a registry).
+
+use crate::backend::{Backend, DataKind};
+use crate::export::ByteStream;
+use crate::process::{Confinement, Isolation, Limits, ProcessState, Spawn};
+use crate::{CpError, CpResult};
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as EngineError;
+use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use holdfast_domain::{DataPersistence, ImageRef, failpoint};
+use holdfast_store::VolumeRow;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub const LABEL_WORKSPACE: &str = "holdfast.workspace";
+pub const LABEL_INSTANCE: &str = "holdfast.instance";
+pub const LABEL_CP: &str = "holdfast.cp";
+pub const LABEL_KIND: &str = "holdfast.kind";
+pub const LABEL_DATA: &str = "holdfast.data";
+
+/// Where a workspace sees its data (and works).
+pub const DATA_DIR: &str = "/data";
+/// Where a workspace sees the holdfast binary (the built-in runtime).
+pub const RUNTIME_EXE: &str = "/opt/holdfast/holdfast";
+
+/// The container backend's settings (`--container-*`).
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    /// The engine: `unix:///path.sock`, `tcp://host:port` or `http://…`.
+    pub host: String,
+    /// The image of a workspace whose runtime names none.
+    pub image: ImageRef,
+    /// The holdfast binary, bind-mounted read-only for the built-in runtime.
+    pub runtime_exe: PathBuf,
+    /// How long a container gets between SIGTERM and SIGKILL at a stop.
+    pub stop_timeout: Duration,
+    /// The container's network mode (`host`: the runtime reaches the
+    /// platform's loopback URL).
+    pub network: String,
+}
+
+pub struct ContainerBackend {
+    docker: Docker,
+    settings: ContainerSettings,
+    /// This control plane's scope on the engine (`holdfast.cp`).
+    scope: String,
+}
+
+pub fn container_name(workspace_id: Uuid) -> String {
+    format!("holdfast-{workspace_id}")
+}
+
+pub fn volume_name(workspace_id: Uuid) -> String {
+    format!("holdfast-{workspace_id}")
+}
+
+fn scratch_name(workspace_id: Uuid, instance_id: &str) -> String {
+    format!("holdfast-{workspace_id}-scratch-{instance_id}")
+}
+
+/// The container's `CpuShares` for a tier's CPU weight: weight 100 (the
+/// cgroup v2 default) is 1024 shares (the v1 default).
+fn cpu_shares(weight: u64) -> i64 {
+    i64::try_from(weight * 1024 / 100).unwrap_or(1024)
+}
+
+/// The create body of a workspace's container: a pure function of what to
+/// run, so that its confinement is pinned by a table test.
+pub fn container_config(
+    spec: &Spawn,
+    image: &ImageRef,
+    settings: &ContainerSettings,
+    data_volume: &str,
+    scope: &str,
+) -> ContainerCreateBody {
+    let (memory, pids, weight) = crate::cgroup::tier_limits(spec.tier);
+    let memory = i64::try_from(memory).unwrap_or(i64::MAX);
+    let mode = match spec.mode {
+        DataPersistence::Persist => "persist",
+        DataPersistence::Ephemeral => "ephemeral",
+    };
+    let labels = HashMap::from([
+        (LABEL_WORKSPACE.to_owned(), spec.workspace_id.to_string()),
+        (LABEL_INSTANCE.to_owned(), spec.instance_id.clone()),
+        (LABEL_CP.to_owned(), scope.to_owned()),
+        (LABEL_KIND.to_owned(), "workspace".to_owned()),
+        (LABEL_DATA.to_owned(), mode.to_owned()),
+    ]);
+    // The workspace's env first: the variables holdfast owns win.
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.extend([
+        format!("HOME={DATA_DIR}"),
+        format!("HOLDFAST_DATA_DIR={DATA_DIR}"),
+        format!("HOLDFAST_WORKSPACE_ID={}", spec.workspace_id),
+        format!("{}={}", crate::process::INSTANCE_ENV, spec.instance_id),
+        "TMPDIR=/tmp".to_owned(),
+    ]);
+    ContainerCreateBody {
+        image: Some(image.as_str().to_owned()),
+        // The argv replaces the image's entrypoint too: what runs is exactly
+        // the workspace's command.
+        entrypoint: Some(vec![spec.argv[0].clone()]),
+        cmd: Some(spec.argv[1..].to_vec()),
+        env: Some(env),
+        working_dir: Some(DATA_DIR.to_owned()),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            binds: Some(vec![
+                format!("{data_volume}:{DATA_DIR}:rw"),
+                format!("{}:{RUNTIME_EXE}:ro", settings.runtime_exe.display()),
+            ]),
+            network_mode: Some(settings.network.clone()),
+            privileged: Some(false),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_owned(),
+                "rw,nosuid,nodev,size=64m".to_owned(),
+            )])),
+            // A small init as PID 1 forwards the stop signal and reaps
+            // zombies: a shell as PID 1 would ignore SIGTERM.
+            init: Some(true),
+            memory: Some(memory),
+            // No swap beyond the memory limit.
+            memory_swap: Some(memory),
+            pids_limit: Some(i64::try_from(pids).unwrap_or(i64::MAX)),
+            cpu_shares: Some(cpu_shares(weight)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The status code of an engine answer, if it was one.
+fn status_of(e: &EngineError) -> Option<u16> {
+    match e {
+        EngineError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn is_not_found(e: &EngineError) -> bool {
+    status_of(e) == Some(404)
+}
+
+/// Maps an engine error to the control plane's kinds: an engine that does
+/// not answer is `Unavailable` (503 with Retry-After at the API), an engine
+/// that refuses is a conflict naming why.
+fn engine_error(what: &str, e: EngineError) -> CpError {
+    match &e {
+        EngineError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => CpError::Conflict(format!("{what}: {message}")),
+        EngineError::DockerResponseServerError {
+            status_code,
+            message,
+        } if *status_code >= 500 => CpError::Other(anyhow::anyhow!(
+            "{what}: the engine failed ({status_code}): {message}"
+        )),
+        EngineError::DockerResponseServerError { .. } | EngineError::JsonDataError { .. } => {
+            CpError::Other(anyhow::anyhow!("{what}: {e}"))
+        }
+        _ => CpError::Unavailable(format!("{what}: the container engine is unreachable ({e})")),
+    }
+}
+
+/// A `Read` over a stream of engine bytes, for the tar reader on a
+/// blocking thread.
+fn blocking_reader(
+    stream: impl futures_util::Stream<Item = Result<Bytes, EngineError>> + Send + Unpin + 'static,
+) -> impl Read + Send {
+    let stream = stream.map(|r| r.map_err(io::Error::other));
+    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))
+}
+
+/// The bytes of the regular files of an engine archive.
+fn count_archive(reader: impl Read) -> io::Result<u64> {
+    let mut archive = tar::Archive::new(reader);
+    let mut total = 0u64;
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.header().entry_type().is_file() {
+            total = total.saturating_add(entry.header().size()?);
+        }
+    }
+    Ok(total)
+}
+
+/// The path of an archive entry relative to the data dir. The engine's
+/// archive of `/data` names its root `/` (Podman) or `data/` (Docker): the
+/// first entry, which is that root, tells which prefix to strip.
+fn relative_path<'a>(path: &'a [u8], root: &[u8]) -> &'a [u8] {
+    let rest = path.strip_prefix(root).unwrap_or(path);
+    let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+    rest.strip_prefix(b"./").unwrap_or(rest)
+}
+
+/// Rewrites an engine's tar of `/data` as our export: a `.tar.gz` whose
+/// entries are relative to the data dir, written to `out`. Every entry is
+/// copied (links as links, never followed); one that cannot be read fails
+/// the whole export.
+fn repack_archive(reader: impl Read, out: impl Write) -> io::Result<()> {
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    builder.follow_symlinks(false);
+    let mut archive = tar::Archive::new(reader);
+    let mut root: Option<Vec<u8>> = None;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path_bytes().into_owned();
+        let Some(root) = root.as_deref() else {
+            // The archive's first entry is the data dir itself.
+            let mut r = path.clone();
+            if !r.ends_with(b"/") {
+                r.push(b'/');
+            }
+            root = Some(if r == b"/" || r == b"./" {
+                Vec::new()
+            } else {
+                r
+            });
+            continue;
+        };
+        let rel = relative_path(&path, root).to_vec();
+        if rel.is_empty() {
+            continue;
+        }
+        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&rel));
+        let mut header = entry.header().clone();
+        let kind = header.entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name_bytes()
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            let target = relative_link(kind.is_hard_link(), &target, root);
+            builder.append_link(&mut header, &rel, target)?;
+        } else {
+            builder.append_data(&mut header, &rel, &mut entry)?;
+        }
+    }
+    let gz = builder.into_inner()?;
+    let mut out = gz.finish()?;
+    out.flush()
+}
+
+/// A hard link names another entry of the archive (rebased like every
+/// path); a symbolic link's target is the workspace's own text, kept as is.
+fn relative_link(hard: bool, target: &[u8], root: &[u8]) -> PathBuf {
+    let bytes = if hard {
+        relative_path(target, root).to_vec()
+    } else {
+        target.to_vec()
+    };
+    PathBuf::from(std::ffi::OsStr::from_bytes(&bytes))
+}
+
+impl ContainerBackend {
+    /// Connects to the engine (asking it its API version; an engine that
+    /// does not answer now is tried again at each call, with API 1.41) and
+    /// stops what a previous run of this control plane left there.
+    pub async fn connect(
+        settings: ContainerSettings,
+        data_dir: &Path,
+    ) -> anyhow::Result<Arc<Self>> {
+        let docker = connect(&settings.host)?;
+        // Asked once, to say early when the engine is not there; requests use
+        // API 1.41, which every engine of the contract serves.
+        if let Err(e) = docker.clone().negotiate_version().await {
+            tracing::warn!(
+                host = settings.host,
+                error = %e,
+                "the container engine does not answer; workspaces cannot start until it does"
+            );
+        }
+        let scope = scope_id(data_dir)?;
+        Ok(Arc::new(ContainerBackend {
+            docker,
+            settings,
+            scope,
+        }))
+    }
+
+    fn labels(&self, workspace_id: Uuid, kind: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_WORKSPACE.to_owned(), workspace_id.to_string()),
+            (LABEL_CP.to_owned(), self.scope.clone()),
+            (LABEL_KIND.to_owned(), kind.to_owned()),
+        ])
+    }
+
+    fn filters(&self, pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![format!("{LABEL_CP}={}", self.scope)];
+        labels.extend(pairs.iter().map(|(k, v)| format!("{k}={v}")));
+        HashMap::from([("label".to_owned(), labels)])
+    }
+
+    /// Creates the named volume unless it exists (a restart finds its data
+    /// there). Ordering: the store's record was written before this call.
+    async fn ensure_volume(&self, workspace_id: Uuid) -> CpResult<String> {
+        let name = volume_name(workspace_id);
+        match self.docker.inspect_volume(&name).await {
+            Ok(_) => return Ok(name),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(engine_error("reading the workspace's volume", e)),
+        }
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some(self.labels(workspace_id, "persist")),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| engine_error("creating the workspace's volume", e))?;
+        Ok(name)
+    }
+
+    /// Removes the workspace's container, whatever its instance: the stop
+    /// signal, the stop timeout, then removal. Never its volumes.
+    async fn remove_container(&self, name: &str) -> CpResult<()> {
+        let t = i32::try_from(self.settings.stop_timeout.as_secs()).unwrap_or(10);
+        match self
+            .docker
+            .stop_container(
+                name,
+                Some(StopContainerOptionsBuilder::default().t(t).build()),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            // 304: already stopped.
+            Err(e) if status_of(&e) == Some(304) => {}
+            Err(e) if status_of(&e).is_some() => {
+                tracing::debug!(error = %e, "stop refused; removing by force");
+            }
+            Err(e) => return Err(engine_error("stopping the workspace's container", e)),
+        }
+        // Data safety: `v` stays false. Named volumes are kept by the engine
+        // anyway, and nothing else is mounted.
+        match self
+            .docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(engine_error("removing the workspace's container", e)),
+        }
+    }
+
+    /// Removes the scratch volumes of a workspace (an ephemeral stop).
+    async fn remove_scratch(&self, workspace_id: Uuid) -> CpResult<()> {
+        let ws = workspace_id.to_string();
+        let filters = self.filters(&[(LABEL_WORKSPACE, &ws), (LABEL_KIND, "scratch")]);
+        let list = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine_error("listing scratch volumes", e))?;
+        for v in list.volumes.unwrap_or_default() {
+            // Only scratch volumes by label and by name: a persist volume is
+            // never named here.
+            if !v.name.contains("-scratch-") {
+                continue;
+            }
+            match self
+                .docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(engine_error("removing a scratch volume", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// A container (created, never started) that mounts `volume` at
+    /// `/data`, for the archive API. The caller removes it.
+    async fn helper(&self, workspace_id: Uuid, volume: &str) -> CpResult<String> {
+        let name = format!("holdfast-{workspace_id}-helper-{}", Uuid::new_v4().simple());
+        let body = ContainerCreateBody {
+            image: Some(self.settings.image.as_str().to_owned()),
+            entrypoint: Some(vec!["true".to_owned()]),
+            labels: Some(self.labels(workspace_id, "helper")),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{volume}:{DATA_DIR}:ro")]),
+                network_mode: Some("none".to_owned()),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                readonly_rootfs: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| image_or_engine_error(&self.settings.image, "reading the volume", e))?;
+        Ok(name)
+    }
+
+    async fn drop_helper(&self, name: &str) {
+        if let Err(e) = self
+            .docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await
+            && !is_not_found(&e)
+        {
+            tracing::warn!(name, error = %e, "removing a helper container failed");
+        }
+    }
+
+    /// The container that shows a workspace's data of `kind` at `/data`,
+    /// and whether it is a helper to remove afterwards. `None`: no data.
+    async fn data_source(
+        &self,
+        workspace_id: Uuid,
+        kind: DataKind,
+    ) -> CpResult<Option<(String, bool)>> {
+        match kind {
+            DataKind::Volume => {
+                let volume = volume_name(workspace_id);
+                match self.docker.inspect_volume(&volume).await {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => return Ok(None),
+                    Err(e) => return Err(engine_error("reading the workspace's volume", e)),
+                }
+                Ok(Some((self.helper(workspace_id, &volume).await?, true)))
+            }
+            DataKind::Scratch => {
+                let name = container_name(workspace_id);
+                match self.docker.inspect_container(&name, None).await {
+                    Ok(c) => {
+                        let ephemeral = c
+                            .config
+                            .and_then(|c| c.labels)
+                            .and_then(|l| l.get(LABEL_DATA).cloned())
+                            .is_some_and(|m| m == "ephemeral");
+                        Ok(ephemeral.then_some((name, false)))
+                    }
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(e) => Err(engine_error("reading the workspace's container", e)),
+                }
+            }
+        }
+    }
+
+    fn archive(
+        &self,
+        container: &str,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, EngineError>> + Send + Unpin + 'static {
+        self.docker.download_from_container(
+            container,
+            Some(
+                DownloadFromContainerOptionsBuilder::default()
+                    .path(DATA_DIR)
+                    .build(),
+            ),
+        )
+    }
+
+    /// The containers of this control plane on the engine (any state).
+    async fn our_containers(&self, pairs: &[(&str, &str)]) -> CpResult<Vec<String>> {
+        let filters = self.filters(pairs);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine_error("listing containers", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .collect())
+    }
+}
+
+/// A client of the engine at `host` speaking API 1.41.
+fn connect(host: &str) -> anyhow::Result<Docker> {
+    const TIMEOUT_SECS: u64 = 120;
+    let version = bollard::ClientVersion {
+        major_version: 1,
+        minor_version: 41,
+    };
+    let docker = if host.starts_with("unix://") {
+        Docker::connect_with_unix(host, TIMEOUT_SECS, &version)
+    } else if host.starts_with("tcp://") || host.starts_with("http://") {
+        Docker::connect_with_http(host, TIMEOUT_SECS, &version)
+    } else {
+        anyhow::bail!(
+            "--container-host {host:?}: use unix://PATH, tcp://HOST:PORT or http://HOST:PORT"
+        );
+    };
+    docker.map_err(|e| anyhow::anyhow!("--container-host {host:?} is not usable: {e}"))
+}
+
+/// A 404 on create means the image is missing: say which, and how to get it.
+fn image_or_engine_error(image: &ImageRef, what: &str, e: EngineError) -> CpError {
+    match &e {
+        EngineError::DockerResponseServerError {
+            status_code: 404, ..
+        } => CpError::ImageMissing(format!(
+            "the container image {image} is not on the engine (pull, build or import it there)"
+        )),
+        _ => engine_error(what, e),
+    }
+}
+
+/// This control plane's scope id on the engine, made on first start.
+fn scope_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("cp-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+    let id = Uuid::new_v4().simple().to_string();
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(id)
+}
+
+#[async_trait]
+impl Backend for ContainerBackend {
+    fn confinement(&self) -> Confinement {
+        Confinement {
+            isolation: Isolation::Container,
+            limits: Limits::Enforced,
+        }
+    }
+
+    fn builtin_argv(&self) -> Vec<String> {
+        vec![RUNTIME_EXE.to_owned(), "runtime".to_owned()]
+    }
+
+    #[tracing::instrument(skip_all, fields(workspace_id = %spec.workspace_id, instance_id = %spec.instance_id))]
+    async fn spawn(&self, spec: Spawn, image: Option<&ImageRef>) -> CpResult<Confinement> {
+        let image = image.unwrap_or(&self.settings.image);
+        let name = container_name(spec.workspace_id);
+        // At most one container per workspace: whatever holds the name goes.
+        self.remove_container(&name).await?;
+        let volume = match spec.mode {
+            DataPersistence::Persist => self.ensure_volume(spec.workspace_id).await?,
+            DataPersistence::Ephemeral => {
+                // Every start of an ephemeral workspace begins empty.
+                self.remove_scratch(spec.workspace_id).await?;
+                let scratch = scratch_name(spec.workspace_id, &spec.instance_id);
+                self.docker
+                    .create_volume(VolumeCreateRequest {
+                        name: Some(scratch.clone()),
+                        labels: Some(self.labels(spec.workspace_id, "scratch")),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| engine_error("creating the scratch volume", e))?;
+                scratch
+            }
+        };
+        let body = container_config(&spec, image, &self.settings, &volume, &self.scope);
+        self.docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| image_or_engine_error(image, "creating the workspace's container", e))?;
+        if let Err(e) = self.docker.start_container(&name, None).await {
+            let err = engine_error("starting the workspace's container", e);
+            let _ = self.remove_container(&name).await;
+            return Err(err);
+        }
+        Ok(self.confinement())
+    }
+
+    #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]
+    async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> CpResult<()> {
+        let name = container_name(workspace_id);
+        if let Some(wanted) = instance_id {
+            match self.docker.inspect_container(&name, None).await {
+                Ok(c) => {
+                    let instance = c
+                        .config
+                        .and_then(|c| c.labels)
+                        .and_then(|l| l.get(LABEL_INSTANCE).cloned());
+                    // Another instance holds the name now: not ours to stop.
+                    if instance.as_deref() != Some(wanted) {
+                        return Ok(());
+                    }
+                }
+                Err(e) if is_not_found(&e) => {
+                    return self.remove_scratch(workspace_id).await;
+                }
+                Err(e) => return Err(engine_error("reading the workspace's container", e)),
+            }
+        }
+        self.remove_container(&name).await?;
+        // Ordering: the container is gone before its scratch volume goes (an
+        // engine refuses to remove a volume in use).
+        self.remove_scratch(workspace_id).await
+    }
+
+    async fn has_instance(&self, workspace_id: Uuid) -> bool {
+        // An unreadable engine counts as "maybe": the spawn removes by name
+        // anyway.
+        !matches!(
+            self.docker.inspect_container(&container_name(workspace_id), None).await,
+            Err(e) if is_not_found(&e)
+        )
+    }
+
+    async fn state(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<ProcessState> {
+        match self
+            .docker
+            .inspect_container(&container_name(workspace_id), None)
+            .await
+        {
+            Ok(c) => {
+                let instance = c
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|l| l.get(LABEL_INSTANCE).cloned());
+                if instance.as_deref() != Some(instance_id) {
+                    return Ok(ProcessState::Unknown);
+                }
+                let state = c.state.unwrap_or_default();
+                Ok(if state.running.unwrap_or(false) {
+                    ProcessState::Running
+                } else {
+                    ProcessState::Exited(state.exit_code.and_then(|c| i32::try_from(c).ok()))
+                })
+            }
+            Err(e) if is_not_found(&e) => Ok(ProcessState::Unknown),
+            Err(e) => Err(engine_error("reading the workspace's container", e)),
+        }
+    }
+
+    /// Replaces rather than adopts (as the process backend does): every
+    /// container of this scope is removed, and the platform starts each
+    /// workspace that should run once, with a fresh token.
+    async fn reap_leftovers(&self) -> anyhow::Result<usize> {
+        let names = match self.our_containers(&[]).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers left by a previous run");
+                return Ok(0);
+            }
+        };
+        for name in &names {
+            self.remove_container(name).await?;
+        }
+        // Scratch volumes of the previous run: ephemeral data, begun anew at
+        // the next start anyway.
+        let filters = self.filters(&[(LABEL_KIND, "scratch")]);
+        if let Ok(list) = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        {
+            for v in list.volumes.unwrap_or_default() {
+                if v.name.contains("-scratch-") {
+                    let _ = self
+                        .docker
+                        .remove_volume(
+                            &v.name,
+                            None::<bollard::query_parameters::RemoveVolumeOptions>,
+                        )
+                        .await;
+                }
+            }
+        }
+        Ok(names.len())
+    }
+
+    async fn stop_all(&self) {
+        let names = match self.our_containers(&[(LABEL_KIND, "workspace")]).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing containers at shutdown failed");
+                return;
+            }
+        };
+        let stops = names.iter().map(|name| async move {
+            if let Err(e) = self.remove_container(name).await {
+                tracing::warn!(name, error = %e, "stopping at shutdown failed");
+            }
+        });
+        futures_util::future::join_all(stops).await;
+        if let Ok(list) = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&self.filters(&[(LABEL_KIND, "scratch")]))
+                    .build(),
+            ))
+            .await
+        {
+            for v in list.volumes.unwrap_or_default() {
+                if v.name.contains("-scratch-") {
+                    let _ = self
+                        .docker
+                        .remove_volume(
+                            &v.name,
+                            None::<bollard::query_parameters::RemoveVolumeOptions>,
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>> {
+        let Some((container, helper)) = self.data_source(workspace_id, kind).await? else {
+            return Ok(None);
+        };
+        let reader = blocking_reader(self.archive(&container));
+        let counted = tokio::task::spawn_blocking(move || count_archive(reader)).await;
+        if helper {
+            self.drop_helper(&container).await;
+        }
+        Ok(Some(counted??))
+    }
+
+    async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
+        match kind {
+            DataKind::Volume => self
+                .docker
+                .inspect_volume(&volume_name(workspace_id))
+                .await
+                .is_ok(),
+            DataKind::Scratch => matches!(
+                self.data_source(workspace_id, DataKind::Scratch).await,
+                Ok(Some(_))
+            ),
+        }
+    }
+
+    async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream> {
+        let Some((container, helper)) = self.data_source(workspace_id, kind).await? else {
+            return Err(CpError::NotFound(
+                "the workspace has no data to export".to_owned(),
+            ));
+        };
+        let reader = blocking_reader(self.archive(&container));
+        let (stream, done) = crate::export::stream_with(move |out| repack_archive(reader, out));
+        if helper {
+            let docker = self.docker.clone();
+            tokio::spawn(async move {
+                let _ = done.await;
+                let _ = docker
+                    .remove_container(
+                        &container,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+            });
+        }
+        Ok(stream)
+    }
+
+    async fn erase_volume(&self, v: &VolumeRow) -> anyhow::Result<u64> {
+        let ws = v.workspace_id.to_string();
+        // Ordering: every container that mounts the volume goes first (the
+        // workspace's, helpers), so the volume is removed only once nothing
+        // uses it.
+        self.remove_container(&container_name(v.workspace_id))
+            .await?;
+        for helper in self
+            .our_containers(&[(LABEL_WORKSPACE, &ws), (LABEL_KIND, "helper")])
+            .await?
+        {
+            self.drop_helper(&helper).await;
+        }
+        let bytes = self
+            .data_bytes(v.workspace_id, DataKind::Volume)
+            .await?
+            .unwrap_or(0);
+        failpoint::hit("erase.mid");
+        match self
+            .docker
+            .remove_volume(
+                &volume_name(v.workspace_id),
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(bytes),
+            // Already gone: a resumed erasure.
+            Err(e) if is_not_found(&e) => Ok(bytes),
+            Err(e) => Err(anyhow::Error::new(engine_error("removing the volume", e))),
+        }
+    }
+
+    async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>> {
+        let filters = self.filters(&[(LABEL_KIND, "persist")]);
+        let list = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine_error("listing volumes", e))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                let id = v.labels.get(LABEL_WORKSPACE)?.parse::<Uuid>().ok()?;
+                // The label and the name must agree: a volume someone
+                // labelled by hand is not taken for another's data.
+                (v.name == volume_name(id)).then_some(id)
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+    use holdfast_domain::Tier;
+    use std::collections::BTreeMap;
+
+    fn settings() -> ContainerSettings {
+        ContainerSettings {
+            host: "unix:///run/podman.sock".to_owned(),
+            image: ImageRef::parse("localhost/holdfast-runtime:1").unwrap(),
+            runtime_exe: PathBuf::from("/usr/bin/holdfast"),
+            stop_timeout: Duration::from_secs(10),
+            network: "host".to_owned(),
+        }
+    }
+
+    fn spawn(mode: DataPersistence, tier: i64) -> Spawn {
+        Spawn {
+            workspace_id: Uuid::nil(),
+            instance_id: "i-1".to_owned(),
+            argv: vec!["sh".to_owned(), "-c".to_owned(), "sleep 1".to_owned()],
+            env: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+            mode,
+            tier: Tier::from_stored(tier),
+        }
+    }
+
+    fn summary(body: &ContainerCreateBody) -> String {
+        let h = body.host_config.clone().unwrap();
+        let mut labels: Vec<_> = body.labels.clone().unwrap().into_iter().collect();
+        labels.sort();
+        format!(
+            "image={:?} entrypoint={:?} cmd={:?} workdir={:?}\nlabels={labels:?}\nenv={:?}\n\
+             binds={:?} network={:?} privileged={:?} cap_drop={:?} security={:?} ro={:?} tmpfs={:?} init={:?}\n\
+             memory={:?} swap={:?} pids={:?} shares={:?}",
+            body.image,
+            body.entrypoint,
+            body.cmd,
+            body.working_dir,
+            body.env,
+            h.binds,
+            h.network_mode,
+            h.privileged,
+            h.cap_drop,
+            h.security_opt,
+            h.readonly_rootfs,
+            h.tmpfs,
+            h.init,
+            h.memory,
+            h.memory_swap,
+            h.pids_limit,
+            h.cpu_shares,
+        )
+    }
+
+    #[test]
+    fn a_persist_workspace_mounts_its_named_volume_confined_by_its_tier() {
+        let body = container_config(
+            &spawn(DataPersistence::Persist, 1),
+            &settings().image,
+            &settings(),
+            &volume_name(Uuid::nil()),
+            "scope1",
+        );
+        expect![[r#"
+            image=Some("localhost/holdfast-runtime:1") entrypoint=Some(["sh"]) cmd=Some(["-c", "sleep 1"]) workdir=Some("/data")
+            labels=[("holdfast.cp", "scope1"), ("holdfast.data", "persist"), ("holdfast.instance", "i-1"), ("holdfast.kind", "workspace"), ("holdfast.workspace", "00000000-0000-0000-0000-000000000000")]
+            env=Some(["A=1", "HOME=/data", "HOLDFAST_DATA_DIR=/data", "HOLDFAST_WORKSPACE_ID=00000000-0000-0000-0000-000000000000", "HOLDFAST_INSTANCE_ID=i-1", "TMPDIR=/tmp"])
+            binds=Some(["holdfast-00000000-0000-0000-0000-000000000000:/data:rw", "/usr/bin/holdfast:/opt/holdfast/holdfast:ro"]) network=Some("host") privileged=Some(false) cap_drop=Some(["ALL"]) security=Some(["no-new-privileges"]) ro=Some(true) tmpfs=Some({"/tmp": "rw,nosuid,nodev,size=64m"}) init=Some(true)
+            memory=Some(268435456) swap=Some(268435456) pids=Some(64) shares=Some(512)"#]]
+        .assert_eq(&summary(&body));
+    }
+
+    #[test]
+    fn tiers_become_container_resources() {
+        let limits: Vec<_> = (1..=4)
+            .map(|tier| {
+                let body = container_config(
+                    &spawn(DataPersistence::Ephemeral, tier),
+                    &settings().image,
+                    &settings(),
+                    "scratch",
+                    "s",
+                );
+                let h = body.host_config.unwrap();
+                (
+                    tier,
+                    h.memory.unwrap() >> 20,
+                    h.pids_limit.unwrap(),
+                    h.cpu_shares.unwrap(),
+                )
+            })
+            .collect();
+        expect![[r#"[(1, 256, 64, 512), (2, 512, 128, 1024), (3, 1024, 256, 2048), (4, 2048, 512, 4096)]"#]]
+            .assert_eq(&format!("{limits:?}"));
+    }
+
+    #[test]
+    fn names_of_a_workspace() {
+        let id = Uuid::nil();
+        expect![[r#"("holdfast-00000000-0000-0000-0000-000000000000", "holdfast-00000000-0000-0000-0000-000000000000", "holdfast-00000000-0000-0000-0000-000000000000-scratch-i")"#]]
+            .assert_eq(&format!(
+                "{:?}",
+                (container_name(id), volume_name(id), scratch_name(id, "i"))
+            ));
+    }
+
+    /// An engine archive of `/data` (rooted as Podman or as Docker names it)
+    /// becomes an export whose entries are relative to the data dir.
+    fn repacked(root: &str) -> Vec<String> {
+        // Raw names, as an engine writes them (the tar crate's own setters
+        // refuse Podman's absolute ones).
+        fn append(raw: &mut tar::Builder<Vec<u8>>, mut h: tar::Header, name: &str, body: &[u8]) {
+            if name.len() < 100 {
+                let field = &mut h.as_old_mut().name;
+                field.fill(0);
+                field[..name.len()].copy_from_slice(name.as_bytes());
+                h.set_size(body.len() as u64);
+                h.set_cksum();
+                raw.append(&h, body).unwrap();
+            } else {
+                h.set_size(body.len() as u64);
+                raw.append_data(&mut h, name, body).unwrap();
+            }
+        }
+        let mut raw = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        append(&mut raw, dir, root, b"");
+        let mut file = tar::Header::new_gnu();
+        file.set_mode(0o644);
+        append(&mut raw, file.clone(), &format!("{root}a/b.txt"), b"hi");
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_link_name("/etc/passwd").unwrap();
+        append(&mut raw, link, &format!("{root}l"), b"");
+        // Past 100 bytes a GNU long-name entry carries the name.
+        let long = format!("{}{}", root.trim_start_matches('/'), "d/".repeat(80) + "x");
+        append(&mut raw, file, &long, b"yo");
+        let raw = raw.into_inner().unwrap();
+        assert_eq!(count_archive(&raw[..]).unwrap(), 4);
+        let mut out = Vec::new();
+        repack_archive(&raw[..], &mut out).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&out[..]));
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                let link = e
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned());
+                format!(
+                    "{} {:?} {link:?}",
+                    path.len().min(12),
+                    &path[..path.len().min(12)]
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exports_are_relative_to_the_data_dir_whatever_the_engine() {
+        let expected = expect![[r#"
+            [
+                "7 \"a/b.txt\" None",
+                "1 \"l\" Some(\"/etc/passwd\")",
+                "12 \"d/d/d/d/d/d/\" None",
+            ]
+        "#]];
+        expected.assert_debug_eq(&repacked("/"));
+        expected.assert_debug_eq(&repacked("data/"));
+    }
+}
