@@ -341,6 +341,62 @@ impl ContainerBackend {
         HashMap::from([("label".to_owned(), labels)])
     }
 
+    /// Whether `labels` carry this scope and every pair. Listings are
+    /// filtered again here: an engine may read several label filters as
+    /// "any of" (Podman 4 does for volumes), and a volume or container of
+    /// another scope must never be taken for ours.
+    fn matches(&self, labels: &HashMap<String, String>, pairs: &[(&str, &str)]) -> bool {
+        labels.get(LABEL_CP) == Some(&self.scope)
+            && pairs
+                .iter()
+                .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+    }
+
+    /// The names of this scope's volumes that carry every pair.
+    async fn our_volumes(&self, pairs: &[(&str, &str)]) -> CpResult<Vec<bollard::models::Volume>> {
+        let filters = self.filters(pairs);
+        let list = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine_error("listing volumes", e))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| self.matches(&v.labels, pairs))
+            .collect())
+    }
+
+    /// Removes this scope's scratch volumes that carry every pair.
+    async fn remove_scratch_where(&self, pairs: &[(&str, &str)]) -> CpResult<()> {
+        let pairs = [pairs, &[(LABEL_KIND, "scratch")]].concat();
+        for v in self.our_volumes(&pairs).await? {
+            // Only scratch volumes by label and by name: a persist volume is
+            // never named here.
+            if !v.name.contains("-scratch-") {
+                continue;
+            }
+            match self
+                .docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(engine_error("removing a scratch volume", e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the named volume unless it exists (a restart finds its data
     /// there). Ordering: the store's record was written before this call.
     async fn ensure_volume(&self, workspace_id: Uuid) -> CpResult<String> {
@@ -401,36 +457,7 @@ impl ContainerBackend {
     /// Removes the scratch volumes of a workspace (an ephemeral stop).
     async fn remove_scratch(&self, workspace_id: Uuid) -> CpResult<()> {
         let ws = workspace_id.to_string();
-        let filters = self.filters(&[(LABEL_WORKSPACE, &ws), (LABEL_KIND, "scratch")]);
-        let list = self
-            .docker
-            .list_volumes(Some(
-                ListVolumesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("listing scratch volumes", e))?;
-        for v in list.volumes.unwrap_or_default() {
-            // Only scratch volumes by label and by name: a persist volume is
-            // never named here.
-            if !v.name.contains("-scratch-") {
-                continue;
-            }
-            match self
-                .docker
-                .remove_volume(
-                    &v.name,
-                    None::<bollard::query_parameters::RemoveVolumeOptions>,
-                )
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(engine_error("removing a scratch volume", e)),
-            }
-        }
-        Ok(())
+        self.remove_scratch_where(&[(LABEL_WORKSPACE, &ws)]).await
     }
 
     /// A container (created, never started) that mounts `volume` at
@@ -539,6 +566,7 @@ impl ContainerBackend {
             .map_err(|e| engine_error("listing containers", e))?;
         Ok(list
             .into_iter()
+            .filter(|c| c.labels.as_ref().is_some_and(|l| self.matches(l, pairs)))
             .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
             .map(|n| n.trim_start_matches('/').to_owned())
             .collect())
@@ -721,27 +749,8 @@ impl Backend for ContainerBackend {
         }
         // Scratch volumes of the previous run: ephemeral data, begun anew at
         // the next start anyway.
-        let filters = self.filters(&[(LABEL_KIND, "scratch")]);
-        if let Ok(list) = self
-            .docker
-            .list_volumes(Some(
-                ListVolumesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-        {
-            for v in list.volumes.unwrap_or_default() {
-                if v.name.contains("-scratch-") {
-                    let _ = self
-                        .docker
-                        .remove_volume(
-                            &v.name,
-                            None::<bollard::query_parameters::RemoveVolumeOptions>,
-                        )
-                        .await;
-                }
-            }
+        if let Err(e) = self.remove_scratch_where(&[]).await {
+            tracing::warn!(error = %e, "removing scratch volumes of a previous run failed");
         }
         Ok(names.len())
     }
@@ -760,26 +769,8 @@ impl Backend for ContainerBackend {
             }
         });
         futures_util::future::join_all(stops).await;
-        if let Ok(list) = self
-            .docker
-            .list_volumes(Some(
-                ListVolumesOptionsBuilder::default()
-                    .filters(&self.filters(&[(LABEL_KIND, "scratch")]))
-                    .build(),
-            ))
-            .await
-        {
-            for v in list.volumes.unwrap_or_default() {
-                if v.name.contains("-scratch-") {
-                    let _ = self
-                        .docker
-                        .remove_volume(
-                            &v.name,
-                            None::<bollard::query_parameters::RemoveVolumeOptions>,
-                        )
-                        .await;
-                }
-            }
+        if let Err(e) = self.remove_scratch_where(&[]).await {
+            tracing::warn!(error = %e, "removing scratch volumes at shutdown failed");
         }
     }
 
@@ -866,19 +857,9 @@ impl Backend for ContainerBackend {
     }
 
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>> {
-        let filters = self.filters(&[(LABEL_KIND, "persist")]);
-        let list = self
-            .docker
-            .list_volumes(Some(
-                ListVolumesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("listing volumes", e))?;
-        Ok(list
-            .volumes
-            .unwrap_or_default()
+        Ok(self
+            .our_volumes(&[(LABEL_KIND, "persist")])
+            .await?
             .into_iter()
             .filter_map(|v| {
                 let id = v.labels.get(LABEL_WORKSPACE)?.parse::<Uuid>().ok()?;

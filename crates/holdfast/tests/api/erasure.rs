@@ -6,7 +6,8 @@
 use crate::helpers::{
     RECORDING_SCRIPT, SHORT_GRACES, TestApp, assert_files_intact, count_action, events_with_action,
     id_of, items_for, parse_time, plant_files, planted_bytes, process_is_running, read_lines,
-    wait_for_pid_other_than, wait_process_gone, wait_workspace_process_count,
+    skip_on_container_backend, wait_for_pid_other_than, wait_process_gone,
+    wait_workspace_process_count,
 };
 use serde_json::{Value, json};
 
@@ -455,6 +456,12 @@ async fn crash_after_an_erasure_is_marked_resumes_it_at_start() {
 
 #[tokio::test]
 async fn crash_while_the_erased_volume_is_in_the_trash_resumes_it_at_start() {
+    if skip_on_container_backend(
+        "the trash is the process backend's: an engine removes a named volume in one call \
+         (the other two crash windows run on it)",
+    ) {
+        return;
+    }
     check_erase_crash_window(Window::Mid).await;
 }
 

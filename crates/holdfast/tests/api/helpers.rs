@@ -6,6 +6,14 @@
 //! starts a `holdfast cp serve` of its own and points the platform at it, so
 //! that the same suite checks that the platform behaves the same with a
 //! remote control plane (SPEC §9).
+//!
+//! With `HOLDFAST_TEST_BACKEND=container` every server (or its control
+//! plane) runs workspaces on the container backend, at the engine
+//! `HOLDFAST_TEST_CONTAINER_HOST` with the image
+//! `HOLDFAST_TEST_CONTAINER_IMAGE` (`cargo xtask test` starts a Podman and
+//! builds the image). Tests that read a volume's files find them at
+//! `HOLDFAST_TEST_CONTAINER_VOLUMES/<volume name>/_data` (Podman's local
+//! driver): test-only knowledge, which holdfast itself never assumes.
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
@@ -31,6 +39,9 @@ pub const CP_SHARED_SECRET: &str = "holdfast-test-cp-secret-7d41e9";
 /// Flags that belong to the control plane in remote mode: the platform would
 /// ignore them there, so they go to `holdfast cp serve` instead.
 const CP_ONLY_FLAGS: &[&str] = &[
+    "--backend",
+    "--container-host",
+    "--container-image",
     "--erase-grace",
     "--retention-grace",
     "--default-data-persistence",
@@ -88,6 +99,120 @@ pub fn fresh_database(admin_url: &str) -> String {
         .find('/')
         .map_or(base, |slash| &base[..host_start + slash]);
     format!("{base}/{name}{query}")
+}
+
+/// Selects the backend the suite runs workspaces on: `container`, or the
+/// process backend (unset, anything else).
+pub const BACKEND_ENV: &str = "HOLDFAST_TEST_BACKEND";
+
+/// Whether this run of the suite runs workspaces in containers.
+pub fn container_mode() -> bool {
+    std::env::var(BACKEND_ENV).is_ok_and(|b| b == "container")
+}
+
+/// On the container backend, prints why the calling test does not apply
+/// and returns true (the test then returns at once). For tests that watch
+/// host processes, host pids or the process backend's directories.
+pub fn skip_on_container_backend(why: &str) -> bool {
+    let skip = container_mode();
+    if skip {
+        eprintln!("skipping on the container backend: {why}");
+    }
+    skip
+}
+
+fn container_env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("{BACKEND_ENV}=container needs {key}"))
+}
+
+/// The engine of the container backend's runs.
+pub fn container_host() -> String {
+    container_env("HOLDFAST_TEST_CONTAINER_HOST")
+}
+
+/// The flags that put a server on the suite's backend.
+fn backend_flags() -> Vec<String> {
+    if !container_mode() {
+        return Vec::new();
+    }
+    vec![
+        "--backend".to_owned(),
+        "container".to_owned(),
+        "--container-host".to_owned(),
+        container_host(),
+        "--container-image".to_owned(),
+        container_env("HOLDFAST_TEST_CONTAINER_IMAGE"),
+    ]
+}
+
+/// Where the engine keeps a named volume's files on this host (Podman's
+/// local driver).
+fn engine_volume_dir(name: &str) -> PathBuf {
+    PathBuf::from(container_env("HOLDFAST_TEST_CONTAINER_VOLUMES"))
+        .join(name)
+        .join("_data")
+}
+
+/// `podman --url <engine> ARGS…`: the tests' own look at the engine.
+pub fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .arg("--url")
+        .arg(container_host())
+        .args(args)
+        .output()
+        .expect("run podman (the container backend's tests need its CLI)");
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The names of the containers (any state) labelled for workspace `id`.
+pub fn containers_of(id: &str) -> Vec<String> {
+    podman(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=holdfast.workspace={id}"),
+        "--filter",
+        "label=holdfast.kind=workspace",
+        "--format",
+        "{{.Names}}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .filter(|l| !l.is_empty())
+    .collect()
+}
+
+/// Removes every container and volume of the control plane whose data dir
+/// is `cp_data_dir` from the engine (a test's end).
+fn remove_engine_objects_of(cp_data_dir: &Path) {
+    let Ok(scope) = std::fs::read_to_string(cp_data_dir.join("cp-id")) else {
+        return;
+    };
+    let filter = format!("label=holdfast.cp={}", scope.trim());
+    let run = |args: &[&str]| {
+        Command::new("podman")
+            .arg("--url")
+            .arg(container_host())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let containers = run(&["ps", "-aq", "--filter", &filter]);
+    let containers: Vec<&str> = containers.split_whitespace().collect();
+    if !containers.is_empty() {
+        run(&[&["rm", "-f", "-t", "0"], &containers[..]].concat());
+    }
+    let volumes = run(&["volume", "ls", "-q", "--filter", &filter]);
+    let volumes: Vec<&str> = volumes.split_whitespace().collect();
+    if !volumes.is_empty() {
+        run(&[&["volume", "rm", "-f"], &volumes[..]].concat());
+    }
 }
 
 /// Whether this run of the suite uses a remote control plane.
@@ -252,6 +377,8 @@ pub struct TestApp {
     cp_data_dir: PathBuf,
     /// Whether the server uses a remote control plane.
     remote: bool,
+    /// Whether its workspaces run on the container backend.
+    on_containers: bool,
     /// The control plane this app started and owns (remote mode); dropped,
     /// and so stopped, after the server.
     cp: Option<CpServer>,
@@ -282,7 +409,7 @@ impl TestApp {
     fn spawn_with_args(extra_args: Vec<String>) -> TestApp {
         // On PostgreSQL each server gets a database of its own; restarts of
         // the same server keep it (it is part of the flags).
-        let extra_args = [extra_args, database_flags()].concat();
+        let extra_args = [extra_args, database_flags(), backend_flags()].concat();
         if !remote_mode() {
             let data_dir = tempfile::tempdir().expect("create a temp data dir");
             let cp_data_dir = data_dir.path().to_path_buf();
@@ -306,6 +433,8 @@ impl TestApp {
         let data_dir = tempfile::tempdir().expect("create a temp data dir");
         let mut app = Self::start(platform_args, data_dir, cp.data_dir().to_path_buf(), None);
         app.remote = true;
+        // The caller's control plane runs processes, whatever the suite's mode.
+        app.on_containers = false;
         app
     }
 
@@ -326,6 +455,7 @@ impl TestApp {
             log,
             cp_data_dir,
             remote: cp.is_some(),
+            on_containers: container_mode(),
             cp,
             data_dir,
         }
@@ -502,13 +632,29 @@ impl TestApp {
         self.cp_data_dir().join("volumes")
     }
 
-    /// A persist workspace's volume: `<cp-data-dir>/volumes/<id>`.
+    /// A persist workspace's volume: `<cp-data-dir>/volumes/<id>`, or on the
+    /// container backend the files of its named volume `holdfast-<id>`.
     pub fn volume_dir(&self, id: &str) -> PathBuf {
+        if self.on_containers {
+            return engine_volume_dir(&format!("holdfast-{id}"));
+        }
         self.volumes_root().join(id)
     }
 
-    /// An ephemeral workspace's data dir: `<cp-data-dir>/scratch/<id>`.
+    /// An ephemeral workspace's data dir: `<cp-data-dir>/scratch/<id>`, or
+    /// on the container backend the files of its current scratch volume.
     pub fn scratch_dir(&self, id: &str) -> PathBuf {
+        if self.on_containers {
+            let prefix = format!("holdfast-{id}-scratch-");
+            let root = PathBuf::from(container_env("HOLDFAST_TEST_CONTAINER_VOLUMES"));
+            let found = std::fs::read_dir(&root).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .find(|n| n.starts_with(&prefix))
+            });
+            return engine_volume_dir(&found.unwrap_or_else(|| format!("{prefix}none")));
+        }
         self.cp_data_dir().join("scratch").join(id)
     }
 
@@ -861,6 +1007,9 @@ impl Drop for TestApp {
         // their own, behind; do not let them outlive the test. (In remote mode
         // the control plane's own drop, which follows, reaps its processes.)
         reap_processes_of(self.data_dir.path());
+        if self.on_containers && self.cp.is_none() {
+            remove_engine_objects_of(&self.cp_data_dir);
+        }
         if std::thread::panicking() {
             eprintln!("---- holdfast serve output ----\n{}", self.server_log());
         }
@@ -1199,10 +1348,33 @@ async fn wait_for_pid_file(dir: &Path, previous: Option<u32>) -> u32 {
         async move {
             let text = std::fs::read_to_string(&file).ok()?;
             let pid: u32 = text.trim().parse().ok()?;
+            // In a container the script wrote the pid its namespace shows:
+            // the tests watch and signal the host's view of that process.
+            let pid = if container_mode() {
+                host_pid_of(&file, pid)?
+            } else {
+                pid
+            };
             (Some(pid) != previous).then_some(pid)
         }
     })
     .await
+}
+
+/// The host pid of the process that has pid `ns_pid` in the container of the
+/// workspace whose volume holds `pid_file` (`…/holdfast-<id>[-scratch-…]/_data/pid`).
+fn host_pid_of(pid_file: &Path, ns_pid: u32) -> Option<u32> {
+    let volume = pid_file.parent()?.parent()?.file_name()?.to_str()?;
+    let id = volume.strip_prefix("holdfast-")?.get(..36)?;
+    workspace_processes(id).into_iter().find(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|ids| ids.split_whitespace().last())
+                .is_some_and(|inner| inner == ns_pid.to_string())
+        })
+    })
 }
 
 /// Waits for the [`recording_runtime`] of a first start to write its pid in
@@ -1289,6 +1461,16 @@ fn processes_with_env(entry: &str) -> Vec<u32> {
         .filter(|pid| {
             !std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"contain".as_slice()))
+        })
+        // A container's init (Podman's `/run/podman-init`, Docker's
+        // `docker-init`) carries the container's environment; it is the
+        // engine's, not one of the workspace's processes.
+        .filter(|pid| {
+            !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0).next().is_some_and(|argv0| {
+                    argv0.ends_with(b"podman-init") || argv0.ends_with(b"docker-init")
+                })
+            })
         })
         .collect()
 }
@@ -1977,6 +2159,9 @@ impl Drop for CpServer {
             stop_server(&mut self.process);
         }
         reap_processes_of(self.data_dir.path());
+        if container_mode() {
+            remove_engine_objects_of(self.data_dir.path());
+        }
         if std::thread::panicking() {
             eprintln!("---- holdfast cp serve output ----\n{}", self.log());
         }

@@ -3,6 +3,7 @@
 //! `helpers.rs`.
 
 mod audit;
+mod containers;
 mod create;
 mod data;
 mod delete;

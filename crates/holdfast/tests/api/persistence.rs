@@ -3,8 +3,9 @@
 //! `--default-data-persistence`.
 
 use crate::helpers::{
-    RECORDING_SCRIPT, TestApp, id_of, read_lines, wait_for_pid, wait_for_pid_other_than,
-    wait_path_gone, wait_process_gone, workspace_body, workspace_body_with_persistence,
+    RECORDING_SCRIPT, TestApp, id_of, read_lines, skip_on_container_backend, wait_for_pid,
+    wait_for_pid_other_than, wait_path_gone, wait_process_gone, workspace_body,
+    workspace_body_with_persistence,
 };
 use serde_json::json;
 
@@ -194,6 +195,12 @@ async fn explicit_persist_wins_over_an_ephemeral_server_default() {
 
 #[tokio::test]
 async fn process_runs_in_its_data_dir_with_holdfast_env() {
+    if skip_on_container_backend(
+        "a container sees its data at /data, not at the host path this test compares with; \
+         containers.rs checks the container's working directory and environment",
+    ) {
+        return;
+    }
     let app = TestApp::spawn().await;
     let script = format!(
         "echo \"$HOLDFAST_WORKSPACE_ID\" > ws_id; echo \"$HOLDFAST_DATA_DIR\" > data_dir; pwd -P > cwd; {RECORDING_SCRIPT}"
