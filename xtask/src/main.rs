@@ -4,6 +4,7 @@
 //! measuring side of a benchmark is never the slow part of it.
 
 mod bench;
+mod podman;
 mod postgres;
 mod test;
 

@@ -2,8 +2,9 @@
 //! every test of the workspace (unit tests, the store and architecture tests,
 //! and the black-box API suite against the real binary), then the canvas's
 //! browser tests (`tests/browser`, Debian's Chromium driven by playwright-core).
-//! The API suite also runs against a remote control plane and on a throwaway
-//! PostgreSQL cluster.
+//! The API suite also runs against a remote control plane, on a throwaway
+//! PostgreSQL cluster, and on the container backend against a throwaway
+//! Podman (`podman.rs`).
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -120,6 +121,7 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             "cargo",
             &api,
         );
+        let on_containers = containers(root, ci, &api);
         let on_postgres = match &postgres {
             Some(_) => {
                 let env = [db_env.clone(), vec![("HOLDFAST_TEST_STORE", "postgres")]].concat();
@@ -138,6 +140,7 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         )?;
         remote?;
         on_postgres?;
+        on_containers?;
     } else {
         eprintln!("cargo-nextest not found; falling back to cargo test");
         run_with_env(
@@ -152,6 +155,33 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     // browser tests' summary (or nextest's).
     drop(postgres);
     browser(root)
+}
+
+/// The API suite on the container backend, against a Podman of its own
+/// (started here, stopped when this returns). Outside CI a host without
+/// Podman skips it and says why.
+fn containers(root: &Path, ci: bool, api: &[&str]) -> anyhow::Result<()> {
+    run(
+        root,
+        "build holdfast",
+        "cargo",
+        &["build", "-p", "holdfast"],
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let Some(engine) = crate::podman::Engine::start(ci, &target.join("debug/holdfast"))? else {
+        return Ok(());
+    };
+    let env = engine.test_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_with_env(
+        root,
+        "API tests on the container backend",
+        &env,
+        "cargo",
+        api,
+    )
 }
 
 /// The canvas's browser tests. Outside CI a machine without Chromium skips
