@@ -33,6 +33,8 @@ pub struct CpPolicy {
     pub with_workspaces: bool,
     /// How workspace processes are confined.
     pub sandbox: crate::process::Sandbox,
+    /// How often the size of every attached volume is measured.
+    pub usage_interval: Duration,
 }
 
 pub struct EmbeddedCp {
@@ -157,7 +159,14 @@ impl EmbeddedCp {
                     )
                     .await?
             }
-            Some(v) if v.state == VolumeState::Active => v,
+            Some(v) if v.state == VolumeState::Active => {
+                // A changed `compute.volume.size_gb` applies from this start.
+                let size = req.volume_size_gb.map(i64::from);
+                if v.size_gb != size {
+                    self.store.set_volume_size(v.id, size).await?;
+                }
+                VolumeRow { size_gb: size, ..v }
+            }
             Some(v) if v.state == VolumeState::Retained => {
                 // Switching back to persist within the retention grace brings
                 // the same data back.
@@ -222,6 +231,45 @@ impl EmbeddedCp {
                 Some("switched_to_ephemeral"),
             )
             .await;
+        }
+        Ok(())
+    }
+
+    /// Measures every attached volume through the handle walk, one after
+    /// the other, every `usage_interval`: `data.bytes` is never older than
+    /// that, and a volume over its `size_gb` shows `over_quota`. Never
+    /// touches the data.
+    pub fn spawn_usage(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let cp = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cp.policy.usage_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = cp.measure_usage().await {
+                    tracing::warn!(error = %e, "measuring volume usage failed");
+                }
+            }
+        })
+    }
+
+    /// One measurement pass over the attached volumes.
+    pub async fn measure_usage(&self) -> anyhow::Result<()> {
+        for v in self.store.list_volumes(Some(VolumeState::Active)).await? {
+            let dir = self.backend.layout().volume_dir(v.workspace_id);
+            let bytes = tokio::task::spawn_blocking(move || crate::tree::tree_size(&dir)).await??;
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            if bytes != v.bytes {
+                self.store.set_volume_bytes(v.id, bytes).await?;
+            }
+            if crate::over_quota(bytes, v.size_gb) && !crate::over_quota(v.bytes, v.size_gb) {
+                tracing::warn!(
+                    workspace_id = %v.workspace_id,
+                    bytes,
+                    size_gb = v.size_gb,
+                    "a volume is over its quota; its data is kept"
+                );
+            }
         }
         Ok(())
     }

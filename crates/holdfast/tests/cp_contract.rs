@@ -56,6 +56,7 @@ async fn embedded() -> Subject {
         stop_timeout: Duration::from_secs(5),
         with_workspaces: false,
         sandbox: holdfast_cp::process::Sandbox::None,
+        usage_interval: Duration::from_secs(30),
     };
     let cp = EmbeddedCp::start(store, root.clone(), policy)
         .await

@@ -489,6 +489,11 @@ impl TestApp {
     /// The data dir of the control plane, where volumes, scratch dirs and
     /// the trash live: the server's own with the embedded control plane.
     /// The platform's own `--data-dir` (its admin token, its SQLite file).
+    /// The pid of the `holdfast serve` process.
+    pub fn server_pid(&self) -> u32 {
+        self.server.id()
+    }
+
     pub fn platform_data_dir(&self) -> &Path {
         self.data_dir.path()
     }
