@@ -40,7 +40,7 @@ const CP_ONLY_FLAGS: &[&str] = &[
 
 /// Flags that both processes get in remote mode: the control plane sweeps on
 /// its own interval, and the platform asks it to sweep on its own.
-const SHARED_FLAGS: &[&str] = &["--sweep-interval"];
+const SHARED_FLAGS: &[&str] = &["--sweep-interval", "--usage-interval"];
 
 /// Set to `postgres` to run the suite on PostgreSQL: each server gets a
 /// fresh database on the server `HOLDFAST_TEST_DATABASE_URL` names.

@@ -61,7 +61,7 @@ exec sleep 600
 
 /// Runs the probe in a server started with `sandbox`, beside a sibling
 /// whose data holds a canary; returns the probe's findings and its JSON.
-async fn probe(sandbox: &str) -> (Vec<String>, Value) {
+async fn probe(sandbox: &str) -> (Vec<String>, Value, bool) {
     let app = TestApp::spawn_with(&["--sandbox", sandbox]).await;
     let sibling = app
         .create_online_workspace(&json!({
@@ -103,7 +103,9 @@ async fn probe(sandbox: &str) -> (Vec<String>, Value) {
     let _ = victim.kill();
     let _ = victim.wait();
     let ws = app.workspace(&id_of(&ws)).await;
-    (lines, ws)
+    // On PostgreSQL there is no store file to find.
+    let store_file = app.platform_data_dir().join("holdfast.db").exists();
+    (lines, ws, store_file)
 }
 
 #[tokio::test]
@@ -111,7 +113,7 @@ async fn the_default_sandbox_hides_the_host_and_without_it_the_probe_finds_every
     if !have_bwrap() {
         return;
     }
-    let (inside, ws) = probe("auto").await;
+    let (inside, ws, _) = probe("auto").await;
     assert_eq!(ws["isolation"], "bwrap", "{ws}");
     assert_eq!(
         inside,
@@ -131,13 +133,17 @@ async fn the_default_sandbox_hides_the_host_and_without_it_the_probe_finds_every
 
     // The positive control: the same probe, unsandboxed, finds the
     // canaries, so a "hidden" above is the sandbox's doing.
-    let (outside, ws) = probe("none").await;
+    let (outside, ws, store_file) = probe("none").await;
     assert_eq!(ws["isolation"], "none", "{ws}");
     let root = rustix::process::getuid().is_root();
     let expected = vec![
         "sibling found",
         "token found",
-        "store found",
+        if store_file {
+            "store found"
+        } else {
+            "store hidden"
+        },
         if root {
             "shadow found"
         } else {
