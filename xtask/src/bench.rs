@@ -12,6 +12,7 @@ mod create_online;
 mod delete_latency;
 mod disk;
 mod erase_throughput;
+mod sandbox_start;
 mod server;
 mod stats;
 mod sweep_pass;
@@ -26,14 +27,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SectionName {
     CreateOnline,
+    SandboxStart,
     DeleteLatency,
     EraseThroughput,
     SweepPass,
 }
 
 impl SectionName {
-    const ALL: [SectionName; 4] = [
+    const ALL: [SectionName; 5] = [
         SectionName::CreateOnline,
+        SectionName::SandboxStart,
         SectionName::DeleteLatency,
         SectionName::EraseThroughput,
         SectionName::SweepPass,
@@ -42,6 +45,7 @@ impl SectionName {
     fn as_str(self) -> &'static str {
         match self {
             SectionName::CreateOnline => "create_online",
+            SectionName::SandboxStart => "sandbox_start",
             SectionName::DeleteLatency => "delete_latency",
             SectionName::EraseThroughput => "erase_throughput",
             SectionName::SweepPass => "sweep_pass",
@@ -199,10 +203,13 @@ async fn run_section(
 ) -> anyhow::Result<stats::Section> {
     match name {
         SectionName::CreateOnline => {
-            let server = Server::start(
+            // The unsandboxed start, against a bare spawn; the sandboxed one
+            // is its own section.
+            let server = Server::start_with_args(
                 bin,
                 &scratch.join("create-online"),
                 format!("hfbench-{}", random_hex()),
+                &["--sandbox", "none"],
             )
             .await?;
             eprintln!("bench: holdfast listening on {}", server.url);
@@ -210,6 +217,7 @@ async fn run_section(
             cleanup(server).await;
             measured
         }
+        SectionName::SandboxStart => sandbox_start::run(bin, scratch, opts.n).await,
         SectionName::DeleteLatency => delete_latency::run(bin, scratch, opts.delete_n).await,
         SectionName::EraseThroughput => erase_throughput::run(bin, scratch, opts.erase_reps).await,
         SectionName::SweepPass => sweep_pass::run(bin, scratch).await,
@@ -218,7 +226,7 @@ async fn run_section(
 
 /// Deletes (with erase) every workspace a section created and left, then
 /// stops the server with SIGTERM, which stops its workspaces' processes.
-async fn cleanup(server: Server) {
+pub(crate) async fn cleanup(server: Server) {
     let (deleted, errors) = server.delete_remaining().await;
     eprintln!(
         "bench: cleanup deleted {deleted} workspaces, {} failed",
@@ -294,7 +302,7 @@ fn commit(root: &Path) -> String {
 
 /// 64 bits from the standard library's per-process random hasher keys: enough
 /// for a temp dir name and a throwaway admin token, without a `rand` dependency.
-fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         SystemTime::now()

@@ -93,50 +93,61 @@ fn layout_volumes(dir: &std::path::Path) -> PathBuf {
         .to_path_buf()
 }
 
+/// The process backend behind the port, with the binary its built-in
+/// runtime runs (`<exe> runtime`).
+pub struct ProcessPort {
+    pub process: Arc<ProcessBackend>,
+    pub runtime_exe: PathBuf,
+}
+
 #[async_trait]
-impl Backend for ProcessBackend {
+impl Backend for ProcessPort {
     fn confinement(&self) -> Confinement {
-        ProcessBackend::confinement(self)
+        ProcessBackend::confinement(&self.process)
     }
 
     fn builtin_argv(&self) -> Vec<String> {
         vec![
-            self.launcher().to_string_lossy().into_owned(),
+            self.runtime_exe.to_string_lossy().into_owned(),
             "runtime".to_owned(),
         ]
     }
 
     async fn spawn(&self, spec: Spawn, _image: Option<&ImageRef>) -> CpResult<Confinement> {
-        Ok(ProcessBackend::spawn(self, spec).await?)
+        Ok(ProcessBackend::spawn(&self.process, spec).await?)
     }
 
     async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> CpResult<()> {
-        Ok(ProcessBackend::stop(self, workspace_id, instance_id).await?)
+        Ok(ProcessBackend::stop(&self.process, workspace_id, instance_id).await?)
     }
 
     async fn has_instance(&self, workspace_id: Uuid) -> bool {
-        self.current_instance(workspace_id).is_some()
+        self.process.current_instance(workspace_id).is_some()
     }
 
     async fn state(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<ProcessState> {
-        Ok(ProcessBackend::state(self, workspace_id, instance_id))
+        Ok(ProcessBackend::state(
+            &self.process,
+            workspace_id,
+            instance_id,
+        ))
     }
 
     async fn reap_leftovers(&self) -> anyhow::Result<usize> {
         // A scan of `/proc` and the run dir, once at start.
-        Ok(ProcessBackend::reap_leftovers(self))
+        Ok(ProcessBackend::reap_leftovers(&self.process))
     }
 
     async fn stop_all(&self) {
-        ProcessBackend::stop_all(self).await
+        ProcessBackend::stop_all(&self.process).await
     }
 
     fn release(&self) {
-        ProcessBackend::release(self)
+        ProcessBackend::release(&self.process)
     }
 
     async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>> {
-        let dir = dir_of(self.layout(), workspace_id, kind);
+        let dir = dir_of(self.process.layout(), workspace_id, kind);
         Ok(tokio::task::spawn_blocking(move || {
             std::fs::symlink_metadata(&dir)
                 .is_ok_and(|m| m.is_dir())
@@ -147,11 +158,11 @@ impl Backend for ProcessBackend {
     }
 
     async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
-        dir_of(self.layout(), workspace_id, kind).is_dir()
+        dir_of(self.process.layout(), workspace_id, kind).is_dir()
     }
 
     async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream> {
-        let dir = dir_of(self.layout(), workspace_id, kind);
+        let dir = dir_of(self.process.layout(), workspace_id, kind);
         if !std::fs::symlink_metadata(&dir)
             .map(|m| m.is_dir())
             .unwrap_or(false)
@@ -169,7 +180,7 @@ impl Backend for ProcessBackend {
     }
 
     async fn erase_volume(&self, v: &VolumeRow) -> anyhow::Result<u64> {
-        let layout = self.layout();
+        let layout = self.process.layout();
         let dir = layout.volume_dir(v.workspace_id);
         let trash = layout.trash_dir(v.id);
         let workspace = v.workspace_id.to_string();
@@ -198,7 +209,7 @@ impl Backend for ProcessBackend {
     }
 
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>> {
-        let root = self.layout().volumes_root();
+        let root = self.process.layout().volumes_root();
         let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
             match std::fs::read_dir(&root) {
                 Ok(entries) => Ok(entries

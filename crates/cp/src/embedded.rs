@@ -36,6 +36,8 @@ pub struct CpPolicy {
     pub sandbox: crate::process::Sandbox,
     /// What runs workspaces (`--backend`).
     pub backend: BackendChoice,
+    /// How often the size of every attached volume is measured.
+    pub usage_interval: Duration,
 }
 
 /// The backend a control plane runs workspaces on.
@@ -69,7 +71,10 @@ impl EmbeddedCp {
         policy: CpPolicy,
     ) -> anyhow::Result<Arc<Self>> {
         let backend: Arc<dyn Backend> = match &policy.backend {
-            BackendChoice::Process => Self::process_backend(data_dir, &policy).await?,
+            BackendChoice::Process => Arc::new(crate::backend::ProcessPort {
+                process: Self::process_backend(data_dir, &policy).await?,
+                runtime_exe: policy.runtime_exe.clone(),
+            }),
             BackendChoice::Container(settings) => {
                 crate::container::ContainerBackend::connect(settings.clone(), &data_dir).await?
             }
@@ -176,7 +181,14 @@ impl EmbeddedCp {
                     )
                     .await?
             }
-            Some(v) if v.state == VolumeState::Active => v,
+            Some(v) if v.state == VolumeState::Active => {
+                // A changed `compute.volume.size_gb` applies from this start.
+                let size = req.volume_size_gb.map(i64::from);
+                if v.size_gb != size {
+                    self.store.set_volume_size(v.id, size).await?;
+                }
+                VolumeRow { size_gb: size, ..v }
+            }
             Some(v) if v.state == VolumeState::Retained => {
                 // Switching back to persist within the retention grace brings
                 // the same data back.
@@ -241,6 +253,50 @@ impl EmbeddedCp {
                 Some("switched_to_ephemeral"),
             )
             .await;
+        }
+        Ok(())
+    }
+
+    /// Measures every attached volume through the handle walk, one after
+    /// the other, every `usage_interval`: `data.bytes` is never older than
+    /// that, and a volume over its `size_gb` shows `over_quota`. Never
+    /// touches the data.
+    pub fn spawn_usage(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let cp = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cp.policy.usage_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = cp.measure_usage().await {
+                    tracing::warn!(error = %e, "measuring volume usage failed");
+                }
+            }
+        })
+    }
+
+    /// One measurement pass over the attached volumes.
+    pub async fn measure_usage(&self) -> anyhow::Result<()> {
+        for v in self.store.list_volumes(Some(VolumeState::Active)).await? {
+            let Some(bytes) = self
+                .backend
+                .data_bytes(v.workspace_id, DataKind::Volume)
+                .await?
+            else {
+                continue;
+            };
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            if bytes != v.bytes {
+                self.store.set_volume_bytes(v.id, bytes).await?;
+            }
+            if crate::over_quota(bytes, v.size_gb) && !crate::over_quota(v.bytes, v.size_gb) {
+                tracing::warn!(
+                    workspace_id = %v.workspace_id,
+                    bytes,
+                    size_gb = v.size_gb,
+                    "a volume is over its quota; its data is kept"
+                );
+            }
         }
         Ok(())
     }

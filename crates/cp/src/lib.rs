@@ -98,11 +98,20 @@ pub struct VolumeInfo {
     pub reason: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Its measured size is over `size_gb` (decimal gigabytes).
+    #[serde(default)]
+    pub over_quota: bool,
+}
+
+/// Whether `bytes` exceed a quota of `size_gb` decimal gigabytes.
+pub fn over_quota(bytes: i64, size_gb: Option<i64>) -> bool {
+    size_gb.is_some_and(|gb| bytes > gb.saturating_mul(1_000_000_000))
 }
 
 impl From<holdfast_store::VolumeRow> for VolumeInfo {
     fn from(v: holdfast_store::VolumeRow) -> Self {
         VolumeInfo {
+            over_quota: over_quota(v.bytes, v.size_gb),
             id: v.id,
             workspace_id: v.workspace_id,
             state: v.state,

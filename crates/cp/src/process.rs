@@ -377,9 +377,10 @@ pub struct ProcessBackend {
     stop_timeout: Duration,
     sandbox: Sandbox,
     cgroups: Cgroups,
-    /// The holdfast binary, whose `contain` subcommand puts a workspace
-    /// into its cgroup before it runs.
-    launcher: PathBuf,
+    /// What puts a workspace into its cgroup before it runs: the small
+    /// `holdfast-contain` beside the holdfast binary, or (`true`: where it
+    /// is missing) the holdfast binary's own `contain` subcommand.
+    launcher: (PathBuf, bool),
     children: Mutex<HashMap<Uuid, Child>>,
 }
 
@@ -389,8 +390,14 @@ impl ProcessBackend {
         stop_timeout: Duration,
         sandbox: Sandbox,
         cgroups: Cgroups,
-        launcher: PathBuf,
+        holdfast_exe: PathBuf,
     ) -> Arc<Self> {
+        let small = holdfast_exe.with_file_name("holdfast-contain");
+        let launcher = if small.is_file() {
+            (small, false)
+        } else {
+            (holdfast_exe, true)
+        };
         Arc::new(ProcessBackend {
             layout,
             stop_timeout,
@@ -403,11 +410,6 @@ impl ProcessBackend {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
-    }
-
-    /// The holdfast binary (the built-in runtime is `<it> runtime`).
-    pub fn launcher(&self) -> &Path {
-        &self.launcher
     }
 
     /// What a workspace started now gets.
@@ -471,8 +473,10 @@ impl ProcessBackend {
             // The launcher joins the cgroup, then execs the program: nothing
             // of the workspace ever runs outside it.
             Some(cg) => {
-                let mut cmd = tokio::process::Command::new(&self.launcher);
-                cmd.arg("contain");
+                let mut cmd = tokio::process::Command::new(&self.launcher.0);
+                if self.launcher.1 {
+                    cmd.arg("contain");
+                }
                 for f in cg.procs_files() {
                     cmd.arg("--cgroup").arg(f);
                 }

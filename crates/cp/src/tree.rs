@@ -202,15 +202,19 @@ pub fn walk(root: OwnedFd, visitor: &mut impl Visitor) -> io::Result<()> {
         pending: Vec::new(),
     }];
     list(&mut frames, &mut path, visitor)?;
+    // Handles open in `frames`.
+    let mut open = 1usize;
     while let Some(top) = frames.len().checked_sub(1) {
         let Some(name) = frames[top].pending.pop() else {
-            frames.pop();
+            if frames.pop().is_some_and(|f| f.fd.is_some()) {
+                open -= 1;
+            }
             if let Some(parent) = frames.last() {
                 path.truncate(parent.path_len);
             }
             continue;
         };
-        reopen(&mut frames, top)?;
+        open += reopen(&mut frames, top)?;
         path.truncate(frames[top].path_len);
         if !path.is_empty() {
             path.push(b'/');
@@ -223,6 +227,7 @@ pub fn walk(root: OwnedFd, visitor: &mut impl Visitor) -> io::Result<()> {
                 if frames[top].pending.is_empty() && top > 0 {
                     // Nothing else to open here: the handle is not needed.
                     frames[top].fd = None;
+                    open -= 1;
                 }
                 visitor.dir(&path, &st)?;
                 frames.push(Frame {
@@ -232,7 +237,8 @@ pub fn walk(root: OwnedFd, visitor: &mut impl Visitor) -> io::Result<()> {
                     path_len: path.len(),
                     pending: Vec::new(),
                 });
-                trim(&mut frames);
+                open += 1;
+                open -= trim(&mut frames, open);
                 list(&mut frames, &mut path, visitor)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -299,29 +305,32 @@ fn list(frames: &mut [Frame], path: &mut Vec<u8>, visitor: &mut impl Visitor) ->
 
 /// Keeps at most [`FD_BUDGET`] handles open: closes the shallowest ones
 /// below the root (they are re-opened when the walk comes back up).
-fn trim(frames: &mut [Frame]) {
-    let open = frames.iter().filter(|f| f.fd.is_some()).count();
+/// Returns how many it closed.
+fn trim(frames: &mut [Frame], open: usize) -> usize {
     if open <= FD_BUDGET {
-        return;
+        return 0;
     }
-    let mut excess = open - FD_BUDGET;
+    let excess = open - FD_BUDGET;
+    let mut closed = 0;
     let last = frames.len() - 1;
     for f in frames[1..last].iter_mut() {
-        if excess == 0 {
+        if closed == excess {
             break;
         }
         if f.fd.take().is_some() {
-            excess -= 1;
+            closed += 1;
         }
     }
+    closed
 }
 
 /// Makes sure `frames[i]` has an open handle: re-opens it name by name from
 /// the nearest open ancestor, checking each directory is still the one
-/// first opened (a moved or swapped directory fails the walk).
-fn reopen(frames: &mut [Frame], i: usize) -> io::Result<()> {
+/// first opened (a moved or swapped directory fails the walk). Returns how
+/// many handles it opened (0 or 1).
+fn reopen(frames: &mut [Frame], i: usize) -> io::Result<usize> {
     if frames[i].fd.is_some() {
-        return Ok(());
+        return Ok(0);
     }
     let k = (0..i)
         .rev()
@@ -338,7 +347,7 @@ fn reopen(frames: &mut [Frame], i: usize) -> io::Result<()> {
         fd = next;
     }
     frames[i].fd = Some(fd);
-    Ok(())
+    Ok(1)
 }
 
 /// Total bytes of the regular files under `root` (each hard-linked file

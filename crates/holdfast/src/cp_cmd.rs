@@ -109,6 +109,7 @@ async fn serve(args: CpServeArgs) -> anyhow::Result<()> {
     // The control plane owns its volumes, so it sweeps them itself.
     let sweeper_engine = engine.clone();
     let every = args.sweep_interval.0;
+    let usage = engine.spawn_usage();
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,6 +130,7 @@ async fn serve(args: CpServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(crate::serve::shutdown_signal())
         .await?;
     sweeper.abort();
+    usage.abort();
     engine.backend().stop_all().await;
     engine.backend().release();
     tracing::info!("stopped");

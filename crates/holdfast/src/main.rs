@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the platform API with the embedded control plane.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// The built-in workspace runtime (spawned by the control plane).
     Runtime,
     /// Workspaces (a client of the API).
@@ -91,7 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve(args) => rt.block_on(serve::run(args)),
+        Command::Serve(args) => rt.block_on(serve::run(*args)),
         Command::Runtime => rt.block_on(runtime::run()),
         Command::Ws { conn, cmd } => rt.block_on(cli::ws(conn, cmd)),
         Command::Volumes { conn, cmd } => rt.block_on(cli::volumes(conn, cmd)),

@@ -135,6 +135,10 @@ pub struct PolicyArgs {
     /// the platform's loopback URL and be reached at its own.
     #[arg(long, env = "HOLDFAST_CONTAINER_NETWORK", default_value = "host")]
     container_network: String,
+    /// How often every attached volume's size is measured (and quotas
+    /// checked): `data.bytes` is at most this old.
+    #[arg(long, env = "HOLDFAST_USAGE_INTERVAL", default_value = "30s")]
+    pub usage_interval: DurationArg,
 }
 
 impl PolicyArgs {
@@ -208,6 +212,7 @@ impl PolicyArgs {
             stop_timeout: self.stop_timeout.0,
             with_workspaces,
             sandbox,
+            usage_interval: self.usage_interval.0,
         })
     }
 }
@@ -280,6 +285,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         heartbeat_window: args.heartbeat_interval.0 * 3,
         provision_timeout: args.provision_timeout.0,
         backoff_base: args.restart_backoff.0,
+        usage_interval: args.policy.usage_interval.0,
         ..ReconcilerSettings::default()
     };
     let app = App::new(
@@ -293,6 +299,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     let background = app.spawn_background();
     let sweeper = app.spawn_sweeper(args.sweep_interval.0);
+    let quotas = app.spawn_quota_watch();
+    let usage = embedded.as_ref().map(|cp| cp.spawn_usage());
 
     let mut out = std::io::stdout().lock();
     if generated {
@@ -316,6 +324,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     background.abort();
     sweeper.abort();
+    quotas.abort();
+    if let Some(usage) = usage {
+        usage.abort();
+    }
     // A graceful stop stops the workspaces' processes (never their data); the
     // next start starts them again. A remote control plane keeps running
     // them: it is a service of its own.

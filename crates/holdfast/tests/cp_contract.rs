@@ -57,6 +57,7 @@ async fn embedded() -> Subject {
         with_workspaces: false,
         sandbox: holdfast_cp::process::Sandbox::None,
         backend: holdfast_cp::BackendChoice::Process,
+        usage_interval: Duration::from_secs(30),
     };
     let cp = EmbeddedCp::start(store, root.clone(), policy)
         .await

@@ -219,6 +219,9 @@ pub struct DataSummary {
     pub bytes: i64,
     pub retain_until: Option<String>,
     pub erase_after: Option<String>,
+    /// The measured size is over `compute.volume.size_gb`: the workspace is
+    /// `degraded` until it is not; nothing is deleted for it.
+    pub over_quota: bool,
 }
 
 impl DataSummary {
@@ -230,6 +233,7 @@ impl DataSummary {
                 bytes: v.bytes,
                 retain_until: v.retain_until.map(format_millis),
                 erase_after: v.erase_after.map(format_millis),
+                over_quota: v.over_quota,
             },
             None => DataSummary {
                 mode: mode.map(|m| m.as_str().to_owned()),
@@ -237,6 +241,7 @@ impl DataSummary {
                 bytes: 0,
                 retain_until: None,
                 erase_after: None,
+                over_quota: false,
             },
         }
     }

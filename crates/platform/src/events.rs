@@ -16,7 +16,8 @@ use uuid::Uuid;
 /// One event, as sent to clients.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
-    /// `WORKSPACE_ONLINE`, `WORKSPACE_OFFLINE`, …
+    /// `WORKSPACE_ONLINE`, `WORKSPACE_OFFLINE`, …, `VOLUME_OVER_QUOTA`,
+    /// `VOLUME_WITHIN_QUOTA`.
     #[serde(rename = "type")]
     pub kind: String,
     pub workspace_id: Uuid,
@@ -27,6 +28,16 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event that is not a status change (`VOLUME_OVER_QUOTA`, …).
+    pub fn new(kind: &str, workspace_id: Uuid, org_id: Uuid) -> Self {
+        Event {
+            kind: kind.to_owned(),
+            workspace_id,
+            at: format_millis(now_millis()),
+            org_id,
+        }
+    }
+
     pub fn status(status: Status, workspace_id: Uuid, org_id: Uuid) -> Self {
         Event {
             kind: format!("WORKSPACE_{}", status.as_str().to_ascii_uppercase()),

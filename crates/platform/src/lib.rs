@@ -61,6 +61,9 @@ pub struct App {
     /// What the control plane gives a workspace started now (shown for one
     /// that has not started yet).
     pub(crate) confinement: holdfast_cp::process::Confinement,
+    /// Workspaces whose attached volume was over its quota at the last
+    /// check: they are `degraded`.
+    over_quota: Mutex<std::collections::HashSet<Uuid>>,
     /// Wakes the reconciler loop before its next tick, for intent written
     /// without a reconcile of its own (an org import).
     reconcile_soon: tokio::sync::Notify,
@@ -103,6 +106,7 @@ impl App {
             metrics: metrics::Metrics::default(),
             replica_id,
             confinement,
+            over_quota: Mutex::new(Default::default()),
             reconcile_soon: tokio::sync::Notify::new(),
         }))
     }
@@ -116,6 +120,21 @@ impl App {
     /// Asks the reconciler loop for a pass now rather than at its next tick.
     pub(crate) fn nudge_reconciler(&self) {
         self.reconcile_soon.notify_one();
+    }
+
+    /// Checks volume quotas every `usage_interval`.
+    pub fn spawn_quota_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(app.reconciler.usage_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.check_quotas().await {
+                    tracing::debug!(error = %e, "checking quotas failed; will retry");
+                }
+            }
+        })
     }
 
     /// Runs the reconciler loop: a first pass at start (which restarts every

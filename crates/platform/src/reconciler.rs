@@ -78,6 +78,9 @@ pub struct ReconcilerSettings {
     pub backoff_max: Duration,
     /// A run this long resets the crash count.
     pub stable_after: Duration,
+    /// How often volume quotas are checked (the control plane measures
+    /// sizes at its own interval).
+    pub usage_interval: Duration,
 }
 
 impl Default for ReconcilerSettings {
@@ -90,6 +93,7 @@ impl Default for ReconcilerSettings {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             stable_after: Duration::from_secs(60),
+            usage_interval: Duration::from_secs(30),
         }
     }
 }
@@ -149,6 +153,55 @@ impl App {
         self.store.set_status(ws.id, status, now_millis()).await?;
         ws.status = status;
         self.events.publish(Event::status(status, ws.id, ws.org_id));
+        Ok(())
+    }
+
+    /// What a running, healthy workspace's status is: `degraded` while its
+    /// volume is over its quota (its data is never touched for it),
+    /// `online` otherwise.
+    pub(crate) fn running_status(&self, id: Uuid) -> Status {
+        if self.over_quota.lock().expect("quota lock").contains(&id) {
+            Status::Degraded
+        } else {
+            Status::Online
+        }
+    }
+
+    /// Re-reads which attached volumes are over their quota, raises an
+    /// event for each change, and lets the reconciler move the workspace
+    /// between `online` and `degraded`.
+    pub async fn check_quotas(&self) -> anyhow::Result<()> {
+        let volumes = self
+            .cp
+            .list_volumes(Some(holdfast_domain::VolumeState::Active))
+            .await?;
+        let now: std::collections::HashSet<Uuid> = volumes
+            .iter()
+            .filter(|v| v.over_quota)
+            .map(|v| v.workspace_id)
+            .collect();
+        let before = std::mem::replace(
+            &mut *self.over_quota.lock().expect("quota lock"),
+            now.clone(),
+        );
+        let changed: Vec<(Uuid, &str)> = now
+            .difference(&before)
+            .map(|id| (*id, "VOLUME_OVER_QUOTA"))
+            .chain(
+                before
+                    .difference(&now)
+                    .map(|id| (*id, "VOLUME_WITHIN_QUOTA")),
+            )
+            .collect();
+        for (id, kind) in &changed {
+            if let Some(ws) = self.store.get_workspace(*id).await? {
+                self.events
+                    .publish(crate::events::Event::new(kind, ws.id, ws.org_id));
+            }
+        }
+        if !changed.is_empty() {
+            self.reconcile_soon.notify_one();
+        }
         Ok(())
     }
 
@@ -358,8 +411,9 @@ impl App {
         if now - started >= ms(s.stable_after) {
             obs.crashes = 0;
         }
+        let healthy = self.running_status(ws.id);
         if !registers(&ws.runtime) {
-            return self.set_status(ws, Status::Online).await;
+            return self.set_status(ws, healthy).await;
         }
         if ws.url.is_some() {
             let last = ws.last_heartbeat.unwrap_or(started);
@@ -369,7 +423,7 @@ impl App {
                 obs.crashes += 1;
                 obs.next_attempt = Some(Instant::now() + s.backoff(obs.crashes));
             } else {
-                self.set_status(ws, Status::Online).await?;
+                self.set_status(ws, healthy).await?;
             }
         } else if now - started > ms(s.provision_timeout) && ws.status == Status::Provisioning {
             // Compute and data are left alone: an operator may want to look.
@@ -422,7 +476,7 @@ impl App {
                 let status = if registers(&ws.runtime) {
                     Status::Provisioning
                 } else {
-                    Status::Online
+                    self.running_status(ws.id)
                 };
                 let now = now_millis();
                 self.store
@@ -501,8 +555,9 @@ impl App {
                 {
                     return true;
                 }
+                let healthy = self.running_status(ws.id);
                 if !registers(&ws.runtime) {
-                    return ws.status != Status::Online;
+                    return ws.status != healthy;
                 }
                 let now = now_millis();
                 let started = ws.started_at.unwrap_or(now);
@@ -510,7 +565,7 @@ impl App {
                 if ws.url.is_some() {
                     now - ws.last_heartbeat.unwrap_or(started)
                         > ms(self.reconciler.heartbeat_window)
-                        || ws.status != Status::Online
+                        || ws.status != healthy
                 } else {
                     now - started > ms(self.reconciler.provision_timeout)
                         && ws.status == Status::Provisioning
@@ -549,7 +604,8 @@ impl App {
         }
         self.store.record_registered(id, url, now_millis()).await?;
         if ws.desired == DesiredState::Running {
-            self.set_status(&mut ws, Status::Online).await?;
+            let healthy = self.running_status(id);
+            self.set_status(&mut ws, healthy).await?;
         }
         Ok(())
     }

@@ -239,6 +239,16 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
+    /// The quota a volume is measured against (`compute.volume.size_gb`).
+    pub async fn set_volume_size(&self, id: Uuid, size_gb: Option<i64>) -> StoreResult<()> {
+        sqlx::query("UPDATE volumes SET size_gb = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(size_gb)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     pub async fn set_volume_bytes(&self, id: Uuid, bytes: i64) -> StoreResult<()> {
         sqlx::query("UPDATE volumes SET bytes = $2 WHERE id = $1")
             .bind(id.to_string())

@@ -30,7 +30,7 @@ const TARGET_P50_RATIO: f64 = 3.0;
 const TARGET_P99_MS: f64 = 50.0;
 
 /// What the workspaces run: the same command in both columns.
-const COMMAND: [&str; 2] = ["sleep", "3600"];
+pub(super) const COMMAND: [&str; 2] = ["sleep", "3600"];
 
 pub async fn run(server: &Server, scratch: PathBuf, n: usize) -> anyhow::Result<Section> {
     let mut baseline = Baseline {
@@ -145,16 +145,16 @@ async fn measure(server: &Server, baseline: &mut Baseline, n: usize) -> anyhow::
     })
 }
 
-struct Created {
-    id: String,
+pub(super) struct Created {
+    pub(super) id: String,
     /// From just before the POST is sent to the moment `online` was seen.
-    online: Duration,
+    pub(super) online: Duration,
     /// From just before the POST is sent to its 201 being read.
     post: Duration,
     polls: usize,
 }
 
-async fn create_until_online(server: &Server, name: &str) -> anyhow::Result<Created> {
+pub(super) async fn create_until_online(server: &Server, name: &str) -> anyhow::Result<Created> {
     let body = json!({
         "name": name,
         "runtime": {"command": COMMAND},

@@ -178,6 +178,11 @@ impl Server {
 
     /// `GET /workspaces/<id>`; returns its `status`.
     pub async fn workspace_status(&self, id: &str) -> anyhow::Result<String> {
+        self.workspace_field(id, "status").await
+    }
+
+    /// One string field of `GET /workspaces/<id>`.
+    pub async fn workspace_field(&self, id: &str, field: &str) -> anyhow::Result<String> {
         let resp = self
             .client
             .get(format!("{}/workspaces/{id}", self.url))
@@ -191,10 +196,10 @@ impl Server {
             bail!("GET /workspaces/{id} answered {code}: {text}");
         }
         let view: Value = serde_json::from_str(&text)?;
-        view["status"]
+        view[field]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| anyhow!("GET /workspaces/{id}: no status in {text}"))
+            .ok_or_else(|| anyhow!("GET /workspaces/{id}: no {field} in {text}"))
     }
 
     /// `GET /health`, unauthenticated: the HTTP round trip with no work.

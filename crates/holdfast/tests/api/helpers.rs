@@ -51,7 +51,7 @@ const CP_ONLY_FLAGS: &[&str] = &[
 
 /// Flags that both processes get in remote mode: the control plane sweeps on
 /// its own interval, and the platform asks it to sweep on its own.
-const SHARED_FLAGS: &[&str] = &["--sweep-interval"];
+const SHARED_FLAGS: &[&str] = &["--sweep-interval", "--usage-interval"];
 
 /// Set to `postgres` to run the suite on PostgreSQL: each server gets a
 /// fresh database on the server `HOLDFAST_TEST_DATABASE_URL` names.
@@ -619,6 +619,11 @@ impl TestApp {
     /// The data dir of the control plane, where volumes, scratch dirs and
     /// the trash live: the server's own with the embedded control plane.
     /// The platform's own `--data-dir` (its admin token, its SQLite file).
+    /// The pid of the `holdfast serve` process.
+    pub fn server_pid(&self) -> u32 {
+        self.server.id()
+    }
+
     pub fn platform_data_dir(&self) -> &Path {
         self.data_dir.path()
     }

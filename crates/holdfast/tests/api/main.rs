@@ -11,6 +11,7 @@ mod erasure;
 mod export;
 mod failpoints;
 mod helpers;
+mod isolation;
 mod misc;
 mod org;
 mod orgs;
