@@ -18,6 +18,50 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
+/// Characters that change how text around them is shown: bidirectional
+/// embeddings, overrides and isolates (a name that reads `gpj.exe` can be
+/// `exe.jpg` backwards).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters a reader cannot see: zero-width and other format characters
+/// (Unicode's category Cf, listed here in full since std has no table of
+/// it), and the line and paragraph separators. Two names that differ only
+/// by them look the same, and the confirmation of a delete is typed by
+/// reading a name.
+fn is_invisible(c: char) -> bool {
+    is_bidi_control(c)
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200D}'
+                | '\u{2028}'..='\u{2029}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{206A}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0001}'
+                | '\u{E0020}'..='\u{E007F}'
+        )
+}
+
+/// The first character of `s` a name may not hold, for the error message.
+fn first_invisible(s: &str) -> Option<char> {
+    s.chars().find(|c| is_invisible(*c))
+}
+
 /// A workspace name: 1–64 characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -31,6 +75,15 @@ impl WorkspaceName {
             return Err(FieldError::new(
                 "name",
                 "must not contain control characters",
+            ));
+        }
+        if let Some(c) = first_invisible(raw) {
+            return Err(FieldError::new(
+                "name",
+                format!(
+                    "must not contain invisible, zero-width or bidirectional-control characters (found U+{:04X})",
+                    u32::from(c)
+                ),
             ));
         }
         let trimmed = raw.trim();
@@ -71,6 +124,17 @@ impl Role {
             return Err(FieldError::new(
                 "role",
                 "must not contain control characters",
+            ));
+        }
+        // Zero-width joiners are allowed here (emoji sequences need them);
+        // what reorders the text around it is not.
+        if let Some(c) = raw.chars().find(|c| is_bidi_control(*c)) {
+            return Err(FieldError::new(
+                "role",
+                format!(
+                    "must not contain bidirectional-control characters (found U+{:04X})",
+                    u32::from(c)
+                ),
             ));
         }
         let n = raw.chars().count();
@@ -484,6 +548,76 @@ mod tests {
         assert!(WorkspaceName::parse(&"x".repeat(65)).is_err());
         // Characters, not bytes.
         assert!(WorkspaceName::parse(&"é".repeat(64)).is_ok());
+    }
+
+    fn check_name(raw: &str, expect: Expect) {
+        let got = match WorkspaceName::parse(raw) {
+            Ok(n) => format!("ok {:?}", n.as_str()),
+            Err(e) => e.to_string(),
+        };
+        expect.assert_eq(&got);
+    }
+
+    #[test]
+    fn names_without_invisible_characters() {
+        // Positive controls: letters of any script, and spaces inside.
+        check_name("Übersetzer 翻訳", expect![[r#"ok "Übersetzer 翻訳""#]]);
+        check_name("مترجم", expect![[r#"ok "مترجم""#]]);
+        check_name(
+            "gpj\u{202E}exe",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+202E)"
+            ]],
+        );
+        check_name(
+            "a\u{2066}b\u{2069}",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+2066)"
+            ]],
+        );
+        check_name(
+            "ad\u{200B}min",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+200B)"
+            ]],
+        );
+        check_name(
+            "\u{FEFF}admin",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+FEFF)"
+            ]],
+        );
+        check_name(
+            "a\u{2060}b",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+2060)"
+            ]],
+        );
+        check_name(
+            "soft\u{00AD}hyphen",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+00AD)"
+            ]],
+        );
+        check_name(
+            "tag\u{E0041}",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+E0041)"
+            ]],
+        );
+        check_name(
+            "a\u{85}b",
+            expect![["name: must not contain control characters"]],
+        );
+    }
+
+    #[test]
+    fn roles_refuse_bidi_controls_but_keep_emoji_joiners() {
+        assert!(Role::parse("dev \u{1F469}\u{200D}\u{1F4BB}").is_ok());
+        assert_eq!(
+            Role::parse("x\u{202D}y").unwrap_err().to_string(),
+            "role: must not contain bidirectional-control characters (found U+202D)"
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct ServeArgs {
     admin_token: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// How often the sweeper runs (it also runs at start).
     #[arg(long, env = "HOLDFAST_SWEEP_INTERVAL", default_value = "60s")]
     sweep_interval: DurationArg,
@@ -144,6 +146,34 @@ impl PolicyArgs {
     }
 }
 
+/// How long a client may take over a request, shared by `serve` and
+/// `cp serve`: slow clients are cut off so that they cannot hold
+/// connections (and memory) open.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// A request's head must arrive within this long (from its first byte,
+    /// or from the connection's accept for its first request).
+    #[arg(long, env = "HOLDFAST_HEADER_TIMEOUT", default_value = "10s")]
+    header_timeout: DurationArg,
+    /// A request's whole body must arrive within this long of its head
+    /// (otherwise 408).
+    #[arg(long, env = "HOLDFAST_BODY_TIMEOUT", default_value = "30s")]
+    body_timeout: DurationArg,
+    /// A kept-alive connection idle for this long is closed.
+    #[arg(long, env = "HOLDFAST_IDLE_TIMEOUT", default_value = "60s")]
+    idle_timeout: DurationArg,
+}
+
+impl HttpArgs {
+    pub fn timeouts(&self) -> holdfast_platform::server::Timeouts {
+        holdfast_platform::server::Timeouts {
+            header: self.header_timeout.0,
+            body: self.body_timeout.0,
+            idle: self.idle_timeout.0,
+        }
+    }
+}
+
 /// This replica's id, kept in `<data-dir>/replica-id` (made on first start).
 fn replica_id(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("replica-id");
@@ -240,12 +270,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
 
     let closing = Arc::clone(&app);
-    axum::serve(listener, holdfast_platform::router(Arc::clone(&app)))
-        .with_graceful_shutdown(async move {
+    holdfast_platform::server::serve(
+        listener,
+        holdfast_platform::router(Arc::clone(&app)),
+        args.http.timeouts(),
+        async move {
             shutdown_signal().await;
             closing.begin_shutdown();
-        })
-        .await?;
+        },
+    )
+    .await?;
     background.abort();
     sweeper.abort();
     // A graceful stop stops the workspaces' processes (never their data); the

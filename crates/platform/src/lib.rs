@@ -21,6 +21,7 @@ mod orgs;
 mod reconciler;
 mod registry;
 mod routes;
+pub mod server;
 
 pub use auth::{Secret, generate_token, hash_token};
 pub use openapi::ApiDoc;
@@ -46,6 +47,10 @@ pub struct App {
     /// The URL workspaces reach the platform at (`HOLDFAST_PLATFORM_URL`).
     public_url: String,
     locks: WorkspaceLocks,
+    /// Per-workspace locks held across a whole delete or restore, so that
+    /// of several at once on this server one acts and the others see its
+    /// outcome (across replicas the store's compare-and-sets decide).
+    destructive: WorkspaceLocks,
     /// What this server observes of each workspace's compute (not durable).
     observed: Mutex<HashMap<Uuid, Observed>>,
     events: events::EventBus,
@@ -76,6 +81,7 @@ impl App {
             default_org,
             public_url,
             locks: WorkspaceLocks::default(),
+            destructive: WorkspaceLocks::default(),
             observed: Mutex::new(HashMap::new()),
             events: events::EventBus::default(),
             reconciler,

@@ -10,7 +10,7 @@ use crate::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use holdfast_domain::DesiredState;
+use holdfast_domain::{DesiredState, Runtime};
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
@@ -37,6 +37,15 @@ impl App {
     async fn runtime_url(&self, caller: &Caller, raw: &str) -> ApiResult<String> {
         let id = crate::routes::parse_id(raw)?;
         let ws = self.load_live(caller, id).await?;
+        // Only the built-in runtime registers an address to relay to; a
+        // command never will, so there is nothing to wait for (nor to wake).
+        if let Runtime::Command(_) = ws.runtime {
+            return Err(ApiError::conflict(
+                "runtime_has_no_messages",
+                "the workspace runs a command, which does not register with the platform \
+                 and so takes no messages; only the built-in runtime does",
+            ));
+        }
         if ws.desired == DesiredState::Hibernated {
             self.store
                 .set_desired(id, DesiredState::Running, holdfast_domain::now_millis())

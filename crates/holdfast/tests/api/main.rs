@@ -9,6 +9,7 @@ mod delete;
 mod erasure;
 mod export;
 mod failpoints;
+mod hardening;
 mod helpers;
 mod misc;
 mod orgs;
