@@ -56,8 +56,7 @@ pub struct CpServeArgs {
 }
 
 pub async fn open_store(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    crate::serve::private_dir(data_dir)?;
     match database_url {
         Some(url) => Store::open_url(url).await,
         None => Store::open_sqlite(&data_dir.join("holdfast.db")).await,

@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// each crash up to one minute and resets after a minute of stable run.
     #[arg(long, env = "HOLDFAST_RESTART_BACKOFF", default_value = "500ms")]
     restart_backoff: DurationArg,
+    /// How long a canvas sign-in lasts (Sign out ends it sooner).
+    #[arg(long, env = "HOLDFAST_SESSION_TTL", default_value = "12h")]
+    session_ttl: DurationArg,
     /// Use the control plane at this URL (`holdfast cp serve`) instead of
     /// the embedded one.
     #[arg(long, env = "HOLDFAST_CP_URL", requires_all = ["cp_shared_secret", "cp_tenant_token"])]
@@ -57,6 +60,19 @@ pub struct ServeArgs {
     /// This platform's tenant token on the remote control plane.
     #[arg(long, env = "HOLDFAST_CP_TENANT_TOKEN", hide_env_values = true)]
     cp_tenant_token: Option<String>,
+}
+
+/// Creates the data dir (mode 0700) if missing, and makes an existing one
+/// 0700: it holds the admin token, the store and every workspace's data.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making data dir {} private (mode 0700)", dir.display()))
 }
 
 /// Reads, or creates on first start, the admin token. Returns it and whether
@@ -203,8 +219,7 @@ pub fn init_tracing() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
 
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    private_dir(&args.data_dir)?;
     let data_dir = args.data_dir.canonicalize()?;
     let (token, generated) = admin_token(&data_dir, args.admin_token)?;
 
@@ -251,6 +266,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         url.clone(),
         reconciler,
         replica_id(&data_dir)?,
+        args.session_ttl.0,
     )
     .await?;
     let background = app.spawn_background();

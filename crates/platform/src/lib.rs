@@ -62,6 +62,8 @@ pub struct App {
     /// restarts (kept in its data dir), so that a replica restarted after a
     /// crash takes back its own leases at once instead of waiting them out.
     replica_id: String,
+    /// How long a canvas session lasts after sign-in.
+    session_ttl: std::time::Duration,
 }
 
 impl App {
@@ -72,6 +74,7 @@ impl App {
         public_url: String,
         reconciler: ReconcilerSettings,
         replica_id: String,
+        session_ttl: std::time::Duration,
     ) -> anyhow::Result<Arc<App>> {
         let default_org = store.default_org(holdfast_domain::now_millis()).await?.id;
         Ok(Arc::new(App {
@@ -90,6 +93,7 @@ impl App {
                 .build()?,
             metrics: metrics::Metrics::default(),
             replica_id,
+            session_ttl,
         }))
     }
 

@@ -18,6 +18,7 @@ mod recovery;
 mod replicas;
 mod runtime;
 mod sandbox;
+mod secrets;
 mod sweeper;
 mod tenancy;
 mod validation;
