@@ -12,7 +12,7 @@ mod create_online;
 mod delete_latency;
 mod disk;
 mod erase_throughput;
-mod server;
+pub(crate) mod server;
 mod stats;
 mod sweep_pass;
 
@@ -241,7 +241,7 @@ pub(crate) fn workspace_root() -> PathBuf {
 }
 
 /// `cargo build --release -p holdfast`, with its progress on the terminal.
-fn build_server(root: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_server(root: &Path) -> anyhow::Result<PathBuf> {
     // `cargo xtask` is a `cargo run`, which sets CARGO to the cargo in use.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("bench: cargo build --release -p holdfast");

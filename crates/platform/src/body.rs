@@ -117,13 +117,10 @@ pub async fn deadline(req: Request, next: Next, limit: Duration) -> Response {
     response
 }
 
-/// Parses a body; an empty body is read as `{}` so that bodiless POSTs work.
+/// Parses a body; an empty body is read as `{}` so that bodiless POSTs work
+/// (a body of only whitespace is not JSON, and is refused as such).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
     let value = parse_value(bytes)?;
     if !value.is_object() {
         return Err(ApiError::bad_request(
@@ -299,6 +296,7 @@ mod tests {
         assert!(code(br#"{"name":"#).starts_with("malformed_json"));
         assert!(code(br#"{"name":"a"} x"#).starts_with("malformed_json"));
         assert!(code(br#"[1]"#).starts_with("malformed_json"));
+        assert!(code(b"\t").starts_with("malformed_json"));
         assert!(code(br#"{}"#).starts_with("invalid_field name: is required"));
         assert!(code(br#"{"name":"a","tier":"2"}"#).starts_with("invalid_field tier:"));
     }

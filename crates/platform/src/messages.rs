@@ -39,7 +39,10 @@ impl App {
         let ws = self.load_live(caller, id).await?;
         // Only the built-in runtime registers an address to relay to; a
         // command never will, so there is nothing to wait for (nor to wake).
-        if let Runtime::Command(_) = ws.runtime {
+        // That holds of the command running now even when the configuration
+        // has since changed to the built-in runtime, which only the next
+        // start applies.
+        if matches!(ws.runtime, Runtime::Command(_)) || self.observed(id).runs_command {
             return Err(ApiError::conflict(
                 "runtime_has_no_messages",
                 "the workspace runs a command, which does not register with the platform \
@@ -86,8 +89,11 @@ impl App {
                 return Ok(url);
             }
             if Instant::now() > deadline {
-                return Err(unavailable(
-                    "the workspace's runtime has not registered; try again shortly",
+                // The workspace's state, not a failure of this server: a
+                // runtime still starting, or crashing and restarted.
+                return Err(ApiError::conflict(
+                    "runtime_not_ready",
+                    "the workspace's runtime has not registered yet; try again shortly",
                 ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -128,7 +134,9 @@ impl App {
     params(("id" = uuid::Uuid, Path, description = "workspace id")),
     request_body = MessageRequest,
     responses((status = 200, description = "the runtime's reply and its remembered history"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "runtime_has_no_messages (a command runtime), runtime_not_ready or workspace_not_running"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn post_message(
@@ -150,7 +158,9 @@ pub async fn post_message(
     get, path = "/workspaces/{id}/messages",
     params(("id" = uuid::Uuid, Path, description = "workspace id")),
     responses((status = 200, description = "the runtime's remembered history"),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "runtime_has_no_messages (a command runtime), runtime_not_ready or workspace_not_running"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn get_messages(

@@ -23,7 +23,7 @@ type AppState = State<Arc<App>>;
 
 /// Parses a path id; a non-UUID is 400 before anything else is looked at.
 pub(crate) fn parse_id(raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| {
+    holdfast_domain::parse_uuid(raw).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_id",
             format!("{raw:?} is not a workspace id (a UUID)"),
@@ -109,7 +109,7 @@ fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
 
 /// A UUID query value; 400 naming the parameter otherwise.
 pub(crate) fn parse_uuid_param(name: &str, v: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(v).map_err(|_| {
+    holdfast_domain::parse_uuid(v).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_field",
             format!("{name}: must be a UUID, got {v:?}"),
@@ -278,7 +278,7 @@ pub struct DeleteParams {
     delete, path = "/workspaces/{id}",
     params(
         ("id" = Uuid, Path, description = "workspace id"),
-        ("X-Confirm-Name" = String, Header, description = "the workspace's exact name"),
+        ("X-Confirm-Name" = Option<String>, Header, description = "the workspace's exact name: a live workspace is not deleted without it (400 destructive_action_requires_confirmation)"),
         DeleteParams,
     ),
     responses(
