@@ -195,7 +195,10 @@ fn browser(root: &Path) -> anyhow::Result<()> {
         "cargo",
         &["build", "-p", "holdfast"],
     )?;
-    let bin = root.join("target/debug/holdfast");
+    // Where cargo put it: CARGO_TARGET_DIR when set.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    let bin = target.join("debug/holdfast");
     eprintln!("==> browser tests: node --test (in tests/browser)");
     // Node's TAP reporter closes with `# pass N` and `# fail M`; they are
     // echoed as they come and summed into the run's last line.
