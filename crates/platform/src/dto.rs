@@ -102,9 +102,9 @@ pub struct PatchWorkspaceRequest {
 pub fn parse_uuid_field(field: &str, v: &Value) -> Result<Option<Uuid>, FieldError> {
     match v {
         Value::Null => Ok(None),
-        Value::String(s) => Uuid::parse_str(s)
+        Value::String(s) => holdfast_domain::parse_uuid(s)
             .map(Some)
-            .map_err(|_| FieldError::new(field, format!("must be a UUID, got {s:?}"))),
+            .ok_or_else(|| FieldError::new(field, format!("must be a UUID, got {s:?}"))),
         other => Err(FieldError::new(
             field,
             format!("must be a UUID string, got {other}"),

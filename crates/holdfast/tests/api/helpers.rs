@@ -1221,6 +1221,16 @@ pub async fn wait_for_pid_other_than(dir: &Path, previous: u32) -> u32 {
     wait_for_pid_file(dir, Some(previous)).await
 }
 
+/// The lines of a text file once it has at least `n` of them (a process
+/// just started may be about to write its line).
+pub async fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
+    eventually(&format!("{n} lines in {}", path.display()), || async {
+        let lines = read_lines(path);
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
+}
+
 /// The lines of a text file (empty when it does not exist).
 pub fn read_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
