@@ -94,6 +94,7 @@ test('login: a wrong token is refused with a clear error; the right one signs in
   assert.equal(cookie.name, 'holdfast_session');
   assert.equal(cookie.httpOnly, true);
   assert.equal(cookie.sameSite, 'Strict');
+  assert.notEqual(cookie.value, server.token, 'the cookie holds a session id, not the token');
 
   // A login posted from another site is refused (login CSRF).
   const forged = await fetch(`${server.url}/canvas/login`, {

@@ -13,7 +13,7 @@ mod delete_latency;
 mod disk;
 mod erase_throughput;
 mod sandbox_start;
-mod server;
+pub(crate) mod server;
 mod stats;
 mod sweep_pass;
 
@@ -249,7 +249,7 @@ pub(crate) fn workspace_root() -> PathBuf {
 }
 
 /// `cargo build --release -p holdfast`, with its progress on the terminal.
-fn build_server(root: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_server(root: &Path) -> anyhow::Result<PathBuf> {
     // `cargo xtask` is a `cargo run`, which sets CARGO to the cargo in use.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("bench: cargo build --release -p holdfast");
@@ -409,7 +409,7 @@ mod tests {
     fn only_keeps_the_run_order() {
         check_only(
             &[],
-            "create_online,delete_latency,erase_throughput,sweep_pass",
+            "create_online,sandbox_start,delete_latency,erase_throughput,sweep_pass",
         );
         check_only(&["--only", "sweep_pass"], "sweep_pass");
         check_only(

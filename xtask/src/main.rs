@@ -6,6 +6,7 @@
 mod bench;
 mod podman;
 mod postgres;
+mod schemathesis;
 mod test;
 
 use std::process::ExitCode;
@@ -17,7 +18,10 @@ Tasks:
   test            Run every check CI runs: cargo fmt --check, clippy with
                   -D warnings, every test of the workspace, the API suite
                   again against a remote control plane and on a throwaway
-                  PostgreSQL, and the canvas's browser tests.
+                  PostgreSQL, schemathesis against the OpenAPI document,
+                  and the canvas's browser tests.
+  schemathesis    Only the schemathesis step of `test`: a release server,
+                  seeded, checked against its /openapi.json.
   bench [--n N] [--only SECTION[,SECTION]] [--delete-n N] [--erase-reps R]
         [--server-bin PATH]
                   Build holdfast in release and print the benchmark tables:
@@ -38,6 +42,10 @@ fn main() -> ExitCode {
         "bench" => bench::Options::parse(rest).and_then(bench::run),
         "test" if rest.is_empty() => test::run_all(&bench::workspace_root()),
         "test" => Err(anyhow::anyhow!("`test` takes no options\n\n{HELP}")),
+        "schemathesis" if rest.is_empty() => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            schemathesis::run(&bench::workspace_root(), ci)
+        }
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

@@ -4,7 +4,8 @@
 //! browser tests (`tests/browser`, Debian's Chromium driven by playwright-core).
 //! The API suite also runs against a remote control plane, on a throwaway
 //! PostgreSQL cluster, and on the container backend against a throwaway
-//! Podman (`podman.rs`).
+//! Podman (`podman.rs`); schemathesis checks the OpenAPI document against
+//! a running server (`schemathesis.rs`).
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -154,6 +155,8 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     // Stopped before the browser tests, so that the run's last line is the
     // browser tests' summary (or nextest's).
     drop(postgres);
+    // The OpenAPI document against the server it describes.
+    crate::schemathesis::run(root, ci)?;
     browser(root)
 }
 
@@ -222,7 +225,10 @@ fn browser(root: &Path) -> anyhow::Result<()> {
         "cargo",
         &["build", "-p", "holdfast"],
     )?;
-    let bin = root.join("target/debug/holdfast");
+    // Where cargo put it: CARGO_TARGET_DIR when set.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    let bin = target.join("debug/holdfast");
     eprintln!("==> browser tests: node --test (in tests/browser)");
     // Node's TAP reporter closes with `# pass N` and `# fail M`; they are
     // echoed as they come and summed into the run's last line.

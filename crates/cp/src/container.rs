@@ -13,8 +13,8 @@
 //!   mounted at `/data`, the working directory. A stop removes the container
 //!   and never the volume (no `v=1` anywhere); only [`Backend::erase_volume`]
 //!   (the sweeper's erase) removes it, after the container is gone.
-//! - ephemeral: a new volume `holdfast-<workspace-id>-scratch-<instance-id>`
-//!   (`holdfast.kind=scratch`) per start, removed at stop.
+//! - ephemeral: a new, empty volume `holdfast-<workspace-id>-scratch`
+//!   (`holdfast.kind=scratch`) at every start, removed at stop.
 //! - helpers: short-lived containers `holdfast-<workspace-id>-helper-<n>`
 //!   (`holdfast.kind=helper`), created and never started, through which the
 //!   engine's archive API reads a volume for its size and its export: nothing
@@ -98,8 +98,11 @@ pub fn volume_name(workspace_id: Uuid) -> String {
     format!("holdfast-{workspace_id}")
 }
 
-fn scratch_name(workspace_id: Uuid, instance_id: &str) -> String {
-    format!("holdfast-{workspace_id}-scratch-{instance_id}")
+/// One name for every start's scratch volume: each start removes the last
+/// one and creates it anew (empty), so a workspace's scratch data is always
+/// found at one name and never outlives its stop.
+fn scratch_name(workspace_id: Uuid) -> String {
+    format!("holdfast-{workspace_id}-scratch")
 }
 
 /// The container's `CpuShares` for a tier's CPU weight: weight 100 (the
@@ -378,7 +381,7 @@ impl ContainerBackend {
         for v in self.our_volumes(&pairs).await? {
             // Only scratch volumes by label and by name: a persist volume is
             // never named here.
-            if !v.name.contains("-scratch-") {
+            if !v.name.ends_with("-scratch") {
                 continue;
             }
             match self
@@ -643,7 +646,7 @@ impl Backend for ContainerBackend {
             DataPersistence::Ephemeral => {
                 // Every start of an ephemeral workspace begins empty.
                 self.remove_scratch(spec.workspace_id).await?;
-                let scratch = scratch_name(spec.workspace_id, &spec.instance_id);
+                let scratch = scratch_name(spec.workspace_id);
                 self.docker
                     .create_volume(VolumeCreateRequest {
                         name: Some(scratch.clone()),
@@ -972,10 +975,10 @@ mod tests {
     #[test]
     fn names_of_a_workspace() {
         let id = Uuid::nil();
-        expect![[r#"("holdfast-00000000-0000-0000-0000-000000000000", "holdfast-00000000-0000-0000-0000-000000000000", "holdfast-00000000-0000-0000-0000-000000000000-scratch-i")"#]]
+        expect![[r#"("holdfast-00000000-0000-0000-0000-000000000000", "holdfast-00000000-0000-0000-0000-000000000000", "holdfast-00000000-0000-0000-0000-000000000000-scratch")"#]]
             .assert_eq(&format!(
                 "{:?}",
-                (container_name(id), volume_name(id), scratch_name(id, "i"))
+                (container_name(id), volume_name(id), scratch_name(id))
             ));
     }
 

@@ -10,9 +10,20 @@ mod workspace;
 pub use duration::{DurationArg, parse_duration};
 pub use status::{DesiredState, Status, VolumeState};
 pub use workspace::{
-    BUILTIN_TEMPLATE, Compute, DataPersistence, Env, ImageRef, Program, Role, Runtime, Tier,
-    VolumeSpec, WorkspaceName,
+    BIDI_CONTROLS, BUILTIN_TEMPLATE, Compute, DataPersistence, Env, INVISIBLE, ImageRef, Program,
+    Role, Runtime, Tier, VolumeSpec, WorkspaceName,
 };
+
+/// Parses a UUID in its one written form, `8-4-4-4-12` hex digits: what the
+/// API returns and what its schema (`format: uuid`) describes. The other
+/// forms `uuid` accepts (braced, URN, without dashes) are refused, so that
+/// an id has one spelling.
+pub fn parse_uuid(s: &str) -> Option<uuid::Uuid> {
+    if s.len() != 36 {
+        return None;
+    }
+    uuid::Uuid::try_parse(s).ok()
+}
 
 use std::fmt;
 

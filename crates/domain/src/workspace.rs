@@ -18,6 +18,62 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
+/// Characters that change how text around them is shown: bidirectional
+/// marks, embeddings, overrides and isolates (a name that reads `gpj.exe`
+/// can be `exe.jpg` backwards). Inclusive ranges.
+pub const BIDI_CONTROLS: &[(char, char)] = &[
+    ('\u{061C}', '\u{061C}'),
+    ('\u{200E}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2066}', '\u{2069}'),
+];
+
+/// Characters a reader cannot see, besides [`BIDI_CONTROLS`] and control
+/// characters: zero-width and other format characters (Unicode's category
+/// Cf, listed here in full since std has no table of it), and the line and
+/// paragraph separators. Two names that differ only by them look the same,
+/// and the confirmation of a delete is typed by reading a name. Inclusive
+/// ranges; the API's schema is built from this table too.
+pub const INVISIBLE: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200D}'),
+    ('\u{2028}', '\u{2029}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{206A}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+fn in_table(table: &[(char, char)], c: char) -> bool {
+    table.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c))
+}
+
+fn is_bidi_control(c: char) -> bool {
+    in_table(BIDI_CONTROLS, c)
+}
+
+fn is_invisible(c: char) -> bool {
+    is_bidi_control(c) || in_table(INVISIBLE, c)
+}
+
+/// The first character of `s` a name may not hold, for the error message.
+fn first_invisible(s: &str) -> Option<char> {
+    s.chars().find(|c| is_invisible(*c))
+}
+
 /// A workspace name: 1–64 characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -31,6 +87,15 @@ impl WorkspaceName {
             return Err(FieldError::new(
                 "name",
                 "must not contain control characters",
+            ));
+        }
+        if let Some(c) = first_invisible(raw) {
+            return Err(FieldError::new(
+                "name",
+                format!(
+                    "must not contain invisible, zero-width or bidirectional-control characters (found U+{:04X})",
+                    u32::from(c)
+                ),
             ));
         }
         let trimmed = raw.trim();
@@ -73,6 +138,17 @@ impl Role {
                 "must not contain control characters",
             ));
         }
+        // Zero-width joiners are allowed here (emoji sequences need them);
+        // what reorders the text around it is not.
+        if let Some(c) = raw.chars().find(|c| is_bidi_control(*c)) {
+            return Err(FieldError::new(
+                "role",
+                format!(
+                    "must not contain bidirectional-control characters (found U+{:04X})",
+                    u32::from(c)
+                ),
+            ));
+        }
         let n = raw.chars().count();
         if n > Self::MAX_CHARS {
             return Err(FieldError::new(
@@ -88,6 +164,16 @@ impl Role {
     }
 }
 
+/// A JSON number that is an integer: `2`, and also `2.0`, which JSON Schema
+/// (and so the API's schema) counts as the integer 2.
+fn json_integer(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+            .map(|f| f as i64)
+    })
+}
+
 /// A compute tier, 1 to 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -98,7 +184,7 @@ impl Tier {
 
     pub fn parse(v: &Value) -> Result<Self, FieldError> {
         let err = || FieldError::new("tier", format!("must be an integer from 1 to 4, got {v}"));
-        let n = v.as_i64().ok_or_else(err)?;
+        let n = json_integer(v).ok_or_else(err)?;
         if !(1..=4).contains(&n) {
             return Err(err());
         }
@@ -251,7 +337,7 @@ fn parse_volume(v: &Value) -> Result<Option<VolumeSpec>, FieldError> {
                         format!("must be an integer from 1 to 500, got {value}"),
                     )
                 };
-                let n = value.as_i64().ok_or_else(err)?;
+                let n = json_integer(value).ok_or_else(err)?;
                 if !(1..=500).contains(&n) {
                     return Err(err());
                 }
@@ -361,8 +447,9 @@ impl fmt::Display for ImageRef {
 }
 
 impl Runtime {
-    const MAX_ARGS: usize = 256;
-    const MAX_ARG_BYTES: usize = 4096;
+    pub const MAX_ARGS: usize = 256;
+    /// In characters (as a schema's `maxLength` counts them).
+    pub const MAX_ARG_CHARS: usize = 4096;
 
     /// A runtime that runs `argv` (in the backend's default image).
     pub fn command(argv: Vec<String>) -> Self {
@@ -425,12 +512,12 @@ impl Runtime {
                     let s = item.as_str().ok_or_else(|| {
                         FieldError::new(format!("runtime.command[{i}]"), "must be a string")
                     })?;
-                    if s.contains('\0') || s.len() > Self::MAX_ARG_BYTES {
+                    if s.contains('\0') || s.chars().count() > Self::MAX_ARG_CHARS {
                         return Err(FieldError::new(
                             format!("runtime.command[{i}]"),
                             format!(
-                                "must have no NUL byte and at most {} bytes",
-                                Self::MAX_ARG_BYTES
+                                "must have no NUL byte and at most {} characters",
+                                Self::MAX_ARG_CHARS
                             ),
                         ));
                     }
@@ -488,7 +575,8 @@ pub struct Env(BTreeMap<String, String>);
 
 impl Env {
     pub const MAX_ENTRIES: usize = 64;
-    const MAX_VALUE_BYTES: usize = 32 * 1024;
+    /// In characters (as a schema's `maxLength` counts them).
+    pub const MAX_VALUE_CHARS: usize = 32 * 1024;
 
     pub fn parse(v: &Value) -> Result<Self, FieldError> {
         let obj = match v {
@@ -535,12 +623,12 @@ impl Env {
                     format!("must be a string, got {value}"),
                 )
             })?;
-            if s.contains('\0') || s.len() > Self::MAX_VALUE_BYTES {
+            if s.contains('\0') || s.chars().count() > Self::MAX_VALUE_CHARS {
                 return Err(FieldError::new(
                     format!("env.{key}"),
                     format!(
-                        "must have no NUL byte and at most {} bytes",
-                        Self::MAX_VALUE_BYTES
+                        "must have no NUL byte and at most {} characters",
+                        Self::MAX_VALUE_CHARS
                     ),
                 ));
             }
@@ -613,6 +701,85 @@ mod tests {
         assert!(WorkspaceName::parse(&"x".repeat(65)).is_err());
         // Characters, not bytes.
         assert!(WorkspaceName::parse(&"é".repeat(64)).is_ok());
+    }
+
+    fn check_name(raw: &str, expect: Expect) {
+        let got = match WorkspaceName::parse(raw) {
+            Ok(n) => format!("ok {:?}", n.as_str()),
+            Err(e) => e.to_string(),
+        };
+        expect.assert_eq(&got);
+    }
+
+    #[test]
+    fn names_without_invisible_characters() {
+        // Positive controls: letters of any script, and spaces inside.
+        check_name("Übersetzer 翻訳", expect![[r#"ok "Übersetzer 翻訳""#]]);
+        check_name("مترجم", expect![[r#"ok "مترجم""#]]);
+        check_name(
+            "gpj\u{202E}exe",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+202E)"
+            ]],
+        );
+        check_name(
+            "a\u{2066}b\u{2069}",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+2066)"
+            ]],
+        );
+        check_name(
+            "ad\u{200B}min",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+200B)"
+            ]],
+        );
+        check_name(
+            "\u{FEFF}admin",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+FEFF)"
+            ]],
+        );
+        check_name(
+            "a\u{2060}b",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+2060)"
+            ]],
+        );
+        check_name(
+            "soft\u{00AD}hyphen",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+00AD)"
+            ]],
+        );
+        check_name(
+            "tag\u{E0041}",
+            expect![[
+                "name: must not contain invisible, zero-width or bidirectional-control characters (found U+E0041)"
+            ]],
+        );
+        check_name(
+            "a\u{85}b",
+            expect![["name: must not contain control characters"]],
+        );
+    }
+
+    #[test]
+    fn roles_refuse_bidi_controls_but_keep_emoji_joiners() {
+        assert!(Role::parse("dev \u{1F469}\u{200D}\u{1F4BB}").is_ok());
+        assert_eq!(
+            Role::parse("x\u{202D}y").unwrap_err().to_string(),
+            "role: must not contain bidirectional-control characters (found U+202D)"
+        );
+    }
+
+    #[test]
+    fn integers_may_be_written_as_whole_floats() {
+        assert_eq!(Tier::parse(&json!(2.0)).map(Tier::get), Ok(2));
+        assert!(Tier::parse(&json!(2.5)).is_err());
+        assert!(Tier::parse(&json!(5.0)).is_err());
+        let c = Compute::parse(&json!({"volume": {"size_gb": 10.0}})).unwrap();
+        assert_eq!(c.volume.map(|v| v.size_gb), Some(10));
     }
 
     #[test]

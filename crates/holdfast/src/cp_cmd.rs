@@ -38,7 +38,7 @@ pub struct CpServeArgs {
     #[arg(long, env = "HOLDFAST_LISTEN", default_value = "127.0.0.1:7421")]
     listen: String,
     /// Where the control plane keeps its database, volumes, scratch data and
-    /// logs (the layout of SPEC §3).
+    /// logs (the same layout as `holdfast serve`'s data dir).
     #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./.holdfast-cp")]
     data_dir: PathBuf,
     /// PostgreSQL (`postgres://…`) instead of SQLite in the data dir.
@@ -49,13 +49,14 @@ pub struct CpServeArgs {
     shared_secret: String,
     #[command(flatten)]
     policy: crate::serve::PolicyArgs,
+    #[command(flatten)]
+    http: crate::serve::HttpArgs,
     #[arg(long, env = "HOLDFAST_SWEEP_INTERVAL", default_value = "60s")]
     sweep_interval: DurationArg,
 }
 
 pub async fn open_store(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    crate::serve::private_dir(data_dir)?;
     match database_url {
         Some(url) => Store::open_url(url).await,
         None => Store::open_sqlite(&data_dir.join("holdfast.db")).await,
@@ -126,9 +127,13 @@ async fn serve(args: CpServeArgs) -> anyhow::Result<()> {
     });
 
     println!("holdfast control plane listening on {url}");
-    axum::serve(listener, router(svc))
-        .with_graceful_shutdown(crate::serve::shutdown_signal())
-        .await?;
+    holdfast_platform::server::serve(
+        listener,
+        router(svc),
+        args.http.timeouts(),
+        crate::serve::shutdown_signal(),
+    )
+    .await?;
     sweeper.abort();
     usage.abort();
     engine.backend().stop_all().await;

@@ -31,6 +31,8 @@ pub struct ServeArgs {
     admin_token: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// How often the sweeper runs (it also runs at start).
     #[arg(long, env = "HOLDFAST_SWEEP_INTERVAL", default_value = "60s")]
     sweep_interval: DurationArg,
@@ -46,6 +48,9 @@ pub struct ServeArgs {
     /// each crash up to one minute and resets after a minute of stable run.
     #[arg(long, env = "HOLDFAST_RESTART_BACKOFF", default_value = "500ms")]
     restart_backoff: DurationArg,
+    /// How long a canvas sign-in lasts (Sign out ends it sooner).
+    #[arg(long, env = "HOLDFAST_SESSION_TTL", default_value = "12h")]
+    session_ttl: DurationArg,
     /// Use the control plane at this URL (`holdfast cp serve`) instead of
     /// the embedded one.
     #[arg(long, env = "HOLDFAST_CP_URL", requires_all = ["cp_shared_secret", "cp_tenant_token"])]
@@ -56,6 +61,19 @@ pub struct ServeArgs {
     /// This platform's tenant token on the remote control plane.
     #[arg(long, env = "HOLDFAST_CP_TENANT_TOKEN", hide_env_values = true)]
     cp_tenant_token: Option<String>,
+}
+
+/// Creates the data dir (mode 0700) if missing, and makes an existing one
+/// 0700: it holds the admin token, the store and every workspace's data.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making data dir {} private (mode 0700)", dir.display()))
 }
 
 /// Reads, or creates on first start, the admin token. Returns it and whether
@@ -217,6 +235,34 @@ impl PolicyArgs {
     }
 }
 
+/// How long a client may take over a request, shared by `serve` and
+/// `cp serve`: slow clients are cut off so that they cannot hold
+/// connections (and memory) open.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// A request's head must arrive within this long (from its first byte,
+    /// or from the connection's accept for its first request).
+    #[arg(long, env = "HOLDFAST_HEADER_TIMEOUT", default_value = "10s")]
+    header_timeout: DurationArg,
+    /// A request's whole body must arrive within this long of its head
+    /// (otherwise 408).
+    #[arg(long, env = "HOLDFAST_BODY_TIMEOUT", default_value = "30s")]
+    body_timeout: DurationArg,
+    /// A kept-alive connection idle for this long is closed.
+    #[arg(long, env = "HOLDFAST_IDLE_TIMEOUT", default_value = "60s")]
+    idle_timeout: DurationArg,
+}
+
+impl HttpArgs {
+    pub fn timeouts(&self) -> holdfast_platform::server::Timeouts {
+        holdfast_platform::server::Timeouts {
+            header: self.header_timeout.0,
+            body: self.body_timeout.0,
+            idle: self.idle_timeout.0,
+        }
+    }
+}
+
 /// This replica's id, kept in `<data-dir>/replica-id` (made on first start).
 fn replica_id(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("replica-id");
@@ -246,8 +292,7 @@ pub fn init_tracing() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
 
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    private_dir(&args.data_dir)?;
     let data_dir = args.data_dir.canonicalize()?;
     let (token, generated) = admin_token(&data_dir, args.admin_token)?;
 
@@ -295,6 +340,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         url.clone(),
         reconciler,
         replica_id(&data_dir)?,
+        args.session_ttl.0,
     )
     .await?;
     let background = app.spawn_background();
@@ -316,12 +362,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
 
     let closing = Arc::clone(&app);
-    axum::serve(listener, holdfast_platform::router(Arc::clone(&app)))
-        .with_graceful_shutdown(async move {
+    holdfast_platform::server::serve(
+        listener,
+        holdfast_platform::router(Arc::clone(&app)),
+        args.http.timeouts(),
+        async move {
             shutdown_signal().await;
             closing.begin_shutdown();
-        })
-        .await?;
+        },
+    )
+    .await?;
     background.abort();
     sweeper.abort();
     quotas.abort();

@@ -1,11 +1,14 @@
-//! Who is calling: the admin, an org, or a workspace. Tokens are stored and
-//! compared as SHA-256 hashes; the admin token's hash is compared in constant
-//! time, other tokens are found by an index lookup on their hash.
+//! Who is calling: the admin, an org, or a workspace, by a bearer token or
+//! by a canvas session cookie. Tokens and session ids are stored and
+//! compared as SHA-256 hashes; the admin token's hash is compared in
+//! constant time, other tokens and sessions are found by an index lookup on
+//! their hash.
 
 use crate::App;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use holdfast_store::SessionIdentity;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -46,10 +49,7 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 }
 
 pub fn hash_hex(token: &str) -> String {
-    hash_token(token)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hash_token(token))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,42 +102,105 @@ impl FromRequestParts<Arc<App>> for Caller {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty());
-        let token = match bearer {
-            Some(t) => t.to_owned(),
-            None => {
-                // The canvas's session cookie carries the token. A request
-                // that changes state with it must come from our own pages.
-                let token = session_cookie(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-                if !is_safe_method(&parts.method) && !same_origin(&parts.headers) {
-                    return Err(ApiError::new(
-                        axum::http::StatusCode::FORBIDDEN,
-                        "cross_origin",
-                        "a state-changing request with a session cookie must come from the same origin",
-                    ));
-                }
-                token
-            }
-        };
-        let token = token.as_str();
-        let hash = hash_token(token);
-        if bool::from(hash.ct_eq(&app.admin_token_hash)) {
-            return Ok(Caller::Admin);
+        if let Some(token) = bearer {
+            return app
+                .caller_for_token_hash(&hash_hex(token))
+                .await?
+                .ok_or_else(ApiError::unauthorized);
         }
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        if let Some((workspace_id, org_id)) = app.store.workspace_by_token(&hex).await? {
-            return Ok(Caller::Workspace {
-                workspace_id,
-                org_id: Some(org_id),
-            });
+        // The canvas's session cookie. A request that changes state with it
+        // must come from our own pages.
+        let session = session_cookie(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        if !is_safe_method(&parts.method) && !same_origin(&parts.headers) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "cross_origin",
+                "a state-changing request with a session cookie must come from the same origin",
+            ));
         }
-        match app.store.org_of_token(&hex).await? {
-            Some(org) => Ok(Caller::Org(org)),
-            None => Err(ApiError::unauthorized()),
-        }
+        app.session_caller(&session)
+            .await?
+            .ok_or_else(ApiError::unauthorized)
     }
 }
 
-/// The name of the canvas's session cookie (its value is the API token).
+impl App {
+    /// The caller whose token hashes to `hash` (hex): the admin (compared
+    /// in constant time), a running workspace, or an org.
+    pub(crate) async fn caller_for_token_hash(&self, hash: &str) -> ApiResult<Option<Caller>> {
+        let admin = hex(&self.admin_token_hash);
+        if bool::from(hash.as_bytes().ct_eq(admin.as_bytes())) {
+            return Ok(Some(Caller::Admin));
+        }
+        if let Some((workspace_id, org_id)) = self.store.workspace_by_token(hash).await? {
+            return Ok(Some(Caller::Workspace {
+                workspace_id,
+                org_id: Some(org_id),
+            }));
+        }
+        Ok(self.store.org_of_token(hash).await?.map(Caller::Org))
+    }
+
+    /// The caller a canvas session id stands for: none when the session is
+    /// unknown, expired or signed out, or when the token that signed in is
+    /// no longer accepted for the same identity (an org token revoked, the
+    /// admin token changed).
+    pub(crate) async fn session_caller(&self, session_id: &str) -> ApiResult<Option<Caller>> {
+        let Some(session) = self
+            .store
+            .session(&hash_hex(session_id), holdfast_domain::now_millis())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let caller = self.caller_for_token_hash(&session.token_hash).await?;
+        Ok(match (caller, session.identity) {
+            (Some(Caller::Admin), SessionIdentity::Admin) => Some(Caller::Admin),
+            (Some(Caller::Org(now)), SessionIdentity::Org(then)) if now == then => {
+                Some(Caller::Org(now))
+            }
+            _ => None,
+        })
+    }
+
+    /// Opens a canvas session for `caller`, who signed in with `token`.
+    /// Returns the session id for the cookie; the store keeps only hashes.
+    pub(crate) async fn open_session(&self, caller: Caller, token: &str) -> ApiResult<Secret> {
+        let identity = match caller {
+            Caller::Admin => SessionIdentity::Admin,
+            Caller::Org(org) => SessionIdentity::Org(org),
+            Caller::Workspace { .. } => return Err(ApiError::unauthorized()),
+        };
+        let id = generate_token("hfs");
+        let now = holdfast_domain::now_millis();
+        let ttl = i64::try_from(self.session_ttl.as_millis()).unwrap_or(i64::MAX);
+        self.store
+            .insert_session(
+                &hash_hex(id.expose()),
+                &hash_hex(token),
+                identity,
+                now,
+                now.saturating_add(ttl),
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// Signs a canvas session out.
+    pub(crate) async fn close_session(&self, session_id: &str) -> ApiResult<()> {
+        self.store
+            .revoke_session(&hash_hex(session_id), holdfast_domain::now_millis())
+            .await?;
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name of the canvas's session cookie (its value is a random session
+/// id, never a token).
 pub const SESSION_COOKIE: &str = "holdfast_session";
 
 /// The session cookie's value, if the request carries one.

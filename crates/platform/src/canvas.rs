@@ -1,9 +1,11 @@
 //! The canvas: the web UI at `/canvas`, server-rendered with askama and a
 //! little plain JavaScript that calls the JSON API with the session cookie.
 //!
-//! Login turns an API token into an `HttpOnly; SameSite=Strict` cookie
-//! (`holdfast_session`), which `auth::Caller` already accepts, with its
-//! same-origin check for state-changing requests. The pages here only read;
+//! Login checks an API token and opens a session: the `HttpOnly;
+//! SameSite=Strict` cookie (`holdfast_session`) holds a random session id,
+//! never the token; the store keeps its hash, who signed in and when it
+//! expires, and Sign out revokes it. `auth::Caller` accepts the cookie,
+//! with its same-origin check for state-changing requests. The pages here only read;
 //! every change goes through the API's own handlers, so the canvas can never
 //! do what the API would refuse.
 
@@ -15,7 +17,7 @@ use crate::error::ApiError;
 use crate::routes;
 use askama::Template;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
@@ -56,13 +58,23 @@ impl FromRequestParts<Arc<App>> for CanvasCaller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
-        let token = auth::session_cookie(&parts.headers);
-        match token {
-            Some(t) => caller_for_token(app, &t)
-                .await
-                .map(CanvasCaller)
-                .ok_or_else(|| Redirect::to("/canvas/login").into_response()),
+        match session_caller(app, &parts.headers).await {
+            Some(c) => Ok(CanvasCaller(c)),
             None => Err(Redirect::to("/canvas/login").into_response()),
+        }
+    }
+}
+
+/// Who the request's session cookie stands for, if anyone may use the
+/// canvas with it. A store failure reads as signed out (and is logged).
+async fn session_caller(app: &Arc<App>, headers: &HeaderMap) -> Option<Caller> {
+    let session = auth::session_cookie(headers)?;
+    match app.session_caller(&session).await {
+        Ok(Some(c @ (Caller::Admin | Caller::Org(_)))) => Some(c),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "reading a canvas session failed");
+            None
         }
     }
 }
@@ -112,11 +124,7 @@ fn error_fragment(e: ApiError) -> Response {
 
 async fn login_page(State(app): AppState, headers: HeaderMap) -> Response {
     // Someone already signed in goes straight to the board.
-    let signed_in = match auth::session_cookie(&headers) {
-        Some(t) => caller_for_token(&app, &t).await.is_some(),
-        None => false,
-    };
-    if signed_in {
+    if session_caller(&app, &headers).await.is_some() {
         return Redirect::to("/canvas").into_response();
     }
     html(StatusCode::OK, LoginPage { error: None }.render())
@@ -132,15 +140,7 @@ fn login_error(status: StatusCode, message: &str) -> Response {
     )
 }
 
-/// A session cookie value must be a plain cookie octet string.
-fn cookie_safe(token: &str) -> bool {
-    !token.is_empty()
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\'))
-}
-
-async fn login(State(app): AppState, headers: HeaderMap, body: Bytes) -> Response {
+async fn login(State(app): AppState, headers: HeaderMap, body: Body) -> Response {
     // Login CSRF: a foreign page must not sign a browser in to our canvas.
     if !auth::same_origin(&headers) {
         return login_error(
@@ -148,18 +148,30 @@ async fn login(State(app): AppState, headers: HeaderMap, body: Bytes) -> Respons
             "This sign-in did not come from the holdfast login page. Open the login page and try again.",
         );
     }
+    let body = match crate::body::read(body).await {
+        Ok(b) => b,
+        Err(e) => return login_error(e.status, &e.message),
+    };
     let form = parse_form(&body);
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
     if token.is_empty() {
         return login_error(StatusCode::BAD_REQUEST, "Enter a token to sign in.");
     }
-    if !cookie_safe(token) || caller_for_token(&app, token).await.is_none() {
+    let Some(caller) = caller_for_token(&app, token).await else {
         return login_error(
             StatusCode::UNAUTHORIZED,
             "That token was not accepted. Use the admin token (in <data-dir>/admin-token) or an org token.",
         );
-    }
-    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    };
+    let session = match app.open_session(caller, token).await {
+        Ok(s) => s,
+        Err(e) => return login_error(e.status, "Signing in failed; see the server log."),
+    };
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        session.expose(),
+        app.session_ttl.as_secs()
+    );
     let mut r = Redirect::to("/canvas").into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -168,9 +180,16 @@ async fn login(State(app): AppState, headers: HeaderMap, body: Bytes) -> Respons
     r
 }
 
-async fn logout(headers: HeaderMap) -> Response {
+async fn logout(State(app): AppState, headers: HeaderMap) -> Response {
     if !auth::same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "sign out must come from the canvas").into_response();
+    }
+    // Revoked in the store, so that a copy of the cookie kept elsewhere
+    // stops working too, not only the browser's.
+    if let Some(session) = auth::session_cookie(&headers)
+        && let Err(e) = app.close_session(&session).await
+    {
+        return login_error(e.status, "Signing out failed; see the server log.");
     }
     let mut r = StatusCode::SEE_OTHER.into_response();
     r.headers_mut()
@@ -385,13 +404,5 @@ mod tests {
         assert_eq!(f["token"], "adm_abc d");
         assert_eq!(f["x"], "%zz");
         assert_eq!(f["y"], "%4");
-    }
-
-    #[test]
-    fn cookie_values() {
-        assert!(cookie_safe("hf_0123abc"));
-        assert!(!cookie_safe("a;b"));
-        assert!(!cookie_safe("a b"));
-        assert!(!cookie_safe(""));
     }
 }

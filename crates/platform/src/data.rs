@@ -20,6 +20,13 @@ use std::time::Instant;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+fn not_removed() -> ApiError {
+    ApiError::conflict(
+        "not_removed",
+        "workspace is not removed; nothing to restore",
+    )
+}
+
 impl App {
     /// Brings a removed workspace back with its data and starts it.
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
@@ -28,12 +35,12 @@ impl App {
         caller: &Caller,
         id: Uuid,
     ) -> ApiResult<holdfast_store::WorkspaceRow> {
+        // Serialised per workspace: a restore that waited here sees the
+        // one before it done, and answers 409 not_removed.
+        let serial = self.destructive.lock(id).await;
         let ws = self.load_managed(caller, id).await?;
         if !ws.is_removed() {
-            return Err(ApiError::conflict(
-                "not_removed",
-                "workspace is not removed; nothing to restore",
-            ));
+            return Err(not_removed());
         }
         if let Some(parent) = ws.parent_id
             && self
@@ -56,9 +63,14 @@ impl App {
         // crash in between leaves an active volume of a removed workspace,
         // which nothing erases and a retried restore picks up.
         self.cp.restore_volume(id, &actor).await?;
-        self.store.unremove_workspace(id, now_millis()).await?;
+        // A compare-and-set: another replica's restore that won in between
+        // makes this one a 409.
+        if !self.store.unremove_workspace(id, now_millis()).await? {
+            return Err(not_removed());
+        }
         self.audit_ws(&actor, "workspace.restored", id, None).await;
         drop(_guard);
+        drop(serial);
         self.reconcile(id).await.map_err(ApiError::internal)?;
         self.store
             .get_workspace(id)
@@ -287,12 +299,7 @@ pub async fn list_audit(
     let mut limit = 500i64;
     for (k, v) in parse_query(uri.query(), &["workspace_id", "limit"])? {
         if k == "workspace_id" {
-            workspace = Some(Uuid::parse_str(&v).map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_field",
-                    format!("workspace_id: must be a UUID, got {v:?}"),
-                )
-            })?);
+            workspace = Some(crate::routes::parse_uuid_param("workspace_id", &v)?);
         } else {
             limit = v
                 .parse::<i64>()
@@ -303,6 +310,7 @@ pub async fn list_audit(
                         "invalid_field",
                         "limit: must be an integer from 1 to 10000",
                     )
+                    .with("field", "limit")
                 })?;
         }
     }

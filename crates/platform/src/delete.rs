@@ -26,6 +26,14 @@ pub struct DeleteRequest {
     pub erase_data: bool,
 }
 
+fn already_removed() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "workspace_removed",
+        "workspace is already removed",
+    )
+}
+
 /// A failed stop during a delete: reported, and finished later.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StopFailure {
@@ -43,15 +51,14 @@ impl App {
         id: Uuid,
         req: DeleteRequest,
     ) -> ApiResult<DeleteResponse> {
+        // Serialised per workspace: a delete that waited here sees the one
+        // before it done, and answers 410 below.
+        let _serial = self.destructive.lock(id).await;
         // 2. Missing, or in another org.
         let ws = self.load_managed(caller, id).await?;
         // 3. Already removed.
         if ws.is_removed() {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "workspace_removed",
-                "workspace is already removed",
-            ));
+            return Err(already_removed());
         }
         let descendants = self.store.live_descendants(id).await?;
         let children: Vec<&WorkspaceRow> = descendants
@@ -92,10 +99,16 @@ impl App {
         // leaves removed rows whose stop the next start finishes.
         let mut ids = vec![id];
         ids.extend(descendants.iter().map(|d| d.id));
+        // A compare-and-set on the named workspace: another replica's
+        // delete that won in between makes this one a 410 too.
         let removed = self
             .store
-            .mark_removed(&ids, req.erase_data, &caller.actor(), now_millis())
-            .await?;
+            .remove_tree(id, &ids[1..], req.erase_data, &caller.actor(), now_millis())
+            .await
+            .map_err(|e| match e {
+                holdfast_store::StoreError::Conflict(_) => already_removed(),
+                other => other.into(),
+            })?;
         failpoint::hit("delete.after_mark");
         let actor = caller.actor();
         for wid in &ids {

@@ -20,7 +20,8 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
-/// `runtime`: exactly one of `template` or `command`.
+/// `runtime`: exactly one of `template` or `command`, and optionally the
+/// container image to run it in.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuntimeSchema {
     /// The built-in runtime: `holdfast-runtime`.
@@ -28,6 +29,15 @@ pub struct RuntimeSchema {
     pub template: Option<String>,
     /// An argv to run instead.
     pub command: Option<Vec<String>>,
+    /// The container image (container backend; default
+    /// `--container-image`): 1–255 characters of an image reference.
+    #[schema(
+        example = "localhost/holdfast-runtime:latest",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
+    )]
+    pub image: Option<String>,
 }
 
 /// `compute`: all fields optional; an absent `data_persistence` is auto.
@@ -102,9 +112,9 @@ pub struct PatchWorkspaceRequest {
 pub fn parse_uuid_field(field: &str, v: &Value) -> Result<Option<Uuid>, FieldError> {
     match v {
         Value::Null => Ok(None),
-        Value::String(s) => Uuid::parse_str(s)
+        Value::String(s) => holdfast_domain::parse_uuid(s)
             .map(Some)
-            .map_err(|_| FieldError::new(field, format!("must be a UUID, got {s:?}"))),
+            .ok_or_else(|| FieldError::new(field, format!("must be a UUID, got {s:?}"))),
         other => Err(FieldError::new(
             field,
             format!("must be a UUID string, got {other}"),

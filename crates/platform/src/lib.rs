@@ -22,6 +22,7 @@ mod orgs;
 mod reconciler;
 mod registry;
 mod routes;
+pub mod server;
 
 pub use auth::{Secret, generate_token, hash_token};
 pub use openapi::ApiDoc;
@@ -47,6 +48,10 @@ pub struct App {
     /// The URL workspaces reach the platform at (`HOLDFAST_PLATFORM_URL`).
     public_url: String,
     locks: WorkspaceLocks,
+    /// Per-workspace locks held across a whole delete or restore, so that
+    /// of several at once on this server one acts and the others see its
+    /// outcome (across replicas the store's compare-and-sets decide).
+    destructive: WorkspaceLocks,
     /// What this server observes of each workspace's compute (not durable).
     observed: Mutex<HashMap<Uuid, Observed>>,
     events: events::EventBus,
@@ -67,6 +72,8 @@ pub struct App {
     /// Wakes the reconciler loop before its next tick, for intent written
     /// without a reconcile of its own (an org import).
     reconcile_soon: tokio::sync::Notify,
+    /// How long a canvas session lasts after sign-in.
+    session_ttl: std::time::Duration,
 }
 
 impl App {
@@ -77,6 +84,7 @@ impl App {
         public_url: String,
         reconciler: ReconcilerSettings,
         replica_id: String,
+        session_ttl: std::time::Duration,
     ) -> anyhow::Result<Arc<App>> {
         let default_org = store.default_org(holdfast_domain::now_millis()).await?.id;
         let confinement = match cp.confinement().await {
@@ -97,6 +105,7 @@ impl App {
             default_org,
             public_url,
             locks: WorkspaceLocks::default(),
+            destructive: WorkspaceLocks::default(),
             observed: Mutex::new(HashMap::new()),
             events: events::EventBus::default(),
             reconciler,
@@ -108,6 +117,7 @@ impl App {
             confinement,
             over_quota: Mutex::new(Default::default()),
             reconcile_soon: tokio::sync::Notify::new(),
+            session_ttl,
         }))
     }
 

@@ -37,6 +37,18 @@ impl App {
     async fn runtime_url(&self, caller: &Caller, raw: &str) -> ApiResult<String> {
         let id = crate::routes::parse_id(raw)?;
         let ws = self.load_live(caller, id).await?;
+        // Only the built-in runtime registers an address to relay to; a
+        // command never will, so there is nothing to wait for (nor to wake).
+        // That holds of the command running now even when the configuration
+        // has since changed to the built-in runtime, which only the next
+        // start applies.
+        if !ws.runtime.is_builtin() || self.observed(id).runs_command {
+            return Err(ApiError::conflict(
+                "runtime_has_no_messages",
+                "the workspace runs a command, which does not register with the platform \
+                 and so takes no messages; only the built-in runtime does",
+            ));
+        }
         if ws.desired == DesiredState::Hibernated {
             self.store
                 .set_desired(id, DesiredState::Running, holdfast_domain::now_millis())
@@ -77,8 +89,11 @@ impl App {
                 return Ok(url);
             }
             if Instant::now() > deadline {
-                return Err(unavailable(
-                    "the workspace's runtime has not registered; try again shortly",
+                // The workspace's state, not a failure of this server: a
+                // runtime still starting, or crashing and restarted.
+                return Err(ApiError::conflict(
+                    "runtime_not_ready",
+                    "the workspace's runtime has not registered yet; try again shortly",
                 ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -119,7 +134,9 @@ impl App {
     params(("id" = uuid::Uuid, Path, description = "workspace id")),
     request_body = MessageRequest,
     responses((status = 200, description = "the runtime's reply and its remembered history"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "runtime_has_no_messages (a command runtime), runtime_not_ready or workspace_not_running"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn post_message(
@@ -141,7 +158,9 @@ pub async fn post_message(
     get, path = "/workspaces/{id}/messages",
     params(("id" = uuid::Uuid, Path, description = "workspace id")),
     responses((status = 200, description = "the runtime's remembered history"),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "runtime_has_no_messages (a command runtime), runtime_not_ready or workspace_not_running"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn get_messages(

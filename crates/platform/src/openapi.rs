@@ -7,6 +7,8 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+mod strict;
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "holdfast", description = "Control plane for long-lived AI-agent workspaces and their saved data."),
@@ -68,6 +70,18 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The document as served: the generated one, made to say exactly what
+/// the server does by [`strict::apply`] (the request schemas as strict as
+/// the parsers behind them, every object closed, and on every operation
+/// the answers the shared edge gives). That pass works on the JSON, since
+/// utoipa's types cannot hold all of JSON Schema 2020-12 (`prefixItems`,
+/// `propertyNames`, type lists with `null`).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    strict::apply(&mut doc);
+    doc
+}
+
 /// Every route but `/health` and the canvas login needs a token (SPEC §10),
 /// this document included.
 #[utoipa::path(
@@ -75,6 +89,6 @@ impl Modify for BearerAuth {
     responses((status = 200, description = "this document"), (status = 401, body = crate::dto::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn openapi_json(_caller: crate::auth::Caller) -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi_json(_caller: crate::auth::Caller) -> Json<serde_json::Value> {
+    Json(document())
 }

@@ -46,6 +46,10 @@ pub struct Observed {
     pub first_start: bool,
     /// The volume the last start attached, as the control plane reported it.
     pub attached: Option<holdfast_cp::VolumeInfo>,
+    /// The instance this replica last started runs a command, which never
+    /// registers (its configuration may have changed since, to apply at the
+    /// next start).
+    pub runs_command: bool,
 }
 
 /// What the control plane says of the workspace's recorded instance.
@@ -473,6 +477,7 @@ impl App {
                 failpoint::hit("start.after_provision");
                 obs.attached = p.volume.clone();
                 obs.failed_generation = None;
+                obs.runs_command = !registers(&ws.runtime);
                 let status = if registers(&ws.runtime) {
                     Status::Provisioning
                 } else {

@@ -86,7 +86,7 @@ pub async fn register(
 pub struct HeartbeatRequest {}
 
 #[utoipa::path(
-    post, path = "/registry/heartbeat",
+    post, path = "/registry/heartbeat", request_body = HeartbeatRequest,
     responses((status = 200, body = crate::dto::Health), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = []))
 )]

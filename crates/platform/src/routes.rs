@@ -23,7 +23,7 @@ type AppState = State<Arc<App>>;
 
 /// Parses a path id; a non-UUID is 400 before anything else is looked at.
 pub(crate) fn parse_id(raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| {
+    holdfast_domain::parse_uuid(raw).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_id",
             format!("{raw:?} is not a workspace id (a UUID)"),
@@ -33,22 +33,66 @@ pub(crate) fn parse_id(raw: &str) -> ApiResult<Uuid> {
 
 /// Query strings are parsed by hand so that a bad value is a 400 that names
 /// the parameter, and an unknown parameter is refused rather than ignored.
+/// Names and values are percent-decoded (`+` is a space, as in a form); a
+/// broken escape, a value that is not UTF-8 once decoded, and a parameter
+/// given twice are 400s too.
 pub(crate) fn parse_query(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Vec<(String, String)>> {
-    let mut out = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::new();
     for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if !allowed.contains(&k) {
+        let k = percent_decode(k).map_err(|why| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter name {k:?}: {why}"),
+            )
+        })?;
+        if !allowed.contains(&k.as_str()) {
             return Err(ApiError::bad_request(
                 "unknown_field",
                 format!(
                     "unknown query parameter {k:?}; allowed: {}",
                     allowed.join(", ")
                 ),
-            ));
+            )
+            .with("field", k));
         }
-        out.push((k.to_owned(), v.to_owned()));
+        let v = percent_decode(v).map_err(|why| {
+            ApiError::bad_request("invalid_field", format!("{k}: {why}")).with("field", k.clone())
+        })?;
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("{k}: given more than once"),
+            )
+            .with("field", k));
+        }
+        out.push((k, v));
     }
     Ok(out)
+}
+
+/// Decodes `%XX` escapes and `+`; the reason as a phrase on failure.
+fn percent_decode(s: &str) -> Result<String, &'static str> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or("a % must be followed by two hex digits")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad percent escape")?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| "is not UTF-8 once percent-decoded")
 }
 
 fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
@@ -58,8 +102,20 @@ fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
         other => Err(ApiError::bad_request(
             "invalid_field",
             format!("{name}: must be true or false, got {other:?}"),
-        )),
+        )
+        .with("field", name)),
     }
+}
+
+/// A UUID query value; 400 naming the parameter otherwise.
+pub(crate) fn parse_uuid_param(name: &str, v: &str) -> ApiResult<Uuid> {
+    holdfast_domain::parse_uuid(v).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("{name}: must be a UUID, got {v:?}"),
+        )
+        .with("field", name)
+    })
 }
 
 impl App {
@@ -132,14 +188,7 @@ pub async fn list_workspaces(
     let mut include_removed = false;
     for (k, v) in parse_query(uri.query(), &["org_id", "include_removed"])? {
         match k.as_str() {
-            "org_id" => {
-                org = Some(Uuid::parse_str(&v).map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_field",
-                        format!("org_id: must be a UUID, got {v:?}"),
-                    )
-                })?)
-            }
+            "org_id" => org = Some(parse_uuid_param("org_id", &v)?),
             _ => include_removed = parse_bool("include_removed", &v)?,
         }
     }
@@ -231,7 +280,7 @@ pub struct DeleteParams {
     delete, path = "/workspaces/{id}",
     params(
         ("id" = Uuid, Path, description = "workspace id"),
-        ("X-Confirm-Name" = String, Header, description = "the workspace's exact name"),
+        ("X-Confirm-Name" = Option<String>, Header, description = "the workspace's exact name: a live workspace is not deleted without it (400 destructive_action_requires_confirmation)"),
         DeleteParams,
     ),
     responses(
@@ -314,10 +363,9 @@ pub async fn list_volumes(
     }
     let mut state = None;
     for (_, v) in parse_query(uri.query(), &["state"])? {
-        state = Some(
-            v.parse::<VolumeState>()
-                .map_err(|e| ApiError::bad_request("invalid_field", format!("state: {e}")))?,
-        );
+        state = Some(v.parse::<VolumeState>().map_err(|e| {
+            ApiError::bad_request("invalid_field", format!("state: {e}")).with("field", "state")
+        })?);
     }
     let volumes = app.cp.list_volumes(state).await?;
     // One read of the workspaces (removed ones too) for visibility and mode,

@@ -12,6 +12,7 @@
 mod audit;
 mod import;
 mod orgs;
+mod sessions;
 mod tenants;
 mod tokens;
 mod volumes;
@@ -20,6 +21,7 @@ mod workspaces;
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use import::{ImportUpdate, ImportWrite};
 pub use orgs::Org;
+pub use sessions::{Session, SessionIdentity};
 pub use tenants::Tenant;
 pub use volumes::{Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition};
 pub use workspaces::{NewWorkspace, Started, WorkspacePatch, WorkspaceRow};
@@ -76,6 +78,11 @@ impl Store {
     /// migrations.
     pub async fn open_sqlite(path: &Path) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
+        // The file holds token and session hashes: it is made 0600 before
+        // SQLite opens it (SQLite gives its -wal and -shm files the
+        // database file's mode), and files an older version left readable
+        // are tightened.
+        private_files(path)?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
         // One connection: SQLite has one writer anyway, and a single connection
         // rules out SQLITE_BUSY on read-to-write upgrades. No transaction is
@@ -102,6 +109,7 @@ impl Store {
             .run(&pool)
             .await
             .context("running SQLite migrations")?;
+        private_files(path)?;
         Ok(Store {
             pool,
             dialect: Dialect::Sqlite,
@@ -148,6 +156,31 @@ impl Store {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// Creates `path` with mode 0600 if missing, and sets 0600 on it and on
+/// its SQLite `-wal` and `-shm` files where they exist.
+fn private_files(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("making {file:?} private (mode 0600)"));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_uuid(row: &AnyRow, col: &str) -> StoreResult<uuid::Uuid> {

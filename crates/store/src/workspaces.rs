@@ -518,20 +518,34 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let mut n = 0;
         for id in ids {
-            let done = sqlx::query(
-                "UPDATE workspaces SET removed_at = $2, status = $3, desired = $4, \
-                 delete_erase = $5, compute_released = 0, token_hash = NULL, removed_by = $6, \
-                 updated_at = $2 WHERE id = $1 AND removed_at IS NULL",
-            )
-            .bind(id.to_string())
-            .bind(now)
-            .bind(Status::Removed.as_str())
-            .bind(DesiredState::Removed.as_str())
-            .bind(i64::from(erase))
-            .bind(actor.to_owned())
-            .execute(&mut *tx)
-            .await?;
-            n += done.rows_affected();
+            n += mark_one_removed(&mut tx, *id, erase, actor, now).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// [`Store::mark_removed`] for a delete of `root` and its live
+    /// `descendants`, as a compare-and-set on `root`: when `root` is
+    /// already removed nothing changes and the answer is
+    /// [`StoreError::Conflict`]. Of several deletes of one workspace at once,
+    /// on one server or on replicas sharing a database, exactly one wins.
+    #[tracing::instrument(skip_all, name = "store.remove_tree", fields(workspace_id = %root))]
+    pub async fn remove_tree(
+        &self,
+        root: Uuid,
+        descendants: &[Uuid],
+        erase: bool,
+        actor: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let mut tx = self.pool().begin().await?;
+        if mark_one_removed(&mut tx, root, erase, actor, now).await? == 0 {
+            // Dropped without commit: rolled back.
+            return Err(StoreError::Conflict("workspace is already removed".into()));
+        }
+        let mut n = 1;
+        for id in descendants {
+            n += mark_one_removed(&mut tx, *id, erase, actor, now).await?;
         }
         tx.commit().await?;
         Ok(n)
@@ -663,4 +677,29 @@ impl Store {
         .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
+}
+
+/// Marks one live row removed (see [`Store::mark_removed`]); 0 rows when it
+/// already was.
+async fn mark_one_removed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: Uuid,
+    erase: bool,
+    actor: &str,
+    now: Millis,
+) -> StoreResult<u64> {
+    let done = sqlx::query(
+        "UPDATE workspaces SET removed_at = $2, status = $3, desired = $4, \
+         delete_erase = $5, compute_released = 0, token_hash = NULL, removed_by = $6, \
+         updated_at = $2 WHERE id = $1 AND removed_at IS NULL",
+    )
+    .bind(id.to_string())
+    .bind(now)
+    .bind(Status::Removed.as_str())
+    .bind(DesiredState::Removed.as_str())
+    .bind(i64::from(erase))
+    .bind(actor.to_owned())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
 }

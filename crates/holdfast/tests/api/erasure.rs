@@ -6,7 +6,7 @@
 use crate::helpers::{
     RECORDING_SCRIPT, SHORT_GRACES, TestApp, assert_files_intact, count_action, events_with_action,
     id_of, items_for, parse_time, plant_files, planted_bytes, process_is_running, read_lines,
-    skip_on_container_backend, wait_for_pid_other_than, wait_process_gone,
+    skip_on_container_backend, wait_for_lines, wait_for_pid_other_than, wait_process_gone,
     wait_workspace_process_count,
 };
 use serde_json::{Value, json};
@@ -67,7 +67,7 @@ async fn restore_within_the_erase_grace_cancels_the_erasure_and_runs_again() {
     assert!(process_is_running(new_pid));
     assert_files_intact(&volume, &planted);
     assert_eq!(
-        read_lines(&volume.join("data.txt")),
+        wait_for_lines(&volume.join("data.txt"), 2).await,
         ["started", "started"],
         "the restored workspace must start on the same data"
     );

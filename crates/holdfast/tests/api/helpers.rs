@@ -650,15 +650,7 @@ impl TestApp {
     /// on the container backend the files of its current scratch volume.
     pub fn scratch_dir(&self, id: &str) -> PathBuf {
         if self.on_containers {
-            let prefix = format!("holdfast-{id}-scratch-");
-            let root = PathBuf::from(container_env("HOLDFAST_TEST_CONTAINER_VOLUMES"));
-            let found = std::fs::read_dir(&root).ok().and_then(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .find(|n| n.starts_with(&prefix))
-            });
-            return engine_volume_dir(&found.unwrap_or_else(|| format!("{prefix}none")));
+            return engine_volume_dir(&format!("holdfast-{id}-scratch"));
         }
         self.cp_data_dir().join("scratch").join(id)
     }
@@ -1391,6 +1383,16 @@ pub async fn wait_for_pid(dir: &Path) -> u32 {
 /// Waits for a later start to write a pid other than `previous` in `dir`.
 pub async fn wait_for_pid_other_than(dir: &Path, previous: u32) -> u32 {
     wait_for_pid_file(dir, Some(previous)).await
+}
+
+/// The lines of a text file once it has at least `n` of them (a process
+/// just started may be about to write its line).
+pub async fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
+    eventually(&format!("{n} lines in {}", path.display()), || async {
+        let lines = read_lines(path);
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
 }
 
 /// The lines of a text file (empty when it does not exist).

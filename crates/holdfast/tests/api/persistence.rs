@@ -3,8 +3,8 @@
 //! `--default-data-persistence`.
 
 use crate::helpers::{
-    RECORDING_SCRIPT, TestApp, id_of, read_lines, skip_on_container_backend, wait_for_pid,
-    wait_for_pid_other_than, wait_path_gone, wait_process_gone, workspace_body,
+    RECORDING_SCRIPT, TestApp, id_of, read_lines, skip_on_container_backend, wait_for_lines,
+    wait_for_pid, wait_for_pid_other_than, wait_path_gone, wait_process_gone, workspace_body,
     workspace_body_with_persistence,
 };
 use serde_json::json;
@@ -33,7 +33,7 @@ async fn persist_data_survives_restart() {
 
     assert_ne!(first_pid, second_pid);
     assert_eq!(
-        read_lines(&volume.join("data.txt")),
+        wait_for_lines(&volume.join("data.txt"), 2).await,
         ["started", "started"],
         "the second start must see the file written by the first"
     );
@@ -273,7 +273,7 @@ async fn switching_to_ephemeral_keeps_the_volume_and_switching_back_reattaches_i
     wait_for_pid_other_than(&volume, persist_pid).await;
     wait_process_gone(ephemeral_pid).await;
     assert_eq!(
-        read_lines(&volume.join("data.txt")),
+        wait_for_lines(&volume.join("data.txt"), 2).await,
         ["started", "started"],
         "switching back must re-attach the same data"
     );
@@ -308,7 +308,7 @@ async fn persist_data_survives_a_server_restart() {
     wait_for_pid_other_than(&app.volume_dir(&kept_id), kept_pid).await;
     wait_for_pid(&app.scratch_dir(&scratchy_id)).await;
     assert_eq!(
-        read_lines(&app.volume_dir(&kept_id).join("data.txt")),
+        wait_for_lines(&app.volume_dir(&kept_id).join("data.txt"), 2).await,
         ["started", "started"]
     );
     assert_eq!(
@@ -337,7 +337,10 @@ async fn persist_data_survives_a_server_crash() {
 
     app.wait_online(&id).await;
     wait_for_pid_other_than(&volume, pid).await;
-    assert_eq!(read_lines(&volume.join("data.txt")), ["started", "started"]);
+    assert_eq!(
+        wait_for_lines(&volume.join("data.txt"), 2).await,
+        ["started", "started"]
+    );
     let after = app.workspace(&id).await;
     assert_eq!(after["data"]["mode"], "persist", "{after}");
     assert_eq!(after["data"]["state"], "active", "{after}");
@@ -363,7 +366,7 @@ async fn persist_data_survives_a_process_crash_and_auto_restart() {
     let pid = wait_for_pid(&volume).await;
     let online = app.wait_online(&id).await;
     assert_eq!(
-        read_lines(&volume.join("data.txt")),
+        wait_for_lines(&volume.join("data.txt"), 2).await,
         ["started", "started"],
         "the restarted process must see what the crashed one wrote"
     );

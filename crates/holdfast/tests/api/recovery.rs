@@ -3,9 +3,10 @@
 //! run runs again exactly once, while paused and hibernated ones stay down.
 
 use crate::helpers::{
-    TestApp, builtin_body, eventually, id_of, kill_9, process_is_running, read_lines, wait_for_pid,
-    wait_for_pid_other_than, wait_process_gone, wait_workspace_process_count, workspace_body,
-    workspace_body_with_persistence, workspace_processes,
+    TestApp, builtin_body, eventually, id_of, kill_9, process_is_running, read_lines,
+    wait_for_lines, wait_for_pid, wait_for_pid_other_than, wait_process_gone,
+    wait_workspace_process_count, workspace_body, workspace_body_with_persistence,
+    workspace_processes,
 };
 
 /// Short enough that an automatic restart comes quickly in a test.
@@ -37,7 +38,7 @@ async fn a_killed_workspace_process_goes_offline_and_is_restarted_with_its_data(
     app.wait_online(&id).await;
     assert_eq!(wait_workspace_process_count(&id, 1).await, [new_pid]);
     assert_eq!(
-        read_lines(&volume.join("data.txt")),
+        wait_for_lines(&volume.join("data.txt"), 2).await,
         ["started", "started"],
         "the automatic restart runs on the same volume"
     );
@@ -181,7 +182,7 @@ async fn after_a_server_crash_each_workspace_runs_exactly_once() {
     assert_eq!(app.workspace(&hibernated_id).await["status"], "hibernated");
 
     assert_eq!(
-        read_lines(&app.volume_dir(&running_id).join("data.txt")),
+        wait_for_lines(&app.volume_dir(&running_id).join("data.txt"), 2).await,
         ["started", "started"],
         "one start before the crash and exactly one after"
     );

@@ -4,7 +4,7 @@
 
 use crate::helpers::{
     ADMIN_TOKEN, TestApp, builtin_body, builtin_body_with_persistence, child_body, id_of,
-    read_lines, wait_for_pid, wait_for_pid_other_than, wait_process_gone,
+    read_lines, wait_for_lines, wait_for_pid, wait_for_pid_other_than, wait_process_gone,
     wait_workspace_process_count, workspace_body, workspace_processes,
 };
 use reqwest::Method;
@@ -182,7 +182,7 @@ async fn pause_stops_the_process_and_resume_restarts_it_on_the_same_data() {
     wait_for_pid_other_than(&volume, pid).await;
     wait_workspace_process_count(&id, 1).await;
     assert_eq!(
-        read_lines(&volume.join("data.txt")),
+        wait_for_lines(&volume.join("data.txt"), 2).await,
         ["started", "started"],
         "resume must start on the data the paused run left"
     );
@@ -254,7 +254,7 @@ async fn pausing_a_parent_needs_cascade_and_then_pauses_the_subtree() {
         app.wait_online(id).await;
         wait_workspace_process_count(id, 1).await;
         assert_eq!(
-            read_lines(&app.volume_dir(id).join("data.txt")),
+            wait_for_lines(&app.volume_dir(id).join("data.txt"), 2).await,
             ["started", "started"]
         );
     }
@@ -294,7 +294,7 @@ async fn hibernating_a_parent_with_cascade_hibernates_the_subtree() {
     wait_workspace_process_count(&child_id, 1).await;
     assert_eq!(app.workspace(&parent_id).await["status"], "hibernated");
     assert_eq!(
-        read_lines(&app.volume_dir(&child_id).join("data.txt")),
+        wait_for_lines(&app.volume_dir(&child_id).join("data.txt"), 2).await,
         ["started", "started"]
     );
 }

@@ -5,7 +5,8 @@
 use crate::helpers::{
     RECORDING_SCRIPT, TestApp, assert_files_intact, count_action, id_of, items_for, metric_value,
     parse_time, plant_files, planted_bytes, process_is_running, read_lines, skip_in_remote_mode,
-    skip_on_container_backend, wait_for_pid, wait_for_pid_other_than, wait_process_gone,
+    skip_on_container_backend, wait_for_lines, wait_for_pid, wait_for_pid_other_than,
+    wait_process_gone,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -348,7 +349,10 @@ async fn switching_to_ephemeral_retains_the_volume_and_switching_back_reattaches
     assert_eq!(record["state"], "active", "{record}");
     assert!(record["retain_until"].is_null(), "{record}");
     assert_files_intact(&volume, &planted);
-    assert_eq!(read_lines(&volume.join("data.txt")), ["started", "started"]);
+    assert_eq!(
+        wait_for_lines(&volume.join("data.txt"), 2).await,
+        ["started", "started"]
+    );
 }
 
 #[tokio::test]

@@ -7,8 +7,9 @@
 
 use crate::helpers::{
     ApiResponse, CpServer, TestApp, assert_files_intact, eventually, id_of, plant_files,
-    process_is_running, read_lines, wait_for_pid, wait_for_pid_other_than, wait_process_gone,
-    wait_workspace_process_count, workspace_body_with_persistence, workspace_processes,
+    process_is_running, read_lines, wait_for_lines, wait_for_pid, wait_for_pid_other_than,
+    wait_process_gone, wait_workspace_process_count, workspace_body_with_persistence,
+    workspace_processes,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -227,7 +228,7 @@ async fn another_tenant_gets_404_on_every_route_and_changes_nothing() {
     assert_eq!(wait_workspace_process_count(&v.id, 1).await, [pid]);
     assert_files_intact(&t.a.volume_dir(&v.id), &v.files);
     assert_eq!(
-        read_lines(&t.a.volume_dir(&v.id).join("data.txt")),
+        wait_for_lines(&t.a.volume_dir(&v.id).join("data.txt"), 2).await,
         ["started", "started"]
     );
 }
@@ -586,7 +587,7 @@ async fn after_a_cp_crash_each_workspace_runs_again_exactly_once() {
     assert_eq!(wait_workspace_process_count(&b_id, 1).await, [b_new]);
     assert_files_intact(&t.a.volume_dir(&v.id), &v.files);
     assert_eq!(
-        read_lines(&t.a.volume_dir(&v.id).join("data.txt")),
+        wait_for_lines(&t.a.volume_dir(&v.id).join("data.txt"), 2).await,
         ["started", "started"]
     );
     assert_eq!(t.cp_volume_for_a(&v.id).await["state"], "active");
@@ -646,7 +647,7 @@ async fn a_restarted_platform_adopts_what_its_cp_still_runs() {
     t.a.wait_online(&paused).await;
     assert_eq!(wait_workspace_process_count(&paused, 1).await.len(), 1);
     assert_eq!(
-        read_lines(&t.a.volume_dir(&paused).join("data.txt")),
+        wait_for_lines(&t.a.volume_dir(&paused).join("data.txt"), 2).await,
         ["started", "started"]
     );
 }

@@ -1,0 +1,401 @@
+//! The request schemas written out in full, and the shared answers added to
+//! every operation, as a pass over the generated document (JSON).
+//!
+//! The request DTOs take `serde_json::Value`s so that the parsers in
+//! `holdfast-domain` can name the field of any mistake; their schemas are
+//! therefore written here, from the same constants the parsers use.
+
+use holdfast_domain::{
+    BIDI_CONTROLS, BUILTIN_TEMPLATE, Env, INVISIBLE, Role, Runtime, WorkspaceName,
+};
+use serde_json::{Map, Value, json};
+
+/// Whitespace that `str::trim` removes and that is not a control character
+/// (control characters are refused anywhere in a name).
+const SPACES: &[(char, char)] = &[
+    (' ', ' '),
+    ('\u{00A0}', '\u{00A0}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{2000}', '\u{200A}'),
+    ('\u{202F}', '\u{202F}'),
+    ('\u{205F}', '\u{205F}'),
+    ('\u{3000}', '\u{3000}'),
+];
+
+/// What `char::is_control` is true of.
+const CONTROLS: &[(char, char)] = &[('\u{0000}', '\u{001F}'), ('\u{007F}', '\u{009F}')];
+
+/// Every character `str::trim` removes, controls included.
+const ALL_SPACES: &[(char, char)] = &[
+    ('\t', '\r'),
+    (' ', ' '),
+    ('\u{0085}', '\u{0085}'),
+    ('\u{00A0}', '\u{00A0}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{2000}', '\u{200A}'),
+    ('\u{2028}', '\u{2029}'),
+    ('\u{202F}', '\u{202F}'),
+    ('\u{205F}', '\u{205F}'),
+    ('\u{3000}', '\u{3000}'),
+];
+
+/// The inside of a regex character class for `tables`. Characters are
+/// written as `\uXXXX` escapes in the BMP and as themselves beyond it, which
+/// both ECMAScript (with the `u` flag) and Python read the same way.
+fn class(tables: &[&[(char, char)]]) -> String {
+    let one = |c: char| {
+        if u32::from(c) <= 0xFFFF {
+            format!("\\u{:04X}", u32::from(c))
+        } else {
+            c.to_string()
+        }
+    };
+    let mut out = String::new();
+    for table in tables {
+        for (lo, hi) in *table {
+            out.push_str(&one(*lo));
+            if lo != hi {
+                out.push('-');
+                out.push_str(&one(*hi));
+            }
+        }
+    }
+    out
+}
+
+/// A workspace (or org) name: no control, invisible or bidirectional
+/// character anywhere, and 1 to 64 characters once surrounding spaces are
+/// trimmed. The length is in the pattern rather than a `maxLength`, which
+/// would count the spaces that trimming removes.
+fn name_schema() -> Value {
+    let bad = class(&[CONTROLS, INVISIBLE, BIDI_CONTROLS]);
+    let space = class(&[SPACES]);
+    let inner = WorkspaceName::MAX_CHARS - 2;
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "pattern": format!(
+            "^[{space}]*[^{space}{bad}](?:[^{bad}]{{0,{inner}}}[^{space}{bad}])?[{space}]*$"
+        ),
+        "description": format!(
+            "1 to {} characters after trimming surrounding spaces; no control, zero-width or \
+             bidirectional-control characters",
+            WorkspaceName::MAX_CHARS
+        ),
+    })
+}
+
+fn role_schema() -> Value {
+    json!({
+        "type": ["string", "null"],
+        "maxLength": Role::MAX_CHARS,
+        "pattern": format!("^[^{}]*$", class(&[CONTROLS, BIDI_CONTROLS])),
+        "description": "`null` or `\"\"` means no role",
+    })
+}
+
+fn uuid_or_null() -> Value {
+    json!({ "type": ["string", "null"], "format": "uuid" })
+}
+
+fn tier_schema() -> Value {
+    json!({ "type": "integer", "minimum": 1, "maximum": 4 })
+}
+
+fn runtime_schema() -> Value {
+    let no_nul = "^[^\\u0000]*$";
+    json!({
+        "description": "exactly one of `template` (the built-in runtime) or `command` (an argv)",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["template"],
+                "properties": { "template": { "type": "string", "enum": [BUILTIN_TEMPLATE] } },
+                "additionalProperties": false,
+            },
+            {
+                "type": "object",
+                "required": ["command"],
+                "properties": {
+                    "command": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": Runtime::MAX_ARGS,
+                        "prefixItems": [{
+                            "type": "string",
+                            "maxLength": Runtime::MAX_ARG_CHARS,
+                            "allOf": [
+                                { "pattern": no_nul },
+                                { "pattern": format!("[^{}]", class(&[ALL_SPACES])) },
+                            ],
+                        }],
+                        "items": {
+                            "type": "string",
+                            "maxLength": Runtime::MAX_ARG_CHARS,
+                            "pattern": no_nul,
+                        },
+                    },
+                },
+                "additionalProperties": false,
+            },
+        ],
+    })
+}
+
+fn env_schema() -> Value {
+    json!({
+        "type": ["object", "null"],
+        "maxProperties": Env::MAX_ENTRIES,
+        "propertyNames": { "pattern": "^(?!HOLDFAST_)[A-Za-z_][A-Za-z0-9_]{0,127}$" },
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": Env::MAX_VALUE_CHARS,
+            "pattern": "^[^\\u0000]*$",
+        },
+        "description": "the workspace's own environment; names starting with HOLDFAST_ are reserved",
+    })
+}
+
+fn compute_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "data_persistence": {
+                "type": ["string", "null"],
+                "enum": ["persist", "ephemeral", "", null],
+                "description": "`persist` or `ephemeral`, exactly; absent, `\"\"` or `null` for auto",
+            },
+            "volume": {
+                "type": ["object", "null"],
+                "properties": { "size_gb": { "type": "integer", "minimum": 1, "maximum": 500 } },
+                "additionalProperties": false,
+            },
+        },
+        "additionalProperties": false,
+    })
+}
+
+fn nullable_ref(name: &str) -> Value {
+    json!({ "oneOf": [{ "$ref": format!("#/components/schemas/{name}") }, { "type": "null" }] })
+}
+
+fn request_schemas() -> Vec<(&'static str, Value)> {
+    vec![
+        ("RuntimeSchema", runtime_schema()),
+        ("ComputeSchema", compute_schema()),
+        (
+            "VolumeSpecSchema",
+            json!({
+                "type": "object",
+                "properties": { "size_gb": { "type": "integer", "minimum": 1, "maximum": 500 } },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "CreateWorkspaceRequest",
+            json!({
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": name_schema(),
+                    "role": role_schema(),
+                    "parent_id": uuid_or_null(),
+                    "tier": { "type": ["integer", "null"], "minimum": 1, "maximum": 4 },
+                    "runtime": nullable_ref("RuntimeSchema"),
+                    "env": env_schema(),
+                    "compute": nullable_ref("ComputeSchema"),
+                    "org_id": {
+                        "type": ["string", "null"],
+                        "format": "uuid",
+                        "description": "admin only: the org to create in (default: the default org)",
+                    },
+                },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "PatchWorkspaceRequest",
+            json!({
+                "type": "object",
+                "description": "only the fields sent change; they apply at the next start",
+                "properties": {
+                    "name": name_schema(),
+                    "role": role_schema(),
+                    "tier": tier_schema(),
+                    "runtime": nullable_ref("RuntimeSchema"),
+                    "env": env_schema(),
+                    "compute": nullable_ref("ComputeSchema"),
+                },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "CreateOrgRequest",
+            json!({
+                "type": "object",
+                "required": ["name"],
+                "properties": { "name": name_schema() },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "RegisterRequest",
+            json!({
+                "type": "object",
+                "required": ["url"],
+                "properties": {
+                    "url": {
+                        "type": "string",
+                        "maxLength": 2048,
+                        "pattern": "^http://[^/@\\s\\u0000-\\u001F\\u007F-\\u009F]+(/[^\\s\\u0000-\\u001F\\u007F-\\u009F]*)?$",
+                        "description": "where the runtime serves `/messages`: an http:// URL without credentials",
+                    },
+                },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "HeartbeatRequest",
+            json!({ "type": "object", "additionalProperties": false }),
+        ),
+    ]
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } },
+    })
+}
+
+/// Applies the pass to the document.
+pub fn apply(doc: &mut Value) {
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for (name, schema) in request_schemas() {
+            schemas.insert(name.to_owned(), schema);
+        }
+        // Every object this server sends or takes is closed, but an error,
+        // which may carry details (`field`, `children`, …).
+        for (name, schema) in schemas.iter_mut() {
+            if name != "ErrorBody" {
+                close_objects(schema);
+            }
+        }
+    }
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            add_shared_answers(path, op);
+            tighten_parameters(op);
+            // Bodies the server reads as `{}` when none is sent.
+            let optional = matches!(
+                (path.as_str(), method.as_str()),
+                ("/admin/sweep" | "/registry/heartbeat", "post") | ("/workspaces/{id}", "patch")
+            );
+            if optional && let Some(body) = op.get_mut("requestBody").and_then(Value::as_object_mut)
+            {
+                body.insert("required".to_owned(), Value::Bool(false));
+            }
+        }
+    }
+}
+
+/// Query parameters as strict as their parsers: `limit`'s range and
+/// `state`'s values.
+fn tighten_parameters(op: &mut Map<String, Value>) {
+    let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for param in params {
+        let name = param
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let schema = match name {
+            "limit" => json!({ "type": "integer", "minimum": 1, "maximum": 10000 }),
+            "state" => json!({
+                "type": "string",
+                "enum": holdfast_domain::VolumeState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            }),
+            _ => continue,
+        };
+        param["schema"] = schema;
+    }
+}
+
+/// Sets `additionalProperties: false` on every object schema that says
+/// nothing of it, at any depth.
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let is_object = match map.get("type") {
+                Some(Value::String(t)) => t == "object",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                _ => false,
+            };
+            if is_object
+                && map.contains_key("properties")
+                && !map.contains_key("additionalProperties")
+            {
+                map.insert("additionalProperties".to_owned(), Value::Bool(false));
+            }
+            for (key, value) in map.iter_mut() {
+                if key != "additionalProperties" {
+                    close_objects(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+fn add_shared_answers(path: &str, op: &mut Map<String, Value>) {
+    let secured = op.get("security").is_some();
+    let has_params = op
+        .get("parameters")
+        .and_then(Value::as_array)
+        .is_some_and(|p| !p.is_empty());
+    let has_body = op.contains_key("requestBody");
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut add = |status: &str, description: &str| {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| error_response(description));
+    };
+    if secured {
+        add("401", "no token, or one that is not accepted");
+    }
+    if has_params || has_body {
+        add(
+            "400",
+            "a malformed id, an unknown or bad query parameter, or a bad body (the `field` names it)",
+        );
+    }
+    // A path id that names nothing this token can see, and, to a token
+    // that may not use a route at all (a workspace token on the lifecycle
+    // routes, an org token on the admin's), the route itself: 404, never 403.
+    if secured || path.contains('{') {
+        add(
+            "404",
+            "no such resource visible to this token, or a route it may not use",
+        );
+    }
+    if has_body {
+        add("408", "the body did not arrive in time");
+        add("413", "the body is larger than 1 MiB");
+    }
+}
