@@ -122,7 +122,7 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             "cargo",
             &api,
         );
-        let on_containers = containers(root, ci, &api);
+        let on_containers = containers(root, ci, &db_env, &api);
         let on_postgres = match &postgres {
             Some(_) => {
                 let env = [db_env.clone(), vec![("HOLDFAST_TEST_STORE", "postgres")]].concat();
@@ -163,7 +163,7 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
 /// The API suite on the container backend, against a Podman of its own
 /// (started here, stopped when this returns). Outside CI a host without
 /// Podman skips it and says why.
-fn containers(root: &Path, ci: bool, api: &[&str]) -> anyhow::Result<()> {
+fn containers(root: &Path, ci: bool, db_env: &[(&str, &str)], api: &[&str]) -> anyhow::Result<()> {
     run(
         root,
         "build holdfast",
@@ -178,6 +178,8 @@ fn containers(root: &Path, ci: bool, api: &[&str]) -> anyhow::Result<()> {
     };
     let env = engine.test_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The replica tests need the throwaway PostgreSQL too.
+    let env = [db_env, &env[..]].concat();
     run_with_env(
         root,
         "API tests on the container backend",

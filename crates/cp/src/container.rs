@@ -830,9 +830,21 @@ impl Backend for ContainerBackend {
         let ws = v.workspace_id.to_string();
         // Ordering: every container that mounts the volume goes first (the
         // workspace's, helpers), so the volume is removed only once nothing
-        // uses it.
-        self.remove_container(&container_name(v.workspace_id))
-            .await?;
+        // uses it. A workspace that runs ephemeral after a switch does not
+        // mount it, and keeps running.
+        let name = container_name(v.workspace_id);
+        let mounts_it = match self.docker.inspect_container(&name, None).await {
+            Ok(c) => c
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|l| l.get(LABEL_DATA).cloned())
+                .is_none_or(|mode| mode != "ephemeral"),
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(anyhow::Error::new(engine_error("reading the container", e))),
+        };
+        if mounts_it {
+            self.remove_container(&name).await?;
+        }
         for helper in self
             .our_containers(&[(LABEL_WORKSPACE, &ws), (LABEL_KIND, "helper")])
             .await?
@@ -844,18 +856,36 @@ impl Backend for ContainerBackend {
             .await?
             .unwrap_or(0);
         failpoint::hit("erase.mid");
-        match self
-            .docker
-            .remove_volume(
-                &volume_name(v.workspace_id),
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
-            .await
-        {
-            Ok(()) => Ok(bytes),
-            // Already gone: a resumed erasure.
-            Err(e) if is_not_found(&e) => Ok(bytes),
-            Err(e) => Err(anyhow::Error::new(engine_error("removing the volume", e))),
+        // A size or export that began meanwhile holds a helper on the volume
+        // for a moment: remove helpers and try again a few times before
+        // leaving the erasure to the next pass (it stays `erasing`).
+        let mut attempt = 0;
+        loop {
+            match self
+                .docker
+                .remove_volume(
+                    &volume_name(v.workspace_id),
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+            {
+                Ok(()) => return Ok(bytes),
+                // Already gone: a resumed erasure.
+                Err(e) if is_not_found(&e) => return Ok(bytes),
+                Err(e) if status_of(&e) == Some(409) && attempt < 10 => {
+                    attempt += 1;
+                    for helper in self
+                        .our_containers(&[(LABEL_WORKSPACE, &ws), (LABEL_KIND, "helper")])
+                        .await?
+                    {
+                        self.drop_helper(&helper).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(engine_error("removing the volume", e)));
+                }
+            }
         }
     }
 

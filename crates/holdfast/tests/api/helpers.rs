@@ -1347,7 +1347,9 @@ async fn wait_for_pid_file(dir: &Path, previous: Option<u32>) -> u32 {
             let pid: u32 = text.trim().parse().ok()?;
             // In a container the script wrote the pid its namespace shows:
             // the tests watch and signal the host's view of that process.
-            let pid = if container_mode() {
+            let pid = if container_mode()
+                && file.starts_with(container_env("HOLDFAST_TEST_CONTAINER_VOLUMES"))
+            {
                 host_pid_of(&file, pid)?
             } else {
                 pid

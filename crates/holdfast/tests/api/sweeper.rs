@@ -3,10 +3,10 @@
 //! must never erase data of a live workspace nor anything before its grace.
 
 use crate::helpers::{
-    RECORDING_SCRIPT, TestApp, assert_files_intact, count_action, id_of, items_for, metric_value,
-    parse_time, plant_files, planted_bytes, process_is_running, read_lines, skip_in_remote_mode,
-    skip_on_container_backend, wait_for_lines, wait_for_pid, wait_for_pid_other_than,
-    wait_process_gone,
+    RECORDING_SCRIPT, TestApp, assert_files_intact, count_action, eventually, id_of, items_for,
+    metric_value, parse_time, plant_files, planted_bytes, process_is_running, read_lines,
+    skip_in_remote_mode, skip_on_container_backend, wait_for_lines, wait_for_pid,
+    wait_for_pid_other_than, wait_process_gone,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -50,14 +50,17 @@ async fn retention_expiry_erases_a_deleted_workspace_volume() {
         .await
         .expect_status(200);
     wait_process_gone(pid).await;
-    let retained = app.volume(&id).await;
+    // The size is measured after the stop, in the background (through the
+    // engine on the container backend): the record shows it soon after.
+    let want = planted_bytes(&planted);
+    let retained = eventually("a retained volume to show how much it holds", || async {
+        let v = app.volume(&id).await;
+        (v["bytes"].as_u64().unwrap_or(0) >= want).then_some(v)
+    })
+    .await;
     assert_eq!(retained["state"], "retained", "{retained}");
     assert_eq!(retained["reason"], "workspace_deleted", "{retained}");
     assert!(retained["erase_after"].is_null(), "{retained}");
-    assert!(
-        retained["bytes"].as_u64().unwrap_or(0) >= planted_bytes(&planted),
-        "a retained volume shows how much it holds: {retained}"
-    );
 
     // Within the retention grace a sweep keeps it.
     let report = app.sweep().await;
@@ -176,6 +179,12 @@ async fn an_orphan_directory_is_adopted_and_erased_only_after_the_retention_grac
 
 #[tokio::test]
 async fn a_dry_run_reports_every_planned_action_and_changes_nothing() {
+    if skip_on_container_backend(
+        "it plants an orphan directory under volumes/, the process backend's; containers.rs \
+         adopts an unknown labelled volume",
+    ) {
+        return;
+    }
     let app = TestApp::spawn_with_short_graces().await;
     let (erased, erased_pid) = app.running_persist_workspace("erase-me").await;
     let (retired, retired_pid) = app.running_persist_workspace("retire-me").await;
