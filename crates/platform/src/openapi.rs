@@ -52,6 +52,7 @@ mod strict;
         crate::data::SweepRequest, crate::data::AuditView, holdfast_cp::sweep::SweepReport,
         holdfast_cp::sweep::SweepItem, crate::orgs::CreateOrgRequest, crate::orgs::OrgView, crate::orgs::TokenView,
         crate::org::OrgDocumentSchema, crate::org::ImportResponse, crate::org::CreatedItem,
+        crate::org::ImportMode,
         crate::org::UpdatedItem, crate::org::RemovedItem,
     )),
     modifiers(&BearerAuth)

@@ -21,7 +21,6 @@ pub(crate) mod plan;
 
 use crate::App;
 use crate::auth::Caller;
-use crate::body::MAX_BODY_BYTES;
 use crate::dto::{ComputeSchema, ErrorBody, RuntimeSchema};
 use crate::error::{ApiError, ApiResult};
 use crate::events::Event;
@@ -105,13 +104,21 @@ pub struct ImportResponse {
 pub struct ImportParams {
     /// `reconcile` also removes the workspaces of the tree that the document
     /// no longer names (their data is kept). Left out: create and change only.
-    mode: Option<String>,
+    mode: Option<ImportMode>,
     /// Compute and answer the plan; change nothing.
     dry_run: Option<bool>,
     /// Admin only: the org to import into (default: the default org).
     org_id: Option<Uuid>,
-    /// Refused with 400: an import never erases data.
-    erase_data: Option<bool>,
+    // `erase_data` is not a parameter of this route: sent, it is a 400
+    // (`erase_not_allowed`), which the 400 answer documents.
+}
+
+/// The one mode there is besides the default.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents the query; parsed by `parse_query`.
+pub enum ImportMode {
+    Reconcile,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -139,26 +146,6 @@ impl From<DocError> for ApiError {
         }
         err
     }
-}
-
-fn bool_param(name: &str, v: &str) -> ApiResult<bool> {
-    match v {
-        "true" | "1" | "" => Ok(true),
-        "false" | "0" => Ok(false),
-        other => Err(ApiError::bad_request(
-            "invalid_field",
-            format!("{name}: must be true or false, got {other:?}"),
-        )),
-    }
-}
-
-fn uuid_param(name: &str, v: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(v).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_field",
-            format!("{name}: must be a UUID, got {v:?}"),
-        )
-    })
 }
 
 /// The document's format, from its `Content-Type`.
@@ -494,8 +481,8 @@ pub async fn import_org(
                     }
                 }
             }
-            "dry_run" => dry_run = bool_param("dry_run", &v)?,
-            "org_id" => org = Some(uuid_param("org_id", &v)?),
+            "dry_run" => dry_run = crate::routes::parse_bool("dry_run", &v)?,
+            "org_id" => org = Some(crate::routes::parse_uuid_param("org_id", &v)?),
             _ => {
                 return Err(ApiError::bad_request(
                     "erase_not_allowed",
@@ -508,15 +495,9 @@ pub async fn import_org(
     }
     let org = app.target_org(&caller, org).await?;
     let format = format_of(&headers)?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the document is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        })?;
+    // The shared reader: 413 past the size limit, 408 past the body
+    // deadline, like every other body.
+    let bytes = crate::body::read(body).await?;
     let doc = document::parse(format, &bytes)?;
     Ok(Json(
         app.import_tree(&caller, org, &doc, mode, dry_run).await?,
@@ -546,8 +527,9 @@ pub async fn export_org(
     let mut root = None;
     for (k, v) in parse_query(uri.query(), &["org_id", "root"])? {
         match k.as_str() {
-            "org_id" => org = Some(uuid_param("org_id", &v)?),
-            _ => root = Some(percent_decoded(&v)?),
+            "org_id" => org = Some(crate::routes::parse_uuid_param("org_id", &v)?),
+            // Already percent-decoded by `parse_query`.
+            _ => root = Some(v),
         }
     }
     let org = app.target_org(&caller, org).await?;
@@ -557,39 +539,4 @@ pub async fn export_org(
         document::to_yaml(&tree),
     )
         .into_response())
-}
-
-/// A query value, percent-decoded (`+` is a space, as forms send it).
-fn percent_decoded(v: &str) -> ApiResult<String> {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                let b = u8::from_str_radix(hex, 16).map_err(|_| {
-                    ApiError::bad_request("invalid_field", "root: bad percent-encoding")
-                })?;
-                out.push(b);
-                i += 3;
-            }
-            b'%' => {
-                return Err(ApiError::bad_request(
-                    "invalid_field",
-                    "root: bad percent-encoding",
-                ));
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| ApiError::bad_request("invalid_field", "root: must be UTF-8"))
 }

@@ -95,7 +95,7 @@ fn percent_decode(s: &str) -> Result<String, &'static str> {
     String::from_utf8(out).map_err(|_| "is not UTF-8 once percent-decoded")
 }
 
-fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
+pub(crate) fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
     match v {
         "true" | "1" | "" => Ok(true),
         "false" | "0" => Ok(false),

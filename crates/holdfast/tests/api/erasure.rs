@@ -441,9 +441,10 @@ async fn check_erase_crash_window(window: Window) {
     wait_process_gone(b_pid).await;
     wait_workspace_process_count(&b, 1).await;
     assert_files_intact(&b_dir, &b_files);
-    // B started again on its own data: its second start's line (the new
-    // process may not have written it yet when it is first seen).
-    wait_for_lines(&b_dir.join("data.txt"), 2).await;
+    assert!(
+        wait_for_lines(&b_dir.join("data.txt"), 2).await.len() >= 2,
+        "{failpoint}: B started again on its own data"
+    );
     assert_eq!(app.volume(&b).await["state"], "active");
     assert_eq!(app.volumes_in_state("erased").await.len(), 1);
 }

@@ -230,6 +230,30 @@ fn request_schemas() -> Vec<(&'static str, Value)> {
             }),
         ),
         (
+            // One node of an org document (`POST /org/import`): a workspace
+            // as `POST /workspaces` takes it, without ids, and its children.
+            "OrgDocumentSchema",
+            json!({
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": name_schema(),
+                    "role": role_schema(),
+                    "tier": { "type": ["integer", "null"], "minimum": 1, "maximum": 4 },
+                    "runtime": nullable_ref("RuntimeSchema"),
+                    "env": env_schema(),
+                    "compute": nullable_ref("ComputeSchema"),
+                    "children": {
+                        "type": ["array", "null"],
+                        "maxItems": 2000,
+                        "items": { "$ref": "#/components/schemas/OrgDocumentSchema" },
+                        "description": "names are unique among siblings; at most 32 levels and 2,000 workspaces in all",
+                    },
+                },
+                "additionalProperties": false,
+            }),
+        ),
+        (
             "CreateOrgRequest",
             json!({
                 "type": "object",
