@@ -441,7 +441,7 @@ async fn check_erase_crash_window(window: Window) {
     wait_workspace_process_count(&b, 1).await;
     assert_files_intact(&b_dir, &b_files);
     assert!(
-        read_lines(&b_dir.join("data.txt")).len() >= 2,
+        wait_for_lines(&b_dir.join("data.txt"), 2).await.len() >= 2,
         "{failpoint}: B started again on its own data"
     );
     assert_eq!(app.volume(&b).await["state"], "active");
