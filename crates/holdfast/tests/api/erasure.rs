@@ -5,8 +5,8 @@
 
 use crate::helpers::{
     RECORDING_SCRIPT, SHORT_GRACES, TestApp, assert_files_intact, count_action, events_with_action,
-    id_of, items_for, parse_time, plant_files, planted_bytes, process_is_running, read_lines,
-    wait_for_lines, wait_for_pid_other_than, wait_process_gone, wait_workspace_process_count,
+    id_of, items_for, parse_time, plant_files, planted_bytes, process_is_running, wait_for_lines,
+    wait_for_pid_other_than, wait_process_gone, wait_workspace_process_count,
 };
 use serde_json::{Value, json};
 
