@@ -38,11 +38,15 @@ pub enum WsCommand {
     },
     /// Create a workspace.
     Create {
+        /// Its name (1 to 64 characters).
         name: String,
+        /// What it is for (at most 256 characters).
         #[arg(long)]
         role: Option<String>,
-        #[arg(long)]
+        /// The id of its parent workspace.
+        #[arg(long, value_name = "ID")]
         parent: Option<String>,
+        /// 1 to 4: its memory, process and CPU limits (default 2).
         #[arg(long)]
         tier: Option<u8>,
         /// Saved data: persist, ephemeral or auto.
@@ -55,17 +59,22 @@ pub enum WsCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Show one workspace.
+    /// Show one workspace (removed ones too).
     Show {
+        /// The workspace's id.
         id: String,
     },
     /// Change a workspace (applies at its next start).
     Patch {
+        /// The workspace's id.
         id: String,
+        /// A new name.
         #[arg(long)]
         name: Option<String>,
+        /// A new role (`""` clears it).
         #[arg(long)]
         role: Option<String>,
+        /// A new tier, 1 to 4.
         #[arg(long)]
         tier: Option<u8>,
         /// Saved data: persist, ephemeral or auto.
@@ -74,29 +83,42 @@ pub enum WsCommand {
     },
     /// Stop (never erasing data) and start again.
     Restart {
+        /// The workspace's id.
         id: String,
     },
+    /// Stop it (never erasing data) until resumed.
     Pause {
+        /// The workspace's id.
         id: String,
+        /// Also pause its live descendants (needed when it has any).
         #[arg(long)]
         cascade: bool,
     },
+    /// Start a paused or hibernated workspace again.
     Resume {
+        /// The workspace's id.
         id: String,
+        /// Also resume its descendants.
         #[arg(long)]
         cascade: bool,
     },
+    /// Stop it (never erasing data); a message wakes it.
     Hibernate {
+        /// The workspace's id.
         id: String,
+        /// Also hibernate its live descendants (needed when it has any).
         #[arg(long)]
         cascade: bool,
     },
+    /// Start a hibernated workspace again.
     Wake {
+        /// The workspace's id.
         id: String,
     },
     /// Delete a workspace. Its data is kept for the retention grace unless
     /// --erase is given (then it is erased after the erase grace).
     Delete {
+        /// The workspace's id.
         id: String,
         /// Also erase its saved data (restorable during the erase grace).
         #[arg(long)]
@@ -110,11 +132,14 @@ pub enum WsCommand {
     },
     /// Bring back a deleted workspace with its data.
     Restore {
+        /// The workspace's id.
         id: String,
     },
     /// Download the workspace's data as a .tar.gz.
     Export {
+        /// The workspace's id.
         id: String,
+        /// The file to write (written as FILE.partial, renamed when complete).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
     },
@@ -123,14 +148,21 @@ pub enum WsCommand {
 #[derive(Debug, Subcommand)]
 pub enum OrgCommand {
     /// Create an org (admin).
-    Create { name: String },
+    Create {
+        /// Its name (unique).
+        name: String,
+    },
     /// List orgs (admin).
     List,
-    /// Mint a token for an org (admin); it is shown once.
-    Token { org_id: String },
+    /// Mint a token for an org (admin); it is shown once, alone on stdout.
+    Token {
+        /// The org's id.
+        org_id: String,
+    },
     /// Import a tree of workspaces from a YAML (or .json) file: create what
     /// is missing, change what differs (at each workspace's next start).
     Import {
+        /// The document: YAML, or JSON when its name ends in `.json`.
         file: PathBuf,
         /// Also remove the workspaces of the tree that the file no longer
         /// names. Their saved data is kept for the retention grace, and a
@@ -162,6 +194,8 @@ pub enum OrgCommand {
 pub enum VolumesCommand {
     /// List volume records.
     List {
+        /// Only volumes in this state: active, retained, erase_pending,
+        /// erasing or erased.
         #[arg(long)]
         state: Option<String>,
     },

@@ -24,7 +24,9 @@ pub enum CpCommand {
 pub enum TenantCommand {
     /// Create a tenant and print its token, once, alone on stdout.
     Add {
+        /// The tenant's name (1 to 64 characters).
         name: String,
+        /// The control plane's data dir (where its store is).
         #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./.holdfast-cp")]
         data_dir: PathBuf,
         /// The control plane's PostgreSQL, if it uses one.
@@ -35,6 +37,7 @@ pub enum TenantCommand {
 
 #[derive(Debug, Args)]
 pub struct CpServeArgs {
+    /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "HOLDFAST_LISTEN", default_value = "127.0.0.1:7421")]
     listen: String,
     /// Where the control plane keeps its database, volumes, scratch data and
@@ -51,6 +54,7 @@ pub struct CpServeArgs {
     policy: crate::serve::PolicyArgs,
     #[command(flatten)]
     http: crate::serve::HttpArgs,
+    /// How often the sweeper runs (it also runs at start).
     #[arg(long, env = "HOLDFAST_SWEEP_INTERVAL", default_value = "60s")]
     sweep_interval: DurationArg,
 }

@@ -100,3 +100,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cp { cmd } => rt.block_on(cp_cmd::run(cmd)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand and argument in `cmd`'s tree that has no help text,
+    /// as `holdfast ws create --role`-like paths.
+    fn missing_help(cmd: &clap::Command) -> Vec<String> {
+        let mut cmd = cmd.clone();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, cmd.get_name(), &mut missing);
+        missing
+    }
+
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                let name = match arg.get_long() {
+                    Some(long) => format!("--{long}"),
+                    None => format!("<{}>", arg.get_id()),
+                };
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            // clap's own `help` subcommand lists the others again, bare.
+            if sub.get_name() != "help" {
+                walk(sub, &sub_path, missing);
+            }
+        }
+    }
+
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        let missing = missing_help(&Cli::command());
+        assert!(
+            missing.is_empty(),
+            "these have no help text (add a /// doc comment):\n  {}",
+            missing.join("\n  ")
+        );
+    }
+
+    #[test]
+    fn the_help_check_finds_what_lacks_help() {
+        // A positive control: a tree with one undocumented subcommand and
+        // one undocumented argument of each kind.
+        let planted = clap::Command::new("t").about("documented").subcommand(
+            clap::Command::new("bare")
+                .arg(clap::Arg::new("id"))
+                .arg(clap::Arg::new("flag").long("flag")),
+        );
+        assert_eq!(
+            missing_help(&planted),
+            vec!["t bare", "t bare <id>", "t bare --flag"]
+        );
+    }
+}

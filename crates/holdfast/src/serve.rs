@@ -278,14 +278,17 @@ fn replica_id(data_dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// Logs to stderr, filtered by `HOLDFAST_LOG` (default `info`).
+/// Logs to stderr, filtered by `HOLDFAST_LOG` (default `info`), coloured
+/// only when stderr is a terminal: a log file or a journal gets plain text.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

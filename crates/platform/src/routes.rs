@@ -251,7 +251,11 @@ pub async fn patch_workspace(
 #[utoipa::path(
     post, path = "/workspaces/{id}/restart",
     params(("id" = Uuid, Path, description = "workspace id")),
-    responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, body = WorkspaceView),
+        (status = 404, body = ErrorBody, description = "no such workspace, or removed"),
+        (status = 409, body = ErrorBody, description = "paused_ancestor: an ancestor is paused"),
+    ),
     security(("bearer" = []))
 )]
 pub async fn restart_workspace(
