@@ -97,7 +97,10 @@ fn percent_decode(s: &str) -> Result<String, &'static str> {
 
 pub(crate) fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
     match v {
-        "true" | "1" | "" => Ok(true),
+        // A bare `?flag` (an empty value) is refused like any other value
+        // that is not a boolean: the document says boolean, and a client
+        // that means true says so.
+        "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
         other => Err(ApiError::bad_request(
             "invalid_field",
