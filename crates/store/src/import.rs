@@ -39,8 +39,8 @@ async fn audit(
     now: Millis,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
-         VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)",
+        "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail, org_id) \
+         VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, (SELECT org_id FROM workspaces WHERE id = $5))",
     )
     .bind(Uuid::new_v4().to_string())
     .bind(now)

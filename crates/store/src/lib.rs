@@ -18,7 +18,7 @@ mod tokens;
 mod volumes;
 mod workspaces;
 
-pub use audit::{AuditEvent, NewAuditEvent};
+pub use audit::{AuditEvent, AuditScope, NewAuditEvent};
 pub use import::{ImportUpdate, ImportWrite};
 pub use orgs::Org;
 pub use sessions::{Session, SessionIdentity};

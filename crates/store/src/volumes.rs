@@ -477,8 +477,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
-             VALUES ($1, $2, $3, 'volume.erased', $4, $5, $6, $7)",
+            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail, org_id) \
+             VALUES ($1, $2, $3, 'volume.erased', $4, $5, $6, $7, (SELECT org_id FROM workspaces WHERE id = $4))",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(now)
@@ -525,8 +525,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
-             VALUES ($1, $2, 'sweeper', 'volume.adopted', $3, $4, 'orphaned_on_disk', $5)",
+            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail, org_id) \
+             VALUES ($1, $2, 'sweeper', 'volume.adopted', $3, $4, 'orphaned_on_disk', $5, \
+             (SELECT org_id FROM workspaces WHERE id = $3))",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(now)

@@ -286,6 +286,18 @@ impl Store {
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
 
+    /// The ids of an org's workspaces, removed ones too.
+    pub async fn workspace_ids_of_org(
+        &self,
+        org: Uuid,
+    ) -> StoreResult<std::collections::HashSet<Uuid>> {
+        let rows = sqlx::query("SELECT id FROM workspaces WHERE org_id = $1")
+            .bind(org.to_string())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| parse_uuid(r, "id")).collect()
+    }
+
     /// Live (not removed) descendants of `id`, nearest first.
     #[tracing::instrument(skip_all, name = "store.live_descendants", fields(workspace_id = %id))]
     pub async fn live_descendants(&self, id: Uuid) -> StoreResult<Vec<WorkspaceRow>> {

@@ -25,3 +25,4 @@ mod secrets;
 mod sweeper;
 mod tenancy;
 mod validation;
+mod visibility;
