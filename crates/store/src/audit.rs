@@ -71,7 +71,7 @@ impl Store {
         .bind(ev.volume_id.map(|v| v.to_string()))
         .bind(ev.reason)
         .bind(ev.detail.map(|d| d.to_string()))
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(id)
     }
@@ -128,7 +128,7 @@ impl Store {
         let rows = q
             .bind(limit)
             .bind(offset.max(0))
-            .fetch_all(self.pool())
+            .fetch_all(self.read())
             .await?;
         rows.iter().map(AuditEvent::from_row).collect()
     }

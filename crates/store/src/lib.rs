@@ -10,6 +10,7 @@
 //! transaction is held across a call to the control plane or the filesystem.
 
 mod audit;
+mod cache;
 mod import;
 mod orgs;
 mod sessions;
@@ -58,11 +59,31 @@ pub enum Dialect {
     Postgres,
 }
 
-/// The store. Cheap to clone.
+/// The store. Cheap to clone (clones share the pool and the read cache).
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    cache: std::sync::Arc<cache::ReadCache>,
+}
+
+/// The pool, for statements that may write: dropping it (after the
+/// statement or transaction is done) invalidates the read cache.
+pub(crate) struct Written<'a> {
+    store: &'a Store,
+}
+
+impl std::ops::Deref for Written<'_> {
+    type Target = AnyPool;
+    fn deref(&self) -> &AnyPool {
+        &self.store.pool
+    }
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        self.store.cache.wrote();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -113,6 +134,8 @@ impl Store {
         Ok(Store {
             pool,
             dialect: Dialect::Sqlite,
+            // This process is the file's only writer: see `cache.rs`.
+            cache: std::sync::Arc::new(cache::ReadCache::new(true)),
         })
     }
 
@@ -146,6 +169,8 @@ impl Store {
         Ok(Store {
             pool,
             dialect: Dialect::Postgres,
+            // Other replicas write here too: no cache (see `cache.rs`).
+            cache: std::sync::Arc::new(cache::ReadCache::new(false)),
         })
     }
 
@@ -153,8 +178,16 @@ impl Store {
         self.dialect
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
+    /// The pool, for statements that only read. Anything that may write
+    /// goes through [`Store::write`] instead (a test checks the sources).
+    pub(crate) fn read(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool, for statements and transactions that may write; see
+    /// [`Written`].
+    pub(crate) fn write(&self) -> Written<'_> {
+        Written { store: self }
     }
 }
 
@@ -239,5 +272,57 @@ pub mod testing {
             None => base,
         };
         Ok(format!("{base}/{name}{query}"))
+    }
+}
+
+#[cfg(test)]
+mod write_paths {
+    /// Every store function whose SQL may write uses `Store::write`, whose
+    /// guard invalidates the read cache; `Store::read` is for reads only.
+    /// A function that reads through `read()` and holds a writing statement
+    /// fails here.
+    #[test]
+    fn no_write_goes_through_the_read_pool() {
+        let sources = [
+            ("audit.rs", include_str!("audit.rs")),
+            ("import.rs", include_str!("import.rs")),
+            ("orgs.rs", include_str!("orgs.rs")),
+            ("sessions.rs", include_str!("sessions.rs")),
+            ("tenants.rs", include_str!("tenants.rs")),
+            ("tokens.rs", include_str!("tokens.rs")),
+            ("volumes.rs", include_str!("volumes.rs")),
+            ("workspaces.rs", include_str!("workspaces.rs")),
+        ];
+        let mut checked = 0;
+        for (file, text) in sources {
+            // Each use of `read()` with the statement it runs: the text back
+            // to the `sqlx::query` before it.
+            let mut rest = text;
+            while let Some(at) = rest.find("self.read()") {
+                let statement = &rest[rest[..at].rfind("sqlx::query").unwrap_or(0)..at];
+                checked += 1;
+                assert!(
+                    !writes(statement),
+                    "{file}: a statement that may write runs through `read()`: {statement}"
+                );
+                rest = &rest[at + 1..];
+            }
+        }
+        assert!(
+            checked > 10,
+            "the scan found the read functions ({checked})"
+        );
+    }
+
+    fn writes(statement: &str) -> bool {
+        ["INSERT ", "UPDATE ", "DELETE ", ".begin()"]
+            .iter()
+            .any(|verb| statement.contains(verb))
+    }
+
+    #[test]
+    fn the_scan_catches_a_planted_write() {
+        assert!(writes("sqlx::query(\"UPDATE x SET y = 1\").execute("));
+        assert!(!writes("sqlx::query(\"SELECT y FROM x\").fetch_all("));
     }
 }

@@ -221,7 +221,7 @@ impl Store {
         ws: &NewWorkspace,
         now: Millis,
     ) -> StoreResult<WorkspaceRow> {
-        insert_query(ws, now).execute(self.pool()).await?;
+        insert_query(ws, now).execute(&*self.write()).await?;
         // Built from what was written rather than read back: create is on
         // the path measured by the create → online benchmark.
         Ok(WorkspaceRow {
@@ -256,11 +256,17 @@ impl Store {
 
     #[tracing::instrument(skip_all, name = "store.get_workspace", fields(workspace_id = %id))]
     pub async fn get_workspace(&self, id: Uuid) -> StoreResult<Option<WorkspaceRow>> {
+        if let Some(hit) = self.cache.get::<Option<WorkspaceRow>>(&id) {
+            return Ok(hit);
+        }
+        let epoch = self.cache.begin_read();
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.read())
             .await?;
-        row.as_ref().map(WorkspaceRow::from_row).transpose()
+        let ws = row.as_ref().map(WorkspaceRow::from_row).transpose()?;
+        self.cache.put(epoch, id, ws.clone());
+        Ok(ws)
     }
 
     /// Workspaces, oldest first; `org` narrows to one org.
@@ -282,7 +288,7 @@ impl Store {
         if let Some(org) = org {
             q = q.bind(org.to_string());
         }
-        let rows = q.fetch_all(self.pool()).await?;
+        let rows = q.fetch_all(self.read()).await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
 
@@ -293,7 +299,7 @@ impl Store {
     ) -> StoreResult<std::collections::HashSet<Uuid>> {
         let rows = sqlx::query("SELECT id FROM workspaces WHERE org_id = $1")
             .bind(org.to_string())
-            .fetch_all(self.pool())
+            .fetch_all(self.read())
             .await?;
         rows.iter().map(|r| parse_uuid(r, "id")).collect()
     }
@@ -318,7 +324,7 @@ impl Store {
         );
         let rows = sqlx::query(&sql)
             .bind(id.to_string())
-            .fetch_all(self.pool())
+            .fetch_all(self.read())
             .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
@@ -331,7 +337,8 @@ impl Store {
         patch: &WorkspacePatch,
         now: Millis,
     ) -> StoreResult<WorkspaceRow> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
@@ -383,7 +390,7 @@ impl Store {
         .bind(now)
         .bind(isolation.map(str::to_owned))
         .bind(limits.map(str::to_owned))
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }
@@ -398,7 +405,7 @@ impl Store {
         .bind(id.to_string())
         .bind(status.as_str())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }
@@ -409,7 +416,7 @@ impl Store {
             .bind(id.to_string())
             .bind(url.to_owned())
             .bind(now)
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -421,7 +428,7 @@ impl Store {
         )
         .bind(id.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }
@@ -445,7 +452,7 @@ impl Store {
         .bind(holder.to_owned())
         .bind(until)
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -454,7 +461,7 @@ impl Store {
         sqlx::query("UPDATE workspaces SET lease_holder = NULL, lease_until = NULL WHERE id = $1 AND lease_holder = $2")
             .bind(id.to_string())
             .bind(holder.to_owned())
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -476,7 +483,7 @@ impl Store {
         .bind(holder.to_owned())
         .bind(until)
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -485,7 +492,7 @@ impl Store {
         sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(name.to_owned())
             .bind(holder.to_owned())
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -506,7 +513,7 @@ impl Store {
         .bind(id.to_string())
         .bind(desired.as_str())
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(&*self.write())
         .await?
         .ok_or(StoreError::NotFound)?;
         Ok(row.try_get("generation")?)
@@ -527,7 +534,8 @@ impl Store {
         actor: &str,
         now: Millis,
     ) -> StoreResult<u64> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let mut n = 0;
         for id in ids {
             n += mark_one_removed(&mut tx, *id, erase, actor, now).await?;
@@ -550,7 +558,8 @@ impl Store {
         actor: &str,
         now: Millis,
     ) -> StoreResult<u64> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         if mark_one_removed(&mut tx, root, erase, actor, now).await? == 0 {
             // Dropped without commit: rolled back.
             return Err(StoreError::Conflict("workspace is already removed".into()));
@@ -570,7 +579,7 @@ impl Store {
              url = NULL, started_at = NULL, last_heartbeat = NULL WHERE id = $1",
         )
             .bind(id.to_string())
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -580,7 +589,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM workspaces WHERE removed_at IS NOT NULL AND compute_released = 0"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
@@ -594,7 +603,7 @@ impl Store {
             .bind(id.to_string())
             .bind(status.as_str())
             .bind(now)
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -615,7 +624,7 @@ impl Store {
         .bind(Status::Provisioning.as_str())
         .bind(DesiredState::Running.as_str())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -623,7 +632,7 @@ impl Store {
     /// Workspaces per status, for metrics.
     pub async fn count_workspaces_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM workspaces GROUP BY status")
-            .fetch_all(self.pool())
+            .fetch_all(self.read())
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
@@ -651,26 +660,40 @@ impl Store {
         .bind(token_hash.to_owned())
         .bind(status.as_str())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }
 
     /// The live workspace whose current token hashes to `hash`.
     pub async fn workspace_by_token(&self, hash: &str) -> StoreResult<Option<(Uuid, Uuid)>> {
-        let row = sqlx::query(
-            "SELECT id, org_id FROM workspaces WHERE token_hash = $1 AND removed_at IS NULL",
-        )
-        .bind(hash.to_owned())
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| {
-            Ok((
-                crate::parse_uuid(&r, "id")?,
-                crate::parse_uuid(&r, "org_id")?,
-            ))
+        use crate::cache::{TokenKind, TokenOwner};
+        let key = (hash.to_owned(), TokenKind::Workspace);
+        let owner = match self.cache.get::<TokenOwner>(&key) {
+            Some(hit) => hit,
+            None => {
+                let epoch = self.cache.begin_read();
+                let row = sqlx::query(
+                    "SELECT id, org_id FROM workspaces WHERE token_hash = $1 AND removed_at IS NULL",
+                )
+                .bind(hash.to_owned())
+                .fetch_optional(self.read())
+                .await?;
+                let owner = match row {
+                    Some(r) => TokenOwner::Workspace {
+                        id: crate::parse_uuid(&r, "id")?,
+                        org: crate::parse_uuid(&r, "org_id")?,
+                    },
+                    None => TokenOwner::Nobody,
+                };
+                self.cache.put(epoch, key, owner);
+                owner
+            }
+        };
+        Ok(match owner {
+            TokenOwner::Workspace { id, org } => Some((id, org)),
+            _ => None,
         })
-        .transpose()
     }
 }
 
@@ -685,7 +708,7 @@ impl Store {
             "SELECT {COLUMNS} FROM workspaces WHERE removed_at IS NULL \
              AND NOT (desired IN ('paused', 'hibernated') AND instance_id IS NULL AND status = desired)"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
