@@ -62,10 +62,19 @@ pub enum Dialect {
 /// The store. Cheap to clone (clones share the pool and the read cache).
 #[derive(Clone)]
 pub struct Store {
+    /// Every statement that may write, and every transaction.
     pool: AnyPool,
+    /// Statements that only read: on SQLite a few connections of their own
+    /// (WAL lets them read while the writer writes), on PostgreSQL the same
+    /// pool as `pool`.
+    reader: AnyPool,
     dialect: Dialect,
     cache: std::sync::Arc<cache::ReadCache>,
 }
+
+/// Reader connections of a SQLite store: two cores' worth, plus one so a
+/// long read (a reconciler pass over the fleet) does not hold up the rest.
+const READERS: u32 = 3;
 
 /// The pool, for statements that may write: dropping it (after the
 /// statement or transaction is done) invalidates the read cache.
@@ -131,8 +140,28 @@ impl Store {
             .await
             .context("running SQLite migrations")?;
         private_files(path)?;
+        // Readers: their own connections, so that a read never queues
+        // behind the writer (or behind a long read such as a reconciler
+        // pass). `query_only` makes a write sent to them fail loudly
+        // rather than bypass the single writer.
+        let reader = AnyPoolOptions::new()
+            .min_connections(1)
+            .max_connections(READERS)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA query_only=ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .with_context(|| format!("opening SQLite database {} to read", path.display()))?;
         Ok(Store {
             pool,
+            reader,
             dialect: Dialect::Sqlite,
             // This process is the file's only writer: see `cache.rs`.
             cache: std::sync::Arc::new(cache::ReadCache::new(true)),
@@ -167,6 +196,7 @@ impl Store {
             .await
             .context("running PostgreSQL migrations")?;
         Ok(Store {
+            reader: pool.clone(),
             pool,
             dialect: Dialect::Postgres,
             // Other replicas write here too: no cache (see `cache.rs`).
@@ -181,7 +211,7 @@ impl Store {
     /// The pool, for statements that only read. Anything that may write
     /// goes through [`Store::write`] instead (a test checks the sources).
     pub(crate) fn read(&self) -> &AnyPool {
-        &self.pool
+        &self.reader
     }
 
     /// The pool, for statements and transactions that may write; see
