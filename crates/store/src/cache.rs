@@ -46,6 +46,18 @@ pub(crate) struct ReadCache {
     enabled: bool,
     epoch: AtomicU64,
     inner: Mutex<Inner>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// How the read cache has done since start, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub enabled: bool,
+    pub hits: u64,
+    pub misses: u64,
+    /// Writes, each of which ended every entry's validity.
+    pub writes: u64,
 }
 
 #[derive(Default)]
@@ -105,6 +117,17 @@ impl ReadCache {
             enabled,
             epoch: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            enabled: self.enabled,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            writes: self.epoch.load(Ordering::Relaxed),
         }
     }
 
@@ -135,12 +158,18 @@ impl ReadCache {
         if inner.epoch != now {
             inner.clear();
             inner.epoch = now;
-            return None;
         }
-        match E::map(&mut inner).get(key) {
+        let found = match E::map(&mut inner).get(key) {
             Some((at, v)) if at.elapsed() < TTL => Some(v.clone()),
             _ => None,
-        }
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// Keeps what was read under `epoch`, unless something was written since.

@@ -20,6 +20,7 @@ mod volumes;
 mod workspaces;
 
 pub use audit::{AuditEvent, AuditScope, NewAuditEvent};
+pub use cache::CacheStats;
 pub use import::{ImportUpdate, ImportWrite};
 pub use orgs::Org;
 pub use sessions::{Session, SessionIdentity};
@@ -206,6 +207,11 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Hits and misses of the read cache (see `cache.rs`).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// The pool, for statements that only read. Anything that may write

@@ -43,9 +43,10 @@ pub fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Vec<u8> {
 }
 
 /// Runs `connections` connections against `addr` for `duration`; connection
-/// `i` sends `requests[(i + k) % len]` as its `k`-th request, so a list of
-/// many requests spreads over every connection. Every answer must have
-/// status `expect`.
+/// `i` starts `i * len / connections` into the list of requests and walks it
+/// round, so that the connections spread over a list of many requests
+/// rather than moving through it together. Every answer must have status
+/// `expect`.
 pub async fn run(
     addr: SocketAddr,
     requests: Vec<Vec<u8>>,
@@ -69,7 +70,8 @@ pub async fn run(
             let mut tasks = tokio::task::JoinSet::new();
             for i in 0..connections {
                 let requests = requests.clone();
-                tasks.spawn(connection(addr, requests, i, deadline, expect));
+                let first = i * requests.len() / connections;
+                tasks.spawn(connection(addr, requests, first, deadline, expect));
             }
             let mut total = Load {
                 requests: 0,

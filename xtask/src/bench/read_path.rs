@@ -279,6 +279,25 @@ struct Step {
     idle_cpu: Option<f64>,
     sequential: Load,
     loaded: Load,
+    /// Cache hits, misses and store writes during the two load runs.
+    cache: Option<(f64, f64, f64)>,
+}
+
+/// A sample of `/metrics`: `name` or `name{labels}`, as written.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Hits, misses and writes of the server's read cache so far.
+async fn cache_counters(server: &Server) -> Option<(f64, f64, f64)> {
+    let text = server.metrics().await.ok()?;
+    Some((
+        metric(&text, "holdfast_store_cache_lookups_total{result=\"hit\"}")?,
+        metric(&text, "holdfast_store_cache_lookups_total{result=\"miss\"}")?,
+        metric(&text, "holdfast_store_writes_total")?,
+    ))
 }
 
 /// The fleet at scale: grows to 1,000 running workspaces, then to `max`,
@@ -346,9 +365,13 @@ pub async fn scale(bin: &Path, scratch: &Path, max: usize, secs: u64) -> anyhow:
             &lo,
         );
         s.line(format!(
-            "  ({:.0} req/s on one connection, {:.0} req/s on {CONNECTIONS}, random ids of the fleet)",
+            "  ({:.0} req/s on one connection, {:.0} req/s on {CONNECTIONS}, random ids of the fleet{})",
             st.sequential.per_second(),
-            st.loaded.per_second()
+            st.loaded.per_second(),
+            st.cache.map_or(String::new(), |(hits, misses, writes)| format!(
+                "; store read cache {:.0} % hits, {writes:.0} store writes meanwhile",
+                hits * 100.0 / (hits + misses).max(1.0)
+            ))
         ));
     }
     if let Some(why) = &stopped_by {
@@ -463,8 +486,14 @@ async fn grow_and_measure(
         .map(|id| load::get(addr, &format!("/workspaces/{id}"), Some(token)))
         .collect();
     let d = Duration::from_secs(secs);
+    let before = cache_counters(server).await;
     let sequential = load::run(addr, reqs.clone(), 1, d, 200).await?;
     let loaded = load::run(addr, reqs, CONNECTIONS, d, 200).await?;
+    let after = cache_counters(server).await;
+    let cache = match (before, after) {
+        (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1, b.2 - a.2)),
+        _ => None,
+    };
     Ok(Step {
         count: ids.len(),
         created_in,
@@ -473,6 +502,7 @@ async fn grow_and_measure(
         idle_cpu,
         sequential,
         loaded,
+        cache,
     })
 }
 
