@@ -28,6 +28,8 @@ const TARGET_IDLE_CPU_1000: f64 = 0.3;
 
 /// Keep-alive connections of every load run (as the wrk run).
 const CONNECTIONS: usize = 32;
+/// How many distinct wrong tokens the flood row cycles through.
+const DISTINCT_WRONG_TOKENS: u64 = 300_000;
 /// A token of the right shape that no one was ever given.
 const WRONG_TOKEN: &str = "hfo_00000000000000000000000000000000000000000000000000000000deadbeef";
 
@@ -154,8 +156,10 @@ async fn measure_reads(server: &Server, secs: u64) -> anyhow::Result<Section> {
     let d = Duration::from_secs(secs);
     let health = load::get(addr, "/health", None);
     let one = |path: &str, token: Option<&str>| vec![load::get(addr, path, token)];
-    // Distinct well-formed wrong tokens: what a flood of guesses looks like.
-    let distinct: Vec<Vec<u8>> = (0..10_000u64)
+    // Distinct well-formed wrong tokens, more than the server can keep in
+    // memory for as long as a round of them takes: each is a store lookup,
+    // as a flood of guesses would be.
+    let distinct: Vec<Vec<u8>> = (0..DISTINCT_WRONG_TOKENS)
         .map(|i| load::get(addr, "/workspaces", Some(&format!("hfo_{i:064x}"))))
         .collect();
 
