@@ -204,7 +204,7 @@ async fn measure_reads(server: &Server, secs: u64) -> anyhow::Result<Section> {
     rate_line(&mut s, "GET /workspaces, one wrong token", &wrong);
     rate_line(
         &mut s,
-        "GET /workspaces, 10,000 distinct wrong tokens",
+        &format!("GET /workspaces, {DISTINCT_WRONG_TOKENS} distinct wrong tokens"),
         &wrong_many,
     );
     rate_line(&mut s, "GET /health (last)", &h2);
