@@ -159,6 +159,9 @@ pub enum CpError {
     /// The backend (a container engine) does not answer: try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// The control plane itself (a remote `cp serve`) does not answer.
+    #[error("{0}")]
+    Unreachable(String),
     /// The workspace's container image is not on the engine.
     #[error("{0}")]
     ImageMissing(String),
@@ -169,7 +172,7 @@ pub enum CpError {
 impl From<holdfast_store::StoreError> for CpError {
     fn from(e: holdfast_store::StoreError) -> Self {
         match e {
-            holdfast_store::StoreError::Conflict(m) => CpError::Conflict(m),
+            e @ holdfast_store::StoreError::VolumeMoved { .. } => CpError::Conflict(e.to_string()),
             other => CpError::Other(anyhow::Error::new(other)),
         }
     }

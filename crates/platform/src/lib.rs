@@ -74,6 +74,9 @@ pub struct App {
     reconcile_soon: tokio::sync::Notify,
     /// How long a canvas session lasts after sign-in.
     session_ttl: std::time::Duration,
+    /// The volume this server last read of each workspace, and when: what a
+    /// read answers (marked stale) while the control plane is unreachable.
+    last_known: Mutex<HashMap<Uuid, (holdfast_cp::VolumeInfo, holdfast_domain::Millis)>>,
 }
 
 impl App {
@@ -118,6 +121,7 @@ impl App {
             over_quota: Mutex::new(Default::default()),
             reconcile_soon: tokio::sync::Notify::new(),
             session_ttl,
+            last_known: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -25,7 +25,7 @@ use crate::events::Event;
 use holdfast_cp::{InstanceState, ProvisionRequest};
 use holdfast_domain::failpoint;
 use holdfast_domain::{DesiredState, Runtime, Status, now_millis};
-use holdfast_store::WorkspaceRow;
+use holdfast_store::{Fence, WorkspaceRow};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -65,10 +65,82 @@ enum Seen {
     Gone,
 }
 
-/// How long a replica's lease on a workspace lasts: longer than any single
-/// start or stop (a stop waits at most its stop timeout). Another replica
-/// waits at most this long for one that died holding it.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a replica's lease on a workspace lasts unless renewed. An
+/// operation renews it every [`LEASE_RENEW`] while it runs, however long a
+/// stop takes; a replica that died holds it up for at most this long.
+const LEASE: Duration = Duration::from_secs(10);
+const LEASE_RENEW: Duration = Duration::from_secs(3);
+
+/// How long a request waits for a lease another replica holds before it
+/// answers 503 (its intent is written; the reconciler carries it out).
+pub(crate) const REQUEST_LEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// A replica's hold on one workspace: on a shared database, a lease on its
+/// row, renewed in the background while held, whose fence every write of
+/// observed state carries. On SQLite (one replica) there is nothing to
+/// fence and the local lock suffices.
+pub(crate) struct Lease {
+    id: Uuid,
+    fence: Option<Fence>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lease {
+    pub(crate) fn fence(&self) -> Option<Fence> {
+        self.fence
+    }
+
+    /// No lease: for what a runtime reports of itself (its registration),
+    /// which whichever replica it reaches records.
+    fn unfenced(id: Uuid) -> Lease {
+        Lease {
+            id,
+            fence: None,
+            renewer: None,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
+}
+
+/// Why the reconciler could not act, typed for the callers that branch on it
+/// (the API turns each into its status).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Another replica holds the workspace's lease.
+    #[error("another replica is acting on this workspace; try again shortly")]
+    Busy,
+    /// A restore asked for while the parent is (again) removed.
+    #[error("the workspace's parent {0} is removed; restore the parent first")]
+    ParentRemoved(Uuid),
+    #[error(transparent)]
+    Store(#[from] holdfast_store::StoreError),
+    #[error(transparent)]
+    Cp(#[from] holdfast_cp::CpError),
+}
+
+pub type ReconcileResult<T> = Result<T, ReconcileError>;
+
+impl From<ReconcileError> for crate::error::ApiError {
+    fn from(e: ReconcileError) -> Self {
+        match e {
+            ReconcileError::Busy => crate::error::ApiError::busy(),
+            ReconcileError::ParentRemoved(parent) => crate::error::ApiError::conflict(
+                "parent_removed",
+                "the workspace's parent is removed; restore the parent first",
+            )
+            .with("parent_id", parent.to_string()),
+            ReconcileError::Store(e) => e.into(),
+            ReconcileError::Cp(e) => e.into(),
+        }
+    }
+}
 
 /// Timing knobs of the reconciler.
 #[derive(Debug, Clone)]
@@ -149,12 +221,15 @@ impl App {
     pub(crate) async fn set_status(
         &self,
         ws: &mut WorkspaceRow,
+        lease: &Lease,
         status: Status,
-    ) -> anyhow::Result<()> {
+    ) -> ReconcileResult<()> {
         if ws.status == status {
             return Ok(());
         }
-        self.store.set_status(ws.id, status, now_millis()).await?;
+        self.store
+            .set_status(ws.id, lease.fence(), status, now_millis())
+            .await?;
         ws.status = status;
         self.events.publish(Event::status(status, ws.id, ws.org_id));
         Ok(())
@@ -237,88 +312,133 @@ impl App {
     }
 
     /// Takes the workspace's lease, waiting up to `wait` for another replica
-    /// to finish. False if it could not be had.
-    pub(crate) async fn lease(&self, id: Uuid, wait: Duration) -> anyhow::Result<bool> {
+    /// to finish; `None` if it could not be had. Held, it is renewed in the
+    /// background until [`App::release`] (or until it is dropped).
+    pub(crate) async fn lease(&self, id: Uuid, wait: Duration) -> ReconcileResult<Option<Lease>> {
         if !self.shared_store() {
-            return Ok(true);
+            return Ok(Some(Lease {
+                id,
+                fence: None,
+                renewer: None,
+            }));
         }
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(60_000);
         let deadline = Instant::now() + wait;
         loop {
             let now = now_millis();
-            let until = now + i64::try_from(LEASE.as_millis()).unwrap_or(60_000);
-            if self
+            if let Some(fence) = self
                 .store
-                .try_lease_workspace(id, &self.replica_id, until, now)
+                .try_lease_workspace(id, &self.replica_id, now + ms(LEASE), now)
                 .await?
             {
-                return Ok(true);
+                let store = self.store.clone();
+                let holder = self.replica_id.clone();
+                let renewer = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(LEASE_RENEW).await;
+                        match store
+                            .renew_workspace_lease(id, &holder, fence, now_millis() + ms(LEASE))
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                // Its writes are refused from now on.
+                                tracing::warn!(workspace_id = %id, "workspace lease lost to another replica");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(workspace_id = %id, error = %e, "renewing a workspace lease failed");
+                            }
+                        }
+                    }
+                });
+                return Ok(Some(Lease {
+                    id,
+                    fence: Some(fence),
+                    renewer: Some(renewer),
+                }));
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
-    pub(crate) async fn release(&self, id: Uuid) {
-        if self.shared_store()
+    /// [`App::lease`] for a request: a lease another replica holds past
+    /// [`REQUEST_LEASE_WAIT`] is [`ReconcileError::Busy`], a 503.
+    pub(crate) async fn lease_or_busy(&self, id: Uuid) -> ReconcileResult<Lease> {
+        self.lease(id, REQUEST_LEASE_WAIT)
+            .await?
+            .ok_or(ReconcileError::Busy)
+    }
+
+    pub(crate) async fn release(&self, mut lease: Lease) {
+        if let Some(renewer) = lease.renewer.take() {
+            renewer.abort();
+        }
+        if let Some(fence) = lease.fence
             && let Err(e) = self
                 .store
-                .release_workspace_lease(id, &self.replica_id)
+                .release_workspace_lease(lease.id, &self.replica_id, fence)
                 .await
         {
             // It runs out on its own; another replica waits at most LEASE.
-            tracing::warn!(workspace_id = %id, error = %e, "releasing a workspace lease failed");
+            tracing::warn!(workspace_id = %lease.id, error = %e, "releasing a workspace lease failed");
         }
     }
 
-    /// Brings one workspace to its intent, waiting for another replica that
-    /// is acting on it. Returns the workspace as it now is (`None` if it does
-    /// not exist).
+    /// Brings one workspace to its intent, waiting a little for another
+    /// replica that is acting on it ([`ReconcileError::Busy`] after that).
+    /// Returns the workspace as it now is (`None` if it does not exist).
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
-    pub async fn reconcile(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
-        self.reconcile_waiting(id, Duration::from_secs(30)).await
+    pub async fn reconcile(&self, id: Uuid) -> ReconcileResult<Option<WorkspaceRow>> {
+        self.reconcile_waiting(id, REQUEST_LEASE_WAIT).await
     }
 
     async fn reconcile_waiting(
         &self,
         id: Uuid,
         wait: Duration,
-    ) -> anyhow::Result<Option<WorkspaceRow>> {
+    ) -> ReconcileResult<Option<WorkspaceRow>> {
         let _guard = self.locks.lock(id).await;
-        if !self.lease(id, wait).await? {
-            anyhow::bail!("another replica is acting on this workspace; try again shortly");
-        }
-        let result = self.reconcile_locked(id).await;
-        self.release(id).await;
+        let Some(lease) = self.lease(id, wait).await? else {
+            return Err(ReconcileError::Busy);
+        };
+        let result = self.reconcile_locked(id, &lease).await;
+        self.release(lease).await;
         result
     }
 
-    async fn reconcile_locked(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
+    async fn reconcile_locked(
+        &self,
+        id: Uuid,
+        lease: &Lease,
+    ) -> ReconcileResult<Option<WorkspaceRow>> {
         let Some(ws) = self.store.get_workspace(id).await? else {
             self.forget(id);
             return Ok(None);
         };
-        self.reconcile_loaded(ws).await.map(Some)
+        self.reconcile_loaded(ws, lease).await.map(Some)
     }
 
     /// The first start of a workspace just inserted: its row is already in
     /// hand, which saves a read on the create → online path.
-    pub(crate) async fn reconcile_new(&self, ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
+    pub(crate) async fn reconcile_new(&self, ws: WorkspaceRow) -> ReconcileResult<WorkspaceRow> {
         let id = ws.id;
         let _guard = self.locks.lock(id).await;
-        if !self.lease(ws.id, Duration::from_secs(30)).await? {
-            anyhow::bail!("another replica is acting on this workspace");
-        }
+        let Some(lease) = self.lease(ws.id, REQUEST_LEASE_WAIT).await? else {
+            return Err(ReconcileError::Busy);
+        };
         let result = if self.observed.lock().expect("observed").contains_key(&ws.id)
             || self.shared_store()
         {
             // The background loop (here or on another replica) may have
             // seen the new row first and acted on it: the row in hand may be
             // stale, so read it again.
-            self.reconcile_locked(ws.id)
+            self.reconcile_locked(ws.id, &lease)
                 .await
-                .and_then(|w| w.ok_or_else(|| anyhow::anyhow!("workspace vanished")))
+                .and_then(|w| w.ok_or(holdfast_store::StoreError::NotFound.into()))
         } else {
             self.put_observed(
                 ws.id,
@@ -327,14 +447,33 @@ impl App {
                     ..Observed::default()
                 },
             );
-            self.reconcile_loaded(ws).await
+            self.reconcile_loaded(ws, &lease).await
         };
-        self.release(id).await;
+        self.release(lease).await;
         result
     }
 
-    async fn reconcile_loaded(&self, mut ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
+    async fn reconcile_loaded(
+        &self,
+        mut ws: WorkspaceRow,
+        lease: &Lease,
+    ) -> ReconcileResult<WorkspaceRow> {
         let id = ws.id;
+        if ws.is_removed() && ws.restore_requested_at.is_some() {
+            // A restore a crash (or a dead control plane) interrupted.
+            match self.complete_restore_locked(id, lease).await {
+                Ok(()) => {}
+                Err(ReconcileError::Cp(holdfast_cp::CpError::DataErased))
+                | Err(ReconcileError::ParentRemoved(_)) => {
+                    tracing::warn!("a restore asked for cannot be carried out; withdrawn");
+                }
+                Err(e) => return Err(e),
+            }
+            match self.store.get_workspace(id).await? {
+                Some(now) => ws = now,
+                None => return Ok(ws),
+            }
+        }
         if ws.is_removed() {
             if !ws.compute_released {
                 // Finished on behalf of whoever asked for the removal.
@@ -342,9 +481,7 @@ impl App {
                     .removed_by
                     .clone()
                     .unwrap_or_else(|| "reconciler".to_owned());
-                self.finish_removal_locked(&ws, &actor)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                self.finish_removal_locked(&ws, &actor, lease).await?;
             }
             self.forget(id);
             return Ok(ws);
@@ -356,14 +493,14 @@ impl App {
             DesiredState::Running => {
                 let current = ws.instance_generation == Some(ws.generation);
                 if seen == Seen::Running && current {
-                    self.check_health(&mut ws, &mut obs).await?;
+                    self.check_health(&mut ws, &mut obs, lease).await?;
                 } else if seen == Seen::Running {
                     // A restart was asked for (the generation moved on).
-                    self.stop_instance(&mut ws, Status::Offline).await?;
+                    self.stop_instance(&mut ws, lease, Status::Offline).await?;
                     failpoint::hit("restart.after_stop");
                     obs.crashes = 0;
                     obs.next_attempt = None;
-                    self.start_instance(&mut ws, &mut obs).await?;
+                    self.start_instance(&mut ws, &mut obs, lease).await?;
                 } else {
                     if seen == Seen::Exited {
                         tracing::warn!("workspace process exited; restarting with backoff");
@@ -373,10 +510,13 @@ impl App {
                     match seen {
                         // Clean up what is left of it (an ephemeral
                         // workspace's scratch data) and record it gone.
-                        Seen::Exited => self.stop_instance(&mut ws, Status::Offline).await?,
+                        Seen::Exited => self.stop_instance(&mut ws, lease, Status::Offline).await?,
                         // Nothing to stop: the control plane no longer knows
                         // it. Only the record goes.
-                        Seen::Gone => self.forget_instance(&mut ws, Status::Offline).await?,
+                        Seen::Gone => {
+                            self.forget_instance(&mut ws, lease, Status::Offline)
+                                .await?
+                        }
                         Seen::Nothing | Seen::Running => {}
                     }
                     if obs.attempted_generation.is_some_and(|g| g != ws.generation) {
@@ -388,16 +528,16 @@ impl App {
                     let failed = obs.failed_generation == Some(ws.generation);
                     let waiting = obs.next_attempt.is_some_and(|t| Instant::now() < t);
                     if !failed && !waiting {
-                        self.start_instance(&mut ws, &mut obs).await?;
+                        self.start_instance(&mut ws, &mut obs, lease).await?;
                     }
                 }
             }
             DesiredState::Paused | DesiredState::Hibernated | DesiredState::Removed => {
                 let target = desired_status(ws.desired);
                 if ws.instance_id.is_some() {
-                    self.stop_instance(&mut ws, target).await?;
+                    self.stop_instance(&mut ws, lease, target).await?;
                 } else {
-                    self.set_status(&mut ws, target).await?;
+                    self.set_status(&mut ws, lease, target).await?;
                 }
             }
         }
@@ -407,7 +547,12 @@ impl App {
 
     /// A running instance of the current generation: watch its heartbeats and
     /// its registration deadline.
-    async fn check_health(&self, ws: &mut WorkspaceRow, obs: &mut Observed) -> anyhow::Result<()> {
+    async fn check_health(
+        &self,
+        ws: &mut WorkspaceRow,
+        obs: &mut Observed,
+        lease: &Lease,
+    ) -> ReconcileResult<()> {
         let s = &self.reconciler;
         let now = now_millis();
         let started = ws.started_at.unwrap_or(now);
@@ -417,22 +562,22 @@ impl App {
         }
         let healthy = self.running_status(ws.id);
         if !registers(&ws.runtime) {
-            return self.set_status(ws, healthy).await;
+            return self.set_status(ws, lease, healthy).await;
         }
         if ws.url.is_some() {
             let last = ws.last_heartbeat.unwrap_or(started);
             if now - last > ms(s.heartbeat_window) {
                 tracing::warn!("missed the heartbeat window; stopping and restarting");
-                self.stop_instance(ws, Status::Offline).await?;
+                self.stop_instance(ws, lease, Status::Offline).await?;
                 obs.crashes += 1;
                 obs.next_attempt = Some(Instant::now() + s.backoff(obs.crashes));
             } else {
-                self.set_status(ws, healthy).await?;
+                self.set_status(ws, lease, healthy).await?;
             }
         } else if now - started > ms(s.provision_timeout) && ws.status == Status::Provisioning {
             // Compute and data are left alone: an operator may want to look.
             tracing::warn!("not registered within the provision timeout; failed");
-            self.set_status(ws, Status::Failed).await?;
+            self.set_status(ws, lease, Status::Failed).await?;
         }
         Ok(())
     }
@@ -441,14 +586,21 @@ impl App {
         &self,
         ws: &mut WorkspaceRow,
         obs: &mut Observed,
-    ) -> anyhow::Result<()> {
+        lease: &Lease,
+    ) -> ReconcileResult<()> {
         failpoint::hit("start.before_provision");
         let now = now_millis();
         // A workspace token per start; it replaces the previous instance's,
         // which stops working at once (and makes a stray old runtime exit).
         let token = generate_token("hfw");
         self.store
-            .begin_start(ws.id, &hash_hex(token.expose()), Status::Provisioning, now)
+            .begin_start(
+                ws.id,
+                lease.fence(),
+                &hash_hex(token.expose()),
+                Status::Provisioning,
+                now,
+            )
             .await?;
         ws.url = None;
         if ws.status != Status::Provisioning {
@@ -487,6 +639,7 @@ impl App {
                 self.store
                     .record_started(
                         ws.id,
+                        lease.fence(),
                         status,
                         holdfast_store::Started {
                             instance_id: &p.instance_id,
@@ -517,23 +670,35 @@ impl App {
             Err(e) => {
                 tracing::error!(error = %e, "provisioning failed");
                 obs.failed_generation = Some(ws.generation);
-                self.set_status(ws, Status::Failed).await?;
+                self.set_status(ws, lease, Status::Failed).await?;
             }
         }
         Ok(())
     }
 
     /// Stops the current instance (never prunes) and records `then`.
-    async fn stop_instance(&self, ws: &mut WorkspaceRow, then: Status) -> anyhow::Result<()> {
+    async fn stop_instance(
+        &self,
+        ws: &mut WorkspaceRow,
+        lease: &Lease,
+        then: Status,
+    ) -> ReconcileResult<()> {
         failpoint::hit("stop.before_cp_stop");
         self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
         failpoint::hit("stop.after_cp_stop");
-        self.forget_instance(ws, then).await
+        self.forget_instance(ws, lease, then).await
     }
 
     /// Records that the workspace has no instance any more, and `then`.
-    async fn forget_instance(&self, ws: &mut WorkspaceRow, then: Status) -> anyhow::Result<()> {
-        self.store.record_stopped(ws.id, then, now_millis()).await?;
+    async fn forget_instance(
+        &self,
+        ws: &mut WorkspaceRow,
+        lease: &Lease,
+        then: Status,
+    ) -> ReconcileResult<()> {
+        self.store
+            .record_stopped(ws.id, lease.fence(), then, now_millis())
+            .await?;
         ws.instance_id = None;
         ws.instance_generation = None;
         ws.url = None;
@@ -610,7 +775,8 @@ impl App {
         self.store.record_registered(id, url, now_millis()).await?;
         if ws.desired == DesiredState::Running {
             let healthy = self.running_status(id);
-            self.set_status(&mut ws, healthy).await?;
+            self.set_status(&mut ws, &Lease::unfenced(id), healthy)
+                .await?;
         }
         Ok(())
     }
