@@ -322,6 +322,10 @@ impl EmbeddedCp {
 
 #[async_trait]
 impl ControlPlane for EmbeddedCp {
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<Uuid>> {
+        self.backend.exits()
+    }
+
     #[tracing::instrument(skip_all, fields(workspace_id = %req.workspace_id))]
     async fn provision(&self, req: ProvisionRequest) -> CpResult<Provisioned> {
         let mode = req

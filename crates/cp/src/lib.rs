@@ -207,6 +207,13 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// tier's limits apply.
     async fn confinement(&self) -> CpResult<process::Confinement>;
 
+    /// Workspace ids whose instance exited, as they exit, where this control
+    /// plane can tell (the embedded one on the process backend); `None`
+    /// makes the reconciler poll `status` at its interval instead.
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<Uuid>> {
+        None
+    }
+
     /// Detaches the workspace's volume into `retained` for the retention grace
     /// (a delete without erase). No file is touched.
     async fn retain_volume(
