@@ -15,7 +15,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use holdfast_domain::VolumeState;
+use holdfast_domain::{VolumeReason, VolumeState};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -245,7 +245,7 @@ impl ControlPlane for HttpCp {
         &self,
         workspace_id: Uuid,
         actor: Actor<'_>,
-        reason: &str,
+        reason: VolumeReason,
     ) -> CpResult<Option<VolumeInfo>> {
         let rb = self
             .request(
@@ -372,7 +372,7 @@ impl ControlPlane for HttpCp {
                     id: Uuid::parse_str(e.get("id")?.as_str()?).ok()?,
                     at: e.get("at")?.as_i64()?,
                     actor: e.get("actor")?.as_str()?.to_owned(),
-                    action: e.get("action")?.as_str()?.to_owned(),
+                    action: e.get("action")?.as_str()?.parse().ok()?,
                     workspace_id: e
                         .get("workspace_id")
                         .and_then(Value::as_str)
@@ -381,7 +381,10 @@ impl ControlPlane for HttpCp {
                         .get("volume_id")
                         .and_then(Value::as_str)
                         .and_then(|s| Uuid::parse_str(s).ok()),
-                    reason: e.get("reason").and_then(Value::as_str).map(str::to_owned),
+                    reason: e
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .and_then(|r| r.parse().ok()),
                     detail: e.get("detail").cloned().filter(|d| !d.is_null()),
                 })
             }));

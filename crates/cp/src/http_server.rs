@@ -17,7 +17,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use holdfast_domain::{DataPersistence, FieldError, Runtime, VolumeState, now_millis};
+use holdfast_domain::{
+    DataPersistence, FieldError, Runtime, VolumeReason, VolumeState, now_millis,
+};
 use holdfast_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -392,7 +394,7 @@ async fn volume(
 struct ActorBody {
     actor: String,
     #[serde(default)]
-    reason: Option<String>,
+    reason: Option<VolumeReason>,
 }
 
 async fn retain(
@@ -404,9 +406,9 @@ async fn retain(
     let id = svc.owned(&tenant, &raw).await?;
     let b: ActorBody = serde_json::from_value(json_body(body).await?)
         .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
-    let reason = b.reason.unwrap_or_else(|| "workspace_deleted".to_owned());
+    let reason = b.reason.unwrap_or(VolumeReason::WorkspaceDeleted);
     Ok(Json(
-        json!({"volume": svc.engine.retain_volume(id, &b.actor, &reason).await?}),
+        json!({"volume": svc.engine.retain_volume(id, &b.actor, reason).await?}),
     ))
 }
 

@@ -24,7 +24,7 @@ pub use embedded::{BackendChoice, CpPolicy, EmbeddedCp};
 pub use http_client::HttpCp;
 
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, Millis, Runtime, Tier, VolumeState};
+use holdfast_domain::{DataPersistence, Millis, Runtime, Tier, VolumeReason, VolumeState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -95,7 +95,7 @@ pub struct VolumeInfo {
     pub erased_at: Option<Millis>,
     pub bytes_erased: Option<i64>,
     pub erased_by: Option<String>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Its measured size is over `size_gb` (decimal gigabytes).
@@ -132,10 +132,10 @@ impl From<holdfast_store::VolumeRow> for VolumeInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeHistoryEntry {
     pub at: Millis,
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<VolumeState>,
+    pub to: VolumeState,
     pub actor: String,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +220,7 @@ pub trait ControlPlane: Send + Sync + 'static {
         &self,
         workspace_id: Uuid,
         actor: Actor<'_>,
-        reason: &str,
+        reason: VolumeReason,
     ) -> CpResult<Option<VolumeInfo>>;
 
     /// The workspace's current volume (the newest record; erased ones too).

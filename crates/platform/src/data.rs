@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use holdfast_cp::sweep::{SweepItem, SweepReport};
-use holdfast_domain::VolumeState;
+use holdfast_domain::{AuditAction, SweepAction, SweepOutcome, VolumeReason, VolumeState};
 use holdfast_domain::{failpoint, format_millis, now_millis};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -213,21 +213,21 @@ impl App {
             let mut item = SweepItem {
                 volume_id: Some(v.id),
                 workspace_id: v.workspace_id,
-                action: "retain".to_owned(),
-                reason: "restore_interrupted".to_owned(),
-                outcome: "planned".to_owned(),
+                action: SweepAction::Retain,
+                reason: VolumeReason::RestoreInterrupted,
+                outcome: SweepOutcome::Planned,
                 bytes: Some(v.bytes),
                 error: None,
             };
             if !dry_run {
                 match self
                     .cp
-                    .retain_volume(v.workspace_id, "sweeper", "restore_interrupted")
+                    .retain_volume(v.workspace_id, "sweeper", VolumeReason::RestoreInterrupted)
                     .await
                 {
-                    Ok(_) => item.outcome = "done".to_owned(),
+                    Ok(_) => item.outcome = SweepOutcome::Done,
                     Err(e) => {
-                        item.outcome = "failed".to_owned();
+                        item.outcome = SweepOutcome::Failed;
                         item.error = Some(e.to_string());
                     }
                 }
@@ -364,12 +364,12 @@ pub struct AuditView {
     pub id: Uuid,
     pub at: String,
     pub actor: String,
-    pub action: String,
+    pub action: AuditAction,
     pub workspace_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
 }
