@@ -19,6 +19,7 @@ pub mod http_server;
 pub mod process;
 pub mod sweep;
 pub mod tree;
+pub mod wire;
 
 pub use embedded::{BackendChoice, CpPolicy, EmbeddedCp};
 pub use http_client::HttpCp;
@@ -162,6 +163,14 @@ pub enum CpError {
     /// The control plane itself (a remote `cp serve`) does not answer.
     #[error("{0}")]
     Unreachable(String),
+    /// Missing or wrong credentials (on the control plane's own edge).
+    #[error(
+        "the control plane needs Authorization: Bearer <shared secret> and X-Holdfast-Tenant-Token"
+    )]
+    Unauthorized,
+    /// A request body over the limit.
+    #[error("body over 1 MiB")]
+    TooLarge,
     /// The workspace's container image is not on the engine.
     #[error("{0}")]
     ImageMissing(String),
