@@ -19,12 +19,13 @@ pub mod http_server;
 pub mod process;
 pub mod sweep;
 pub mod tree;
+pub mod wire;
 
 pub use embedded::{BackendChoice, CpPolicy, EmbeddedCp};
 pub use http_client::HttpCp;
 
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, Millis, Runtime, Tier, VolumeState};
+use holdfast_domain::{DataPersistence, Millis, Runtime, Tier, VolumeReason, VolumeState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -95,7 +96,7 @@ pub struct VolumeInfo {
     pub erased_at: Option<Millis>,
     pub bytes_erased: Option<i64>,
     pub erased_by: Option<String>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Its measured size is over `size_gb` (decimal gigabytes).
@@ -132,10 +133,10 @@ impl From<holdfast_store::VolumeRow> for VolumeInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeHistoryEntry {
     pub at: Millis,
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<VolumeState>,
+    pub to: VolumeState,
     pub actor: String,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,17 @@ pub enum CpError {
     /// The backend (a container engine) does not answer: try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// The control plane itself (a remote `cp serve`) does not answer.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Missing or wrong credentials (on the control plane's own edge).
+    #[error(
+        "the control plane needs Authorization: Bearer <shared secret> and X-Holdfast-Tenant-Token"
+    )]
+    Unauthorized,
+    /// A request body over the limit.
+    #[error("body over 1 MiB")]
+    TooLarge,
     /// The workspace's container image is not on the engine.
     #[error("{0}")]
     ImageMissing(String),
@@ -169,7 +181,7 @@ pub enum CpError {
 impl From<holdfast_store::StoreError> for CpError {
     fn from(e: holdfast_store::StoreError) -> Self {
         match e {
-            holdfast_store::StoreError::Conflict(m) => CpError::Conflict(m),
+            e @ holdfast_store::StoreError::VolumeMoved { .. } => CpError::Conflict(e.to_string()),
             other => CpError::Other(anyhow::Error::new(other)),
         }
     }
@@ -204,13 +216,20 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// tier's limits apply.
     async fn confinement(&self) -> CpResult<process::Confinement>;
 
+    /// Workspace ids whose instance exited, as they exit, where this control
+    /// plane can tell (the embedded one on the process backend); `None`
+    /// makes the reconciler poll `status` at its interval instead.
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<Uuid>> {
+        None
+    }
+
     /// Detaches the workspace's volume into `retained` for the retention grace
     /// (a delete without erase). No file is touched.
     async fn retain_volume(
         &self,
         workspace_id: Uuid,
         actor: Actor<'_>,
-        reason: &str,
+        reason: VolumeReason,
     ) -> CpResult<Option<VolumeInfo>>;
 
     /// The workspace's current volume (the newest record; erased ones too).

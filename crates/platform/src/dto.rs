@@ -5,7 +5,8 @@ use crate::error::{ApiError, ApiResult};
 use holdfast_cp::process::Confinement;
 use holdfast_cp::{VolumeHistoryEntry, VolumeInfo};
 use holdfast_domain::{
-    Compute, DataPersistence, Env, FieldError, Role, Runtime, Tier, WorkspaceName, format_millis,
+    Compute, DataPersistence, Env, FieldError, Role, Runtime, Status, Tier, VolumeReason,
+    VolumeState, WorkspaceName, format_millis,
 };
 use holdfast_store::{NewWorkspace, WorkspacePatch, WorkspaceRow};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -232,6 +233,13 @@ pub struct DataSummary {
     /// The measured size is over `compute.volume.size_gb`: the workspace is
     /// `degraded` until it is not; nothing is deleted for it.
     pub over_quota: bool,
+    /// Present (and true) when the control plane could not be reached:
+    /// this is what was last known of the data, as of `as_of` (state
+    /// `unknown` when nothing is known yet).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 impl DataSummary {
@@ -244,6 +252,8 @@ impl DataSummary {
                 retain_until: v.retain_until.map(format_millis),
                 erase_after: v.erase_after.map(format_millis),
                 over_quota: v.over_quota,
+                stale: false,
+                as_of: None,
             },
             None => DataSummary {
                 mode: mode.map(|m| m.as_str().to_owned()),
@@ -252,8 +262,20 @@ impl DataSummary {
                 retain_until: None,
                 erase_after: None,
                 over_quota: false,
+                stale: false,
+                as_of: None,
             },
         }
+    }
+
+    /// What was last known, when the control plane cannot be reached.
+    pub fn stale(mut self, as_of: Option<holdfast_domain::Millis>) -> Self {
+        if as_of.is_none() {
+            self.state = "unknown".to_owned();
+        }
+        self.stale = true;
+        self.as_of = as_of.map(format_millis);
+        self
     }
 }
 
@@ -270,7 +292,7 @@ pub struct WorkspaceView {
     pub env: BTreeMap<String, String>,
     #[schema(value_type = ComputeSchema)]
     pub compute: Compute,
-    pub status: String,
+    pub status: Status,
     pub instance_id: Option<String>,
     pub url: Option<String>,
     pub created_at: String,
@@ -298,7 +320,7 @@ impl WorkspaceView {
             runtime: ws.runtime.clone(),
             env: ws.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             compute: ws.compute,
-            status: ws.status.as_str().to_owned(),
+            status: ws.status,
             instance_id: ws.instance_id.clone(),
             url: ws.url.clone(),
             created_at: format_millis(ws.created_at),
@@ -332,10 +354,10 @@ pub struct DeleteResponse {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HistoryView {
     pub at: String,
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<VolumeState>,
+    pub to: VolumeState,
     pub actor: String,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
 }
 
 impl From<VolumeHistoryEntry> for HistoryView {
@@ -365,11 +387,17 @@ pub struct VolumeView {
     pub erased_at: Option<String>,
     pub bytes_erased: Option<i64>,
     pub erased_by: Option<String>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<HistoryView>>,
+    /// Present (and true) when the control plane could not be reached:
+    /// the record as this server last read it, as of `as_of`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 impl VolumeView {
@@ -386,10 +414,12 @@ impl VolumeView {
             erased_at: v.erased_at.map(format_millis),
             bytes_erased: v.bytes_erased,
             erased_by: v.erased_by.clone(),
-            reason: v.reason.clone(),
+            reason: v.reason,
             created_at: Some(format_millis(v.created_at)),
             updated_at: Some(format_millis(v.updated_at)),
             history: None,
+            stale: false,
+            as_of: None,
         }
     }
 
@@ -410,6 +440,8 @@ impl VolumeView {
             created_at: None,
             updated_at: None,
             history: Some(Vec::new()),
+            stale: false,
+            as_of: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::dto::ParsedCreate;
 use crate::error::{ApiError, ApiResult};
-use holdfast_domain::{DesiredState, now_millis};
+use holdfast_domain::{AuditAction, DesiredState, now_millis};
 use holdfast_store::{NewAuditEvent, WorkspacePatch, WorkspaceRow};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,7 @@ impl App {
     pub(crate) async fn audit_ws(
         &self,
         actor: &str,
-        action: &'static str,
+        action: AuditAction,
         ws: Uuid,
         detail: Option<serde_json::Value>,
     ) {
@@ -49,7 +49,7 @@ impl App {
             detail,
         };
         if let Err(e) = self.store.audit(ev, now_millis()).await {
-            tracing::error!(error = %e, action, "writing audit event failed");
+            tracing::error!(error = %e, %action, "writing audit event failed");
         }
     }
 
@@ -111,7 +111,7 @@ impl App {
             .store
             .insert_workspace(&req.into_new(id, org_id), now_millis())
             .await?;
-        self.audit_ws(&caller.actor(), "workspace.created", id, None)
+        self.audit_ws(&caller.actor(), AuditAction::WorkspaceCreated, id, None)
             .await;
         // Creation succeeded once the row is written; a failed first start
         // shows as status `failed`, and the loop retries a crashed one.
@@ -143,7 +143,7 @@ impl App {
             return Ok(ws);
         }
         let ws = self.store.patch_workspace(id, &patch, now_millis()).await?;
-        self.audit_ws(&caller.actor(), "workspace.updated", id, None)
+        self.audit_ws(&caller.actor(), AuditAction::WorkspaceUpdated, id, None)
             .await;
         Ok(ws)
     }
@@ -155,11 +155,16 @@ impl App {
         let ws = self.load_live(caller, id).await?;
         self.refuse_paused_ancestor(&ws).await?;
         self.store
-            .set_desired(id, DesiredState::Running, now_millis())
+            .set_desired(
+                &[id],
+                DesiredState::Running,
+                &caller.actor(),
+                AuditAction::WorkspaceRestarted,
+                None,
+                now_millis(),
+            )
             .await?;
-        self.audit_ws(&caller.actor(), "workspace.restarted", id, None)
-            .await;
-        self.reconcile(id).await.map_err(ApiError::internal)?;
+        self.reconcile(id).await?;
         self.store
             .get_workspace(id)
             .await?
@@ -235,14 +240,25 @@ impl App {
             ids.reverse();
         }
         let action = match desired {
-            DesiredState::Paused => "workspace.paused",
-            DesiredState::Hibernated => "workspace.hibernated",
-            _ => "workspace.resumed",
+            DesiredState::Paused => AuditAction::WorkspacePaused,
+            DesiredState::Hibernated => AuditAction::WorkspaceHibernated,
+            _ => AuditAction::WorkspaceResumed,
         };
+        // Ordering: the whole cascade's intent (and its audit) in one
+        // transaction before any compute acts; a crash or a busy replica
+        // after it leaves intent that the reconciler carries out.
+        self.store
+            .set_desired(&ids, desired, &caller.actor(), action, None, now_millis())
+            .await?;
+        let mut first_error = None;
         for wid in &ids {
-            self.store.set_desired(*wid, desired, now_millis()).await?;
-            self.audit_ws(&caller.actor(), action, *wid, None).await;
-            self.reconcile(*wid).await.map_err(ApiError::internal)?;
+            if let Err(e) = self.reconcile(*wid).await {
+                tracing::warn!(workspace_id = %wid, error = %e, "acting on the new intent failed; the reconciler retries");
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
         }
         self.store
             .get_workspace(id)

@@ -1,7 +1,7 @@
 //! The audit log: who did what to which workspace and volume, newest first.
 
 use crate::{Store, StoreResult, parse_opt_uuid, parse_uuid};
-use holdfast_domain::Millis;
+use holdfast_domain::{AuditAction, Millis, VolumeReason};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -9,10 +9,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEvent {
     pub actor: String,
-    pub action: &'static str,
+    pub action: AuditAction,
     pub workspace_id: Option<Uuid>,
     pub volume_id: Option<Uuid>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub detail: Option<serde_json::Value>,
 }
 
@@ -32,10 +32,10 @@ pub struct AuditEvent {
     pub id: Uuid,
     pub at: Millis,
     pub actor: String,
-    pub action: String,
+    pub action: AuditAction,
     pub workspace_id: Option<Uuid>,
     pub volume_id: Option<Uuid>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub detail: Option<serde_json::Value>,
 }
 
@@ -46,34 +46,21 @@ impl AuditEvent {
             id: parse_uuid(row, "id")?,
             at: row.try_get("at")?,
             actor: row.try_get("actor")?,
-            action: row.try_get("action")?,
+            action: crate::parse_text(row, "action")?,
             workspace_id: parse_opt_uuid(row, "workspace_id")?,
             volume_id: parse_opt_uuid(row, "volume_id")?,
-            reason: row.try_get("reason")?,
+            reason: crate::parse_opt_text(row, "reason")?,
             detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
         })
     }
 }
 
 impl Store {
-    #[tracing::instrument(skip_all, name = "store.audit", fields(action = ev.action))]
+    #[tracing::instrument(skip_all, name = "store.audit", fields(action = %ev.action))]
     pub async fn audit(&self, ev: NewAuditEvent, now: Millis) -> StoreResult<Uuid> {
-        let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail, org_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT org_id FROM workspaces WHERE id = $5))",
-        )
-        .bind(id.to_string())
-        .bind(now)
-        .bind(ev.actor)
-        .bind(ev.action)
-        .bind(ev.workspace_id.map(|w| w.to_string()))
-        .bind(ev.volume_id.map(|v| v.to_string()))
-        .bind(ev.reason)
-        .bind(ev.detail.map(|d| d.to_string()))
-        .execute(&*self.write())
-        .await?;
-        Ok(id)
+        let written = self.write();
+        let mut conn = written.acquire().await?;
+        insert_audit(&mut conn, &ev, now).await
     }
 
     /// Audit events, newest first: those `scope` may see, of one workspace
@@ -88,16 +75,16 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> StoreResult<Vec<AuditEvent>> {
-        let mut sql = String::from(
-            "SELECT a.id, a.at, a.actor, a.action, a.workspace_id, a.volume_id, a.reason, a.detail \
-             FROM audit a",
-        );
-        let mut binds: Vec<String> = Vec::new();
         // Binds `v` and names its parameter.
         fn next(v: String, binds: &mut Vec<String>) -> String {
             binds.push(v);
             format!("${}", binds.len())
         }
+        let mut sql = String::from(
+            "SELECT a.id, a.at, a.actor, a.action, a.workspace_id, a.volume_id, a.reason, a.detail \
+             FROM audit a",
+        );
+        let mut binds: Vec<String> = Vec::new();
         match scope {
             AuditScope::All => sql.push_str(" WHERE 1 = 1"),
             AuditScope::Org(org) => {
@@ -132,4 +119,29 @@ impl Store {
             .await?;
         rows.iter().map(AuditEvent::from_row).collect()
     }
+}
+
+/// Writes one audit event on `conn`, which may be a transaction: an
+/// operation's intent and its audit event commit together.
+pub(crate) async fn insert_audit(
+    conn: &mut sqlx::AnyConnection,
+    ev: &NewAuditEvent,
+    now: Millis,
+) -> StoreResult<Uuid> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail, org_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT org_id FROM workspaces WHERE id = $5))",
+    )
+    .bind(id.to_string())
+    .bind(now)
+    .bind(ev.actor.clone())
+    .bind(ev.action.as_str())
+    .bind(ev.workspace_id.map(|w| w.to_string()))
+    .bind(ev.volume_id.map(|v| v.to_string()))
+    .bind(ev.reason.map(|r| r.as_str()))
+    .bind(ev.detail.as_ref().map(|d| d.to_string()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
 }

@@ -8,7 +8,7 @@
 
 use crate::workspaces::{COLUMNS, insert_query, write_config};
 use crate::{NewWorkspace, Store, StoreError, StoreResult, WorkspacePatch, WorkspaceRow};
-use holdfast_domain::{DesiredState, Millis, Status};
+use holdfast_domain::{AuditAction, DesiredState, Millis, Status};
 use uuid::Uuid;
 
 /// A configuration change of a live workspace, with the fields it changes
@@ -33,22 +33,23 @@ pub struct ImportWrite {
 async fn audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     actor: &str,
-    action: &str,
+    action: AuditAction,
     workspace: Uuid,
     detail: serde_json::Value,
     now: Millis,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail, org_id) \
-         VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, (SELECT org_id FROM workspaces WHERE id = $5))",
+    crate::audit::insert_audit(
+        tx,
+        &crate::NewAuditEvent {
+            actor: actor.to_owned(),
+            action,
+            workspace_id: Some(workspace),
+            volume_id: None,
+            reason: None,
+            detail: Some(detail),
+        },
+        now,
     )
-    .bind(Uuid::new_v4().to_string())
-    .bind(now)
-    .bind(actor.to_owned())
-    .bind(action.to_owned())
-    .bind(workspace.to_string())
-    .bind(detail.to_string())
-    .execute(&mut **tx)
     .await?;
     Ok(())
 }
@@ -93,7 +94,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if row.is_none() {
-                    return Err(StoreError::Conflict(format!(
+                    return Err(StoreError::ImportRaced(format!(
                         "workspace {parent} was removed while the import ran"
                     )));
                 }
@@ -125,7 +126,7 @@ impl Store {
                 }
             };
             if twin.is_some() {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::ImportRaced(format!(
                     "a workspace named {:?} appeared there while the import ran",
                     ws.name
                 )));
@@ -134,7 +135,7 @@ impl Store {
             audit(
                 &mut tx,
                 actor,
-                "workspace.created",
+                AuditAction::WorkspaceCreated,
                 ws.id,
                 serde_json::json!({ "via": via }),
                 now,
@@ -150,7 +151,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = row else {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::ImportRaced(format!(
                     "workspace {} was removed while the import ran",
                     u.id
                 )));
@@ -161,7 +162,7 @@ impl Store {
             audit(
                 &mut tx,
                 actor,
-                "workspace.updated",
+                AuditAction::WorkspaceUpdated,
                 u.id,
                 serde_json::json!({ "via": via, "fields": u.fields }),
                 now,
@@ -185,14 +186,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() != 1 {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::ImportRaced(format!(
                     "workspace {id} was removed while the import ran"
                 )));
             }
             audit(
                 &mut tx,
                 actor,
-                "workspace.deleted",
+                AuditAction::WorkspaceDeleted,
                 *id,
                 serde_json::json!({ "via": via, "erase_data": false }),
                 now,

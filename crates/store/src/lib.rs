@@ -26,7 +26,7 @@ pub use orgs::Org;
 pub use sessions::{Session, SessionIdentity};
 pub use tenants::Tenant;
 pub use volumes::{Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition};
-pub use workspaces::{NewWorkspace, Started, WorkspacePatch, WorkspaceRow};
+pub use workspaces::{Fence, NewWorkspace, Started, WorkspacePatch, WorkspaceRow};
 
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -39,9 +39,29 @@ use std::str::FromStr;
 pub enum StoreError {
     #[error("not found")]
     NotFound,
-    /// A compare-and-set lost: the row was not in the expected state.
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// A volume's compare-and-set lost: it was not in a state the write
+    /// expected (`found`, when known), because another writer moved it.
+    #[error("volume {volume_id} is {}, not in the state this change expects", found.map_or("changed", |s| s.as_str()))]
+    VolumeMoved {
+        volume_id: uuid::Uuid,
+        found: Option<holdfast_domain::VolumeState>,
+    },
+    /// The workspace is removed, or was removed while the write ran.
+    #[error("workspace {0} is removed")]
+    WorkspaceRemoved(uuid::Uuid),
+    /// The workspace is live: a restore that another one beat to it.
+    #[error("workspace {0} is not removed")]
+    WorkspaceNotRemoved(uuid::Uuid),
+    /// A unique name is taken.
+    #[error("{kind} named {name:?} exists")]
+    NameTaken { kind: &'static str, name: String },
+    /// The rows an import planned against changed before it was written.
+    #[error("{0}")]
+    ImportRaced(String),
+    /// This replica no longer holds the workspace's lease (another took it
+    /// over): its write of observed state is refused.
+    #[error("lease on workspace {0} lost; the write is refused")]
+    Fenced(uuid::Uuid),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -271,6 +291,15 @@ pub(crate) fn parse_text<T: FromStr<Err = String>>(row: &AnyRow, col: &str) -> S
     T::from_str(&s).map_err(|e| StoreError::Other(anyhow::anyhow!("column {col}: {e}")))
 }
 
+pub(crate) fn parse_opt_text<T: FromStr<Err = String>>(
+    row: &AnyRow,
+    col: &str,
+) -> StoreResult<Option<T>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| T::from_str(&s).map_err(|e| StoreError::Other(anyhow::anyhow!("column {col}: {e}"))))
+        .transpose()
+}
+
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     row: &AnyRow,
     col: &str,
@@ -350,15 +379,20 @@ mod write_paths {
         );
     }
 
+    /// Whether a statement may write: its SQL names a writing verb, or it
+    /// runs with `execute` (SQL built elsewhere, as the fenced updates are,
+    /// shows no verb here).
     fn writes(statement: &str) -> bool {
-        ["INSERT ", "UPDATE ", "DELETE ", ".begin()"]
+        ["INSERT ", "UPDATE ", "DELETE ", ".begin()", ".acquire()"]
             .iter()
             .any(|verb| statement.contains(verb))
+            || statement.trim_end().ends_with(".execute(")
     }
 
     #[test]
     fn the_scan_catches_a_planted_write() {
         assert!(writes("sqlx::query(\"UPDATE x SET y = 1\").execute("));
         assert!(!writes("sqlx::query(\"SELECT y FROM x\").fetch_all("));
+        assert!(writes("sqlx::query(&sql).bind(id)\n        .execute("));
     }
 }

@@ -1,8 +1,8 @@
 //! The audit log's scoping is part of its queries: an org's or a tenant's
 //! page is full however many newer events belong to others, and events
-//! written before the org column existed are backfilled by migration 0009.
+//! written before the org column existed are backfilled by migration 0010.
 
-use holdfast_domain::{Compute, Env, Runtime, Tier};
+use holdfast_domain::{AuditAction, Compute, Env, Runtime, Tier};
 use holdfast_store::{AuditScope, NewAuditEvent, NewWorkspace, Store};
 use serde_json::Value;
 use sqlx::Executor;
@@ -22,7 +22,7 @@ fn new_workspace(org: Uuid, name: &str) -> NewWorkspace {
     }
 }
 
-fn event(workspace: Uuid, action: &'static str) -> NewAuditEvent {
+fn event(workspace: Uuid, action: AuditAction) -> NewAuditEvent {
     NewAuditEvent {
         actor: "test".into(),
         action,
@@ -83,13 +83,13 @@ async fn check_pages(store: Store) {
     store.claim_workspace(busy, busy_tenant, 1).await.unwrap();
     for i in 0..5 {
         store
-            .audit(event(quiet, "workspace.updated"), 10 + i)
+            .audit(event(quiet, AuditAction::WorkspaceUpdated), 10 + i)
             .await
             .unwrap();
     }
     for i in 0..50 {
         store
-            .audit(event(busy, "workspace.updated"), 100 + i)
+            .audit(event(busy, AuditAction::WorkspaceUpdated), 100 + i)
             .await
             .unwrap();
     }
@@ -108,7 +108,7 @@ async fn check_pages(store: Store) {
 }
 
 #[tokio::test]
-async fn migration_0009_gives_existing_events_their_workspaces_org() {
+async fn migration_0010_gives_existing_events_their_workspaces_org() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     let org = Uuid::new_v4();
@@ -122,7 +122,7 @@ async fn migration_0009_gives_existing_events_their_workspaces_org() {
         old.migrations = old
             .migrations
             .iter()
-            .filter(|m| m.version < 9)
+            .filter(|m| m.version < 10)
             .cloned()
             .collect::<Vec<_>>()
             .into();
@@ -153,7 +153,7 @@ async fn migration_0009_gives_existing_events_their_workspaces_org() {
         .await
         .unwrap();
     assert_eq!(mine.len(), 1, "{mine:?}");
-    assert_eq!(mine[0].action, "workspace.created");
+    assert_eq!(mine[0].action, AuditAction::WorkspaceCreated);
     assert!(
         store
             .list_audit(AuditScope::Org(Uuid::new_v4()), None, 0, 10)

@@ -1,35 +1,11 @@
 //! Store-level checks of the volume state machine's compare-and-set.
 
-use holdfast_domain::VolumeState;
+use holdfast_domain::{AuditAction, VolumeReason, VolumeState};
 use holdfast_store::{Store, StoreError, VolumeTransition};
 use uuid::Uuid;
 
-/// Every store this test runs against: SQLite always, PostgreSQL when
-/// `HOLDFAST_TEST_DATABASE_URL` names a server (a fresh database is created
-/// on it). Under `CI=true` a missing PostgreSQL is a failure, not a skip.
-async fn stores() -> Vec<(tempfile::TempDir, Store)> {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
-    let mut out = vec![(dir, sqlite)];
-    match std::env::var("HOLDFAST_TEST_DATABASE_URL") {
-        Ok(admin_url) => {
-            let url = holdfast_store::testing::fresh_postgres_database(&admin_url)
-                .await
-                .unwrap();
-            out.push((
-                tempfile::tempdir().unwrap(),
-                Store::open_url(&url).await.unwrap(),
-            ));
-        }
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "CI=true but HOLDFAST_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run"
-            )
-        }
-        Err(_) => eprintln!("skipping PostgreSQL: HOLDFAST_TEST_DATABASE_URL is not set"),
-    }
-    out
-}
+mod common;
+use common::stores;
 
 #[tokio::test]
 async fn transitions_are_compare_and_set_and_record_who_asked_to_erase() {
@@ -48,7 +24,7 @@ async fn check_transitions(store: Store) {
         retain_until: None,
         erase_after: Some(100),
         actor,
-        reason: Some("r"),
+        reason: Some(VolumeReason::WorkspaceDeleted),
     };
     let pending = store
         .transition_volume(
@@ -66,13 +42,16 @@ async fn check_transitions(store: Store) {
             3,
         )
         .await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert!(
+        matches!(again, Err(StoreError::VolumeMoved { .. })),
+        "{again:?}"
+    );
     let erasing = store
         .begin_erase(
             v.id,
             VolumeState::ErasePending,
             "sweeper",
-            "erase_requested",
+            VolumeReason::EraseRequested,
             4,
         )
         .await
@@ -92,20 +71,23 @@ async fn check_transitions(store: Store) {
         .await
         .unwrap();
     assert_eq!(
-        audit.iter().filter(|e| e.action == "volume.erased").count(),
+        audit
+            .iter()
+            .filter(|e| e.action == AuditAction::VolumeErased)
+            .count(),
         1
     );
     assert_eq!(audit[0].actor, "alice");
     assert!(matches!(
         store.finish_erase(v.id, 42, 6).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::VolumeMoved { .. })
     ));
     let history: Vec<_> = store
         .volume_history(v.id)
         .await
         .unwrap()
         .into_iter()
-        .map(|h| h.to_state)
+        .map(|h| h.to_state.as_str())
         .collect();
     assert_eq!(history, ["active", "erase_pending", "erasing", "erased"]);
 }

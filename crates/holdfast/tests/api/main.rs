@@ -16,6 +16,7 @@ mod isolation;
 mod misc;
 mod org;
 mod orgs;
+mod outage;
 mod persistence;
 mod recovery;
 mod replicas;
