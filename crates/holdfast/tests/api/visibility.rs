@@ -214,3 +214,34 @@ async fn listed_workspaces_show_the_same_data_as_each_ones_own_read() {
     assert_eq!(by_id(&id_of(&ephemeral))["data"]["state"], "none");
     assert_eq!(by_id(&removed)["data"]["state"], "retained");
 }
+
+#[tokio::test]
+async fn only_a_live_token_is_accepted_whatever_its_shape() {
+    // Wrong bearers of every shape are 401 (and never another answer), a
+    // minted org token works before and after them, and an unknown token
+    // of the minted shape stays refused after the cache has seen it.
+    let app = TestApp::spawn_with(&["--sweep-interval", "1h"]).await;
+    let (_, token) = org_with_token(&app, "shapes").await;
+    let hex64 = "ab".repeat(32);
+    let wrong = [
+        "nonsense".to_owned(),
+        format!("{ADMIN_TOKEN}x"),
+        format!("hfo_{hex64}"),
+        format!("hfw_{hex64}"),
+        format!("hfo_{}", "AB".repeat(32)),
+        format!("hfs_{hex64}"),
+        format!("{token}0"),
+    ];
+    assert_eq!(list_as(&app, &token, "/workspaces").await.len(), 0);
+    for bad in &wrong {
+        for _ in 0..2 {
+            app.send(app.with_token(Method::GET, "/workspaces", bad))
+                .await
+                .expect_error(401, "unauthorized");
+        }
+    }
+    let id = create_as(&app, &token, "still-works").await;
+    let listed = list_as(&app, &token, "/workspaces").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(id_of(&listed[0]), id);
+}
