@@ -3,6 +3,7 @@
 //! `helpers.rs`.
 
 mod audit;
+mod cli;
 mod containers;
 mod create;
 mod data;
