@@ -14,6 +14,7 @@ mod failpoints;
 mod hardening;
 mod helpers;
 mod isolation;
+mod logs;
 mod misc;
 mod org;
 mod orgs;
