@@ -45,18 +45,8 @@ impl App {
         if !ws.is_removed() {
             return Err(not_removed());
         }
-        if let Some(parent) = ws.parent_id
-            && self
-                .store
-                .get_workspace(parent)
-                .await?
-                .is_none_or(|p| p.is_removed())
-        {
-            return Err(ApiError::conflict(
-                "parent_removed",
-                "the workspace's parent is removed; restore the parent first",
-            )
-            .with("parent_id", parent.to_string()));
+        if let Some(parent) = self.removed_parent(&ws).await? {
+            return Err(ReconcileError::ParentRemoved(parent).into());
         }
         let actor = caller.actor();
         // Ordering: intent first. The request is on the row before the
@@ -81,6 +71,23 @@ impl App {
             .ok_or_else(|| ApiError::not_found("workspace"))
     }
 
+    /// The workspace's parent, when it is removed (or gone): a child comes
+    /// back only under a live parent.
+    async fn removed_parent(
+        &self,
+        ws: &holdfast_store::WorkspaceRow,
+    ) -> holdfast_store::StoreResult<Option<Uuid>> {
+        let Some(parent) = ws.parent_id else {
+            return Ok(None);
+        };
+        let live = self
+            .store
+            .get_workspace(parent)
+            .await?
+            .is_some_and(|p| !p.is_removed());
+        Ok((!live).then_some(parent))
+    }
+
     /// Carries out a recorded restore request: the volume back to `active`
     /// (a compare-and-set that loses to an erasure already begun), then the
     /// row live again. Idempotent; the reconciler calls it for a request a
@@ -97,13 +104,7 @@ impl App {
             // Done already, or never asked.
             return Ok(());
         };
-        if let Some(parent) = ws.parent_id
-            && self
-                .store
-                .get_workspace(parent)
-                .await?
-                .is_none_or(|p| p.is_removed())
-        {
+        if let Some(parent) = self.removed_parent(&ws).await? {
             self.store.cancel_restore(id, now_millis()).await?;
             return Err(ReconcileError::ParentRemoved(parent));
         }

@@ -180,11 +180,46 @@ impl App {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let newest = newest_volumes(self.cp.list_volumes(None).await?);
-        Ok(rows
-            .iter()
-            .map(|ws| WorkspaceView::new(ws, newest.get(&ws.id), &self.confinement))
-            .collect())
+        match self.cp.list_volumes(None).await {
+            Ok(all) => {
+                let newest = newest_volumes(all);
+                // Kept as `volume_or_last_known` keeps a single read.
+                let now = holdfast_domain::now_millis();
+                let mut seen = self.last_known.lock().expect("last known");
+                for ws in rows {
+                    match newest.get(&ws.id) {
+                        Some(v) => {
+                            seen.insert(ws.id, (v.clone(), now));
+                        }
+                        None => {
+                            seen.remove(&ws.id);
+                        }
+                    }
+                }
+                drop(seen);
+                Ok(rows
+                    .iter()
+                    .map(|ws| WorkspaceView::new(ws, newest.get(&ws.id), &self.confinement))
+                    .collect())
+            }
+            // The control plane is down: what this server last saw of each,
+            // marked stale, as a single read answers.
+            Err(holdfast_cp::CpError::Unreachable(reason)) => {
+                tracing::debug!(%reason, "listing with the last known volumes");
+                let seen = self.last_known.lock().expect("last known");
+                Ok(rows
+                    .iter()
+                    .map(|ws| {
+                        let known = seen.get(&ws.id);
+                        let mut view =
+                            WorkspaceView::new(ws, known.map(|(v, _)| v), &self.confinement);
+                        view.data = view.data.stale(known.map(|(_, at)| *at));
+                        view
+                    })
+                    .collect())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

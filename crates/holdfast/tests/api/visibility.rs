@@ -2,7 +2,7 @@
 //! `GET /audit` are full however busy other orgs are, and the lists of
 //! workspaces and volumes show each record's data as its own read does.
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, id_of, workspace_body};
+use crate::helpers::{ADMIN_TOKEN, CpServer, TestApp, id_of, workspace_body};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -244,4 +244,27 @@ async fn only_a_live_token_is_accepted_whatever_its_shape() {
     let listed = list_as(&app, &token, "/workspaces").await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(id_of(&listed[0]), id);
+}
+
+#[tokio::test]
+async fn the_list_answers_the_last_known_data_while_the_control_plane_is_down() {
+    // `GET /workspaces` reads every volume in one call to the control
+    // plane; when that call cannot be made, it answers as a single read
+    // does: what this server last saw, marked stale.
+    let (mut cp, tokens) = CpServer::start_with_tenants(&["platform"], &[]);
+    let app = TestApp::spawn_on_cp(&cp, &tokens[0], &[]).await;
+    let id = id_of(&app.create_online_workspace(&workspace_body("listed")).await);
+    let fresh = app.list_workspaces().await;
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert_eq!(fresh[0]["data"]["state"], "active", "{fresh:?}");
+    assert!(fresh[0]["data"].get("stale").is_none(), "{fresh:?}");
+
+    cp.kill();
+
+    let listed = app.list_workspaces().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(id_of(&listed[0]), id);
+    assert_eq!(listed[0]["data"]["state"], "active", "{listed:?}");
+    assert_eq!(listed[0]["data"]["stale"], true, "{listed:?}");
+    assert!(listed[0]["data"]["as_of"].is_string(), "{listed:?}");
 }
