@@ -52,10 +52,7 @@ impl CpService {
 
 /// The SHA-256 of a token, hex: how tenant tokens are stored.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    holdfast_domain::hex::sha256_hex(token)
 }
 
 impl IntoResponse for CpError {

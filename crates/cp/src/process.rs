@@ -659,11 +659,16 @@ impl ProcessBackend {
             .keys()
             .copied()
             .collect();
-        for id in ids {
-            if let Err(e) = self.stop(id, None).await {
-                tracing::warn!(workspace_id = %id, error = %e, "stopping at shutdown failed");
-            }
-        }
+        // Many at once: a shutdown with thousands of workspaces must not
+        // take one stop timeout after another.
+        use futures_util::StreamExt;
+        futures_util::stream::iter(ids)
+            .for_each_concurrent(64, |id| async move {
+                if let Err(e) = self.stop(id, None).await {
+                    tracing::warn!(workspace_id = %id, error = %e, "stopping at shutdown failed");
+                }
+            })
+            .await;
     }
 }
 
