@@ -16,6 +16,7 @@ mod embedded;
 pub mod export;
 pub mod http_client;
 pub mod http_server;
+pub mod kubernetes;
 pub mod process;
 pub mod sweep;
 pub mod tree;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use holdfast_cp::container::ContainerSettings;
+use holdfast_cp::kubernetes::KubernetesSettings;
 use holdfast_cp::process::{Layout, Sandbox};
 use holdfast_cp::{BackendChoice, ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
 use holdfast_domain::{DataPersistence, DurationArg, ImageRef};
@@ -138,7 +139,8 @@ pub struct PolicyArgs {
     sandbox: String,
     /// What runs workspaces: `process` (a child process each, data in the
     /// data dir), `container` (a container each on a Docker Engine API
-    /// server, Docker or Podman, data in its named volumes).
+    /// server, Docker or Podman, data in its named volumes), `kubernetes`
+    /// (a bare Pod each in `--k8s-namespace`, data on PersistentVolumeClaims).
     #[arg(long, env = "HOLDFAST_BACKEND", default_value = "process", value_parser = ["process", "container", "kubernetes"])]
     backend: String,
     /// The container engine (`--backend container`): `unix:///…sock`,
@@ -148,7 +150,8 @@ pub struct PolicyArgs {
     container_host: Option<String>,
     /// The image of a workspace whose `runtime.image` is not set. It must be
     /// on the engine and hold a C library: the built-in runtime is this
-    /// binary, mounted read-only into the container.
+    /// binary, mounted read-only into the container. On `--backend
+    /// kubernetes` the image must hold holdfast at /opt/holdfast/holdfast.
     #[arg(
         long,
         env = "HOLDFAST_CONTAINER_IMAGE",
@@ -159,6 +162,18 @@ pub struct PolicyArgs {
     /// the platform's loopback URL and be reached at its own.
     #[arg(long, env = "HOLDFAST_CONTAINER_NETWORK", default_value = "host")]
     container_network: String,
+    /// The kubeconfig file of `--backend kubernetes`. Without it, the
+    /// in-cluster service account is used (holdfast running in a Pod).
+    #[arg(long, env = "HOLDFAST_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace of `--backend kubernetes`: every workspace Pod and
+    /// claim lives there. Replicas sharing one PostgreSQL share it.
+    #[arg(long, env = "HOLDFAST_K8S_NAMESPACE", default_value = "holdfast")]
+    k8s_namespace: String,
+    /// The StorageClass of new claims (`--backend kubernetes`); unset: the
+    /// cluster's default class. Its PVs are patched to Retain once bound.
+    #[arg(long, env = "HOLDFAST_K8S_STORAGE_CLASS")]
+    k8s_storage_class: Option<String>,
     /// How often every attached volume's size is measured (and quotas
     /// checked): `data.bytes` is at most this old.
     #[arg(long, env = "HOLDFAST_USAGE_INTERVAL", default_value = "30s")]
@@ -223,9 +238,17 @@ impl PolicyArgs {
                 stop_timeout: self.stop_timeout.0,
                 network: self.container_network.clone(),
             }),
-            other => anyhow::bail!(
-                "--backend {other} is not built yet; use --backend process or --backend container"
-            ),
+            "kubernetes" => {
+                let mut settings = KubernetesSettings::new(
+                    self.k8s_namespace.clone(),
+                    self.kubeconfig.clone(),
+                    ImageRef::parse(&self.container_image)
+                        .map_err(|e| anyhow::anyhow!("--container-image: {}", e.message))?,
+                );
+                settings.storage_class = self.k8s_storage_class.clone();
+                BackendChoice::Kubernetes(settings)
+            }
+            other => anyhow::bail!("--backend {other}: use process, container or kubernetes"),
         };
         Ok(CpPolicy {
             backend,
