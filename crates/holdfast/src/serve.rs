@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// is polled every 500 ms instead.)
     #[arg(long, env = "HOLDFAST_RESYNC_INTERVAL", default_value = "10s")]
     resync_interval: DurationArg,
+    /// The URL workspaces reach this server at (`HOLDFAST_PLATFORM_URL` in
+    /// their env). Default: `http://` and the listen address, which suits
+    /// the process and container backends; on `--backend kubernetes` give
+    /// the Service's URL (`http://holdfast.holdfast.svc:7420`).
+    #[arg(long, env = "HOLDFAST_PUBLIC_URL")]
+    public_url: Option<String>,
     /// How long a canvas sign-in lasts (Sign out ends it sooner).
     #[arg(long, env = "HOLDFAST_SESSION_TTL", default_value = "12h")]
     session_ttl: DurationArg,
@@ -356,7 +362,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = args
+        .public_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| format!("http://{addr}"));
     let reconciler = ReconcilerSettings {
         heartbeat_interval: args.heartbeat_interval.0,
         heartbeat_window: args.heartbeat_interval.0 * 3,
@@ -390,7 +400,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             data_dir.join("admin-token").display()
         )?;
     }
-    writeln!(out, "holdfast listening on {url}")?;
+    writeln!(out, "holdfast listening on http://{addr}")?;
     out.flush()?;
     drop(out);
 
