@@ -588,13 +588,16 @@ impl KubernetesBackend {
             .items)
     }
 
-    /// The current Pod of a workspace: from the watcher's cache when it has
-    /// it, else from the API server (the cache may lag a fresh start).
-    async fn current_pod(&self, workspace_id: Uuid) -> CpResult<Option<Pod>> {
+    /// The Pod of a workspace's instance: from the watcher's cache when it
+    /// has it, else from the API server. The cache may lag: a Pod of another instance there (the one a start
+    /// just replaced or adopted) is checked with the API server.
+    async fn instance_pod(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<Option<Pod>> {
         let name = pod_name(workspace_id);
         if let Some(cache) = &self.cache {
             let key = reflector::ObjectRef::new(&name).within(self.ns());
-            if let Some(pod) = cache.get(&key) {
+            if let Some(pod) = cache.get(&key)
+                && annotation(&pod.metadata, ANNOTATION_INSTANCE) == Some(instance_id)
+            {
                 return Ok(Some((*pod).clone()));
             }
         }
@@ -754,7 +757,7 @@ impl Backend for KubernetesBackend {
     }
 
     async fn state(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<ProcessState> {
-        let Some(pod) = self.current_pod(workspace_id).await? else {
+        let Some(pod) = self.instance_pod(workspace_id, instance_id).await? else {
             return Ok(ProcessState::Unknown);
         };
         if annotation(&pod.metadata, ANNOTATION_INSTANCE) != Some(instance_id) {
