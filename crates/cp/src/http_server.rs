@@ -10,9 +10,9 @@
 
 use crate::sweep::SweepReport;
 use crate::wire::{
-    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, PAGE, StatusAnswer,
-    StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer, VolumesAnswer, VolumesQuery,
-    route,
+    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, LogsQuery, PAGE,
+    StatusAnswer, StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer, VolumesAnswer,
+    VolumesQuery, route,
 };
 use crate::{ControlPlane, CpError, EmbeddedCp, ProvisionRequest};
 use axum::body::Body;
@@ -361,6 +361,23 @@ async fn restore(
     }))
 }
 
+async fn logs(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> CpResult<Response> {
+    let id = svc.owned(&tenant, &raw).await?;
+    let Some(stream) = svc.engine.logs(id, q.tail, q.follow).await? else {
+        return Err(CpError::NotFound("the workspace has no log".to_owned()));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
 async fn export(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
@@ -479,6 +496,7 @@ pub fn router(svc: Arc<CpService>) -> Router {
         .route("/cp/workspaces/{id}/volume/retain", post(retain))
         .route("/cp/workspaces/{id}/volume/restore", post(restore))
         .route("/cp/workspaces/{id}/volume/export", get(export))
+        .route("/cp/workspaces/{id}/logs", get(logs))
         .route(route::VOLUMES, get(list_volumes))
         .route("/cp/volumes/{id}/history", get(history))
         .route(route::SWEEP, post(sweep))

@@ -3,6 +3,7 @@
 //! `helpers.rs`.
 
 mod audit;
+mod cli;
 mod containers;
 mod create;
 mod data;
@@ -13,6 +14,7 @@ mod failpoints;
 mod hardening;
 mod helpers;
 mod isolation;
+mod logs;
 mod misc;
 mod org;
 mod orgs;
