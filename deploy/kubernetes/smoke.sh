@@ -39,6 +39,7 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 for v in get list watch create patch delete; do
   kubectl auth can-i "$v" pods -n "$NS" --as "$SA" >/dev/null || fail "RBAC: $v pods missing"
 done
+kubectl auth can-i get pods --subresource=log -n "$NS" --as "$SA" >/dev/null || fail "RBAC: get pods/log missing"
 for v in get list create delete; do
   kubectl auth can-i "$v" persistentvolumeclaims -n "$NS" --as "$SA" >/dev/null || fail "RBAC: $v pvc missing"
 done

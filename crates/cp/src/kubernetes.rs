@@ -806,6 +806,68 @@ impl Backend for KubernetesBackend {
         ))
     }
 
+    /// The workspace container's log, from the API server (the kubelet
+    /// keeps it): its last `tail` bytes and, with `follow`, what it writes
+    /// next. A follow reads the log from its start and skips what was
+    /// already sent, so the tail and the rest meet exactly.
+    async fn logs(
+        &self,
+        workspace_id: Uuid,
+        tail: u64,
+        follow: bool,
+    ) -> CpResult<Option<ByteStream>> {
+        let name = pod_name(workspace_id);
+        let pods = self.pods();
+        let params = kube::api::LogParams {
+            container: Some("workspace".to_owned()),
+            ..kube::api::LogParams::default()
+        };
+        let text = match retry(|| pods.logs(&name, &params)).await {
+            Ok(text) => text,
+            Err(e) if code_of(&e) == Some(404) => return Ok(None),
+            // A Pod whose container has not started has no log yet.
+            Err(e) if code_of(&e) == Some(400) => String::new(),
+            Err(e) => return Err(self.err("reading the workspace's log", e)),
+        };
+        let tail = usize::try_from(tail.min(crate::logs::MAX_TAIL)).unwrap_or(usize::MAX);
+        let seen = text.len();
+        let head = bytes::Bytes::from(text.into_bytes()).slice(seen.saturating_sub(tail)..);
+        let first = futures_util::stream::once(async move { Ok(head) });
+        if !follow {
+            return Ok(Some(Box::pin(first)));
+        }
+        let params = kube::api::LogParams {
+            follow: true,
+            ..params
+        };
+        let reader = pods
+            .log_stream(&name, &params)
+            .await
+            .map_err(|e| self.err("following the workspace's log", e))?;
+        let rest = futures_util::stream::unfold(
+            (Box::pin(reader), seen),
+            |(mut reader, mut skip)| async move {
+                use futures_util::AsyncReadExt;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match reader.read(&mut buf).await {
+                        Ok(0) => return None,
+                        Ok(n) => {
+                            let from = skip.min(n);
+                            skip -= from;
+                            if from < n {
+                                let chunk = bytes::Bytes::copy_from_slice(&buf[from..n]);
+                                return Some((Ok(chunk), (reader, skip)));
+                            }
+                        }
+                        Err(e) => return Some((Err(e), (reader, 0))),
+                    }
+                }
+            },
+        );
+        Ok(Some(Box::pin(first.chain(rest))))
+    }
+
     /// Erase (SPEC §14): the Pods that mount the claim are deleted and gone,
     /// the PV is patched to `Delete`, the claim is deleted with a uid
     /// precondition, and the PV is confirmed gone. Every step is idempotent,

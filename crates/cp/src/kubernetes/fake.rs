@@ -60,6 +60,10 @@ pub struct State {
     pub bind_at_once: bool,
     /// Fail every request after this many (a crash of the API server).
     pub fail_after: Option<usize>,
+    /// The text every Pod's log holds.
+    pub pod_log: String,
+    /// What a follow of a Pod's log also gets, after `pod_log`.
+    pub pod_log_later: String,
     /// Whether the next watch answers 410 Gone.
     pub expire_next_watch: bool,
     next: u64,
@@ -149,6 +153,32 @@ impl Fake {
                 let body = body.collect_bytes().await.unwrap_or_default();
                 let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let query = parts.uri.query().unwrap_or("").to_owned();
+                if parts.uri.path().ends_with("/log") {
+                    // A container log: text, the whole of it; a follow also
+                    // gets what was written after (then ends).
+                    let pod = parts.uri.path().trim_end_matches("/log").to_owned();
+                    let (code, text) = server.with(|s| {
+                        s.log.push(format!("GET {}", parts.uri.path()));
+                        match s.objects.get(&pod) {
+                            Some(_) if query.contains("follow=true") => {
+                                (200, format!("{}{}", s.pod_log, s.pod_log_later))
+                            }
+                            Some(_) => (200, s.pod_log.clone()),
+                            None => (
+                                404,
+                                serde_json::to_string(&status(404, "NotFound", "pod not found").1)
+                                    .expect("JSON"),
+                            ),
+                        }
+                    });
+                    send.send_response(
+                        Response::builder()
+                            .status(code)
+                            .body(Body::from(text.into_bytes()))
+                            .expect("a response"),
+                    );
+                    continue;
+                }
                 if query.contains("watch=true") || query.contains("watch=1") {
                     // A watch: a 410 Gone once when asked to, else nothing
                     // for a while (the watcher then watches again).

@@ -910,3 +910,35 @@ fn the_config_hash_ignores_the_instance_and_sees_everything_else() {
         assert_ne!(hash(&base), hash(&changed));
     }
 }
+
+async fn read_all(mut stream: ByteStream) -> String {
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn logs_come_from_the_pod_log_api_tail_and_follow_meeting_exactly() {
+    let (k, fake) = backend();
+    assert!(
+        k.logs(ws(), 100, false).await.unwrap().is_none(),
+        "no Pod, no log"
+    );
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap();
+    fake.with(|s| {
+        s.pod_log = "first\nsecond\n".to_owned();
+        s.pod_log_later = "third\n".to_owned();
+    });
+    let tail = k.logs(ws(), 7, false).await.unwrap().unwrap();
+    assert_eq!(read_all(tail).await, "second\n");
+    // A follow sends the tail, then only what comes after it (the fake's
+    // follow replays the whole log, which the backend skips).
+    let follow = k.logs(ws(), 7, true).await.unwrap().unwrap();
+    assert_eq!(read_all(follow).await, "second\nthird\n");
+    let whole = k.logs(ws(), 1 << 20, false).await.unwrap().unwrap();
+    assert_eq!(read_all(whole).await, "first\nsecond\n");
+}
