@@ -28,3 +28,4 @@ mod secrets;
 mod sweeper;
 mod tenancy;
 mod validation;
+mod visibility;
