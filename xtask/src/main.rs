@@ -4,6 +4,7 @@
 //! measuring side of a benchmark is never the slow part of it.
 
 mod bench;
+mod kubernetes;
 mod podman;
 mod postgres;
 mod schemathesis;
@@ -22,6 +23,9 @@ Tasks:
                   and the canvas's browser tests.
   schemathesis    Only the schemathesis step of `test`: a release server,
                   seeded, checked against its /openapi.json.
+  kubernetes      Only the Kubernetes step of `test`: kubernetes-validate
+                  --strict of deploy/kubernetes/ (1.30 and 1.37), and
+                  podman kube play of the golden claim and persist Pod.
   bench [--n N] [--only SECTION[,SECTION]] [--delete-n N] [--erase-reps R]
         [--server-bin PATH]
                   Build holdfast in release and print the benchmark tables:
@@ -45,6 +49,10 @@ fn main() -> ExitCode {
         "schemathesis" if rest.is_empty() => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true");
             schemathesis::run(&bench::workspace_root(), ci)
+        }
+        "kubernetes" if rest.is_empty() => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            kubernetes::run(&bench::workspace_root(), ci)
         }
         "help" | "-h" | "--help" => {
             print!("{HELP}");

@@ -5,7 +5,8 @@
 //! The API suite also runs against a remote control plane, on a throwaway
 //! PostgreSQL cluster, and on the container backend against a throwaway
 //! Podman (`podman.rs`); schemathesis checks the OpenAPI document against
-//! a running server (`schemathesis.rs`).
+//! a running server (`schemathesis.rs`); the Kubernetes manifests are
+//! validated and played on Podman (`kubernetes.rs`).
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -155,6 +156,9 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     // Stopped before the browser tests, so that the run's last line is the
     // browser tests' summary (or nextest's).
     drop(postgres);
+    // The Kubernetes backend's manifests: validated against the API
+    // schemas, and run for real with podman kube play.
+    crate::kubernetes::run(root, ci)?;
     // The OpenAPI document against the server it describes.
     crate::schemathesis::run(root, ci)?;
     browser(root)

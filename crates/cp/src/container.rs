@@ -929,6 +929,8 @@ mod tests {
             env: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
             mode,
             tier: Tier::from_stored(tier),
+            org_id: Uuid::nil(),
+            volume_size_gb: None,
         }
     }
 

@@ -50,6 +50,8 @@ pub enum BackendChoice {
     /// Containers of a Docker Engine API server (Docker or Podman), volumes
     /// as its named volumes.
     Container(crate::container::ContainerSettings),
+    /// Pods in a Kubernetes namespace, volumes as PersistentVolumeClaims.
+    Kubernetes(crate::kubernetes::KubernetesSettings),
 }
 
 pub struct EmbeddedCp {
@@ -79,6 +81,9 @@ impl EmbeddedCp {
             }),
             BackendChoice::Container(settings) => {
                 crate::container::ContainerBackend::connect(settings.clone(), &data_dir).await?
+            }
+            BackendChoice::Kubernetes(settings) => {
+                crate::kubernetes::KubernetesBackend::connect(settings.clone()).await?
             }
         };
         let cp = Arc::new(EmbeddedCp {
@@ -362,6 +367,8 @@ impl ControlPlane for EmbeddedCp {
                     env: req.env.clone(),
                     mode,
                     tier: req.tier(),
+                    org_id: req.org_id,
+                    volume_size_gb: req.volume_size_gb,
                 },
                 req.runtime.image.as_ref(),
             )

@@ -2,7 +2,8 @@
 //!
 //! [`ControlPlane`] is the interface the platform talks to. [`EmbeddedCp`]
 //! implements it in-process over a [`backend::Backend`] (the [`process`]
-//! backend, or the [`container`] backend) and the store's volume records.
+//! backend, the [`container`] backend or the [`kubernetes`] backend) and the
+//! store's volume records.
 //!
 //! **Architecture Invariant:** routine operations call [`ControlPlane::stop`];
 //! only the user's delete with `erase_data=true` calls
@@ -16,6 +17,7 @@ mod embedded;
 pub mod export;
 pub mod http_client;
 pub mod http_server;
+pub mod kubernetes;
 pub mod logs;
 pub mod process;
 pub mod sweep;

@@ -112,6 +112,11 @@ pub struct Spawn {
     pub env: BTreeMap<String, String>,
     pub mode: DataPersistence,
     pub tier: Tier,
+    /// The workspace's org (the Kubernetes backend labels its objects).
+    pub org_id: Uuid,
+    /// The size a new durable volume asks for, where the backend sizes
+    /// volumes (a Kubernetes claim); `None`: the backend's default.
+    pub volume_size_gb: Option<u16>,
 }
 
 /// What a started workspace got.
