@@ -790,17 +790,13 @@ impl Backend for ContainerBackend {
     }
 
     async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
-        match kind {
-            DataKind::Volume => self
-                .docker
-                .inspect_volume(&volume_name(workspace_id))
-                .await
-                .is_ok(),
-            DataKind::Scratch => matches!(
-                self.data_source(workspace_id, DataKind::Scratch).await,
-                Ok(Some(_))
-            ),
-        }
+        // The volume itself, not the container that mounts it: scratch data
+        // that outlived its container would still be data.
+        let name = match kind {
+            DataKind::Volume => volume_name(workspace_id),
+            DataKind::Scratch => scratch_name(workspace_id),
+        };
+        self.docker.inspect_volume(&name).await.is_ok()
     }
 
     async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream> {
