@@ -1671,6 +1671,14 @@ impl TestApp {
 
     /// `GET /workspaces/:id/data/export`, read to the end.
     pub async fn export_data(&self, id: &str) -> Export {
+        self.try_export_data(id)
+            .await
+            .unwrap_or_else(|e| panic!("read the export body: {e}"))
+    }
+
+    /// Like [`Self::export_data`], with a download that broke off part-way
+    /// (the server aborted the stream) as `Err`.
+    pub async fn try_export_data(&self, id: &str) -> Result<Export, String> {
         let response = self
             .authed(Method::GET, &format!("/workspaces/{id}/data/export"))
             .send()
@@ -1686,13 +1694,13 @@ impl TestApp {
         let bytes = response
             .bytes()
             .await
-            .expect("read the export body")
+            .map_err(|e| format!("{e:?}"))?
             .to_vec();
-        Export {
+        Ok(Export {
             status,
             content_type,
             bytes,
-        }
+        })
     }
 
     /// `GET /metrics` with the admin token, asserting 200; the text.
