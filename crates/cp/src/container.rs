@@ -751,6 +751,14 @@ impl Backend for ContainerBackend {
         vec![RUNTIME_EXE.to_owned(), "runtime".to_owned()]
     }
 
+    async fn check_image(&self, image: Option<&ImageRef>) -> CpResult<()> {
+        let image = image.unwrap_or(&self.settings.image);
+        match self.docker.inspect_image(image.as_str()).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(image_or_engine_error(image, "reading the image", e)),
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(workspace_id = %spec.workspace_id, instance_id = %spec.instance_id))]
     async fn spawn(&self, spec: Spawn, image: Option<&ImageRef>) -> CpResult<Confinement> {
         let image = image.unwrap_or(&self.settings.image);

@@ -426,6 +426,10 @@ impl ControlPlane for EmbeddedCp {
         Ok(self.backend.confinement())
     }
 
+    async fn check_image(&self, image: Option<&holdfast_domain::ImageRef>) -> CpResult<()> {
+        self.backend.check_image(image).await
+    }
+
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
         Ok(match self.backend.state(workspace_id, instance_id).await? {
             ProcessState::Running => InstanceState::Running,
@@ -582,6 +586,14 @@ impl ControlPlane for EmbeddedCp {
             retention_grace: self.policy.retention_grace,
             with_workspaces: self.policy.with_workspaces,
         };
-        Ok(sweeper.run(dry_run, actor).await?)
+        // An engine that does not answer keeps its kind (a 503), whatever
+        // step of the pass met it.
+        sweeper
+            .run(dry_run, actor)
+            .await
+            .map_err(|e| match e.downcast::<CpError>() {
+                Ok(cp) => cp,
+                Err(e) => CpError::Other(e),
+            })
     }
 }

@@ -224,6 +224,30 @@ impl ControlPlane for HttpCp {
         serde_json::from_value(v).map_err(|_| CallError::Malformed.into_cp("info"))
     }
 
+    async fn check_image(&self, image: Option<&holdfast_domain::ImageRef>) -> CpResult<()> {
+        let mut rb = self.request(Method::GET, "/cp/images/check");
+        if let Some(image) = image {
+            rb = rb.query(&[("image", image.as_str())]);
+        }
+        match self.call::<Value>(rb, StatusCode::OK).await {
+            Ok(_) => Ok(()),
+            // The control plane's sentence is not echoed; the image is ours
+            // to name.
+            Err(CallError::Status(StatusCode::CONFLICT, Some(code)))
+                if code == "image_not_found" =>
+            {
+                Err(CpError::ImageMissing(match image {
+                    Some(image) => format!(
+                        "the container image {image} is not on the control plane's engine (pull, build or import it there)"
+                    ),
+                    None => "the control plane's default container image is not on its engine"
+                        .to_owned(),
+                }))
+            }
+            Err(e) => Err(e.into_cp("checking the image")),
+        }
+    }
+
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
         let rb = self
             .request(

@@ -91,11 +91,19 @@ impl CpHttpError {
 
 impl IntoResponse for CpHttpError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": self.message, "code": self.code})),
         )
-            .into_response()
+            .into_response();
+        // An unreachable engine is a passing state: say when to come back.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }
 
@@ -122,7 +130,7 @@ impl From<CpError> for CpHttpError {
                 tracing::warn!(reason = %m, "backend unavailable");
                 CpHttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "backend_unavailable",
+                    "engine_unreachable",
                     "the control plane's backend is unavailable; try again shortly",
                 )
             }
@@ -378,6 +386,29 @@ async fn info(State(svc): State<Arc<CpService>>, _tenant: TenantCtx) -> CpResult
     Ok(Json(json!({"isolation": c.isolation, "limits": c.limits})))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageQuery {
+    image: Option<String>,
+}
+
+/// 200 when the engine has the image (`runtime.image`, or with none the
+/// default); 409 `image_not_found`; 503 when the engine does not answer.
+async fn check_image(
+    State(svc): State<Arc<CpService>>,
+    _tenant: TenantCtx,
+    axum::extract::Query(q): axum::extract::Query<ImageQuery>,
+) -> CpResult<Json<Value>> {
+    let image = q
+        .image
+        .as_deref()
+        .map(holdfast_domain::ImageRef::parse)
+        .transpose()
+        .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
+    svc.engine.check_image(image.as_ref()).await?;
+    Ok(Json(json!({"present": true})))
+}
+
 async fn volume(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
@@ -573,6 +604,7 @@ pub fn router(svc: Arc<CpService>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/cp/info", get(info))
+        .route("/cp/images/check", get(check_image))
         .route("/cp/workspaces/provision", post(provision))
         .route("/cp/workspaces/{id}", axum::routing::delete(stop))
         .route("/cp/workspaces/{id}/status", get(status))

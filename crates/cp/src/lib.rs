@@ -24,7 +24,7 @@ pub use embedded::{BackendChoice, CpPolicy, EmbeddedCp};
 pub use http_client::HttpCp;
 
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, Millis, Runtime, Tier, VolumeState};
+use holdfast_domain::{DataPersistence, ImageRef, Millis, Runtime, Tier, VolumeState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -203,6 +203,12 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// What a workspace started now gets: its isolation, and whether its
     /// tier's limits apply.
     async fn confinement(&self) -> CpResult<process::Confinement>;
+
+    /// Whether a workspace of this image (`runtime.image`; `None`: the
+    /// default) can start here: `ImageMissing` naming it when the engine
+    /// does not have it, `Unavailable` when the engine does not answer. A
+    /// backend without images (processes) has nothing to check.
+    async fn check_image(&self, image: Option<&ImageRef>) -> CpResult<()>;
 
     /// Detaches the workspace's volume into `retained` for the retention grace
     /// (a delete without erase). No file is touched.

@@ -71,7 +71,7 @@ impl App {
         self.audit_ws(&actor, "workspace.restored", id, None).await;
         drop(_guard);
         drop(serial);
-        self.reconcile(id).await.map_err(ApiError::internal)?;
+        self.reconcile(id).await.map_err(ApiError::from_reconcile)?;
         self.store
             .get_workspace(id)
             .await?

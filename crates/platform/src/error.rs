@@ -58,6 +58,16 @@ impl ApiError {
 
     /// An internal failure. The detail is logged here, where it is handled,
     /// and the client gets a sentence without internals.
+    /// A failed reconcile step: an error of the control plane keeps its
+    /// answer (an unreachable engine is a 503, not a 500); anything else is
+    /// internal.
+    pub fn from_reconcile(err: anyhow::Error) -> Self {
+        match err.downcast::<holdfast_cp::CpError>() {
+            Ok(cp) => ApiError::from(cp),
+            Err(err) => ApiError::internal(format!("{err:#}")),
+        }
+    }
+
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
         ApiError::new(
@@ -101,11 +111,13 @@ impl From<holdfast_cp::CpError> for ApiError {
                 format!("the data cannot be exported: {m}"),
             ),
             holdfast_cp::CpError::Unavailable(m) => {
-                tracing::warn!(reason = %m, "control plane backend unavailable");
+                // The engine's own words (a socket path, an address) stay
+                // in the log.
+                tracing::warn!(reason = %m, "the container engine is unreachable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "backend_unavailable",
-                    "the workspace backend (its container engine) is unavailable; try again shortly",
+                    "engine_unreachable",
+                    "the container engine that runs the workspaces is unreachable; try again after Retry-After seconds",
                 )
             }
             holdfast_cp::CpError::ImageMissing(m) => ApiError::conflict("image_not_found", m),

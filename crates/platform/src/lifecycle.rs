@@ -106,6 +106,10 @@ impl App {
                 }
             }
         }
+        // Ordering: asked before anything is written, so that a workspace
+        // whose image the engine lacks (409 `image_not_found`, naming it), or
+        // an engine that does not answer (503), leaves no row behind.
+        self.cp.check_image(req.runtime.image.as_ref()).await?;
         let id = Uuid::new_v4();
         let ws = self
             .store
@@ -142,6 +146,10 @@ impl App {
         if patch.is_empty() {
             return Ok(ws);
         }
+        // A new runtime is checked as at create, before it is stored.
+        if let Some(runtime) = &patch.runtime {
+            self.cp.check_image(runtime.image.as_ref()).await?;
+        }
         let ws = self.store.patch_workspace(id, &patch, now_millis()).await?;
         self.audit_ws(&caller.actor(), "workspace.updated", id, None)
             .await;
@@ -159,7 +167,7 @@ impl App {
             .await?;
         self.audit_ws(&caller.actor(), "workspace.restarted", id, None)
             .await;
-        self.reconcile(id).await.map_err(ApiError::internal)?;
+        self.reconcile(id).await.map_err(ApiError::from_reconcile)?;
         self.store
             .get_workspace(id)
             .await?
@@ -242,7 +250,9 @@ impl App {
         for wid in &ids {
             self.store.set_desired(*wid, desired, now_millis()).await?;
             self.audit_ws(&caller.actor(), action, *wid, None).await;
-            self.reconcile(*wid).await.map_err(ApiError::internal)?;
+            self.reconcile(*wid)
+                .await
+                .map_err(ApiError::from_reconcile)?;
         }
         self.store
             .get_workspace(id)

@@ -60,7 +60,7 @@ impl App {
                 Some(serde_json::json!({"by": "message"})),
             )
             .await;
-            self.reconcile(id).await.map_err(ApiError::internal)?;
+            self.reconcile(id).await.map_err(ApiError::from_reconcile)?;
         } else if ws.desired != DesiredState::Running {
             return Err(ApiError::conflict(
                 "workspace_not_running",

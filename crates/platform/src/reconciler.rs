@@ -160,6 +160,18 @@ impl App {
         Ok(())
     }
 
+    /// Status `failed`, and why (shown on the workspace as `failure`).
+    async fn record_failure(&self, ws: &mut WorkspaceRow, why: &str) -> anyhow::Result<()> {
+        self.store.record_failure(ws.id, why, now_millis()).await?;
+        ws.failure = Some(why.to_owned());
+        if ws.status != Status::Failed {
+            ws.status = Status::Failed;
+            self.events
+                .publish(Event::status(Status::Failed, ws.id, ws.org_id));
+        }
+        Ok(())
+    }
+
     /// What a running, healthy workspace's status is: `degraded` while its
     /// volume is over its quota (its data is never touched for it),
     /// `online` otherwise.
@@ -432,7 +444,11 @@ impl App {
         } else if now - started > ms(s.provision_timeout) && ws.status == Status::Provisioning {
             // Compute and data are left alone: an operator may want to look.
             tracing::warn!("not registered within the provision timeout; failed");
-            self.set_status(ws, Status::Failed).await?;
+            self.record_failure(
+                ws,
+                "its runtime did not register within the provision timeout; its log may say why",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -516,8 +532,15 @@ impl App {
             }
             Err(e) => {
                 tracing::error!(error = %e, "provisioning failed");
-                obs.failed_generation = Some(ws.generation);
-                self.set_status(ws, Status::Failed).await?;
+                if matches!(e, holdfast_cp::CpError::Unavailable(_)) {
+                    // A passing state: tried again with the crash backoff,
+                    // not only at the next change of intent.
+                    obs.crashes += 1;
+                    obs.next_attempt = Some(Instant::now() + self.reconciler.backoff(obs.crashes));
+                } else {
+                    obs.failed_generation = Some(ws.generation);
+                }
+                self.record_failure(ws, &failure_sentence(&e)).await?;
             }
         }
         Ok(())
@@ -617,6 +640,21 @@ impl App {
 
     pub(crate) async fn heartbeat(&self, id: Uuid) -> anyhow::Result<()> {
         Ok(self.store.record_heartbeat(id, now_millis()).await?)
+    }
+}
+
+/// Why a start failed, for the workspace's owner: what they can act on is
+/// said (the image to provide, an engine to wait for); the engine's and the
+/// host's own words stay in the server log.
+fn failure_sentence(e: &holdfast_cp::CpError) -> String {
+    use holdfast_cp::CpError;
+    match e {
+        CpError::ImageMissing(m) | CpError::BadRequest(m) => m.clone(),
+        CpError::Unavailable(_) => {
+            "the container engine is unreachable; the start is tried again".to_owned()
+        }
+        CpError::DataErased => "its data has been erased".to_owned(),
+        _ => "the start failed; the server log says why".to_owned(),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct WorkspaceRow {
     /// the control plane reported (`bwrap`…, `enforced`/`none`).
     pub isolation: Option<String>,
     pub limits: Option<String>,
+    /// Why its latest start failed, for its owner; `None` when it did not.
+    pub failure: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub removed_at: Option<Millis>,
@@ -79,6 +81,7 @@ impl WorkspaceRow {
             removed_by: row.try_get("removed_by")?,
             isolation: row.try_get("isolation")?,
             limits: row.try_get("limits")?,
+            failure: row.try_get("failure")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             removed_at: row.try_get("removed_at")?,
@@ -208,7 +211,7 @@ pub(crate) fn insert_query(
 
 pub(crate) const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
-    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, created_at, updated_at, removed_at";
+    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, failure, created_at, updated_at, removed_at";
 
 pub(crate) fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("domain types serialize")
@@ -248,6 +251,7 @@ impl Store {
             removed_by: None,
             isolation: None,
             limits: None,
+            failure: None,
             created_at: now,
             updated_at: now,
             removed_at: None,
@@ -575,6 +579,23 @@ impl Store {
 }
 
 impl Store {
+    /// Records a failed start: status `failed` and why, in a sentence for
+    /// the workspace's owner.
+    #[tracing::instrument(skip_all, name = "store.record_failure", fields(workspace_id = %id))]
+    pub async fn record_failure(&self, id: Uuid, why: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE workspaces SET status = $2, failure = $3, updated_at = $4 \
+             WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(Status::Failed.as_str())
+        .bind(why.to_owned())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Records a status change alone (the instance and URL stay as they are).
     #[tracing::instrument(skip_all, name = "store.set_status", fields(workspace_id = %id, status = %status))]
     pub async fn set_status(&self, id: Uuid, status: Status, now: Millis) -> StoreResult<()> {
@@ -632,8 +653,8 @@ impl Store {
         now: Millis,
     ) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE workspaces SET token_hash = $2, url = NULL, status = $3, updated_at = $4 \
-             WHERE id = $1 AND removed_at IS NULL",
+            "UPDATE workspaces SET token_hash = $2, url = NULL, status = $3, failure = NULL, \
+             updated_at = $4 WHERE id = $1 AND removed_at IS NULL",
         )
         .bind(id.to_string())
         .bind(token_hash.to_owned())
