@@ -22,11 +22,15 @@ Tasks:
                   and the canvas's browser tests.
   schemathesis    Only the schemathesis step of `test`: a release server,
                   seeded, checked against its /openapi.json.
-  bench [--n N] [--only SECTION[,SECTION]] [--delete-n N] [--erase-reps R]
-        [--server-bin PATH]
+  bench [--n N] [--only SECTION[,SECTION]] [--container-n N] [--delete-n N]
+        [--erase-reps R] [--server-bin PATH]
                   Build holdfast in release and print the benchmark tables:
                   create_online (create -> online beside a bare spawn+mkdir
-                  baseline), delete_latency (DELETE with a 1 GiB volume),
+                  baseline), sandbox_start (beside bare bwrap),
+                  container_start (--backend container beside the bare
+                  engine's create+start on a throwaway Podman, and restart
+                  with a 1 GiB volume beside an empty one), delete_latency
+                  (DELETE with a 1 GiB volume),
                   erase_throughput (against rm -rf), sweep_pass (100,000
                   volume records). See BENCHMARKS.md.
   help            Print this help.
