@@ -65,6 +65,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stops whatever a previous run of this control plane left running
     /// (after `kill -9`). Returns how many it stopped.
+    /// Workspace ids whose instance exited, as they exit, where the backend
+    /// can tell; `None` makes the reconciler poll `state` instead.
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<Uuid>> {
+        None
+    }
+
     async fn reap_leftovers(&self) -> anyhow::Result<usize>;
 
     /// Stops every instance (a graceful shutdown). Data is kept.
@@ -129,6 +135,10 @@ impl Backend for ProcessPort {
 
     async fn has_instance(&self, workspace_id: Uuid) -> bool {
         self.process.current_instance(workspace_id).is_some()
+    }
+
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<Uuid>> {
+        Some(self.process.exits())
     }
 
     async fn state(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<ProcessState> {

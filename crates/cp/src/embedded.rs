@@ -322,6 +322,10 @@ impl EmbeddedCp {
 
 #[async_trait]
 impl ControlPlane for EmbeddedCp {
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<Uuid>> {
+        self.backend.exits()
+    }
+
     #[tracing::instrument(skip_all, fields(workspace_id = %req.workspace_id))]
     async fn provision(&self, req: ProvisionRequest) -> CpResult<Provisioned> {
         let mode = req
@@ -531,7 +535,7 @@ impl ControlPlane for EmbeddedCp {
             VolumeState::Retained => ("volume.restored", VolumeState::Retained),
         };
         let now = now_millis();
-        let v = self
+        let moved = self
             .store
             .transition_volume(
                 VolumeTransition {
@@ -545,12 +549,27 @@ impl ControlPlane for EmbeddedCp {
                 },
                 now,
             )
-            .await
-            .map_err(|e| match e {
-                // The sweeper won the race: erasure has begun.
-                holdfast_store::StoreError::Conflict(_) => CpError::DataErased,
-                other => other.into(),
-            })?;
+            .await;
+        let v = match moved {
+            Ok(v) => v,
+            // The sweeper won the race: erasure has begun.
+            Err(holdfast_store::StoreError::VolumeMoved {
+                found: Some(VolumeState::Erasing | VolumeState::Erased),
+                ..
+            }) => return Err(CpError::DataErased),
+            // Another restore brought it back first: so is this one.
+            Err(holdfast_store::StoreError::VolumeMoved {
+                found: Some(VolumeState::Active),
+                ..
+            }) => {
+                return Ok(self
+                    .store
+                    .current_volume(workspace_id)
+                    .await?
+                    .map(Into::into));
+            }
+            Err(other) => return Err(other.into()),
+        };
         self.audit(actor, action, &v, Some("restored")).await;
         Ok(Some(v.into()))
     }

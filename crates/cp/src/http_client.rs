@@ -57,7 +57,7 @@ impl CallError {
     fn into_cp(self, op: &str) -> CpError {
         match self {
             CallError::Transport => {
-                CpError::Other(anyhow::anyhow!("{op}: the control plane did not answer"))
+                CpError::Unreachable(format!("{op}: the control plane did not answer"))
             }
             CallError::Oversized => CpError::Other(anyhow::anyhow!(
                 "{op}: the control plane's answer is over 64 KiB"

@@ -126,7 +126,7 @@ impl From<CpError> for CpHttpError {
                     format!("the data cannot be exported: {m}"),
                 )
             }
-            CpError::Unavailable(m) => {
+            CpError::Unavailable(m) | CpError::Unreachable(m) => {
                 tracing::warn!(reason = %m, "backend unavailable");
                 CpHttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -159,6 +159,9 @@ pub enum CpError {
     /// The backend (a container engine) does not answer: try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// The control plane itself (a remote `cp serve`) does not answer.
+    #[error("{0}")]
+    Unreachable(String),
     /// The workspace's container image is not on the engine.
     #[error("{0}")]
     ImageMissing(String),
@@ -169,7 +172,7 @@ pub enum CpError {
 impl From<holdfast_store::StoreError> for CpError {
     fn from(e: holdfast_store::StoreError) -> Self {
         match e {
-            holdfast_store::StoreError::Conflict(m) => CpError::Conflict(m),
+            e @ holdfast_store::StoreError::VolumeMoved { .. } => CpError::Conflict(e.to_string()),
             other => CpError::Other(anyhow::Error::new(other)),
         }
     }
@@ -209,6 +212,12 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// does not have it, `Unavailable` when the engine does not answer. A
     /// backend without images (processes) has nothing to check.
     async fn check_image(&self, image: Option<&ImageRef>) -> CpResult<()>;
+    /// Workspace ids whose instance exited, as they exit, where this control
+    /// plane can tell (the embedded one on the process backend); `None`
+    /// makes the reconciler poll `status` at its interval instead.
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<Uuid>> {
+        None
+    }
 
     /// Detaches the workspace's volume into `retained` for the retention grace
     /// (a delete without erase). No file is touched.

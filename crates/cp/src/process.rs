@@ -382,6 +382,9 @@ pub struct ProcessBackend {
     /// is missing) the holdfast binary's own `contain` subcommand.
     launcher: (PathBuf, bool),
     children: Mutex<HashMap<Uuid, Child>>,
+    /// Tells whoever listens that a workspace's process exited (on its own
+    /// or stopped): the reconciler acts on it at once instead of polling.
+    exits: tokio::sync::broadcast::Sender<Uuid>,
 }
 
 impl ProcessBackend {
@@ -405,7 +408,13 @@ impl ProcessBackend {
             cgroups,
             launcher,
             children: Mutex::new(HashMap::new()),
+            exits: tokio::sync::broadcast::channel(1024).0,
         })
+    }
+
+    /// Workspace ids whose process exited, as they exit.
+    pub fn exits(&self) -> tokio::sync::broadcast::Receiver<Uuid> {
+        self.exits.subscribe()
     }
 
     pub fn layout(&self) -> &Layout {
@@ -532,9 +541,13 @@ impl ProcessBackend {
             tracing::warn!(error = %e, "recording the pid failed");
         }
         let (tx, rx) = watch::channel(None);
+        let exits = self.exits.clone();
+        let workspace_id = spec.workspace_id;
         tokio::spawn(async move {
             let code = child.wait().await.ok().and_then(|s| s.code());
             let _ = tx.send(Some(code));
+            // Nobody listening is fine: the resync finds it.
+            let _ = exits.send(workspace_id);
         });
         self.children.lock().expect("children lock").insert(
             spec.workspace_id,

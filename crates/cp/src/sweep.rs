@@ -253,7 +253,7 @@ pub enum EraseError {
 impl From<StoreError> for EraseError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(_) => EraseError::Lost,
+            StoreError::VolumeMoved { .. } => EraseError::Lost,
             other => EraseError::Other(anyhow::Error::new(other)),
         }
     }

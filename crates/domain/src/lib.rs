@@ -8,7 +8,9 @@ mod status;
 mod workspace;
 
 pub use duration::{DurationArg, parse_duration};
-pub use status::{DesiredState, Status, VolumeState};
+pub use status::{
+    AuditAction, DesiredState, Status, SweepAction, SweepOutcome, VolumeReason, VolumeState,
+};
 pub use workspace::{
     BIDI_CONTROLS, BUILTIN_TEMPLATE, Compute, DataPersistence, Env, INVISIBLE, ImageRef, Program,
     Role, Runtime, Tier, VolumeSpec, WorkspaceName,

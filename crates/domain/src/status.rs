@@ -5,11 +5,10 @@ use std::fmt;
 use std::str::FromStr;
 
 macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vmeta])* #[serde(rename = $text)] $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -86,6 +85,78 @@ impl VolumeState {
     }
 }
 
+text_enum! {
+    /// Why a volume is in its state: recorded with each transition, shown in
+    /// its record and history, and what the sweeper's rules turn on.
+    VolumeReason {
+        /// A delete without erase.
+        WorkspaceDeleted = "workspace_deleted",
+        /// A delete with erase.
+        DeleteWithErase = "delete_with_erase",
+        /// Detached by a switch of the workspace to ephemeral.
+        SwitchedToEphemeral = "switched_to_ephemeral",
+        /// Attached again by a start after such a switch back.
+        Reattached = "reattached",
+        /// Brought back by a restore.
+        Restored = "restored",
+        /// An active record whose workspace row is gone.
+        OrphanedRecord = "orphaned_record",
+        /// Data the store did not know, found by the sweeper.
+        OrphanedOnDisk = "orphaned_on_disk",
+        /// The retention grace ran out.
+        RetentionExpired = "retention_expired",
+        /// The erase grace of a delete with erase ran out.
+        EraseRequested = "erase_requested",
+        /// Left active by a restore an older version did not finish.
+        RestoreInterrupted = "restore_interrupted",
+    }
+}
+
+text_enum! {
+    /// What one audit event records (SPEC §6).
+    AuditAction {
+        WorkspaceCreated = "workspace.created",
+        WorkspaceUpdated = "workspace.updated",
+        WorkspaceDeleted = "workspace.deleted",
+        WorkspaceRestored = "workspace.restored",
+        WorkspaceRestarted = "workspace.restarted",
+        WorkspacePaused = "workspace.paused",
+        WorkspaceResumed = "workspace.resumed",
+        WorkspaceHibernated = "workspace.hibernated",
+        WorkspaceWoken = "workspace.woken",
+        VolumeRetained = "volume.retained",
+        VolumeEraseRequested = "volume.erase_requested",
+        VolumeEraseCancelled = "volume.erase_cancelled",
+        VolumeRestored = "volume.restored",
+        VolumeReattached = "volume.reattached",
+        VolumeErased = "volume.erased",
+        VolumeAdopted = "volume.adopted",
+    }
+}
+
+text_enum! {
+    /// What the sweeper does with one volume.
+    SweepAction {
+        Erase = "erase",
+        ResumeErase = "resume_erase",
+        Retain = "retain",
+        Adopt = "adopt",
+    }
+}
+
+text_enum! {
+    /// How one sweeper action went.
+    SweepOutcome {
+        /// A dry run: what it would do.
+        Planned = "planned",
+        Done = "done",
+        /// The volume changed under it (restored, reattached, or taken by
+        /// another sweeper).
+        Skipped = "skipped",
+        Failed = "failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +169,21 @@ mod tests {
         for s in VolumeState::ALL {
             assert_eq!(s.as_str().parse::<VolumeState>(), Ok(*s));
         }
+        for s in VolumeReason::ALL {
+            assert_eq!(s.as_str().parse::<VolumeReason>(), Ok(*s));
+        }
+        for s in AuditAction::ALL {
+            assert_eq!(s.as_str().parse::<AuditAction>(), Ok(*s));
+        }
         assert!("Online".parse::<Status>().is_err());
+        // The wire form is the text form.
+        assert_eq!(
+            serde_json::to_string(&AuditAction::VolumeErased).unwrap(),
+            r#""volume.erased""#
+        );
+        assert_eq!(
+            serde_json::to_string(&VolumeState::ErasePending).unwrap(),
+            r#""erase_pending""#
+        );
     }
 }

@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// each crash up to one minute and resets after a minute of stable run.
     #[arg(long, env = "HOLDFAST_RESTART_BACKOFF", default_value = "500ms")]
     restart_backoff: DurationArg,
+    /// How often the reconciler also looks at every workspace, as a safety
+    /// net: it acts on process exits, requests and deadlines as they
+    /// happen. (A control plane that reports no exits, such as a remote one,
+    /// is polled every 500 ms instead.)
+    #[arg(long, env = "HOLDFAST_RESYNC_INTERVAL", default_value = "10s")]
+    resync_interval: DurationArg,
     /// How long a canvas sign-in lasts (Sign out ends it sooner).
     #[arg(long, env = "HOLDFAST_SESSION_TTL", default_value = "12h")]
     session_ttl: DurationArg,
@@ -334,6 +340,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         provision_timeout: args.provision_timeout.0,
         backoff_base: args.restart_backoff.0,
         usage_interval: args.policy.usage_interval.0,
+        resync: args.resync_interval.0,
         ..ReconcilerSettings::default()
     };
     let app = App::new(

@@ -6,14 +6,16 @@ use crate::auth::Caller;
 use crate::body::JsonBody;
 use crate::dto::{ErrorBody, WorkspaceView};
 use crate::error::{ApiError, ApiResult};
+use crate::reconciler::{ReconcileError, ReconcileResult};
 use crate::routes::{parse_id, parse_query};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use holdfast_cp::sweep::SweepReport;
-use holdfast_domain::{format_millis, now_millis};
+use holdfast_cp::sweep::{SweepItem, SweepReport};
+use holdfast_domain::VolumeState;
+use holdfast_domain::{failpoint, format_millis, now_millis};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,27 +57,77 @@ impl App {
             )
             .with("parent_id", parent.to_string()));
         }
-        let _guard = self.locks.lock(id).await;
         let actor = caller.actor();
-        // Ordering: the volume is back to `active` (a compare-and-set that
-        // loses to an erasure already begun) before the row is live again,
-        // so the sweeper can never be erasing data of a live workspace. A
-        // crash in between leaves an active volume of a removed workspace,
-        // which nothing erases and a retried restore picks up.
-        self.cp.restore_volume(id, &actor).await?;
-        // A compare-and-set: another replica's restore that won in between
-        // makes this one a 409.
-        if !self.store.unremove_workspace(id, now_millis()).await? {
-            return Err(not_removed());
+        // Ordering: intent first. The request is on the row before the
+        // control plane touches the volume; from here on a crash, a dead
+        // control plane or a lost lease leaves a request the reconciler
+        // finishes (or cancels once the data is erased), never an active
+        // volume of a removed workspace that nothing owns.
+        self.store.request_restore(id, &actor, now_millis()).await?;
+        failpoint::hit("restore.after_intent");
+        {
+            let _guard = self.locks.lock(id).await;
+            let lease = self.lease_or_busy(id).await?;
+            let done = self.complete_restore_locked(id, &lease).await;
+            self.release(lease).await;
+            done?;
         }
-        self.audit_ws(&actor, "workspace.restored", id, None).await;
-        drop(_guard);
         drop(serial);
-        self.reconcile(id).await.map_err(ApiError::from_reconcile)?;
+        self.reconcile(id).await?;
         self.store
             .get_workspace(id)
             .await?
             .ok_or_else(|| ApiError::not_found("workspace"))
+    }
+
+    /// Carries out a recorded restore request: the volume back to `active`
+    /// (a compare-and-set that loses to an erasure already begun), then the
+    /// row live again. Idempotent; the reconciler calls it for a request a
+    /// crash interrupted. The caller holds the workspace's lock and lease.
+    pub(crate) async fn complete_restore_locked(
+        &self,
+        id: Uuid,
+        lease: &crate::reconciler::Lease,
+    ) -> ReconcileResult<()> {
+        let Some(ws) = self.store.get_workspace(id).await? else {
+            return Ok(());
+        };
+        let Some(actor) = ws.restore_by.clone().filter(|_| ws.is_removed()) else {
+            // Done already, or never asked.
+            return Ok(());
+        };
+        if let Some(parent) = ws.parent_id
+            && self
+                .store
+                .get_workspace(parent)
+                .await?
+                .is_none_or(|p| p.is_removed())
+        {
+            self.store.cancel_restore(id, now_millis()).await?;
+            return Err(ReconcileError::ParentRemoved(parent));
+        }
+        if !ws.compute_released {
+            // The delete's stop has not finished: finish it first, so that
+            // no instance of the removed workspace outlives its record.
+            self.finish_removal_locked(&ws, &actor, lease).await?;
+        }
+        match self.cp.restore_volume(id, &actor).await {
+            Ok(_) => {}
+            Err(holdfast_cp::CpError::DataErased) => {
+                self.store.cancel_restore(id, now_millis()).await?;
+                return Err(holdfast_cp::CpError::DataErased.into());
+            }
+            // The request stands: it is finished when the control plane
+            // answers again.
+            Err(e) => return Err(e.into()),
+        }
+        failpoint::hit("restore.after_volume");
+        // A compare-and-set: another replica's restore that won in between
+        // makes this one a 409.
+        self.store
+            .unremove_workspace(id, &actor, now_millis())
+            .await?;
+        Ok(())
     }
 
     /// One sweeper pass, recorded in the metrics.
@@ -129,16 +181,60 @@ impl App {
                 }
             }));
         }
+        let settled = self.settle_interrupted_restores(dry_run).await;
         let report = self.cp.sweep(dry_run, actor).await;
         if let Some(renew) = renew {
             renew.abort();
             let _ = self.store.release_lease("sweeper", &self.replica_id).await;
         }
-        let report = report?;
+        let mut report = report?;
+        report.items.extend(settled?);
         if !dry_run {
             self.metrics.observe_sweep(&report);
         }
         Ok(report)
+    }
+
+    /// An `active` volume whose workspace is removed and settled, with no
+    /// restore asked for, can only be what an older version's restore left
+    /// when it crashed halfway (this one writes its intent first): nothing
+    /// would ever reclaim it. It goes back to `retained`, so that its
+    /// retention grace runs (and a restore still brings it back).
+    async fn settle_interrupted_restores(&self, dry_run: bool) -> ApiResult<Vec<SweepItem>> {
+        let settled = self.store.settled_removed_ids().await?;
+        if settled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut items = Vec::new();
+        for v in self.cp.list_volumes(Some(VolumeState::Active)).await? {
+            if !settled.contains(&v.workspace_id) {
+                continue;
+            }
+            let mut item = SweepItem {
+                volume_id: Some(v.id),
+                workspace_id: v.workspace_id,
+                action: "retain".to_owned(),
+                reason: "restore_interrupted".to_owned(),
+                outcome: "planned".to_owned(),
+                bytes: Some(v.bytes),
+                error: None,
+            };
+            if !dry_run {
+                match self
+                    .cp
+                    .retain_volume(v.workspace_id, "sweeper", "restore_interrupted")
+                    .await
+                {
+                    Ok(_) => item.outcome = "done".to_owned(),
+                    Err(e) => {
+                        item.outcome = "failed".to_owned();
+                        item.error = Some(e.to_string());
+                    }
+                }
+            }
+            items.push(item);
+        }
+        Ok(items)
     }
 
     /// Runs the sweeper at start and then every `every`.

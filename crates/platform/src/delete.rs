@@ -11,6 +11,7 @@ use crate::auth::Caller;
 use crate::dto::DeleteResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::Event;
+use crate::reconciler::{Lease, ReconcileResult};
 use axum::http::StatusCode;
 use holdfast_domain::failpoint;
 use holdfast_domain::{DataPersistence, Status, VolumeState, format_millis, now_millis};
@@ -106,7 +107,7 @@ impl App {
             .remove_tree(id, &ids[1..], req.erase_data, &caller.actor(), now_millis())
             .await
             .map_err(|e| match e {
-                holdfast_store::StoreError::Conflict(_) => already_removed(),
+                holdfast_store::StoreError::WorkspaceRemoved(_) => already_removed(),
                 other => other.into(),
             })?;
         failpoint::hit("delete.after_mark");
@@ -123,6 +124,7 @@ impl App {
 
         // Deepest first, so that no child outlives its parent's stop.
         let mut failures = Vec::new();
+        let mut unreachable = true;
         for wid in ids.iter().rev() {
             let Some(row) = self.store.get_workspace(*wid).await? else {
                 continue;
@@ -130,6 +132,8 @@ impl App {
             self.events
                 .publish(Event::status(Status::Removed, row.id, row.org_id));
             if let Err(e) = self.finish_removal(&row, &actor).await {
+                let e = ApiError::from(e);
+                unreachable &= e.status == StatusCode::SERVICE_UNAVAILABLE;
                 failures.push(StopFailure {
                     workspace_id: *wid,
                     error: e.message,
@@ -137,8 +141,15 @@ impl App {
             }
         }
         if !failures.is_empty() {
+            // A control plane that does not answer (or another replica that
+            // holds a workspace) is a passing state: 503 with Retry-After.
+            let status = if unreachable {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
             return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                status,
                 "stop_failed",
                 "the workspaces are removed, but some could not be stopped yet; \
                  the reconciler retries, and repeating the DELETE is safe",
@@ -177,43 +188,46 @@ impl App {
     /// Stops a removed workspace's compute and settles its data: `retained`
     /// after a delete without erase, `erase_pending` after a delete with
     /// erase. Idempotent; the reconciler calls it again after a crash.
-    pub(crate) async fn finish_removal(&self, ws: &WorkspaceRow, actor: &str) -> ApiResult<()> {
+    pub(crate) async fn finish_removal(
+        &self,
+        ws: &WorkspaceRow,
+        actor: &str,
+    ) -> ReconcileResult<()> {
         let _guard = self.locks.lock(ws.id).await;
-        if !self
-            .lease(ws.id, std::time::Duration::from_secs(30))
-            .await
-            .map_err(ApiError::internal)?
-        {
-            return Err(ApiError::internal(
-                "another replica holds the workspace; the reconciler will finish",
-            ));
-        }
+        let lease = self.lease_or_busy(ws.id).await?;
         // Read again under the lease: another replica may have finished it.
-        let current = self.store.get_workspace(ws.id).await?;
+        let current = self.store.get_workspace(ws.id).await;
         let result = match current {
-            Some(ws) if !ws.compute_released => self.finish_removal_locked(&ws, actor).await,
-            _ => Ok(()),
+            Ok(Some(ws)) if !ws.compute_released => {
+                self.finish_removal_locked(&ws, actor, &lease).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
         };
-        self.release(ws.id).await;
+        self.release(lease).await;
         result
     }
 
-    /// [`App::finish_removal`] for a caller that holds the workspace's lock.
+    /// [`App::finish_removal`] for a caller that holds the workspace's lock
+    /// and lease.
     pub(crate) async fn finish_removal_locked(
         &self,
         ws: &WorkspaceRow,
         actor: &str,
-    ) -> ApiResult<()> {
+        lease: &Lease,
+    ) -> ReconcileResult<()> {
         let instance = ws.instance_id.clone();
         if ws.delete_erase == Some(true) {
             self.cp
                 .stop_and_prune(ws.id, instance.as_deref(), actor)
                 .await?;
-            self.store.mark_compute_released(ws.id).await?;
+            self.store
+                .mark_compute_released(ws.id, lease.fence())
+                .await?;
             self.forget(ws.id);
             Ok(())
         } else {
-            self.stop_and_retain_locked(ws, actor).await
+            self.stop_and_retain_locked(ws, actor, lease).await
         }
     }
 
@@ -222,38 +236,42 @@ impl App {
     /// the data `retained` for the retention grace. A row whose removal asked
     /// for erase is left alone: that is the delete flow's, through
     /// [`App::finish_removal`]. Idempotent, like it.
-    pub(crate) async fn finish_retaining_removal(&self, id: Uuid, actor: &str) -> ApiResult<()> {
+    pub(crate) async fn finish_retaining_removal(
+        &self,
+        id: Uuid,
+        actor: &str,
+    ) -> ReconcileResult<()> {
         let _guard = self.locks.lock(id).await;
-        if !self
-            .lease(id, std::time::Duration::from_secs(30))
-            .await
-            .map_err(ApiError::internal)?
-        {
-            return Err(ApiError::internal(
-                "another replica holds the workspace; the reconciler will finish",
-            ));
-        }
-        let current = self.store.get_workspace(id).await?;
+        let lease = self.lease_or_busy(id).await?;
+        let current = self.store.get_workspace(id).await;
         let result = match current {
-            Some(ws)
+            Ok(Some(ws))
                 if ws.is_removed() && !ws.compute_released && ws.delete_erase == Some(false) =>
             {
-                self.stop_and_retain_locked(&ws, actor).await
+                self.stop_and_retain_locked(&ws, actor, &lease).await
             }
-            _ => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
         };
-        self.release(id).await;
+        self.release(lease).await;
         result
     }
 
     /// The end of every removal without erase: stop (never prune), then keep
-    /// the volume `retained`. The caller holds the workspace's lock.
-    async fn stop_and_retain_locked(&self, ws: &WorkspaceRow, actor: &str) -> ApiResult<()> {
+    /// the volume `retained`. The caller holds the workspace's lock and lease.
+    async fn stop_and_retain_locked(
+        &self,
+        ws: &WorkspaceRow,
+        actor: &str,
+        lease: &Lease,
+    ) -> ReconcileResult<()> {
         self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
         self.cp
             .retain_volume(ws.id, actor, "workspace_deleted")
             .await?;
-        self.store.mark_compute_released(ws.id).await?;
+        self.store
+            .mark_compute_released(ws.id, lease.fence())
+            .await?;
         self.forget(ws.id);
         Ok(())
     }

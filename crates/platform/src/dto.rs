@@ -232,6 +232,13 @@ pub struct DataSummary {
     /// The measured size is over `compute.volume.size_gb`: the workspace is
     /// `degraded` until it is not; nothing is deleted for it.
     pub over_quota: bool,
+    /// Present (and true) when the control plane could not be reached:
+    /// this is what was last known of the data, as of `as_of` (state
+    /// `unknown` when nothing is known yet).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 impl DataSummary {
@@ -244,6 +251,8 @@ impl DataSummary {
                 retain_until: v.retain_until.map(format_millis),
                 erase_after: v.erase_after.map(format_millis),
                 over_quota: v.over_quota,
+                stale: false,
+                as_of: None,
             },
             None => DataSummary {
                 mode: mode.map(|m| m.as_str().to_owned()),
@@ -252,8 +261,20 @@ impl DataSummary {
                 retain_until: None,
                 erase_after: None,
                 over_quota: false,
+                stale: false,
+                as_of: None,
             },
         }
+    }
+
+    /// What was last known, when the control plane cannot be reached.
+    pub fn stale(mut self, as_of: Option<holdfast_domain::Millis>) -> Self {
+        if as_of.is_none() {
+            self.state = "unknown".to_owned();
+        }
+        self.stale = true;
+        self.as_of = as_of.map(format_millis);
+        self
     }
 }
 
@@ -375,6 +396,12 @@ pub struct VolumeView {
     pub updated_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<HistoryView>>,
+    /// Present (and true) when the control plane could not be reached:
+    /// the record as this server last read it, as of `as_of`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 impl VolumeView {
@@ -395,6 +422,8 @@ impl VolumeView {
             created_at: Some(format_millis(v.created_at)),
             updated_at: Some(format_millis(v.updated_at)),
             history: None,
+            stale: false,
+            as_of: None,
         }
     }
 
@@ -415,6 +444,8 @@ impl VolumeView {
             created_at: None,
             updated_at: None,
             history: Some(Vec::new()),
+            stale: false,
+            as_of: None,
         }
     }
 }

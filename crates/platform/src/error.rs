@@ -56,18 +56,20 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, code, message)
     }
 
-    /// An internal failure. The detail is logged here, where it is handled,
-    /// and the client gets a sentence without internals.
-    /// A failed reconcile step: an error of the control plane keeps its
-    /// answer (an unreachable engine is a 503, not a 500); anything else is
-    /// internal.
-    pub fn from_reconcile(err: anyhow::Error) -> Self {
-        match err.downcast::<holdfast_cp::CpError>() {
-            Ok(cp) => ApiError::from(cp),
-            Err(err) => ApiError::internal(format!("{err:#}")),
-        }
+    /// 503: another replica is acting on the workspace (or held it and
+    /// died, until its lease runs out). What was asked is recorded and the
+    /// reconciler carries it out; repeating the request is safe.
+    pub fn busy() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "workspace_busy",
+            "another server replica is acting on this workspace; the change asked for is \
+             recorded and will be carried out, or repeat the request shortly",
+        )
     }
 
+    /// An internal failure. The detail is logged here, where it is handled,
+    /// and the client gets a sentence without internals.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
         ApiError::new(
@@ -88,7 +90,23 @@ impl From<holdfast_store::StoreError> for ApiError {
     fn from(e: holdfast_store::StoreError) -> Self {
         match e {
             holdfast_store::StoreError::NotFound => ApiError::not_found("resource"),
-            holdfast_store::StoreError::Conflict(m) => ApiError::conflict("conflict", m),
+            e @ holdfast_store::StoreError::VolumeMoved { .. } => {
+                ApiError::conflict("volume_changed", e.to_string())
+            }
+            holdfast_store::StoreError::WorkspaceRemoved(_) => ApiError::new(
+                StatusCode::GONE,
+                "workspace_removed",
+                "workspace is removed; restore it first",
+            ),
+            holdfast_store::StoreError::WorkspaceNotRemoved(_) => ApiError::conflict(
+                "not_removed",
+                "workspace is not removed; nothing to restore",
+            ),
+            e @ holdfast_store::StoreError::NameTaken { .. } => {
+                ApiError::conflict("name_taken", e.to_string())
+            }
+            holdfast_store::StoreError::ImportRaced(m) => ApiError::conflict("import_raced", m),
+            holdfast_store::StoreError::Fenced(_) => ApiError::busy(),
             holdfast_store::StoreError::Other(e) => ApiError::internal(format!("{e:#}")),
         }
     }
@@ -118,6 +136,15 @@ impl From<holdfast_cp::CpError> for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "engine_unreachable",
                     "the container engine that runs the workspaces is unreachable; try again after Retry-After seconds",
+                )
+            }
+            holdfast_cp::CpError::Unreachable(m) => {
+                tracing::warn!(reason = %m, "control plane unreachable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "control_plane_unreachable",
+                    "the control plane does not answer; what was asked is recorded and \
+                     carried out when it is back, or repeat the request shortly",
                 )
             }
             holdfast_cp::CpError::ImageMissing(m) => ApiError::conflict("image_not_found", m),

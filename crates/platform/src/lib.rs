@@ -74,6 +74,14 @@ pub struct App {
     reconcile_soon: tokio::sync::Notify,
     /// How long a canvas session lasts after sign-in.
     session_ttl: std::time::Duration,
+    /// The volume this server last read of each workspace, and when: what a
+    /// read answers (marked stale) while the control plane is unreachable.
+    last_known: Mutex<HashMap<Uuid, (holdfast_cp::VolumeInfo, holdfast_domain::Millis)>>,
+    /// When the reconciler looks at a workspace again without an event: a
+    /// backoff, a heartbeat window or a provision deadline that runs out.
+    wakes: Mutex<reconciler::Wakes>,
+    /// Tells the reconciler loop that the earliest wake moved.
+    wakes_changed: tokio::sync::Notify,
 }
 
 impl App {
@@ -118,6 +126,9 @@ impl App {
             over_quota: Mutex::new(Default::default()),
             reconcile_soon: tokio::sync::Notify::new(),
             session_ttl,
+            last_known: Mutex::new(HashMap::new()),
+            wakes: Mutex::new(reconciler::Wakes::default()),
+            wakes_changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -147,24 +158,10 @@ impl App {
         })
     }
 
-    /// Runs the reconciler loop: a first pass at start (which restarts every
-    /// workspace that should run), then one pass per interval, or sooner
-    /// when nudged.
+    /// Runs the reconciler: see [`App::run_reconciler`].
     pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let app = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(app.reconciler.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = app.reconcile_soon.notified() => {}
-                }
-                if let Err(e) = app.reconcile_all().await {
-                    tracing::warn!(error = %e, "reconcile pass failed");
-                }
-            }
-        })
+        tokio::spawn(async move { app.run_reconciler().await })
     }
 }
 

@@ -163,11 +163,16 @@ impl App {
         let ws = self.load_live(caller, id).await?;
         self.refuse_paused_ancestor(&ws).await?;
         self.store
-            .set_desired(id, DesiredState::Running, now_millis())
+            .set_desired(
+                &[id],
+                DesiredState::Running,
+                &caller.actor(),
+                "workspace.restarted",
+                None,
+                now_millis(),
+            )
             .await?;
-        self.audit_ws(&caller.actor(), "workspace.restarted", id, None)
-            .await;
-        self.reconcile(id).await.map_err(ApiError::from_reconcile)?;
+        self.reconcile(id).await?;
         self.store
             .get_workspace(id)
             .await?
@@ -247,12 +252,21 @@ impl App {
             DesiredState::Hibernated => "workspace.hibernated",
             _ => "workspace.resumed",
         };
+        // Ordering: the whole cascade's intent (and its audit) in one
+        // transaction before any compute acts; a crash or a busy replica
+        // after it leaves intent that the reconciler carries out.
+        self.store
+            .set_desired(&ids, desired, &caller.actor(), action, None, now_millis())
+            .await?;
+        let mut first_error = None;
         for wid in &ids {
-            self.store.set_desired(*wid, desired, now_millis()).await?;
-            self.audit_ws(&caller.actor(), action, *wid, None).await;
-            self.reconcile(*wid)
-                .await
-                .map_err(ApiError::from_reconcile)?;
+            if let Err(e) = self.reconcile(*wid).await {
+                tracing::warn!(workspace_id = %wid, error = %e, "acting on the new intent failed; the reconciler retries");
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
         }
         self.store
             .get_workspace(id)

@@ -51,16 +51,16 @@ impl App {
         }
         if ws.desired == DesiredState::Hibernated {
             self.store
-                .set_desired(id, DesiredState::Running, holdfast_domain::now_millis())
+                .set_desired(
+                    &[id],
+                    DesiredState::Running,
+                    &caller.actor(),
+                    "workspace.woken",
+                    Some(serde_json::json!({"by": "message"})),
+                    holdfast_domain::now_millis(),
+                )
                 .await?;
-            self.audit_ws(
-                &caller.actor(),
-                "workspace.woken",
-                id,
-                Some(serde_json::json!({"by": "message"})),
-            )
-            .await;
-            self.reconcile(id).await.map_err(ApiError::from_reconcile)?;
+            self.reconcile(id).await?;
         } else if ws.desired != DesiredState::Running {
             return Err(ApiError::conflict(
                 "workspace_not_running",

@@ -317,7 +317,7 @@ impl App {
             .apply_import(org, &write, &actor, now_millis())
             .await
             .map_err(|e| match e {
-                StoreError::Conflict(m) => ApiError::conflict(
+                StoreError::ImportRaced(m) => ApiError::conflict(
                     "org_changed",
                     format!("{m}; nothing was changed: import again"),
                 ),
@@ -331,7 +331,7 @@ impl App {
             self.events
                 .publish(Event::status(Status::Removed, r.id, org));
             if let Err(e) = self.finish_retaining_removal(r.id, &actor).await {
-                tracing::warn!(workspace_id = %r.id, error = %e.message, "stopping a removed workspace failed; the reconciler retries");
+                tracing::warn!(workspace_id = %r.id, error = %e, "stopping a removed workspace failed; the reconciler retries");
             }
         }
         // The reconciler starts what was created, as it would after a crash.

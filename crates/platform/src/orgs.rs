@@ -78,7 +78,7 @@ pub async fn create_org(
         .insert_org(name.as_str(), now_millis())
         .await
         .map_err(|e| match e {
-            StoreError::Conflict(m) => ApiError::conflict("org_exists", m),
+            e @ StoreError::NameTaken { .. } => ApiError::conflict("org_exists", e.to_string()),
             other => other.into(),
         })?;
     Ok((StatusCode::CREATED, Json(org.into())))

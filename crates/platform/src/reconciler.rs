@@ -25,23 +25,20 @@ use crate::events::Event;
 use holdfast_cp::{InstanceState, ProvisionRequest};
 use holdfast_domain::failpoint;
 use holdfast_domain::{DesiredState, Runtime, Status, now_millis};
-use holdfast_store::WorkspaceRow;
+use holdfast_store::{Fence, WorkspaceRow};
+use plan::{Action, Facts, Pacing, Seen, Timing};
+
+pub mod plan;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// What this replica keeps of a workspace to pace its own actions. Not
-/// persisted: a replica that takes over starts from the default.
+/// What this replica keeps of a workspace. Not persisted: a replica that
+/// takes over starts from the default.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    /// Crashes since the last stable run; drives the backoff.
-    pub crashes: u32,
-    /// No automatic restart before this instant.
-    pub next_attempt: Option<Instant>,
-    /// Provisioning failed for this generation: wait for a new intent.
-    pub failed_generation: Option<i64>,
-    /// The generation of intent this replica last tried to start.
-    pub attempted_generation: Option<i64>,
+    /// Crash count, backoff and failed starts: see [`plan::Pacing`].
+    pub pacing: Pacing,
     /// The next start is the workspace's very first (set by create only).
     pub first_start: bool,
     /// The volume the last start attached, as the control plane reported it.
@@ -52,23 +49,145 @@ pub struct Observed {
     pub runs_command: bool,
 }
 
-/// What the control plane says of the workspace's recorded instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
-    /// No instance is recorded.
-    Nothing,
-    Running,
-    /// It exited on its own: a crash.
-    Exited,
-    /// The control plane does not know it (it was restarted, or the server
-    /// was, and stopped what the previous run left): not a crash.
-    Gone,
+/// How long a replica's lease on a workspace lasts unless renewed. An
+/// operation renews it every [`LEASE_RENEW`] while it runs, however long a
+/// stop takes; a replica that died holds it up for at most this long.
+const LEASE: Duration = Duration::from_secs(10);
+const LEASE_RENEW: Duration = Duration::from_secs(3);
+
+/// Workspaces checked back to back in a resync before a pause.
+const RESYNC_CHUNK: usize = 256;
+
+/// When each workspace is due a look, earliest first.
+#[derive(Debug, Default)]
+pub(crate) struct Wakes {
+    by_time: std::collections::BTreeSet<(holdfast_domain::Millis, Uuid)>,
+    by_id: std::collections::HashMap<Uuid, holdfast_domain::Millis>,
 }
 
-/// How long a replica's lease on a workspace lasts: longer than any single
-/// start or stop (a stop waits at most its stop timeout). Another replica
-/// waits at most this long for one that died holding it.
-const LEASE: Duration = Duration::from_secs(30);
+impl Wakes {
+    fn set(&mut self, id: Uuid, at: Option<holdfast_domain::Millis>) {
+        if let Some(old) = self.by_id.remove(&id) {
+            self.by_time.remove(&(old, id));
+        }
+        if let Some(at) = at {
+            self.by_id.insert(id, at);
+            self.by_time.insert((at, id));
+        }
+    }
+
+    fn earliest(&self) -> Option<holdfast_domain::Millis> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+
+    fn take_due(&mut self, now: holdfast_domain::Millis) -> Vec<Uuid> {
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = self.by_time.first() {
+            if at > now {
+                break;
+            }
+            self.by_time.pop_first();
+            self.by_id.remove(&id);
+            due.push(id);
+        }
+        due
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn recv_exit(
+    exits: &mut Option<tokio::sync::broadcast::Receiver<Uuid>>,
+) -> Option<Result<Uuid, tokio::sync::broadcast::error::RecvError>> {
+    match exits {
+        Some(rx) => Some(rx.recv().await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a request waits for a lease another replica holds before it
+/// answers 503 (its intent is written; the reconciler carries it out).
+pub(crate) const REQUEST_LEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// A replica's hold on one workspace: on a shared database, a lease on its
+/// row, renewed in the background while held, whose fence every write of
+/// observed state carries. On SQLite (one replica) there is nothing to
+/// fence and the local lock suffices.
+pub(crate) struct Lease {
+    id: Uuid,
+    fence: Option<Fence>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lease {
+    pub(crate) fn fence(&self) -> Option<Fence> {
+        self.fence
+    }
+
+    /// No lease: for what a runtime reports of itself (its registration),
+    /// which whichever replica it reaches records.
+    fn unfenced(id: Uuid) -> Lease {
+        Lease {
+            id,
+            fence: None,
+            renewer: None,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
+}
+
+/// Why the reconciler could not act, typed for the callers that branch on it
+/// (the API turns each into its status).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Another replica holds the workspace's lease.
+    #[error("another replica is acting on this workspace; try again shortly")]
+    Busy,
+    /// A restore asked for while the parent is (again) removed.
+    #[error("the workspace's parent {0} is removed; restore the parent first")]
+    ParentRemoved(Uuid),
+    #[error(transparent)]
+    Store(#[from] holdfast_store::StoreError),
+    #[error(transparent)]
+    Cp(#[from] holdfast_cp::CpError),
+}
+
+pub type ReconcileResult<T> = Result<T, ReconcileError>;
+
+impl From<ReconcileError> for crate::error::ApiError {
+    fn from(e: ReconcileError) -> Self {
+        match e {
+            ReconcileError::Busy => crate::error::ApiError::busy(),
+            ReconcileError::ParentRemoved(parent) => crate::error::ApiError::conflict(
+                "parent_removed",
+                "the workspace's parent is removed; restore the parent first",
+            )
+            .with("parent_id", parent.to_string()),
+            ReconcileError::Store(e) => e.into(),
+            ReconcileError::Cp(e) => e.into(),
+        }
+    }
+}
 
 /// Timing knobs of the reconciler.
 #[derive(Debug, Clone)]
@@ -85,6 +204,9 @@ pub struct ReconcilerSettings {
     /// How often volume quotas are checked (the control plane measures
     /// sizes at its own interval).
     pub usage_interval: Duration,
+    /// The safety-net pass over every workspace when the control plane
+    /// reports exits as events (otherwise `interval` polls).
+    pub resync: Duration,
 }
 
 impl Default for ReconcilerSettings {
@@ -98,33 +220,27 @@ impl Default for ReconcilerSettings {
             backoff_max: Duration::from_secs(60),
             stable_after: Duration::from_secs(60),
             usage_interval: Duration::from_secs(30),
+            resync: Duration::from_secs(10),
         }
     }
 }
 
 impl ReconcilerSettings {
-    /// Exponential backoff after `crashes` consecutive crashes, capped.
-    pub fn backoff(&self, crashes: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(crashes.saturating_sub(1).min(16))
-            .unwrap_or(u32::MAX);
-        self.backoff_base
-            .saturating_mul(factor)
-            .min(self.backoff_max)
+    /// The timing rules of [`plan::plan`], in milliseconds.
+    pub fn timing(&self) -> Timing {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timing {
+            heartbeat_window: ms(self.heartbeat_window),
+            provision_timeout: ms(self.provision_timeout),
+            backoff_base: ms(self.backoff_base),
+            backoff_max: ms(self.backoff_max),
+            stable_after: ms(self.stable_after),
+        }
     }
 }
 
 fn registers(runtime: &Runtime) -> bool {
     runtime.is_builtin()
-}
-
-fn desired_status(desired: DesiredState) -> Status {
-    match desired {
-        DesiredState::Running => Status::Online,
-        DesiredState::Paused => Status::Paused,
-        DesiredState::Hibernated => Status::Hibernated,
-        DesiredState::Removed => Status::Removed,
-    }
 }
 
 impl App {
@@ -149,20 +265,30 @@ impl App {
     pub(crate) async fn set_status(
         &self,
         ws: &mut WorkspaceRow,
+        lease: &Lease,
         status: Status,
-    ) -> anyhow::Result<()> {
+    ) -> ReconcileResult<()> {
         if ws.status == status {
             return Ok(());
         }
-        self.store.set_status(ws.id, status, now_millis()).await?;
+        self.store
+            .set_status(ws.id, lease.fence(), status, now_millis())
+            .await?;
         ws.status = status;
         self.events.publish(Event::status(status, ws.id, ws.org_id));
         Ok(())
     }
 
     /// Status `failed`, and why (shown on the workspace as `failure`).
-    async fn record_failure(&self, ws: &mut WorkspaceRow, why: &str) -> anyhow::Result<()> {
-        self.store.record_failure(ws.id, why, now_millis()).await?;
+    async fn record_failure(
+        &self,
+        ws: &mut WorkspaceRow,
+        lease: &Lease,
+        why: &str,
+    ) -> ReconcileResult<()> {
+        self.store
+            .record_failure(ws.id, lease.fence(), why, now_millis())
+            .await?;
         ws.failure = Some(why.to_owned());
         if ws.status != Status::Failed {
             ws.status = Status::Failed;
@@ -249,88 +375,133 @@ impl App {
     }
 
     /// Takes the workspace's lease, waiting up to `wait` for another replica
-    /// to finish. False if it could not be had.
-    pub(crate) async fn lease(&self, id: Uuid, wait: Duration) -> anyhow::Result<bool> {
+    /// to finish; `None` if it could not be had. Held, it is renewed in the
+    /// background until [`App::release`] (or until it is dropped).
+    pub(crate) async fn lease(&self, id: Uuid, wait: Duration) -> ReconcileResult<Option<Lease>> {
         if !self.shared_store() {
-            return Ok(true);
+            return Ok(Some(Lease {
+                id,
+                fence: None,
+                renewer: None,
+            }));
         }
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(60_000);
         let deadline = Instant::now() + wait;
         loop {
             let now = now_millis();
-            let until = now + i64::try_from(LEASE.as_millis()).unwrap_or(60_000);
-            if self
+            if let Some(fence) = self
                 .store
-                .try_lease_workspace(id, &self.replica_id, until, now)
+                .try_lease_workspace(id, &self.replica_id, now + ms(LEASE), now)
                 .await?
             {
-                return Ok(true);
+                let store = self.store.clone();
+                let holder = self.replica_id.clone();
+                let renewer = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(LEASE_RENEW).await;
+                        match store
+                            .renew_workspace_lease(id, &holder, fence, now_millis() + ms(LEASE))
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                // Its writes are refused from now on.
+                                tracing::warn!(workspace_id = %id, "workspace lease lost to another replica");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(workspace_id = %id, error = %e, "renewing a workspace lease failed");
+                            }
+                        }
+                    }
+                });
+                return Ok(Some(Lease {
+                    id,
+                    fence: Some(fence),
+                    renewer: Some(renewer),
+                }));
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
-    pub(crate) async fn release(&self, id: Uuid) {
-        if self.shared_store()
+    /// [`App::lease`] for a request: a lease another replica holds past
+    /// [`REQUEST_LEASE_WAIT`] is [`ReconcileError::Busy`], a 503.
+    pub(crate) async fn lease_or_busy(&self, id: Uuid) -> ReconcileResult<Lease> {
+        self.lease(id, REQUEST_LEASE_WAIT)
+            .await?
+            .ok_or(ReconcileError::Busy)
+    }
+
+    pub(crate) async fn release(&self, mut lease: Lease) {
+        if let Some(renewer) = lease.renewer.take() {
+            renewer.abort();
+        }
+        if let Some(fence) = lease.fence
             && let Err(e) = self
                 .store
-                .release_workspace_lease(id, &self.replica_id)
+                .release_workspace_lease(lease.id, &self.replica_id, fence)
                 .await
         {
             // It runs out on its own; another replica waits at most LEASE.
-            tracing::warn!(workspace_id = %id, error = %e, "releasing a workspace lease failed");
+            tracing::warn!(workspace_id = %lease.id, error = %e, "releasing a workspace lease failed");
         }
     }
 
-    /// Brings one workspace to its intent, waiting for another replica that
-    /// is acting on it. Returns the workspace as it now is (`None` if it does
-    /// not exist).
+    /// Brings one workspace to its intent, waiting a little for another
+    /// replica that is acting on it ([`ReconcileError::Busy`] after that).
+    /// Returns the workspace as it now is (`None` if it does not exist).
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
-    pub async fn reconcile(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
-        self.reconcile_waiting(id, Duration::from_secs(30)).await
+    pub async fn reconcile(&self, id: Uuid) -> ReconcileResult<Option<WorkspaceRow>> {
+        self.reconcile_waiting(id, REQUEST_LEASE_WAIT).await
     }
 
     async fn reconcile_waiting(
         &self,
         id: Uuid,
         wait: Duration,
-    ) -> anyhow::Result<Option<WorkspaceRow>> {
+    ) -> ReconcileResult<Option<WorkspaceRow>> {
         let _guard = self.locks.lock(id).await;
-        if !self.lease(id, wait).await? {
-            anyhow::bail!("another replica is acting on this workspace; try again shortly");
-        }
-        let result = self.reconcile_locked(id).await;
-        self.release(id).await;
+        let Some(lease) = self.lease(id, wait).await? else {
+            return Err(ReconcileError::Busy);
+        };
+        let result = self.reconcile_locked(id, &lease).await;
+        self.release(lease).await;
         result
     }
 
-    async fn reconcile_locked(&self, id: Uuid) -> anyhow::Result<Option<WorkspaceRow>> {
+    async fn reconcile_locked(
+        &self,
+        id: Uuid,
+        lease: &Lease,
+    ) -> ReconcileResult<Option<WorkspaceRow>> {
         let Some(ws) = self.store.get_workspace(id).await? else {
             self.forget(id);
             return Ok(None);
         };
-        self.reconcile_loaded(ws).await.map(Some)
+        self.reconcile_loaded(ws, lease).await.map(Some)
     }
 
     /// The first start of a workspace just inserted: its row is already in
     /// hand, which saves a read on the create → online path.
-    pub(crate) async fn reconcile_new(&self, ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
+    pub(crate) async fn reconcile_new(&self, ws: WorkspaceRow) -> ReconcileResult<WorkspaceRow> {
         let id = ws.id;
         let _guard = self.locks.lock(id).await;
-        if !self.lease(ws.id, Duration::from_secs(30)).await? {
-            anyhow::bail!("another replica is acting on this workspace");
-        }
+        let Some(lease) = self.lease(ws.id, REQUEST_LEASE_WAIT).await? else {
+            return Err(ReconcileError::Busy);
+        };
         let result = if self.observed.lock().expect("observed").contains_key(&ws.id)
             || self.shared_store()
         {
             // The background loop (here or on another replica) may have
             // seen the new row first and acted on it: the row in hand may be
             // stale, so read it again.
-            self.reconcile_locked(ws.id)
+            self.reconcile_locked(ws.id, &lease)
                 .await
-                .and_then(|w| w.ok_or_else(|| anyhow::anyhow!("workspace vanished")))
+                .and_then(|w| w.ok_or(holdfast_store::StoreError::NotFound.into()))
         } else {
             self.put_observed(
                 ws.id,
@@ -339,14 +510,33 @@ impl App {
                     ..Observed::default()
                 },
             );
-            self.reconcile_loaded(ws).await
+            self.reconcile_loaded(ws, &lease).await
         };
-        self.release(id).await;
+        self.release(lease).await;
         result
     }
 
-    async fn reconcile_loaded(&self, mut ws: WorkspaceRow) -> anyhow::Result<WorkspaceRow> {
+    async fn reconcile_loaded(
+        &self,
+        mut ws: WorkspaceRow,
+        lease: &Lease,
+    ) -> ReconcileResult<WorkspaceRow> {
         let id = ws.id;
+        if ws.is_removed() && ws.restore_requested_at.is_some() {
+            // A restore a crash (or a dead control plane) interrupted.
+            match self.complete_restore_locked(id, lease).await {
+                Ok(()) => {}
+                Err(ReconcileError::Cp(holdfast_cp::CpError::DataErased))
+                | Err(ReconcileError::ParentRemoved(_)) => {
+                    tracing::warn!("a restore asked for cannot be carried out; withdrawn");
+                }
+                Err(e) => return Err(e),
+            }
+            match self.store.get_workspace(id).await? {
+                Some(now) => ws = now,
+                None => return Ok(ws),
+            }
+        }
         if ws.is_removed() {
             if !ws.compute_released {
                 // Finished on behalf of whoever asked for the removal.
@@ -354,117 +544,103 @@ impl App {
                     .removed_by
                     .clone()
                     .unwrap_or_else(|| "reconciler".to_owned());
-                self.finish_removal_locked(&ws, &actor)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                self.finish_removal_locked(&ws, &actor, lease).await?;
             }
             self.forget(id);
             return Ok(ws);
         }
         let mut obs = self.observed(id);
         let seen = self.seen(id, ws.instance_id.as_deref()).await;
-        let s = &self.reconciler;
-        match ws.desired {
-            DesiredState::Running => {
-                let current = ws.instance_generation == Some(ws.generation);
-                if seen == Seen::Running && current {
-                    self.check_health(&mut ws, &mut obs).await?;
-                } else if seen == Seen::Running {
-                    // A restart was asked for (the generation moved on).
-                    self.stop_instance(&mut ws, Status::Offline).await?;
-                    failpoint::hit("restart.after_stop");
-                    obs.crashes = 0;
-                    obs.next_attempt = None;
-                    self.start_instance(&mut ws, &mut obs).await?;
-                } else {
-                    if seen == Seen::Exited {
-                        tracing::warn!("workspace process exited; restarting with backoff");
-                        obs.crashes += 1;
-                        obs.next_attempt = Some(Instant::now() + s.backoff(obs.crashes));
-                    }
-                    match seen {
-                        // Clean up what is left of it (an ephemeral
-                        // workspace's scratch data) and record it gone.
-                        Seen::Exited => self.stop_instance(&mut ws, Status::Offline).await?,
-                        // Nothing to stop: the control plane no longer knows
-                        // it. Only the record goes.
-                        Seen::Gone => self.forget_instance(&mut ws, Status::Offline).await?,
-                        Seen::Nothing | Seen::Running => {}
-                    }
-                    if obs.attempted_generation.is_some_and(|g| g != ws.generation) {
-                        // New intent: no waiting on an old backoff or failure.
-                        obs.next_attempt = None;
-                        obs.crashes = 0;
-                        obs.failed_generation = None;
-                    }
-                    let failed = obs.failed_generation == Some(ws.generation);
-                    let waiting = obs.next_attempt.is_some_and(|t| Instant::now() < t);
-                    if !failed && !waiting {
-                        self.start_instance(&mut ws, &mut obs).await?;
-                    }
+        let p = plan::plan(
+            &self.facts(&ws, seen),
+            obs.pacing,
+            &self.reconciler.timing(),
+            now_millis(),
+        );
+        obs.pacing = p.pacing;
+        match p.action {
+            // Handled above, before the row was live.
+            Action::Nothing | Action::CompleteRestore | Action::FinishRemoval => {}
+            Action::SetStatus(status) => self.set_status(&mut ws, lease, status).await?,
+            Action::Start => self.start_instance(&mut ws, &mut obs, lease).await?,
+            Action::Restart => {
+                self.stop_instance(&mut ws, lease, Status::Offline).await?;
+                failpoint::hit("restart.after_stop");
+                self.start_instance(&mut ws, &mut obs, lease).await?;
+            }
+            Action::Stop(then) => self.stop_instance(&mut ws, lease, then).await?,
+            Action::CleanUpCrash { start } => {
+                tracing::warn!("workspace process exited; restarting with backoff");
+                // What is left of it (an ephemeral workspace's scratch data).
+                self.stop_instance(&mut ws, lease, Status::Offline).await?;
+                if start {
+                    self.start_instance(&mut ws, &mut obs, lease).await?;
                 }
             }
-            DesiredState::Paused | DesiredState::Hibernated | DesiredState::Removed => {
-                let target = desired_status(ws.desired);
-                if ws.instance_id.is_some() {
-                    self.stop_instance(&mut ws, target).await?;
-                } else {
-                    self.set_status(&mut ws, target).await?;
+            Action::Forget { start } => {
+                // Nothing to stop: the control plane no longer knows it.
+                self.forget_instance(&mut ws, lease, Status::Offline)
+                    .await?;
+                if start {
+                    self.start_instance(&mut ws, &mut obs, lease).await?;
                 }
+            }
+            Action::HeartbeatLost => {
+                tracing::warn!("missed the heartbeat window; stopping and restarting");
+                self.stop_instance(&mut ws, lease, Status::Offline).await?;
             }
         }
+        // An action changed what is observed: look again at once, which
+        // plans the deadlines of the new state (a provision timeout, a
+        // backoff).
+        let wake = match p.action {
+            Action::Nothing => p.wake_at,
+            _ => Some(now_millis()),
+        };
+        self.schedule(id, wake);
         self.put_observed(id, obs);
         Ok(ws)
     }
 
-    /// A running instance of the current generation: watch its heartbeats and
-    /// its registration deadline.
-    async fn check_health(&self, ws: &mut WorkspaceRow, obs: &mut Observed) -> anyhow::Result<()> {
-        let s = &self.reconciler;
-        let now = now_millis();
-        let started = ws.started_at.unwrap_or(now);
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        if now - started >= ms(s.stable_after) {
-            obs.crashes = 0;
+    /// What [`plan::plan`] decides on, from the row and the control plane's
+    /// answer.
+    fn facts(&self, ws: &WorkspaceRow, seen: Seen) -> Facts {
+        Facts {
+            removed: ws.is_removed(),
+            restore_requested: ws.restore_requested_at.is_some(),
+            compute_released: ws.compute_released,
+            desired: ws.desired,
+            generation: ws.generation,
+            instance_generation: ws.instance_generation,
+            seen,
+            status: ws.status,
+            registers: registers(&ws.runtime),
+            registered: ws.url.is_some(),
+            started_at: ws.started_at,
+            last_heartbeat: ws.last_heartbeat,
+            healthy: self.running_status(ws.id),
         }
-        let healthy = self.running_status(ws.id);
-        if !registers(&ws.runtime) {
-            return self.set_status(ws, healthy).await;
-        }
-        if ws.url.is_some() {
-            let last = ws.last_heartbeat.unwrap_or(started);
-            if now - last > ms(s.heartbeat_window) {
-                tracing::warn!("missed the heartbeat window; stopping and restarting");
-                self.stop_instance(ws, Status::Offline).await?;
-                obs.crashes += 1;
-                obs.next_attempt = Some(Instant::now() + s.backoff(obs.crashes));
-            } else {
-                self.set_status(ws, healthy).await?;
-            }
-        } else if now - started > ms(s.provision_timeout) && ws.status == Status::Provisioning {
-            // Compute and data are left alone: an operator may want to look.
-            tracing::warn!("not registered within the provision timeout; failed");
-            self.record_failure(
-                ws,
-                "its runtime did not register within the provision timeout; its log may say why",
-            )
-            .await?;
-        }
-        Ok(())
     }
 
     async fn start_instance(
         &self,
         ws: &mut WorkspaceRow,
         obs: &mut Observed,
-    ) -> anyhow::Result<()> {
+        lease: &Lease,
+    ) -> ReconcileResult<()> {
         failpoint::hit("start.before_provision");
         let now = now_millis();
         // A workspace token per start; it replaces the previous instance's,
         // which stops working at once (and makes a stray old runtime exit).
         let token = generate_token("hfw");
         self.store
-            .begin_start(ws.id, &hash_hex(token.expose()), Status::Provisioning, now)
+            .begin_start(
+                ws.id,
+                lease.fence(),
+                &hash_hex(token.expose()),
+                Status::Provisioning,
+                now,
+            )
             .await?;
         ws.url = None;
         if ws.status != Status::Provisioning {
@@ -487,12 +663,12 @@ impl App {
             // Only ever for one attempt: a retry looks its volume up.
             first_start: std::mem::take(&mut obs.first_start),
         };
-        obs.attempted_generation = Some(ws.generation);
+        obs.pacing.attempted_generation = Some(ws.generation);
         match self.cp.provision(req).await {
             Ok(p) => {
                 failpoint::hit("start.after_provision");
                 obs.attached = p.volume.clone();
-                obs.failed_generation = None;
+                obs.pacing.failed_generation = None;
                 obs.runs_command = !registers(&ws.runtime);
                 let status = if registers(&ws.runtime) {
                     Status::Provisioning
@@ -503,6 +679,7 @@ impl App {
                 self.store
                     .record_started(
                         ws.id,
+                        lease.fence(),
                         status,
                         holdfast_store::Started {
                             instance_id: &p.instance_id,
@@ -535,28 +712,42 @@ impl App {
                 if matches!(e, holdfast_cp::CpError::Unavailable(_)) {
                     // A passing state: tried again with the crash backoff,
                     // not only at the next change of intent.
-                    obs.crashes += 1;
-                    obs.next_attempt = Some(Instant::now() + self.reconciler.backoff(obs.crashes));
+                    obs.pacing.crashes += 1;
+                    obs.pacing.next_attempt =
+                        Some(now_millis() + self.reconciler.timing().backoff(obs.pacing.crashes));
                 } else {
-                    obs.failed_generation = Some(ws.generation);
+                    obs.pacing.failed_generation = Some(ws.generation);
                 }
-                self.record_failure(ws, &failure_sentence(&e)).await?;
+                self.record_failure(ws, lease, &failure_sentence(&e))
+                    .await?;
             }
         }
         Ok(())
     }
 
     /// Stops the current instance (never prunes) and records `then`.
-    async fn stop_instance(&self, ws: &mut WorkspaceRow, then: Status) -> anyhow::Result<()> {
+    async fn stop_instance(
+        &self,
+        ws: &mut WorkspaceRow,
+        lease: &Lease,
+        then: Status,
+    ) -> ReconcileResult<()> {
         failpoint::hit("stop.before_cp_stop");
         self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
         failpoint::hit("stop.after_cp_stop");
-        self.forget_instance(ws, then).await
+        self.forget_instance(ws, lease, then).await
     }
 
     /// Records that the workspace has no instance any more, and `then`.
-    async fn forget_instance(&self, ws: &mut WorkspaceRow, then: Status) -> anyhow::Result<()> {
-        self.store.record_stopped(ws.id, then, now_millis()).await?;
+    async fn forget_instance(
+        &self,
+        ws: &mut WorkspaceRow,
+        lease: &Lease,
+        then: Status,
+    ) -> ReconcileResult<()> {
+        self.store
+            .record_stopped(ws.id, lease.fence(), then, now_millis())
+            .await?;
         ws.instance_id = None;
         ws.instance_generation = None;
         ws.url = None;
@@ -569,56 +760,141 @@ impl App {
         Ok(())
     }
 
-    /// Whether a workspace may need action, judged from its row, this
-    /// replica's pacing and the control plane's status.
+    /// Whether a workspace needs action now: the plan, judged from its row,
+    /// this replica's pacing and the control plane's status. Its next look
+    /// is scheduled either way.
     async fn needs_action(&self, ws: &WorkspaceRow) -> bool {
-        let obs = self.observed(ws.id);
-        match ws.desired {
-            DesiredState::Running => {
-                let Some(inst) = ws.instance_id.as_deref() else {
-                    return obs.failed_generation != Some(ws.generation);
-                };
-                if ws.instance_generation != Some(ws.generation)
-                    || !self.instance_runs(ws.id, inst).await
-                {
-                    return true;
-                }
-                let healthy = self.running_status(ws.id);
-                if !registers(&ws.runtime) {
-                    return ws.status != healthy;
-                }
-                let now = now_millis();
-                let started = ws.started_at.unwrap_or(now);
-                let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-                if ws.url.is_some() {
-                    now - ws.last_heartbeat.unwrap_or(started)
-                        > ms(self.reconciler.heartbeat_window)
-                        || ws.status != healthy
-                } else {
-                    now - started > ms(self.reconciler.provision_timeout)
-                        && ws.status == Status::Provisioning
-                }
-            }
-            other => ws.instance_id.is_some() || ws.status != desired_status(other),
-        }
+        let seen = self.seen(ws.id, ws.instance_id.as_deref()).await;
+        let p = plan::plan(
+            &self.facts(ws, seen),
+            self.observed(ws.id).pacing,
+            &self.reconciler.timing(),
+            now_millis(),
+        );
+        self.schedule(ws.id, p.wake_at);
+        p.action != Action::Nothing
     }
 
     /// One pass over every workspace. A workspace another replica is acting
-    /// on is left to it.
-    pub async fn reconcile_all(&self) -> anyhow::Result<()> {
+    /// on is left to it. With `spread`, the status checks are spread over
+    /// that long rather than made in one burst.
+    pub async fn reconcile_all(&self, spread: Duration) -> anyhow::Result<()> {
         for ws in self.store.unreleased_removed().await? {
             if let Err(e) = self.reconcile_waiting(ws.id, Duration::ZERO).await {
                 tracing::warn!(workspace_id = %ws.id, error = %e, "finishing a removal failed; will retry");
             }
         }
-        for ws in self.store.reconcile_candidates().await? {
-            if self.needs_action(&ws).await
-                && let Err(e) = self.reconcile_waiting(ws.id, Duration::ZERO).await
-            {
-                tracing::debug!(workspace_id = %ws.id, error = %e, "reconcile failed; will retry");
+        let candidates = self.store.reconcile_candidates().await?;
+        let chunks = candidates.len().div_ceil(RESYNC_CHUNK).max(1);
+        let pause = spread / u32::try_from(chunks).unwrap_or(u32::MAX);
+        for (n, chunk) in candidates.chunks(RESYNC_CHUNK).enumerate() {
+            if n > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            for ws in chunk {
+                self.check_one(ws).await;
             }
         }
         Ok(())
+    }
+
+    async fn check_one(&self, ws: &WorkspaceRow) {
+        if self.needs_action(ws).await
+            && let Err(e) = self.reconcile_waiting(ws.id, Duration::ZERO).await
+        {
+            tracing::debug!(workspace_id = %ws.id, error = %e, "reconcile failed; will retry");
+        }
+    }
+
+    /// Looks at one workspace again after an event or a wake.
+    async fn recheck(&self, id: Uuid) {
+        match self.store.get_workspace(id).await {
+            Ok(Some(ws)) if ws.is_removed() => {
+                if let Err(e) = self.reconcile_waiting(id, Duration::ZERO).await {
+                    tracing::debug!(workspace_id = %id, error = %e, "reconcile failed; will retry");
+                }
+            }
+            Ok(Some(ws)) => self.check_one(&ws).await,
+            Ok(None) => self.forget(id),
+            Err(e) => tracing::debug!(workspace_id = %id, error = %e, "reading a workspace failed"),
+        }
+    }
+
+    /// Records when to look at a workspace again (`None`: only on an event
+    /// or at the resync), and tells the loop when that is its earliest.
+    pub(crate) fn schedule(&self, id: Uuid, at: Option<holdfast_domain::Millis>) {
+        let earlier = {
+            let mut wakes = self.wakes.lock().expect("wakes");
+            let before = wakes.earliest();
+            wakes.set(id, at);
+            at.is_some_and(|at| before.is_none_or(|b| at < b))
+        };
+        if earlier {
+            self.wakes_changed.notify_one();
+        }
+    }
+
+    /// The reconciler loop. A first pass at start restarts every workspace
+    /// that should run. After that it acts on events: a process that
+    /// exited (where the control plane reports exits), intent written here
+    /// (each handler reconciles its own workspace, an import nudges), and
+    /// the wakes that the plan asked for. A resync over every workspace
+    /// remains as a safety net (and finds what other replicas wrote),
+    /// spread over its period; a control plane that reports no exits is
+    /// polled at the short interval instead.
+    pub(crate) async fn run_reconciler(self: std::sync::Arc<Self>) {
+        let mut exits = self.cp.exits();
+        let period = if exits.is_some() {
+            self.reconciler.resync
+        } else {
+            self.reconciler.interval
+        };
+        let spread = if exits.is_some() {
+            period / 2
+        } else {
+            Duration::ZERO
+        };
+        let resync = {
+            let app = self.clone();
+            tokio::spawn(async move {
+                // The first pass (at start) and a nudged one act at once.
+                let mut this_spread = Duration::ZERO;
+                loop {
+                    if let Err(e) = app.reconcile_all(this_spread).await {
+                        tracing::warn!(error = %e, "reconcile pass failed");
+                    }
+                    this_spread = tokio::select! {
+                        () = tokio::time::sleep(period) => spread,
+                        () = app.reconcile_soon.notified() => Duration::ZERO,
+                    };
+                }
+            })
+        };
+        let _resync = AbortOnDrop(resync);
+        loop {
+            let next = self.wakes.lock().expect("wakes").earliest();
+            let sleep_for =
+                next.map(|at| Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0)));
+            tokio::select! {
+                exited = recv_exit(&mut exits) => match exited {
+                    Some(Ok(id)) => self.recheck(id).await,
+                    Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                        // Events were lost: a whole pass finds what they said.
+                        self.reconcile_soon.notify_one();
+                    }
+                    Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) | None => {
+                        exits = None;
+                    }
+                },
+                () = sleep_opt(sleep_for) => {
+                    let due = self.wakes.lock().expect("wakes").take_due(now_millis());
+                    for id in due {
+                        self.recheck(id).await;
+                    }
+                }
+                () = self.wakes_changed.notified() => {}
+            }
+        }
     }
 
     /// Registration of a runtime: it is online from now on.
@@ -633,7 +909,8 @@ impl App {
         self.store.record_registered(id, url, now_millis()).await?;
         if ws.desired == DesiredState::Running {
             let healthy = self.running_status(id);
-            self.set_status(&mut ws, healthy).await?;
+            self.set_status(&mut ws, &Lease::unfenced(id), healthy)
+                .await?;
         }
         Ok(())
     }
@@ -655,22 +932,5 @@ fn failure_sentence(e: &holdfast_cp::CpError) -> String {
         }
         CpError::DataErased => "its data has been erased".to_owned(),
         _ => "the start failed; the server log says why".to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let s = ReconcilerSettings {
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
-            ..Default::default()
-        };
-        let got: Vec<u128> = (1..=6).map(|n| s.backoff(n).as_millis()).collect();
-        assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(s.backoff(1000).as_millis(), 1000);
     }
 }

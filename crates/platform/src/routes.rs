@@ -123,10 +123,67 @@ pub(crate) fn parse_uuid_param(name: &str, v: &str) -> ApiResult<Uuid> {
 
 impl App {
     pub(crate) async fn view(&self, ws: &WorkspaceRow) -> ApiResult<WorkspaceView> {
-        let volume = self.cp.volume(ws.id).await?;
-        Ok(WorkspaceView::new(ws, volume.as_ref(), &self.confinement))
+        Ok(match self.volume_or_last_known(ws.id).await? {
+            Known::Fresh(volume) => WorkspaceView::new(ws, volume.as_ref(), &self.confinement),
+            Known::LastKnown { volume, as_of } => {
+                let mut view = WorkspaceView::new(ws, volume.as_ref(), &self.confinement);
+                view.data = view.data.stale(as_of);
+                view
+            }
+        })
+    }
+
+    /// The workspace's volume from the control plane; when it cannot be
+    /// reached, what this server last saw of it (reads keep working on
+    /// what the store and this server know).
+    pub(crate) async fn volume_or_last_known(&self, id: Uuid) -> ApiResult<Known> {
+        match self.cp.volume(id).await {
+            Ok(volume) => {
+                let mut seen = self.last_known.lock().expect("last known");
+                match &volume {
+                    Some(v) => {
+                        seen.insert(id, (v.clone(), holdfast_domain::now_millis()));
+                    }
+                    None => {
+                        seen.remove(&id);
+                    }
+                }
+                Ok(Known::Fresh(volume))
+            }
+            Err(holdfast_cp::CpError::Unreachable(reason)) => {
+                tracing::debug!(workspace_id = %id, %reason, "answering with the last known volume");
+                let seen = self
+                    .last_known
+                    .lock()
+                    .expect("last known")
+                    .get(&id)
+                    .cloned();
+                Ok(match seen {
+                    Some((v, at)) => Known::LastKnown {
+                        volume: Some(v),
+                        as_of: Some(at),
+                    },
+                    None => Known::LastKnown {
+                        volume: None,
+                        as_of: None,
+                    },
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
+
+/// A volume as fresh as the control plane gave it, or as last seen.
+pub(crate) enum Known {
+    Fresh(Option<holdfast_cp::VolumeInfo>),
+    LastKnown {
+        volume: Option<holdfast_cp::VolumeInfo>,
+        as_of: Option<holdfast_domain::Millis>,
+    },
+}
+
+impl App {}
 
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
@@ -334,7 +391,10 @@ pub async fn delete_workspace(
 #[utoipa::path(
     get, path = "/workspaces/{id}/data",
     params(("id" = Uuid, Path, description = "workspace id")),
-    responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, body = VolumeView), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "control_plane_unreachable: the control plane does not answer and no record of the volume was seen yet"),
+    ),
     security(("bearer" = []))
 )]
 pub async fn get_workspace_data(
@@ -345,15 +405,30 @@ pub async fn get_workspace_data(
     let id = parse_id(&raw)?;
     let ws = app.load_managed(&caller, id).await?;
     let mode = ws.resolved_mode.or(ws.compute.data_persistence);
-    let view = match app.cp.volume(id).await? {
-        Some(v) => {
+    let view = match app.volume_or_last_known(id).await? {
+        Known::Fresh(Some(v)) => {
             let history = app.cp.volume_history(v.id).await?;
             let mut view = VolumeView::new(&v);
             view.mode = mode.map(|m| m.as_str().to_owned());
             view.history = Some(history.into_iter().map(Into::into).collect());
             view
         }
-        None => VolumeView::none(id, mode),
+        Known::Fresh(None) => VolumeView::none(id, mode),
+        // What was last seen, without its history; nothing seen yet is a
+        // 503: there is no record to show.
+        Known::LastKnown {
+            volume: Some(v),
+            as_of,
+        } => {
+            let mut view = VolumeView::new(&v);
+            view.mode = mode.map(|m| m.as_str().to_owned());
+            view.stale = true;
+            view.as_of = as_of.map(holdfast_domain::format_millis);
+            view
+        }
+        Known::LastKnown { volume: None, .. } => {
+            return Err(holdfast_cp::CpError::Unreachable("volume".to_owned()).into());
+        }
     };
     Ok(Json(view))
 }

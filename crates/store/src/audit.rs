@@ -47,22 +47,8 @@ impl AuditEvent {
 impl Store {
     #[tracing::instrument(skip_all, name = "store.audit", fields(action = ev.action))]
     pub async fn audit(&self, ev: NewAuditEvent, now: Millis) -> StoreResult<Uuid> {
-        let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(id.to_string())
-        .bind(now)
-        .bind(ev.actor)
-        .bind(ev.action)
-        .bind(ev.workspace_id.map(|w| w.to_string()))
-        .bind(ev.volume_id.map(|v| v.to_string()))
-        .bind(ev.reason)
-        .bind(ev.detail.map(|d| d.to_string()))
-        .execute(self.pool())
-        .await?;
-        Ok(id)
+        let mut conn = self.pool().acquire().await?;
+        insert_audit(&mut conn, &ev, now).await
     }
 
     /// Audit events, newest first.
@@ -92,4 +78,29 @@ impl Store {
             };
         rows.iter().map(AuditEvent::from_row).collect()
     }
+}
+
+/// Writes one audit event on `conn`, which may be a transaction: an
+/// operation's intent and its audit event commit together.
+pub(crate) async fn insert_audit(
+    conn: &mut sqlx::AnyConnection,
+    ev: &NewAuditEvent,
+    now: Millis,
+) -> StoreResult<Uuid> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id.to_string())
+    .bind(now)
+    .bind(ev.actor.clone())
+    .bind(ev.action)
+    .bind(ev.workspace_id.map(|w| w.to_string()))
+    .bind(ev.volume_id.map(|v| v.to_string()))
+    .bind(ev.reason.clone())
+    .bind(ev.detail.as_ref().map(|d| d.to_string()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
 }

@@ -92,7 +92,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if row.is_none() {
-                    return Err(StoreError::Conflict(format!(
+                    return Err(StoreError::ImportRaced(format!(
                         "workspace {parent} was removed while the import ran"
                     )));
                 }
@@ -124,7 +124,7 @@ impl Store {
                 }
             };
             if twin.is_some() {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::ImportRaced(format!(
                     "a workspace named {:?} appeared there while the import ran",
                     ws.name
                 )));
@@ -149,7 +149,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = row else {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::ImportRaced(format!(
                     "workspace {} was removed while the import ran",
                     u.id
                 )));
@@ -184,7 +184,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() != 1 {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::ImportRaced(format!(
                     "workspace {id} was removed while the import ran"
                 )));
             }

@@ -24,7 +24,7 @@ pub use orgs::Org;
 pub use sessions::{Session, SessionIdentity};
 pub use tenants::Tenant;
 pub use volumes::{Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition};
-pub use workspaces::{NewWorkspace, Started, WorkspacePatch, WorkspaceRow};
+pub use workspaces::{Fence, NewWorkspace, Started, WorkspacePatch, WorkspaceRow};
 
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -37,9 +37,29 @@ use std::str::FromStr;
 pub enum StoreError {
     #[error("not found")]
     NotFound,
-    /// A compare-and-set lost: the row was not in the expected state.
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// A volume's compare-and-set lost: it was not in a state the write
+    /// expected (`found`, when known), because another writer moved it.
+    #[error("volume {volume_id} is {}, not in the state this change expects", found.map_or("changed", |s| s.as_str()))]
+    VolumeMoved {
+        volume_id: uuid::Uuid,
+        found: Option<holdfast_domain::VolumeState>,
+    },
+    /// The workspace is removed, or was removed while the write ran.
+    #[error("workspace {0} is removed")]
+    WorkspaceRemoved(uuid::Uuid),
+    /// The workspace is live: a restore that another one beat to it.
+    #[error("workspace {0} is not removed")]
+    WorkspaceNotRemoved(uuid::Uuid),
+    /// A unique name is taken.
+    #[error("{kind} named {name:?} exists")]
+    NameTaken { kind: &'static str, name: String },
+    /// The rows an import planned against changed before it was written.
+    #[error("{0}")]
+    ImportRaced(String),
+    /// This replica no longer holds the workspace's lease (another took it
+    /// over): its write of observed state is refused.
+    #[error("lease on workspace {0} lost; the write is refused")]
+    Fenced(uuid::Uuid),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

@@ -75,9 +75,10 @@ impl Store {
         .execute(self.pool())
         .await?;
         if done.rows_affected() != 1 {
-            return Err(crate::StoreError::Conflict(format!(
-                "an org named {name:?} exists"
-            )));
+            return Err(crate::StoreError::NameTaken {
+                kind: "an org",
+                name: name.to_owned(),
+            });
         }
         Ok(Org {
             id,

@@ -33,9 +33,10 @@ impl Store {
         .execute(self.pool())
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "a tenant named {name:?} exists"
-            )));
+            return Err(StoreError::NameTaken {
+                kind: "a tenant",
+                name: name.to_owned(),
+            });
         }
         Ok(Tenant {
             id,

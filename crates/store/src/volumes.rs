@@ -181,10 +181,10 @@ impl Store {
             .transpose()?
             .ok_or(StoreError::NotFound)?;
         if !t.from.contains(&vol.state) {
-            return Err(StoreError::Conflict(format!(
-                "volume {} is {}, not one of {:?}",
-                vol.id, vol.state, t.from
-            )));
+            return Err(StoreError::VolumeMoved {
+                volume_id: vol.id,
+                found: Some(vol.state),
+            });
         }
         // The state is also checked in the UPDATE itself, so that the CAS holds
         // even on a database where the SELECT above is not a lock.
@@ -202,10 +202,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "volume {} changed concurrently",
-                vol.id
-            )));
+            return Err(StoreError::VolumeMoved {
+                volume_id: vol.id,
+                found: None,
+            });
         }
         // Who asked for an erasure is reported when it happens; a volume
         // brought back forgets it.
@@ -409,9 +409,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "volume {volume_id} is no longer {from}"
-            )));
+            return Err(StoreError::VolumeMoved {
+                volume_id,
+                found: None,
+            });
         }
         sqlx::query(
             "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
@@ -451,9 +452,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "volume {volume_id} is not erasing"
-            )));
+            return Err(StoreError::VolumeMoved {
+                volume_id,
+                found: None,
+            });
         }
         let row = sqlx::query(&format!(
             "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"

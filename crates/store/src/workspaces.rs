@@ -43,6 +43,10 @@ pub struct WorkspaceRow {
     pub limits: Option<String>,
     /// Why its latest start failed, for its owner; `None` when it did not.
     pub failure: Option<String>,
+    /// A restore was asked for (by `restore_by`) and is not finished yet:
+    /// the reconciler carries it out.
+    pub restore_requested_at: Option<Millis>,
+    pub restore_by: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub removed_at: Option<Millis>,
@@ -82,6 +86,8 @@ impl WorkspaceRow {
             isolation: row.try_get("isolation")?,
             limits: row.try_get("limits")?,
             failure: row.try_get("failure")?,
+            restore_requested_at: row.try_get("restore_requested_at")?,
+            restore_by: row.try_get("restore_by")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             removed_at: row.try_get("removed_at")?,
@@ -211,7 +217,31 @@ pub(crate) fn insert_query(
 
 pub(crate) const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
-    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, failure, created_at, updated_at, removed_at";
+    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, failure, restore_requested_at, restore_by, \
+    created_at, updated_at, removed_at";
+
+/// The fence of a workspace lease grant: see [`Store::try_lease_workspace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence(pub i64);
+
+/// `sql` with the fence checked as parameter `$n` when there is one (bound
+/// by [`bind_fence`]).
+fn fenced(sql: &str, fence: Option<Fence>, n: usize) -> String {
+    match fence {
+        Some(_) => format!("{sql} AND lease_fence = ${n}"),
+        None => sql.to_owned(),
+    }
+}
+
+fn bind_fence<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    fence: Option<Fence>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    match fence {
+        Some(f) => q.bind(f.0),
+        None => q,
+    }
+}
 
 pub(crate) fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("domain types serialize")
@@ -252,6 +282,8 @@ impl Store {
             isolation: None,
             limits: None,
             failure: None,
+            restore_requested_at: None,
+            restore_by: None,
             created_at: now,
             updated_at: now,
             removed_at: None,
@@ -334,7 +366,7 @@ impl Store {
             .transpose()?
             .ok_or(StoreError::NotFound)?;
         if ws.is_removed() {
-            return Err(StoreError::Conflict("workspace is removed".into()));
+            return Err(StoreError::WorkspaceRemoved(id));
         }
         patch.apply_to(&mut ws);
         write_config(&mut tx, &ws, now).await?;
@@ -350,6 +382,7 @@ impl Store {
     pub async fn record_started(
         &self,
         id: Uuid,
+        fence: Option<Fence>,
         status: Status,
         started: Started<'_>,
         now: Millis,
@@ -361,38 +394,74 @@ impl Store {
             isolation,
             limits,
         } = started;
-        sqlx::query(
+        let sql = fenced(
             "UPDATE workspaces SET status = $2, instance_id = $3, instance_generation = $4, \
              resolved_mode = $5, started_at = $6, last_heartbeat = NULL, updated_at = $6, \
              isolation = COALESCE($7, isolation), limits = COALESCE($8, limits) \
              WHERE id = $1 AND removed_at IS NULL",
+            fence,
+            9,
+        );
+        let done = bind_fence(
+            sqlx::query(&sql)
+                .bind(id.to_string())
+                .bind(status.as_str())
+                .bind(instance_id.to_owned())
+                .bind(generation)
+                .bind(resolved_mode.as_str())
+                .bind(now)
+                .bind(isolation.map(str::to_owned))
+                .bind(limits.map(str::to_owned)),
+            fence,
         )
-        .bind(id.to_string())
-        .bind(status.as_str())
-        .bind(instance_id.to_owned())
-        .bind(generation)
-        .bind(resolved_mode.as_str())
-        .bind(now)
-        .bind(isolation.map(str::to_owned))
-        .bind(limits.map(str::to_owned))
         .execute(self.pool())
         .await?;
-        Ok(())
+        self.check_fence(id, fence, done.rows_affected()).await
     }
 
     /// Records that the workspace's instance is gone (stopped or exited).
     #[tracing::instrument(skip_all, name = "store.record_stopped", fields(workspace_id = %id, status = %status))]
-    pub async fn record_stopped(&self, id: Uuid, status: Status, now: Millis) -> StoreResult<()> {
-        sqlx::query(
+    pub async fn record_stopped(
+        &self,
+        id: Uuid,
+        fence: Option<Fence>,
+        status: Status,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let sql = fenced(
             "UPDATE workspaces SET status = $2, instance_id = NULL, instance_generation = NULL, url = NULL, \
              started_at = NULL, last_heartbeat = NULL, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+            fence,
+            4,
+        );
+        let done = bind_fence(
+            sqlx::query(&sql)
+                .bind(id.to_string())
+                .bind(status.as_str())
+                .bind(now),
+            fence,
         )
-        .bind(id.to_string())
-        .bind(status.as_str())
-        .bind(now)
         .execute(self.pool())
         .await?;
-        Ok(())
+        self.check_fence(id, fence, done.rows_affected()).await
+    }
+
+    /// A fenced write that changed nothing: refused with
+    /// [`StoreError::Fenced`] when the lease moved on, fine otherwise (the
+    /// row is removed, or gone).
+    async fn check_fence(&self, id: Uuid, fence: Option<Fence>, rows: u64) -> StoreResult<()> {
+        let Some(fence) = fence.filter(|_| rows == 0) else {
+            return Ok(());
+        };
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT lease_fence FROM workspaces WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(self.pool())
+                .await?;
+        match current {
+            Some(c) if c != fence.0 => Err(StoreError::Fenced(id)),
+            _ => Ok(()),
+        }
     }
 
     /// A runtime registered: where it listens, and a first heartbeat.
@@ -418,36 +487,72 @@ impl Store {
         Ok(())
     }
 
-    /// Takes (or renews) the lease on a workspace for `holder` until
-    /// `until`: granted when nobody holds it, `holder` already does, or the
-    /// previous holder's lease ran out (a replica that died). One replica at
-    /// a time acts on a workspace's compute.
+    /// Takes the lease on a workspace for `holder` until `until`: granted
+    /// when nobody holds it, `holder` already does, or the previous
+    /// holder's lease ran out (a replica that died). One replica at a time
+    /// acts on a workspace's compute. Every grant moves the fence on and
+    /// returns it: writes of observed state carry it, and a holder whose
+    /// lease was taken over can no longer write.
     pub async fn try_lease_workspace(
         &self,
         id: Uuid,
         holder: &str,
         until: Millis,
         now: Millis,
-    ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE workspaces SET lease_holder = $2, lease_until = $3 \
-             WHERE id = $1 AND (lease_holder IS NULL OR lease_holder = $2 OR lease_until IS NULL OR lease_until < $4)",
+    ) -> StoreResult<Option<Fence>> {
+        let fence: Option<i64> = sqlx::query_scalar(
+            "UPDATE workspaces SET lease_holder = $2, lease_until = $3, lease_fence = lease_fence + 1 \
+             WHERE id = $1 AND (lease_holder IS NULL OR lease_holder = $2 OR lease_until IS NULL OR lease_until < $4) \
+             RETURNING lease_fence",
         )
         .bind(id.to_string())
         .bind(holder.to_owned())
         .bind(until)
         .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(fence.map(Fence))
+    }
+
+    /// Extends a lease its holder still has (same fence) to `until`; false
+    /// when it was lost.
+    pub async fn renew_workspace_lease(
+        &self,
+        id: Uuid,
+        holder: &str,
+        fence: Fence,
+        until: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE workspaces SET lease_until = $3 \
+             WHERE id = $1 AND lease_holder = $2 AND lease_fence = $4",
+        )
+        .bind(id.to_string())
+        .bind(holder.to_owned())
+        .bind(until)
+        .bind(fence.0)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn release_workspace_lease(&self, id: Uuid, holder: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE workspaces SET lease_holder = NULL, lease_until = NULL WHERE id = $1 AND lease_holder = $2")
-            .bind(id.to_string())
-            .bind(holder.to_owned())
-            .execute(self.pool())
-            .await?;
+    /// Gives the lease up; the fence moves on, so a write that comes late
+    /// with the old one is refused.
+    pub async fn release_workspace_lease(
+        &self,
+        id: Uuid,
+        holder: &str,
+        fence: Fence,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE workspaces SET lease_holder = NULL, lease_until = NULL, lease_fence = lease_fence + 1 \
+             WHERE id = $1 AND lease_holder = $2 AND lease_fence = $3",
+        )
+        .bind(id.to_string())
+        .bind(holder.to_owned())
+        .bind(fence.0)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -482,26 +587,53 @@ impl Store {
         Ok(())
     }
 
-    /// Records a new desired state, bumping the generation so that the
-    /// reconciler sees a restart even when the state itself is unchanged.
-    #[tracing::instrument(skip_all, name = "store.set_desired", fields(workspace_id = %id, desired = %desired))]
+    /// Records a new desired state for every workspace of `ids` (one, or a
+    /// cascade), bumping each generation so that the reconciler sees a
+    /// restart even when the state itself is unchanged, with one audit event
+    /// `action` per workspace: all in one transaction, so a crash leaves
+    /// the whole intent or none of it. [`StoreError::WorkspaceRemoved`] (and
+    /// nothing written) if one of them is removed.
+    #[tracing::instrument(skip_all, name = "store.set_desired", fields(count = ids.len(), desired = %desired))]
     pub async fn set_desired(
         &self,
-        id: Uuid,
+        ids: &[Uuid],
         desired: DesiredState,
+        actor: &str,
+        action: &'static str,
+        detail: Option<serde_json::Value>,
         now: Millis,
-    ) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "UPDATE workspaces SET desired = $2, generation = generation + 1, updated_at = $3 \
-             WHERE id = $1 AND removed_at IS NULL RETURNING generation",
-        )
-        .bind(id.to_string())
-        .bind(desired.as_str())
-        .bind(now)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        Ok(row.try_get("generation")?)
+    ) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE workspaces SET desired = $2, generation = generation + 1, updated_at = $3 \
+                 WHERE id = $1 AND removed_at IS NULL",
+            )
+            .bind(id.to_string())
+            .bind(desired.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                // Dropped without commit: rolled back.
+                return Err(StoreError::WorkspaceRemoved(*id));
+            }
+            crate::audit::insert_audit(
+                &mut tx,
+                &crate::NewAuditEvent {
+                    actor: actor.to_owned(),
+                    action,
+                    workspace_id: Some(*id),
+                    volume_id: None,
+                    reason: None,
+                    detail: detail.clone(),
+                },
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Marks `ids` removed in one transaction, with the erase choice, and
@@ -531,7 +663,7 @@ impl Store {
     /// [`Store::mark_removed`] for a delete of `root` and its live
     /// `descendants`, as a compare-and-set on `root`: when `root` is
     /// already removed nothing changes and the answer is
-    /// [`StoreError::Conflict`]. Of several deletes of one workspace at once,
+    /// [`StoreError::WorkspaceRemoved`]. Of several deletes of one workspace at once,
     /// on one server or on replicas sharing a database, exactly one wins.
     #[tracing::instrument(skip_all, name = "store.remove_tree", fields(workspace_id = %root))]
     pub async fn remove_tree(
@@ -545,7 +677,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         if mark_one_removed(&mut tx, root, erase, actor, now).await? == 0 {
             // Dropped without commit: rolled back.
-            return Err(StoreError::Conflict("workspace is already removed".into()));
+            return Err(StoreError::WorkspaceRemoved(root));
         }
         let mut n = 1;
         for id in descendants {
@@ -556,21 +688,37 @@ impl Store {
     }
 
     /// Records that a removed workspace's compute has been stopped.
-    pub async fn mark_compute_released(&self, id: Uuid) -> StoreResult<()> {
-        sqlx::query(
+    pub async fn mark_compute_released(&self, id: Uuid, fence: Option<Fence>) -> StoreResult<()> {
+        let sql = fenced(
             "UPDATE workspaces SET compute_released = 1, instance_id = NULL, instance_generation = NULL, \
              url = NULL, started_at = NULL, last_heartbeat = NULL WHERE id = $1",
-        )
-            .bind(id.to_string())
+            fence,
+            2,
+        );
+        let done = bind_fence(sqlx::query(&sql).bind(id.to_string()), fence)
             .execute(self.pool())
             .await?;
-        Ok(())
+        self.check_fence(id, fence, done.rows_affected()).await
     }
 
-    /// Removed workspaces whose compute stop has not completed yet.
+    /// Removed workspaces with nothing left to do: compute stopped, no
+    /// restore asked for.
+    pub async fn settled_removed_ids(&self) -> StoreResult<std::collections::HashSet<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT id FROM workspaces WHERE removed_at IS NOT NULL AND compute_released = 1 \
+             AND restore_requested_at IS NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| crate::parse_uuid(r, "id")).collect()
+    }
+
+    /// Removed workspaces with something left to do: a compute stop that
+    /// has not completed, or a restore asked for and not finished.
     pub async fn unreleased_removed(&self) -> StoreResult<Vec<WorkspaceRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM workspaces WHERE removed_at IS NOT NULL AND compute_released = 0"
+            "SELECT {COLUMNS} FROM workspaces WHERE removed_at IS NOT NULL \
+             AND (compute_released = 0 OR restore_requested_at IS NOT NULL)"
         ))
         .fetch_all(self.pool())
         .await?;
@@ -582,51 +730,132 @@ impl Store {
     /// Records a failed start: status `failed` and why, in a sentence for
     /// the workspace's owner.
     #[tracing::instrument(skip_all, name = "store.record_failure", fields(workspace_id = %id))]
-    pub async fn record_failure(&self, id: Uuid, why: &str, now: Millis) -> StoreResult<()> {
-        sqlx::query(
+    pub async fn record_failure(
+        &self,
+        id: Uuid,
+        fence: Option<Fence>,
+        why: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let sql = fenced(
             "UPDATE workspaces SET status = $2, failure = $3, updated_at = $4 \
              WHERE id = $1 AND removed_at IS NULL",
+            fence,
+            5,
+        );
+        let done = bind_fence(
+            sqlx::query(&sql)
+                .bind(id.to_string())
+                .bind(Status::Failed.as_str())
+                .bind(why.to_owned())
+                .bind(now),
+            fence,
+        )
+        .execute(self.pool())
+        .await?;
+        self.check_fence(id, fence, done.rows_affected()).await
+    }
+
+    /// Records a status change alone (the instance and URL stay as they are).
+    #[tracing::instrument(skip_all, name = "store.set_status", fields(workspace_id = %id, status = %status))]
+    pub async fn set_status(
+        &self,
+        id: Uuid,
+        fence: Option<Fence>,
+        status: Status,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let sql = fenced(
+            "UPDATE workspaces SET status = $2, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+            fence,
+            4,
+        );
+        let done = bind_fence(
+            sqlx::query(&sql)
+                .bind(id.to_string())
+                .bind(status.as_str())
+                .bind(now),
+            fence,
+        )
+        .execute(self.pool())
+        .await?;
+        self.check_fence(id, fence, done.rows_affected()).await
+    }
+}
+
+impl Store {
+    /// Records that a restore of a removed workspace is asked for: the
+    /// intent that [`Store::unremove_workspace`] completes. Asking again is
+    /// harmless. [`StoreError::WorkspaceNotRemoved`] if it is live.
+    #[tracing::instrument(skip_all, name = "store.request_restore", fields(workspace_id = %id))]
+    pub async fn request_restore(&self, id: Uuid, actor: &str, now: Millis) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE workspaces SET restore_requested_at = COALESCE(restore_requested_at, $2), \
+             restore_by = $3, updated_at = $2 WHERE id = $1 AND removed_at IS NOT NULL",
         )
         .bind(id.to_string())
-        .bind(Status::Failed.as_str())
-        .bind(why.to_owned())
+        .bind(now)
+        .bind(actor.to_owned())
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::WorkspaceNotRemoved(id));
+        }
+        Ok(())
+    }
+
+    /// Withdraws a restore request that cannot be carried out (the data is
+    /// erased, or the parent is removed again); the row stays removed.
+    pub async fn cancel_restore(&self, id: Uuid, now: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE workspaces SET restore_requested_at = NULL, restore_by = NULL, updated_at = $2 \
+             WHERE id = $1 AND removed_at IS NOT NULL",
+        )
+        .bind(id.to_string())
         .bind(now)
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
-    /// Records a status change alone (the instance and URL stay as they are).
-    #[tracing::instrument(skip_all, name = "store.set_status", fields(workspace_id = %id, status = %status))]
-    pub async fn set_status(&self, id: Uuid, status: Status, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE workspaces SET status = $2, updated_at = $3 WHERE id = $1 AND removed_at IS NULL")
-            .bind(id.to_string())
-            .bind(status.as_str())
-            .bind(now)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-}
-
-impl Store {
     /// Brings a removed workspace back: live again, intent `running`, a new
-    /// generation. Returns false if it was not removed.
+    /// generation, the restore request done, and its `workspace.restored`
+    /// audit event, in one transaction. A compare-and-set on `removed`:
+    /// [`StoreError::WorkspaceNotRemoved`] if another restore won.
     #[tracing::instrument(skip_all, name = "store.unremove_workspace", fields(workspace_id = %id))]
-    pub async fn unremove_workspace(&self, id: Uuid, now: Millis) -> StoreResult<bool> {
+    pub async fn unremove_workspace(&self, id: Uuid, actor: &str, now: Millis) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE workspaces SET removed_at = NULL, status = $2, desired = $3, delete_erase = NULL, \
              compute_released = 1, instance_id = NULL, instance_generation = NULL, url = NULL, \
-             started_at = NULL, last_heartbeat = NULL, generation = generation + 1, updated_at = $4 \
+             started_at = NULL, last_heartbeat = NULL, generation = generation + 1, \
+             restore_requested_at = NULL, restore_by = NULL, updated_at = $4 \
              WHERE id = $1 AND removed_at IS NOT NULL",
         )
         .bind(id.to_string())
         .bind(Status::Provisioning.as_str())
         .bind(DesiredState::Running.as_str())
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Err(StoreError::WorkspaceNotRemoved(id));
+        }
+        crate::audit::insert_audit(
+            &mut tx,
+            &crate::NewAuditEvent {
+                actor: actor.to_owned(),
+                action: "workspace.restored",
+                workspace_id: Some(id),
+                volume_id: None,
+                reason: None,
+                detail: None,
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Workspaces per status, for metrics.
@@ -648,21 +877,29 @@ impl Store {
     pub async fn begin_start(
         &self,
         id: Uuid,
+        fence: Option<Fence>,
         token_hash: &str,
         status: Status,
         now: Millis,
     ) -> StoreResult<()> {
-        sqlx::query(
+        let sql = fenced(
             "UPDATE workspaces SET token_hash = $2, url = NULL, status = $3, failure = NULL, \
-             updated_at = $4 WHERE id = $1 AND removed_at IS NULL",
+             updated_at = $4 \
+             WHERE id = $1 AND removed_at IS NULL",
+            fence,
+            5,
+        );
+        let done = bind_fence(
+            sqlx::query(&sql)
+                .bind(id.to_string())
+                .bind(token_hash.to_owned())
+                .bind(status.as_str())
+                .bind(now),
+            fence,
         )
-        .bind(id.to_string())
-        .bind(token_hash.to_owned())
-        .bind(status.as_str())
-        .bind(now)
         .execute(self.pool())
         .await?;
-        Ok(())
+        self.check_fence(id, fence, done.rows_affected()).await
     }
 
     /// The live workspace whose current token hashes to `hash`.

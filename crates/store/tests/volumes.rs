@@ -4,32 +4,8 @@ use holdfast_domain::VolumeState;
 use holdfast_store::{Store, StoreError, VolumeTransition};
 use uuid::Uuid;
 
-/// Every store this test runs against: SQLite always, PostgreSQL when
-/// `HOLDFAST_TEST_DATABASE_URL` names a server (a fresh database is created
-/// on it). Under `CI=true` a missing PostgreSQL is a failure, not a skip.
-async fn stores() -> Vec<(tempfile::TempDir, Store)> {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
-    let mut out = vec![(dir, sqlite)];
-    match std::env::var("HOLDFAST_TEST_DATABASE_URL") {
-        Ok(admin_url) => {
-            let url = holdfast_store::testing::fresh_postgres_database(&admin_url)
-                .await
-                .unwrap();
-            out.push((
-                tempfile::tempdir().unwrap(),
-                Store::open_url(&url).await.unwrap(),
-            ));
-        }
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "CI=true but HOLDFAST_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run"
-            )
-        }
-        Err(_) => eprintln!("skipping PostgreSQL: HOLDFAST_TEST_DATABASE_URL is not set"),
-    }
-    out
-}
+mod common;
+use common::stores;
 
 #[tokio::test]
 async fn transitions_are_compare_and_set_and_record_who_asked_to_erase() {
@@ -66,7 +42,10 @@ async fn check_transitions(store: Store) {
             3,
         )
         .await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert!(
+        matches!(again, Err(StoreError::VolumeMoved { .. })),
+        "{again:?}"
+    );
     let erasing = store
         .begin_erase(
             v.id,
@@ -95,7 +74,7 @@ async fn check_transitions(store: Store) {
     assert_eq!(audit[0].actor, "alice");
     assert!(matches!(
         store.finish_erase(v.id, 42, 6).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::VolumeMoved { .. })
     ));
     let history: Vec<_> = store
         .volume_history(v.id)

@@ -220,3 +220,88 @@ async fn crash_after_a_delete_marked_the_workspace_removed() {
         .await
         .expect_error(410, "workspace_removed");
 }
+
+/// Deletes a recording workspace (with or without erase), crashes the server
+/// and starts it with `failpoint`, asks for a restore that aborts there,
+/// starts the server again, and checks that the restore is finished, not
+/// lost: the workspace back and online on its data (the volume `active`,
+/// every earlier line still there), one `workspace.restored` event, and
+/// the record as reclaimable as any other (a repeated restore is 409, a
+/// delete works).
+async fn check_restore_window(failpoint: &str, erase: bool) {
+    let mut app = TestApp::spawn().await;
+    let ws = app
+        .create_online_workspace(&workspace_body("phoenix"))
+        .await;
+    let id = id_of(&ws);
+    let volume = app.volume_dir(&id);
+    wait_for_pid(&volume).await;
+    let delete = app.delete_workspace(&id).confirm_name("phoenix");
+    let delete = if erase { delete.erase_data() } else { delete };
+    delete.send().await.expect_status(200);
+    wait_workspace_process_count(&id, 0).await;
+    let before = app.workspace_data(&id).await.expect_status(200);
+    let expected = if erase { "erase_pending" } else { "retained" };
+    assert_eq!(before["state"], expected, "{before}");
+
+    app.crash_and_restart_server_with_env(&[("HOLDFAST_FAILPOINTS", failpoint)])
+        .await;
+    let answer = app
+        .try_send(app.authed(Method::POST, &format!("/workspaces/{id}/restore")))
+        .await;
+    assert!(
+        answer.is_err(),
+        "the server must abort before answering the restore at {failpoint}: {answer:?}"
+    );
+    app.expect_server_abort(failpoint).await;
+    app.start_server_again_without_env().await;
+
+    // The request was recorded before anything moved: the next server
+    // carries it out.
+    let back = app.wait_online(&id).await;
+    assert_eq!(back["status"], "online", "{back}");
+    let record = app.workspace_data(&id).await.expect_status(200);
+    assert_eq!(record["state"], "active", "{record}");
+    wait_for_pid(&volume).await;
+    crate::helpers::eventually("the restored run to write its line", || async {
+        (read_lines(&volume.join("data.txt")).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(read_lines(&volume.join("data.txt")), vec!["started"; 2]);
+    let audit = app
+        .get(&format!("/audit?workspace_id={id}"))
+        .await
+        .expect_status(200);
+    let restored = audit
+        .as_array()
+        .expect("audit is an array")
+        .iter()
+        .filter(|e| e["action"] == "workspace.restored")
+        .count();
+    assert_eq!(restored, 1, "one workspace.restored event: {audit}");
+    app.restore_workspace(&id)
+        .await
+        .expect_error(409, "not_removed");
+    app.delete_workspace(&id)
+        .confirm_name("phoenix")
+        .send()
+        .await
+        .expect_status(200);
+}
+
+#[tokio::test]
+async fn crash_after_a_restore_recorded_its_intent() {
+    check_restore_window("restore.after_intent", true).await;
+}
+
+#[tokio::test]
+async fn crash_after_a_restore_brought_the_volume_back() {
+    // The window the first version left open: an active volume of a
+    // removed workspace that nothing would ever reclaim.
+    check_restore_window("restore.after_volume", true).await;
+}
+
+#[tokio::test]
+async fn crash_in_a_restore_of_a_workspace_deleted_without_erase() {
+    check_restore_window("restore.after_volume", false).await;
+}

@@ -467,7 +467,9 @@ pub const ENGINE_ROUTES: &[(&str, &str, &str)] = &[
 fn engine_unreachable(what: &str) -> Value {
     json!({
         "description": format!(
-            "`engine_unreachable`: the container engine does not answer (asked {what}); try again after `Retry-After` seconds"
+            "`engine_unreachable`: the container engine does not answer (asked {what}); try again after `Retry-After` seconds. \
+             The same status carries `control_plane_unreachable` (a remote control plane does not answer) and, on a \
+             workspace's routes, `workspace_busy` (another replica is acting on it)"
         ),
         "headers": { "Retry-After": {
             "description": "seconds to wait before trying again",
