@@ -351,7 +351,9 @@ fn lines(path: &Path) -> usize {
 }
 
 async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // A deadline, not a timing check: a container start through a loaded
+    // 2-core machine's engine can take seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
