@@ -206,6 +206,18 @@ fn is_not_found(e: &EngineError) -> bool {
     status_of(e) == Some(404)
 }
 
+/// A create refused because a container holds the name: Docker answers
+/// 409, Podman 4 a 500 that says so.
+fn name_in_use(e: &EngineError) -> bool {
+    match e {
+        EngineError::DockerResponseServerError {
+            status_code,
+            message,
+        } => *status_code == 409 || message.contains("already in use"),
+        _ => false,
+    }
+}
+
 /// Maps an engine error to the control plane's kinds: an engine that does
 /// not answer is `Unavailable` (503 with Retry-After at the API), an engine
 /// that refuses is a conflict naming why.
@@ -415,14 +427,12 @@ impl ContainerBackend {
     }
 
     /// Creates the named volume unless it exists (a restart finds its data
-    /// there). Ordering: the store's record was written before this call.
+    /// there). One call: the engine's volume create is idempotent (Docker
+    /// and Podman both answer an existing volume of that name, untouched:
+    /// never emptied, labels kept). Ordering: the store's record was written
+    /// before this call.
     async fn ensure_volume(&self, workspace_id: Uuid) -> CpResult<String> {
         let name = volume_name(workspace_id);
-        match self.docker.inspect_volume(&name).await {
-            Ok(_) => return Ok(name),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(engine_error("reading the workspace's volume", e)),
-        }
         self.docker
             .create_volume(VolumeCreateRequest {
                 name: Some(name.clone()),
@@ -763,8 +773,6 @@ impl Backend for ContainerBackend {
     async fn spawn(&self, spec: Spawn, image: Option<&ImageRef>) -> CpResult<Confinement> {
         let image = image.unwrap_or(&self.settings.image);
         let name = container_name(spec.workspace_id);
-        // At most one container per workspace: whatever holds the name goes.
-        self.remove_container(&name).await?;
         let volume = match spec.mode {
             DataPersistence::Persist => self.ensure_volume(spec.workspace_id).await?,
             DataPersistence::Ephemeral => {
@@ -783,13 +791,32 @@ impl Backend for ContainerBackend {
             }
         };
         let body = container_config(&spec, image, &self.settings, &volume, &self.scope);
-        self.docker
-            .create_container(
+        let create = || {
+            self.docker.create_container(
                 Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                body,
+                body.clone(),
             )
-            .await
-            .map_err(|e| image_or_engine_error(image, "creating the workspace's container", e))?;
+        };
+        // At most one container per workspace: the engine refuses a second
+        // of one name, and whatever holds the name (left by a crash, or
+        // stopped behind our back) goes before a second try. Usually nothing
+        // does (a stop removed it), so the name is not cleared first.
+        match create().await {
+            Ok(_) => {}
+            Err(e) if name_in_use(&e) => {
+                self.remove_container(&name).await?;
+                create().await.map_err(|e| {
+                    image_or_engine_error(image, "creating the workspace's container", e)
+                })?;
+            }
+            Err(e) => {
+                return Err(image_or_engine_error(
+                    image,
+                    "creating the workspace's container",
+                    e,
+                ));
+            }
+        }
         if let Err(e) = self.docker.start_container(&name, None).await {
             let err = engine_error("starting the workspace's container", e);
             let _ = self.remove_container(&name).await;

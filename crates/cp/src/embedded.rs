@@ -332,8 +332,9 @@ impl ControlPlane for EmbeddedCp {
             .data_persistence
             .unwrap_or(self.policy.default_persistence);
         // One process per workspace: whatever still runs is stopped (never
-        // pruned) before the new one starts.
-        if self.backend.has_instance(req.workspace_id).await {
+        // pruned) before the new one starts. A first start has a fresh id,
+        // which nothing can run under: no need to ask.
+        if !req.first_start && self.backend.has_instance(req.workspace_id).await {
             tracing::warn!("provision while an instance runs; stopping it first");
             self.backend.stop(req.workspace_id, None).await?;
         }
