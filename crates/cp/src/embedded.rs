@@ -9,7 +9,9 @@ use crate::{
     VolumeHistoryEntry, VolumeInfo,
 };
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, Program, Runtime, VolumeState, now_millis};
+use holdfast_domain::{
+    AuditAction, DataPersistence, Program, Runtime, VolumeReason, VolumeState, now_millis,
+};
 use holdfast_store::{NewAuditEvent, Store, VolumeRow, VolumeTransition};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -142,20 +144,20 @@ impl EmbeddedCp {
     async fn audit(
         &self,
         actor: &str,
-        action: &'static str,
+        action: AuditAction,
         vol: &VolumeRow,
-        reason: Option<&str>,
+        reason: Option<VolumeReason>,
     ) {
         let ev = NewAuditEvent {
             actor: actor.to_owned(),
             action,
             workspace_id: Some(vol.workspace_id),
             volume_id: Some(vol.id),
-            reason: reason.map(str::to_owned),
+            reason,
             detail: None,
         };
         if let Err(e) = self.store.audit(ev, now_millis()).await {
-            tracing::error!(error = %e, action, "writing audit event failed");
+            tracing::error!(error = %e, %action, "writing audit event failed");
         }
     }
 
@@ -202,13 +204,18 @@ impl EmbeddedCp {
                             retain_until: None,
                             erase_after: None,
                             actor: "control-plane",
-                            reason: Some("reattached"),
+                            reason: Some(VolumeReason::Reattached),
                         },
                         now,
                     )
                     .await?;
-                self.audit("control-plane", "volume.reattached", &v, Some("reattached"))
-                    .await;
+                self.audit(
+                    "control-plane",
+                    AuditAction::VolumeReattached,
+                    &v,
+                    Some(VolumeReason::Reattached),
+                )
+                .await;
                 v
             }
             Some(v) => {
@@ -241,16 +248,16 @@ impl EmbeddedCp {
                         retain_until: Some(now + millis(self.policy.retention_grace)),
                         erase_after: None,
                         actor: "control-plane",
-                        reason: Some("switched_to_ephemeral"),
+                        reason: Some(VolumeReason::SwitchedToEphemeral),
                     },
                     now,
                 )
                 .await?;
             self.audit(
                 "control-plane",
-                "volume.retained",
+                AuditAction::VolumeRetained,
                 &v,
-                Some("switched_to_ephemeral"),
+                Some(VolumeReason::SwitchedToEphemeral),
             )
             .await;
         }
@@ -403,16 +410,16 @@ impl ControlPlane for EmbeddedCp {
                             retain_until: None,
                             erase_after: Some(now + millis(self.policy.erase_grace)),
                             actor,
-                            reason: Some("delete_with_erase"),
+                            reason: Some(VolumeReason::DeleteWithErase),
                         },
                         now,
                     )
                     .await?;
                 self.audit(
                     actor,
-                    "volume.erase_requested",
+                    AuditAction::VolumeEraseRequested,
                     &v,
-                    Some("delete_with_erase"),
+                    Some(VolumeReason::DeleteWithErase),
                 )
                 .await;
                 marked = Some(v);
@@ -448,7 +455,7 @@ impl ControlPlane for EmbeddedCp {
         &self,
         workspace_id: Uuid,
         actor: Actor<'_>,
-        reason: &str,
+        reason: VolumeReason,
     ) -> CpResult<Option<VolumeInfo>> {
         let Some(v) = self.store.current_volume(workspace_id).await? else {
             return Ok(None);
@@ -475,7 +482,8 @@ impl ControlPlane for EmbeddedCp {
                         now,
                     )
                     .await?;
-                self.audit(actor, "volume.retained", &v, Some(reason)).await;
+                self.audit(actor, AuditAction::VolumeRetained, &v, Some(reason))
+                    .await;
                 Ok(Some(v.into()))
             }
             _ => Ok(Some(v.into())),
@@ -532,8 +540,10 @@ impl ControlPlane for EmbeddedCp {
         let (action, from) = match v.state {
             VolumeState::Active => return Ok(Some(v.into())),
             VolumeState::Erasing | VolumeState::Erased => return Err(CpError::DataErased),
-            VolumeState::ErasePending => ("volume.erase_cancelled", VolumeState::ErasePending),
-            VolumeState::Retained => ("volume.restored", VolumeState::Retained),
+            VolumeState::ErasePending => {
+                (AuditAction::VolumeEraseCancelled, VolumeState::ErasePending)
+            }
+            VolumeState::Retained => (AuditAction::VolumeRestored, VolumeState::Retained),
         };
         let now = now_millis();
         let moved = self
@@ -546,7 +556,7 @@ impl ControlPlane for EmbeddedCp {
                     retain_until: None,
                     erase_after: None,
                     actor,
-                    reason: Some("restored"),
+                    reason: Some(VolumeReason::Restored),
                 },
                 now,
             )
@@ -571,8 +581,18 @@ impl ControlPlane for EmbeddedCp {
             }
             Err(other) => return Err(other.into()),
         };
-        self.audit(actor, action, &v, Some("restored")).await;
+        self.audit(actor, action, &v, Some(VolumeReason::Restored))
+            .await;
         Ok(Some(v.into()))
+    }
+
+    async fn logs(
+        &self,
+        workspace_id: Uuid,
+        tail: u64,
+        follow: bool,
+    ) -> CpResult<Option<crate::export::ByteStream>> {
+        self.backend.logs(workspace_id, tail, follow).await
     }
 
     async fn export(&self, workspace_id: Uuid) -> CpResult<crate::export::ByteStream> {

@@ -9,25 +9,26 @@
 
 use crate::export::ByteStream;
 use crate::sweep::SweepReport;
+use crate::wire::{
+    ActorBody, AuditAnswer, AuditQuery, ErrorAnswer, HistoryAnswer, LogsQuery, PAGE, StatusAnswer,
+    StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer, VolumesAnswer, VolumesQuery,
+    route,
+};
 use crate::{
     Actor, ControlPlane, CpError, CpResult, InstanceState, ProvisionRequest, Provisioned,
     VolumeHistoryEntry, VolumeInfo,
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use holdfast_domain::VolumeState;
+use holdfast_domain::{VolumeReason, VolumeState};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+
 use std::time::Duration;
 use uuid::Uuid;
 
 /// The most of a JSON answer that is read.
 pub const MAX_ANSWER: usize = 64 * 1024;
-
-/// Items per page of a listing: small enough that a page stays under
-/// [`MAX_ANSWER`].
-const PAGE: usize = 100;
 
 pub struct HttpCp {
     base: String,
@@ -65,36 +66,9 @@ impl CallError {
             CallError::Malformed => CpError::Other(anyhow::anyhow!(
                 "{op}: the control plane's answer is not the expected JSON"
             )),
-            CallError::Status(status, code) => match (status, code.as_deref()) {
-                (StatusCode::CONFLICT, Some("data_erased")) => CpError::DataErased,
-                // The control plane's sentence names the entry, but answers
-                // are never echoed into errors: say what the code means.
-                (StatusCode::CONFLICT, Some("export_refused")) => CpError::ExportRefused(
-                    "the workspace's data holds an entry an archive cannot include safely \
-                     (a socket, a file hard-linked from outside its data, or an unreadable \
-                     entry); the control plane's log names it"
-                        .to_owned(),
-                ),
-                (StatusCode::CONFLICT, Some("image_not_found")) => CpError::ImageMissing(format!(
-                    "{op}: the workspace's container image is not on the engine"
-                )),
-                (StatusCode::SERVICE_UNAVAILABLE, _) => CpError::Unavailable(format!(
-                    "{op}: the control plane's backend is unavailable"
-                )),
-                (StatusCode::CONFLICT, _) => {
-                    CpError::Conflict(format!("{op}: the control plane refused (409)"))
-                }
-                (StatusCode::NOT_FOUND, _) => {
-                    CpError::NotFound(format!("{op}: not found on the control plane"))
-                }
-                (StatusCode::BAD_REQUEST, _) => CpError::BadRequest(format!(
-                    "{op}: the control plane rejected the request (400)"
-                )),
-                (s, _) => CpError::Other(anyhow::anyhow!(
-                    "{op}: the control plane answered {}",
-                    s.as_u16()
-                )),
-            },
+            CallError::Status(status, code) => {
+                CpError::from_wire(op, status.as_u16(), code.as_deref())
+            }
         }
     }
 }
@@ -144,50 +118,43 @@ impl HttpCp {
     ) -> Result<T, CallError> {
         let (status, body) = self.send(rb).await?;
         if status != expect {
-            let code = serde_json::from_slice::<Value>(&body)
+            let code = serde_json::from_slice::<ErrorAnswer>(&body)
                 .ok()
-                .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_owned));
+                .map(|e| e.code);
             return Err(CallError::Status(status, code));
         }
         serde_json::from_slice(&body).map_err(|_| CallError::Malformed)
     }
 
-    async fn get_volume_field<T: DeserializeOwned>(
-        &self,
-        op: &str,
-        rb: reqwest::RequestBuilder,
-        field: &str,
-    ) -> CpResult<T> {
-        let v: Value = self
-            .call(rb, StatusCode::OK)
+    /// A call answered 200 with a `T`.
+    async fn get<T: DeserializeOwned>(&self, op: &str, rb: reqwest::RequestBuilder) -> CpResult<T> {
+        self.call(rb, StatusCode::OK)
             .await
-            .map_err(|e| e.into_cp(op))?;
-        serde_json::from_value(v.get(field).cloned().unwrap_or(Value::Null))
-            .map_err(|_| CallError::Malformed.into_cp(op))
+            .map_err(|e| e.into_cp(op))
     }
 }
 
 #[async_trait]
 impl ControlPlane for HttpCp {
     async fn provision(&self, req: ProvisionRequest) -> CpResult<Provisioned> {
-        let rb = self
-            .request(Method::POST, "/cp/workspaces/provision")
-            .json(&req);
+        let rb = self.request(Method::POST, route::PROVISION).json(&req);
         self.call(rb, StatusCode::CREATED)
             .await
             .map_err(|e| e.into_cp("provision"))
     }
 
     async fn stop(&self, workspace_id: Uuid, instance_id: Option<&str>) -> CpResult<()> {
-        let mut query = vec![];
-        if let Some(i) = instance_id {
-            query.push(("instance_id", i.to_owned()));
-        }
+        let query = StopQuery {
+            instance_id: instance_id.map(str::to_owned),
+            ..StopQuery::default()
+        };
         retry_stop(|| async {
             let rb = self
-                .request(Method::DELETE, &format!("/cp/workspaces/{workspace_id}"))
+                .request(Method::DELETE, &route::workspace(workspace_id))
                 .query(&query);
-            self.call::<Value>(rb, StatusCode::OK).await.map(|_| ())
+            self.call::<StopAnswer>(rb, StatusCode::OK)
+                .await
+                .map(|_| ())
         })
         .await
         .map_err(|e| e.into_cp("stop"))
@@ -199,37 +166,36 @@ impl ControlPlane for HttpCp {
         instance_id: Option<&str>,
         actor: Actor<'_>,
     ) -> CpResult<Option<VolumeInfo>> {
-        let mut query = vec![("prune", "true".to_owned()), ("actor", actor.to_owned())];
-        if let Some(i) = instance_id {
-            query.push(("instance_id", i.to_owned()));
-        }
-        let answer: Value = retry_stop(|| async {
+        let query = StopQuery {
+            instance_id: instance_id.map(str::to_owned),
+            prune: true,
+            actor: Some(actor.to_owned()),
+        };
+        let answer: StopAnswer = retry_stop(|| async {
             let rb = self
-                .request(Method::DELETE, &format!("/cp/workspaces/{workspace_id}"))
+                .request(Method::DELETE, &route::workspace(workspace_id))
                 .query(&query);
-            self.call::<Value>(rb, StatusCode::OK).await
+            self.call(rb, StatusCode::OK).await
         })
         .await
         .map_err(|e| e.into_cp("stop and prune"))?;
-        serde_json::from_value(answer.get("volume").cloned().unwrap_or(Value::Null))
-            .map_err(|_| CallError::Malformed.into_cp("stop and prune"))
+        Ok(answer.volume)
     }
 
     async fn confinement(&self) -> CpResult<crate::process::Confinement> {
-        let rb = self.request(Method::GET, "/cp/info");
-        let v = self
-            .call::<Value>(rb, StatusCode::OK)
+        self.get("info", self.request(Method::GET, route::INFO))
             .await
-            .map_err(|e| e.into_cp("info"))?;
-        serde_json::from_value(v).map_err(|_| CallError::Malformed.into_cp("info"))
     }
 
     async fn check_image(&self, image: Option<&holdfast_domain::ImageRef>) -> CpResult<()> {
-        let mut rb = self.request(Method::GET, "/cp/images/check");
-        if let Some(image) = image {
-            rb = rb.query(&[("image", image.as_str())]);
-        }
-        match self.call::<Value>(rb, StatusCode::OK).await {
+        let query = crate::wire::ImageQuery {
+            image: image.map(|i| i.as_str().to_owned()),
+        };
+        let rb = self.request(Method::GET, route::IMAGE_CHECK).query(&query);
+        match self
+            .call::<crate::wire::ImageAnswer>(rb, StatusCode::OK)
+            .await
+        {
             Ok(_) => Ok(()),
             // The control plane's sentence is not echoed; the image is ours
             // to name.
@@ -250,14 +216,12 @@ impl ControlPlane for HttpCp {
 
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
         let rb = self
-            .request(
-                Method::GET,
-                &format!("/cp/workspaces/{workspace_id}/status"),
-            )
-            .query(&[("instance_id", instance_id)]);
-        match self.call::<Value>(rb, StatusCode::OK).await {
-            Ok(v) => serde_json::from_value(v.get("state").cloned().unwrap_or(Value::Null))
-                .map_err(|_| CallError::Malformed.into_cp("status")),
+            .request(Method::GET, &route::status(workspace_id))
+            .query(&StatusQuery {
+                instance_id: Some(instance_id.to_owned()),
+            });
+        match self.call::<StatusAnswer>(rb, StatusCode::OK).await {
+            Ok(a) => Ok(a.state),
             // A control plane that cannot be reached says nothing about the
             // workspace: it is taken to be still running.
             Err(CallError::Transport) => Ok(InstanceState::Running),
@@ -269,50 +233,51 @@ impl ControlPlane for HttpCp {
         &self,
         workspace_id: Uuid,
         actor: Actor<'_>,
-        reason: &str,
+        reason: VolumeReason,
     ) -> CpResult<Option<VolumeInfo>> {
         let rb = self
-            .request(
-                Method::POST,
-                &format!("/cp/workspaces/{workspace_id}/volume/retain"),
-            )
-            .json(&json!({"actor": actor, "reason": reason}));
-        match self.get_volume_field("retain", rb, "volume").await {
+            .request(Method::POST, &route::retain(workspace_id))
+            .json(&ActorBody {
+                actor: actor.to_owned(),
+                reason: Some(reason),
+            });
+        match self.get::<VolumeAnswer>("retain", rb).await {
+            Ok(a) => Ok(a.volume),
             // Never provisioned there: nothing to retain.
             Err(CpError::NotFound(_)) => Ok(None),
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
     async fn volume(&self, workspace_id: Uuid) -> CpResult<Option<VolumeInfo>> {
-        let rb = self.request(
-            Method::GET,
-            &format!("/cp/workspaces/{workspace_id}/volume"),
-        );
-        match self.get_volume_field("volume", rb, "volume").await {
+        let rb = self.request(Method::GET, &route::volume(workspace_id));
+        match self.get::<VolumeAnswer>("volume", rb).await {
+            Ok(a) => Ok(a.volume),
             Err(CpError::NotFound(_)) => Ok(None),
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
     async fn volume_history(&self, volume_id: Uuid) -> CpResult<Vec<VolumeHistoryEntry>> {
-        let rb = self.request(Method::GET, &format!("/cp/volumes/{volume_id}/history"));
-        self.get_volume_field("volume history", rb, "history").await
+        let rb = self.request(Method::GET, &route::history(volume_id));
+        Ok(self
+            .get::<HistoryAnswer>("volume history", rb)
+            .await?
+            .history)
     }
 
     async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>> {
         // Paged, so that every answer stays under the 64 KiB cap.
         let mut all = Vec::new();
         loop {
-            let mut rb = self.request(Method::GET, "/cp/volumes").query(&[
-                ("offset", all.len().to_string()),
-                ("limit", PAGE.to_string()),
-            ]);
-            if let Some(s) = state {
-                rb = rb.query(&[("state", s.as_str())]);
-            }
-            let page: Vec<VolumeInfo> =
-                self.get_volume_field("list volumes", rb, "volumes").await?;
+            let rb = self
+                .request(Method::GET, route::VOLUMES)
+                .query(&VolumesQuery {
+                    state: state.map(|s| s.as_str().to_owned()),
+                    offset: all.len(),
+                    limit: Some(PAGE),
+                });
+            let page = self.get::<VolumesAnswer>("list volumes", rb).await?.volumes;
             let done = page.len() < PAGE;
             all.extend(page);
             if done {
@@ -327,34 +292,55 @@ impl ControlPlane for HttpCp {
         actor: Actor<'_>,
     ) -> CpResult<Option<VolumeInfo>> {
         let rb = self
-            .request(
-                Method::POST,
-                &format!("/cp/workspaces/{workspace_id}/volume/restore"),
-            )
-            .json(&json!({"actor": actor}));
-        match self.get_volume_field("restore", rb, "volume").await {
+            .request(Method::POST, &route::restore(workspace_id))
+            .json(&ActorBody {
+                actor: actor.to_owned(),
+                reason: None,
+            });
+        match self.get::<VolumeAnswer>("restore", rb).await {
+            Ok(a) => Ok(a.volume),
             Err(CpError::NotFound(_)) => Ok(None),
-            other => other,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn logs(
+        &self,
+        workspace_id: Uuid,
+        tail: u64,
+        follow: bool,
+    ) -> CpResult<Option<ByteStream>> {
+        let resp = self
+            .request(Method::GET, &route::logs(workspace_id))
+            .query(&LogsQuery { tail, follow })
+            // A follower reads for as long as its reader does.
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(|_| CallError::Transport.into_cp("logs"))?;
+        match resp.status() {
+            StatusCode::OK => Ok(Some(Box::pin(
+                resp.bytes_stream()
+                    .map(|r| r.map_err(std::io::Error::other)),
+            ))),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => {
+                let code = resp.json::<ErrorAnswer>().await.ok().map(|e| e.code);
+                Err(CallError::Status(status, code).into_cp("logs"))
+            }
         }
     }
 
     async fn export(&self, workspace_id: Uuid) -> CpResult<ByteStream> {
         let resp = self
-            .request(
-                Method::GET,
-                &format!("/cp/workspaces/{workspace_id}/volume/export"),
-            )
+            .request(Method::GET, &route::export(workspace_id))
             .timeout(Duration::from_secs(24 * 3600))
             .send()
             .await
             .map_err(|_| CallError::Transport.into_cp("export"))?;
         if resp.status() != StatusCode::OK {
             let status = resp.status();
-            let code = resp
-                .json::<Value>()
-                .await
-                .ok()
-                .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_owned));
+            let code = resp.json::<ErrorAnswer>().await.ok().map(|e| e.code);
             return Err(CallError::Status(status, code).into_cp("export"));
         }
         // The archive itself is streamed through, not capped: it is the
@@ -366,12 +352,11 @@ impl ControlPlane for HttpCp {
     }
 
     async fn sweep(&self, dry_run: bool, actor: Actor<'_>) -> CpResult<SweepReport> {
-        let rb = self
-            .request(Method::POST, "/cp/sweep")
-            .json(&json!({"dry_run": dry_run, "actor": actor}));
-        self.call(rb, StatusCode::OK)
-            .await
-            .map_err(|e| e.into_cp("sweep"))
+        let rb = self.request(Method::POST, route::SWEEP).json(&SweepBody {
+            dry_run,
+            actor: Some(actor.to_owned()),
+        });
+        self.get("sweep", rb).await
     }
 
     async fn audit_events(
@@ -379,36 +364,18 @@ impl ControlPlane for HttpCp {
         workspace_id: Option<Uuid>,
         limit: i64,
     ) -> CpResult<Vec<holdfast_store::AuditEvent>> {
+        let limit = usize::try_from(limit).unwrap_or(0);
         let mut all: Vec<holdfast_store::AuditEvent> = Vec::new();
-        while (all.len() as i64) < limit {
-            let want = (limit - all.len() as i64).min(PAGE as i64);
-            let mut rb = self.request(Method::GET, "/cp/audit").query(&[
-                ("offset", all.len().to_string()),
-                ("limit", want.to_string()),
-            ]);
-            if let Some(ws) = workspace_id {
-                rb = rb.query(&[("workspace_id", ws.to_string())]);
-            }
-            let page: Vec<Value> = self.get_volume_field("audit", rb, "events").await?;
-            let done = (page.len() as i64) < want;
-            all.extend(page.into_iter().filter_map(|e| {
-                Some(holdfast_store::AuditEvent {
-                    id: Uuid::parse_str(e.get("id")?.as_str()?).ok()?,
-                    at: e.get("at")?.as_i64()?,
-                    actor: e.get("actor")?.as_str()?.to_owned(),
-                    action: e.get("action")?.as_str()?.to_owned(),
-                    workspace_id: e
-                        .get("workspace_id")
-                        .and_then(Value::as_str)
-                        .and_then(|s| Uuid::parse_str(s).ok()),
-                    volume_id: e
-                        .get("volume_id")
-                        .and_then(Value::as_str)
-                        .and_then(|s| Uuid::parse_str(s).ok()),
-                    reason: e.get("reason").and_then(Value::as_str).map(str::to_owned),
-                    detail: e.get("detail").cloned().filter(|d| !d.is_null()),
-                })
-            }));
+        while all.len() < limit {
+            let want = (limit - all.len()).min(PAGE);
+            let rb = self.request(Method::GET, route::AUDIT).query(&AuditQuery {
+                workspace_id,
+                offset: all.len(),
+                limit: Some(want),
+            });
+            let page = self.get::<AuditAnswer>("audit", rb).await?.events;
+            let done = page.len() < want;
+            all.extend(page.into_iter().map(Into::into));
             if done {
                 break;
             }

@@ -9,6 +9,11 @@
 //! `ephemeral` is a 400 naming the field.
 
 use crate::sweep::SweepReport;
+use crate::wire::{
+    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, ImageAnswer,
+    ImageQuery, LogsQuery, PAGE, StatusAnswer, StatusQuery, StopAnswer, StopQuery, SweepBody,
+    VolumeAnswer, VolumesAnswer, VolumesQuery, route,
+};
 use crate::{ControlPlane, CpError, EmbeddedCp, ProvisionRequest};
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -17,9 +22,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use holdfast_domain::{DataPersistence, FieldError, Runtime, VolumeState, now_millis};
+use holdfast_domain::{
+    DataPersistence, FieldError, Runtime, VolumeReason, VolumeState, now_millis,
+};
 use holdfast_store::Store;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -52,52 +58,36 @@ pub fn token_hash(token: &str) -> String {
         .collect()
 }
 
-/// An error answered by the service: `{"error","code"}`.
-pub struct CpHttpError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl CpHttpError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        CpHttpError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn unauthorized() -> Self {
-        CpHttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the control plane needs Authorization: Bearer <shared secret> and X-Holdfast-Tenant-Token",
-        )
-    }
-
-    fn not_found() -> Self {
-        CpHttpError::new(StatusCode::NOT_FOUND, "not_found", "no such workspace")
-    }
-
-    fn bad(field_error: FieldError) -> Self {
-        CpHttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            field_error.to_string(),
-        )
-    }
-}
-
-impl IntoResponse for CpHttpError {
+impl IntoResponse for CpError {
     fn into_response(self) -> Response {
+        let (status, code) = self.wire();
+        let error = match &self {
+            CpError::ExportRefused(m) => {
+                tracing::warn!(reason = %m, "export refused");
+                self.to_string()
+            }
+            CpError::Unavailable(m) | CpError::Unreachable(m) => {
+                tracing::warn!(reason = %m, "backend unavailable");
+                "the control plane's backend is unavailable; try again shortly".to_owned()
+            }
+            CpError::Other(e) => {
+                tracing::error!(error = %format!("{e:#}"), "control plane error");
+                "internal error; see the control plane's log".to_owned()
+            }
+            CpError::DataErased => "the workspace's data has been erased".to_owned(),
+            other => other.to_string(),
+        };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (
-            self.status,
-            Json(json!({"error": self.message, "code": self.code})),
+            status,
+            Json(ErrorAnswer {
+                error,
+                code: code.to_owned(),
+            }),
         )
             .into_response();
         // An unreachable engine is a passing state: say when to come back.
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("5"),
@@ -107,55 +97,15 @@ impl IntoResponse for CpHttpError {
     }
 }
 
-impl From<CpError> for CpHttpError {
-    fn from(e: CpError) -> Self {
-        match e {
-            CpError::BadRequest(m) => CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", m),
-            CpError::Conflict(m) => CpHttpError::new(StatusCode::CONFLICT, "conflict", m),
-            CpError::DataErased => CpHttpError::new(
-                StatusCode::CONFLICT,
-                "data_erased",
-                "the workspace's data has been erased",
-            ),
-            CpError::NotFound(m) => CpHttpError::new(StatusCode::NOT_FOUND, "not_found", m),
-            CpError::ExportRefused(m) => {
-                tracing::warn!(reason = %m, "export refused");
-                CpHttpError::new(
-                    StatusCode::CONFLICT,
-                    "export_refused",
-                    format!("the data cannot be exported: {m}"),
-                )
-            }
-            CpError::Unavailable(m) | CpError::Unreachable(m) => {
-                tracing::warn!(reason = %m, "backend unavailable");
-                CpHttpError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "engine_unreachable",
-                    "the control plane's backend is unavailable; try again shortly",
-                )
-            }
-            CpError::ImageMissing(m) => {
-                CpHttpError::new(StatusCode::CONFLICT, "image_not_found", m)
-            }
-            CpError::Other(e) => {
-                tracing::error!(error = %format!("{e:#}"), "control plane error");
-                CpHttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the control plane's log",
-                )
-            }
-        }
-    }
+fn not_found() -> CpError {
+    CpError::NotFound("no such workspace".to_owned())
 }
 
-impl From<holdfast_store::StoreError> for CpHttpError {
-    fn from(e: holdfast_store::StoreError) -> Self {
-        CpError::from(e).into()
-    }
+fn bad(field_error: FieldError) -> CpError {
+    CpError::BadRequest(field_error.to_string())
 }
 
-type CpResult<T> = Result<T, CpHttpError>;
+type CpResult<T> = Result<T, CpError>;
 
 /// The authenticated tenant of a request.
 pub struct TenantCtx {
@@ -163,7 +113,7 @@ pub struct TenantCtx {
 }
 
 impl FromRequestParts<Arc<CpService>> for TenantCtx {
-    type Rejection = CpHttpError;
+    type Rejection = CpError;
 
     async fn from_request_parts(parts: &mut Parts, svc: &Arc<CpService>) -> CpResult<Self> {
         let secret = parts
@@ -171,10 +121,10 @@ impl FromRequestParts<Arc<CpService>> for TenantCtx {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(CpHttpError::unauthorized)?;
+            .ok_or(CpError::Unauthorized)?;
         let given: [u8; 32] = Sha256::digest(secret.trim().as_bytes()).into();
         if !bool::from(given.ct_eq(&svc.secret_hash)) {
-            return Err(CpHttpError::unauthorized());
+            return Err(CpError::Unauthorized);
         }
         let tenant_token = parts
             .headers
@@ -182,12 +132,12 @@ impl FromRequestParts<Arc<CpService>> for TenantCtx {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(CpHttpError::unauthorized)?;
+            .ok_or(CpError::Unauthorized)?;
         let tenant = svc
             .store
             .tenant_by_token(&token_hash(tenant_token))
             .await?
-            .ok_or_else(CpHttpError::unauthorized)?;
+            .ok_or(CpError::Unauthorized)?;
         Ok(TenantCtx { id: tenant.id })
     }
 }
@@ -195,10 +145,10 @@ impl FromRequestParts<Arc<CpService>> for TenantCtx {
 impl CpService {
     /// The workspace, if this tenant owns it; 404 otherwise.
     async fn owned(&self, tenant: &TenantCtx, raw: &str) -> CpResult<Uuid> {
-        let id = Uuid::parse_str(raw).map_err(|_| CpHttpError::not_found())?;
+        let id = Uuid::parse_str(raw).map_err(|_| not_found())?;
         match self.store.workspace_tenant(id).await? {
             Some(owner) if owner == tenant.id => Ok(id),
-            _ => Err(CpHttpError::not_found()),
+            _ => Err(not_found()),
         }
     }
 }
@@ -285,23 +235,20 @@ fn parse_provision(body: &Value) -> Result<ProvisionRequest, FieldError> {
 const MAX_BODY: usize = 1024 * 1024;
 
 async fn json_body(body: Body) -> CpResult<Value> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        CpHttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "body over 1 MiB",
-        )
-    })?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| CpError::TooLarge)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        CpHttpError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("body is not valid JSON: {e}"),
-        )
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CpError::BadRequest(format!("body is not valid JSON: {e}")))
+}
+
+/// A body of one of the protocol's types; a field it does not have is a
+/// 400 naming it.
+async fn typed_body<T: serde::de::DeserializeOwned>(body: Body) -> CpResult<T> {
+    serde_json::from_value(json_body(body).await?).map_err(|e| CpError::BadRequest(e.to_string()))
 }
 
 async fn provision(
@@ -309,24 +256,16 @@ async fn provision(
     tenant: TenantCtx,
     body: Body,
 ) -> CpResult<Response> {
-    let req = parse_provision(&json_body(body).await?).map_err(CpHttpError::bad)?;
+    let req = parse_provision(&json_body(body).await?).map_err(bad)?;
     let owner = svc
         .store
         .claim_workspace(req.workspace_id, tenant.id, now_millis())
         .await?;
     if owner != tenant.id {
-        return Err(CpHttpError::not_found());
+        return Err(not_found());
     }
     let p = svc.engine.provision(req).await?;
     Ok((StatusCode::CREATED, Json(p)).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-struct StopQuery {
-    instance_id: Option<String>,
-    #[serde(default)]
-    prune: bool,
-    actor: Option<String>,
 }
 
 /// Stop; with `prune=true`, also mark the data `erase_pending`. Without an
@@ -338,32 +277,36 @@ async fn stop(
     tenant: TenantCtx,
     Path(raw): Path<String>,
     Query(q): Query<StopQuery>,
-) -> CpResult<Json<Value>> {
+) -> CpResult<Json<StopAnswer>> {
     let Ok(id) = Uuid::parse_str(&raw) else {
-        return Err(CpHttpError::not_found());
+        return Err(not_found());
     };
     match svc.store.workspace_tenant(id).await? {
         Some(owner) if owner == tenant.id => {}
-        Some(_) => return Err(CpHttpError::not_found()),
-        None if q.instance_id.is_none() && !q.prune => return Ok(Json(json!({"stopped": false}))),
-        None => return Err(CpHttpError::not_found()),
+        Some(_) => return Err(not_found()),
+        None if q.instance_id.is_none() && !q.prune => {
+            return Ok(Json(StopAnswer {
+                stopped: false,
+                volume: None,
+            }));
+        }
+        None => return Err(not_found()),
     }
     let instance = q.instance_id.as_deref().filter(|s| !s.is_empty());
     if q.prune {
         let actor = q.actor.as_deref().unwrap_or("platform");
         let volume = svc.engine.stop_and_prune(id, instance, actor).await?;
-        Ok(Json(
-            json!({"stopped": instance.is_some(), "volume": volume}),
-        ))
+        Ok(Json(StopAnswer {
+            stopped: instance.is_some(),
+            volume,
+        }))
     } else {
         svc.engine.stop(id, instance).await?;
-        Ok(Json(json!({"stopped": instance.is_some()})))
+        Ok(Json(StopAnswer {
+            stopped: instance.is_some(),
+            volume: None,
+        }))
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct StatusQuery {
-    instance_id: Option<String>,
 }
 
 async fn status(
@@ -371,25 +314,21 @@ async fn status(
     tenant: TenantCtx,
     Path(raw): Path<String>,
     Query(q): Query<StatusQuery>,
-) -> CpResult<Json<Value>> {
+) -> CpResult<Json<StatusAnswer>> {
     let id = svc.owned(&tenant, &raw).await?;
     let state = match q.instance_id.as_deref() {
         Some(inst) => svc.engine.status(id, inst).await?,
         None => crate::InstanceState::Unknown,
     };
-    Ok(Json(json!({"state": state})))
+    Ok(Json(StatusAnswer { state }))
 }
 
 /// What a workspace started now gets: `{isolation, limits}`.
-async fn info(State(svc): State<Arc<CpService>>, _tenant: TenantCtx) -> CpResult<Json<Value>> {
-    let c = svc.engine.confinement().await?;
-    Ok(Json(json!({"isolation": c.isolation, "limits": c.limits})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImageQuery {
-    image: Option<String>,
+async fn info(
+    State(svc): State<Arc<CpService>>,
+    _tenant: TenantCtx,
+) -> CpResult<Json<crate::process::Confinement>> {
+    Ok(Json(svc.engine.confinement().await?))
 }
 
 /// 200 when the engine has the image (`runtime.image`, or with none the
@@ -397,33 +336,27 @@ struct ImageQuery {
 async fn check_image(
     State(svc): State<Arc<CpService>>,
     _tenant: TenantCtx,
-    axum::extract::Query(q): axum::extract::Query<ImageQuery>,
-) -> CpResult<Json<Value>> {
+    Query(q): Query<ImageQuery>,
+) -> Result<Json<ImageAnswer>, CpError> {
     let image = q
         .image
         .as_deref()
         .map(holdfast_domain::ImageRef::parse)
         .transpose()
-        .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
+        .map_err(|e| CpError::BadRequest(e.to_string()))?;
     svc.engine.check_image(image.as_ref()).await?;
-    Ok(Json(json!({"present": true})))
+    Ok(Json(ImageAnswer { present: true }))
 }
 
 async fn volume(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
     Path(raw): Path<String>,
-) -> CpResult<Json<Value>> {
+) -> CpResult<Json<VolumeAnswer>> {
     let id = svc.owned(&tenant, &raw).await?;
-    Ok(Json(json!({"volume": svc.engine.volume(id).await?})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActorBody {
-    actor: String,
-    #[serde(default)]
-    reason: Option<String>,
+    Ok(Json(VolumeAnswer {
+        volume: svc.engine.volume(id).await?,
+    }))
 }
 
 async fn retain(
@@ -431,14 +364,13 @@ async fn retain(
     tenant: TenantCtx,
     Path(raw): Path<String>,
     body: Body,
-) -> CpResult<Json<Value>> {
+) -> CpResult<Json<VolumeAnswer>> {
     let id = svc.owned(&tenant, &raw).await?;
-    let b: ActorBody = serde_json::from_value(json_body(body).await?)
-        .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
-    let reason = b.reason.unwrap_or_else(|| "workspace_deleted".to_owned());
-    Ok(Json(
-        json!({"volume": svc.engine.retain_volume(id, &b.actor, &reason).await?}),
-    ))
+    let b: ActorBody = typed_body(body).await?;
+    let reason = b.reason.unwrap_or(VolumeReason::WorkspaceDeleted);
+    Ok(Json(VolumeAnswer {
+        volume: svc.engine.retain_volume(id, &b.actor, reason).await?,
+    }))
 }
 
 async fn restore(
@@ -446,13 +378,29 @@ async fn restore(
     tenant: TenantCtx,
     Path(raw): Path<String>,
     body: Body,
-) -> CpResult<Json<Value>> {
+) -> CpResult<Json<VolumeAnswer>> {
     let id = svc.owned(&tenant, &raw).await?;
-    let b: ActorBody = serde_json::from_value(json_body(body).await?)
-        .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
-    Ok(Json(
-        json!({"volume": svc.engine.restore_volume(id, &b.actor).await?}),
-    ))
+    let b: ActorBody = typed_body(body).await?;
+    Ok(Json(VolumeAnswer {
+        volume: svc.engine.restore_volume(id, &b.actor).await?,
+    }))
+}
+
+async fn logs(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> CpResult<Response> {
+    let id = svc.owned(&tenant, &raw).await?;
+    let Some(stream) = svc.engine.logs(id, q.tail, q.follow).await? else {
+        return Err(CpError::NotFound("the workspace has no log".to_owned()));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn export(
@@ -469,35 +417,18 @@ async fn export(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct VolumesQuery {
-    state: Option<String>,
-    #[serde(default)]
-    offset: usize,
-    limit: Option<usize>,
-}
-
-/// Pages stay small so that a client's 64 KiB cap is never hit.
-const MAX_PAGE: usize = 100;
-
 async fn list_volumes(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
     Query(q): Query<VolumesQuery>,
-) -> CpResult<Json<Value>> {
+) -> CpResult<Json<VolumesAnswer>> {
     let state = q
         .state
         .map(|s| s.parse::<VolumeState>())
         .transpose()
-        .map_err(|e| {
-            CpHttpError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
-                format!("state: {e}"),
-            )
-        })?;
+        .map_err(|e| CpError::BadRequest(format!("state: {e}")))?;
     let mine = svc.store.tenant_workspaces(tenant.id).await?;
-    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let limit = q.limit.unwrap_or(PAGE).clamp(1, PAGE);
     let volumes: Vec<_> = svc
         .engine
         .list_volumes(state)
@@ -507,35 +438,26 @@ async fn list_volumes(
         .skip(q.offset)
         .take(limit)
         .collect();
-    Ok(Json(json!({"volumes": volumes})))
+    Ok(Json(VolumesAnswer { volumes }))
 }
 
 async fn history(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
     Path(raw): Path<String>,
-) -> CpResult<Json<Value>> {
-    let volume_id = Uuid::parse_str(&raw).map_err(|_| CpHttpError::not_found())?;
+) -> CpResult<Json<HistoryAnswer>> {
+    let volume_id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
     let v = svc
         .store
         .get_volume(volume_id)
         .await?
-        .ok_or_else(CpHttpError::not_found)?;
+        .ok_or_else(not_found)?;
     if svc.store.workspace_tenant(v.workspace_id).await? != Some(tenant.id) {
-        return Err(CpHttpError::not_found());
+        return Err(not_found());
     }
-    Ok(Json(
-        json!({"history": svc.engine.volume_history(volume_id).await?}),
-    ))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SweepBody {
-    #[serde(default)]
-    dry_run: bool,
-    #[serde(default)]
-    actor: Option<String>,
+    Ok(Json(HistoryAnswer {
+        history: svc.engine.volume_history(volume_id).await?,
+    }))
 }
 
 async fn sweep(
@@ -543,8 +465,7 @@ async fn sweep(
     tenant: TenantCtx,
     body: Body,
 ) -> CpResult<Json<SweepReport>> {
-    let b: SweepBody = serde_json::from_value(json_body(body).await?)
-        .map_err(|e| CpHttpError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
+    let b: SweepBody = typed_body(body).await?;
     let mut report = svc
         .engine
         .sweep(b.dry_run, b.actor.as_deref().unwrap_or("sweeper"))
@@ -555,28 +476,20 @@ async fn sweep(
     Ok(Json(report))
 }
 
-#[derive(Debug, Deserialize)]
-struct AuditQuery {
-    workspace_id: Option<Uuid>,
-    #[serde(default)]
-    offset: usize,
-    limit: Option<usize>,
-}
-
 async fn audit(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
     Query(q): Query<AuditQuery>,
-) -> CpResult<Json<Value>> {
+) -> CpResult<Json<AuditAnswer>> {
     if let Some(ws) = q.workspace_id {
         svc.owned(&tenant, &ws.to_string()).await?;
     }
-    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let limit = q.limit.unwrap_or(PAGE).clamp(1, PAGE);
     let mine = svc.store.tenant_workspaces(tenant.id).await?;
     let window = i64::try_from(q.offset + limit)
         .unwrap_or(i64::MAX)
         .min(20_000);
-    let events: Vec<Value> = svc
+    let events: Vec<AuditEntry> = svc
         .store
         .list_audit(q.workspace_id, window)
         .await?
@@ -584,38 +497,36 @@ async fn audit(
         .filter(|e| e.workspace_id.is_some_and(|w| mine.contains(&w)))
         .skip(q.offset)
         .take(limit)
-        .map(|e| {
-            json!({"id": e.id, "at": e.at, "actor": e.actor, "action": e.action, "workspace_id": e.workspace_id,
-                   "volume_id": e.volume_id, "reason": e.reason, "detail": e.detail})
-        })
+        .map(AuditEntry::from)
         .collect();
-    Ok(Json(json!({"events": events})))
+    Ok(Json(AuditAnswer { events }))
 }
 
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn fallback() -> CpHttpError {
-    CpHttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+async fn fallback() -> CpError {
+    CpError::NotFound("no such route".to_owned())
 }
 
 pub fn router(svc: Arc<CpService>) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/cp/info", get(info))
-        .route("/cp/images/check", get(check_image))
-        .route("/cp/workspaces/provision", post(provision))
+        .route(route::INFO, get(info))
+        .route(route::IMAGE_CHECK, get(check_image))
+        .route(route::PROVISION, post(provision))
         .route("/cp/workspaces/{id}", axum::routing::delete(stop))
         .route("/cp/workspaces/{id}/status", get(status))
         .route("/cp/workspaces/{id}/volume", get(volume))
         .route("/cp/workspaces/{id}/volume/retain", post(retain))
         .route("/cp/workspaces/{id}/volume/restore", post(restore))
         .route("/cp/workspaces/{id}/volume/export", get(export))
-        .route("/cp/volumes", get(list_volumes))
+        .route("/cp/workspaces/{id}/logs", get(logs))
+        .route(route::VOLUMES, get(list_volumes))
         .route("/cp/volumes/{id}/history", get(history))
-        .route("/cp/sweep", post(sweep))
-        .route("/cp/audit", get(audit))
+        .route(route::SWEEP, post(sweep))
+        .route(route::AUDIT, get(audit))
         .fallback(fallback)
         .with_state(svc)
 }

@@ -16,15 +16,19 @@ mod embedded;
 pub mod export;
 pub mod http_client;
 pub mod http_server;
+pub mod logs;
 pub mod process;
 pub mod sweep;
 pub mod tree;
+pub mod wire;
 
 pub use embedded::{BackendChoice, CpPolicy, EmbeddedCp};
 pub use http_client::HttpCp;
 
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, ImageRef, Millis, Runtime, Tier, VolumeState};
+use holdfast_domain::{
+    DataPersistence, ImageRef, Millis, Runtime, Tier, VolumeReason, VolumeState,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -95,7 +99,7 @@ pub struct VolumeInfo {
     pub erased_at: Option<Millis>,
     pub bytes_erased: Option<i64>,
     pub erased_by: Option<String>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Its measured size is over `size_gb` (decimal gigabytes).
@@ -132,10 +136,10 @@ impl From<holdfast_store::VolumeRow> for VolumeInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeHistoryEntry {
     pub at: Millis,
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<VolumeState>,
+    pub to: VolumeState,
     pub actor: String,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +166,14 @@ pub enum CpError {
     /// The control plane itself (a remote `cp serve`) does not answer.
     #[error("{0}")]
     Unreachable(String),
+    /// Missing or wrong credentials (on the control plane's own edge).
+    #[error(
+        "the control plane needs Authorization: Bearer <shared secret> and X-Holdfast-Tenant-Token"
+    )]
+    Unauthorized,
+    /// A request body over the limit.
+    #[error("body over 1 MiB")]
+    TooLarge,
     /// The workspace's container image is not on the engine.
     #[error("{0}")]
     ImageMissing(String),
@@ -225,7 +237,7 @@ pub trait ControlPlane: Send + Sync + 'static {
         &self,
         workspace_id: Uuid,
         actor: Actor<'_>,
-        reason: &str,
+        reason: VolumeReason,
     ) -> CpResult<Option<VolumeInfo>>;
 
     /// The workspace's current volume (the newest record; erased ones too).
@@ -243,6 +255,16 @@ pub trait ControlPlane: Send + Sync + 'static {
         workspace_id: Uuid,
         actor: Actor<'_>,
     ) -> CpResult<Option<VolumeInfo>>;
+
+    /// The workspace's log: its last `tail` bytes (at most
+    /// [`logs::MAX_TAIL`]), and with `follow` what is written after them
+    /// while the stream is read. `None` when it has none yet.
+    async fn logs(
+        &self,
+        workspace_id: Uuid,
+        tail: u64,
+        follow: bool,
+    ) -> CpResult<Option<export::ByteStream>>;
 
     /// A `.tar.gz` of the workspace's data dir (its volume, or its scratch
     /// data while an ephemeral workspace runs).

@@ -14,7 +14,10 @@
 //! first sight: it is recorded `retained` for the whole retention grace.
 
 use crate::backend::{Backend, DataKind};
-use holdfast_domain::{Millis, VolumeState, failpoint, now_millis};
+use holdfast_domain::{
+    AuditAction, Millis, SweepAction, SweepOutcome, VolumeReason, VolumeState, failpoint,
+    now_millis,
+};
 use holdfast_store::{Presence, Store, StoreError, SweepCandidate, VolumeRow, VolumeTransition};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -25,7 +28,7 @@ use uuid::Uuid;
 pub enum Decision {
     Keep,
     /// Start an erasure, with this reason.
-    Erase(&'static str),
+    Erase(VolumeReason),
     /// Finish an erasure a crash interrupted.
     ResumeErase,
     /// An active record whose workspace row is gone: keep it, `retained`.
@@ -43,7 +46,7 @@ pub fn decide(c: &SweepCandidate, now: Millis) -> Decision {
             let due = v.erase_after.is_some_and(|t| t <= now);
             // A live workspace means a restore is under way: hands off.
             if due && c.presence != Presence::Live {
-                Decision::Erase("erase_requested")
+                Decision::Erase(VolumeReason::EraseRequested)
             } else {
                 Decision::Keep
             }
@@ -55,12 +58,12 @@ pub fn decide(c: &SweepCandidate, now: Millis) -> Decision {
                 // A live workspace keeps a retained volume only when it was
                 // detached by a switch to ephemeral and still runs ephemeral.
                 Presence::Live => {
-                    v.reason.as_deref() == Some("switched_to_ephemeral")
-                        && c.workspace_mode.as_deref() == Some("ephemeral")
+                    v.reason == Some(VolumeReason::SwitchedToEphemeral)
+                        && c.workspace_mode == Some(holdfast_domain::DataPersistence::Ephemeral)
                 }
             };
             if due && detached {
-                Decision::Erase("retention_expired")
+                Decision::Erase(VolumeReason::RetentionExpired)
             } else {
                 Decision::Keep
             }
@@ -80,12 +83,11 @@ pub fn decide(c: &SweepCandidate, now: Millis) -> Decision {
 pub struct SweepItem {
     pub volume_id: Option<Uuid>,
     pub workspace_id: Uuid,
-    /// `erase`, `resume_erase`, `retain` or `adopt`.
-    pub action: String,
-    pub reason: String,
+    pub action: SweepAction,
+    pub reason: VolumeReason,
     /// `planned` (dry run), `done`, `skipped` (the volume changed under us),
     /// or `failed`.
-    pub outcome: String,
+    pub outcome: SweepOutcome,
     pub bytes: Option<i64>,
     pub error: Option<String>,
 }
@@ -124,35 +126,40 @@ impl Sweeper<'_> {
             let v = &c.volume;
             let (action, reason) = match decide(&c, now) {
                 Decision::Keep => continue,
-                Decision::Erase(reason) => ("erase", reason.to_owned()),
-                Decision::ResumeErase => ("resume_erase", v.reason.clone().unwrap_or_default()),
-                Decision::RetainOrphan => ("retain", "orphaned_record".to_owned()),
+                Decision::Erase(reason) => (SweepAction::Erase, reason),
+                Decision::ResumeErase => (
+                    SweepAction::ResumeErase,
+                    v.reason.unwrap_or(VolumeReason::EraseRequested),
+                ),
+                Decision::RetainOrphan => (SweepAction::Retain, VolumeReason::OrphanedRecord),
             };
             let mut item = SweepItem {
                 volume_id: Some(v.id),
                 workspace_id: v.workspace_id,
-                action: action.to_owned(),
-                reason: reason.clone(),
-                outcome: "planned".to_owned(),
+                action,
+                reason,
+                outcome: SweepOutcome::Planned,
                 bytes: None,
                 error: None,
             };
             if !dry_run {
                 let result = match action {
-                    "retain" => self.retain_orphan(v, now).await.map(|()| None),
-                    _ => erase(self.store, self.backend, v, actor, &reason)
-                        .await
-                        .map(Some),
+                    SweepAction::Retain => self.retain_orphan(v, now).await.map(|()| None),
+                    SweepAction::Erase | SweepAction::ResumeErase | SweepAction::Adopt => {
+                        erase(self.store, self.backend, v, actor, reason)
+                            .await
+                            .map(Some)
+                    }
                 };
                 match result {
                     Ok(bytes) => {
-                        item.outcome = "done".to_owned();
+                        item.outcome = SweepOutcome::Done;
                         item.bytes = bytes;
                     }
-                    Err(EraseError::Lost) => item.outcome = "skipped".to_owned(),
+                    Err(EraseError::Lost) => item.outcome = SweepOutcome::Skipped,
                     Err(EraseError::Other(e)) => {
                         tracing::error!(volume_id = %v.id, error = %e, "sweeper action failed");
-                        item.outcome = "failed".to_owned();
+                        item.outcome = SweepOutcome::Failed;
                         item.error = Some(format!("{e:#}"));
                     }
                 }
@@ -177,17 +184,17 @@ impl Sweeper<'_> {
                     retain_until: Some(now + millis(self.retention_grace)),
                     erase_after: None,
                     actor: "sweeper",
-                    reason: Some("orphaned_record"),
+                    reason: Some(VolumeReason::OrphanedRecord),
                 },
                 now,
             )
             .await?;
         let ev = holdfast_store::NewAuditEvent {
             actor: "sweeper".to_owned(),
-            action: "volume.retained",
+            action: AuditAction::VolumeRetained,
             workspace_id: Some(v.workspace_id),
             volume_id: Some(v.id),
-            reason: Some("orphaned_record".to_owned()),
+            reason: Some(VolumeReason::OrphanedRecord),
             detail: None,
         };
         self.store.audit(ev, now).await?;
@@ -221,9 +228,9 @@ impl Sweeper<'_> {
             let mut item = SweepItem {
                 volume_id: None,
                 workspace_id,
-                action: "adopt".to_owned(),
-                reason: "orphaned_on_disk".to_owned(),
-                outcome: "planned".to_owned(),
+                action: SweepAction::Adopt,
+                reason: VolumeReason::OrphanedOnDisk,
+                outcome: SweepOutcome::Planned,
                 bytes: Some(bytes),
                 error: None,
             };
@@ -233,7 +240,7 @@ impl Sweeper<'_> {
                     .adopt_volume(workspace_id, bytes, now + millis(self.retention_grace), now)
                     .await?;
                 item.volume_id = Some(v.id);
-                item.outcome = "done".to_owned();
+                item.outcome = SweepOutcome::Done;
             }
             items.push(item);
         }
@@ -269,7 +276,7 @@ pub async fn erase(
     backend: &dyn Backend,
     v: &VolumeRow,
     actor: &str,
-    reason: &str,
+    reason: VolumeReason,
 ) -> Result<i64, EraseError> {
     let v = if v.state == VolumeState::Erasing {
         v.clone()
@@ -313,7 +320,7 @@ mod tests {
             erased_at: None,
             bytes_erased: None,
             erased_by: None,
-            reason: reason.map(str::to_owned),
+            reason: reason.map(|r| r.parse().expect("a known reason")),
             created_at: 0,
             updated_at: 0,
         }
@@ -323,7 +330,7 @@ mod tests {
         let c = SweepCandidate {
             volume: v,
             presence,
-            workspace_mode: mode.map(str::to_owned),
+            workspace_mode: mode.map(|m| m.parse().expect("a known mode")),
         };
         expect.assert_eq(&format!("{:?}", decide(&c, NOW)));
     }
@@ -342,13 +349,13 @@ mod tests {
             volume(ErasePending, None, Some(NOW), None),
             Presence::Removed,
             None,
-            expect![[r#"Erase("erase_requested")"#]],
+            expect![[r#"Erase(EraseRequested)"#]],
         );
         check(
             volume(ErasePending, None, Some(NOW - 1), None),
             Presence::Missing,
             None,
-            expect![[r#"Erase("erase_requested")"#]],
+            expect![[r#"Erase(EraseRequested)"#]],
         );
     }
 
@@ -374,7 +381,7 @@ mod tests {
             volume(Retained, Some(NOW - 1), None, Some("workspace_deleted")),
             Presence::Removed,
             None,
-            expect![[r#"Erase("retention_expired")"#]],
+            expect![[r#"Erase(RetentionExpired)"#]],
         );
     }
 
@@ -394,7 +401,7 @@ mod tests {
             volume(Retained, Some(NOW - 1), None, Some("switched_to_ephemeral")),
             Presence::Live,
             Some("ephemeral"),
-            expect![[r#"Erase("retention_expired")"#]],
+            expect![[r#"Erase(RetentionExpired)"#]],
         );
         check(
             volume(Retained, Some(NOW - 1), None, Some("switched_to_ephemeral")),
@@ -428,7 +435,7 @@ mod tests {
             volume(Retained, Some(NOW - 1), None, Some("orphaned_on_disk")),
             Presence::Missing,
             None,
-            expect![[r#"Erase("retention_expired")"#]],
+            expect![[r#"Erase(RetentionExpired)"#]],
         );
     }
 
@@ -454,13 +461,13 @@ mod tests {
             volume(Retained, Some(NOW - 1), None, Some("workspace_deleted")),
             Presence::Unknown,
             None,
-            expect![[r#"Erase("retention_expired")"#]],
+            expect![[r#"Erase(RetentionExpired)"#]],
         );
         check(
             volume(ErasePending, None, Some(NOW - 1), None),
             Presence::Unknown,
             None,
-            expect![[r#"Erase("erase_requested")"#]],
+            expect![[r#"Erase(EraseRequested)"#]],
         );
     }
 }

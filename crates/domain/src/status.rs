@@ -89,6 +89,8 @@ text_enum! {
     /// Why a volume is in its state: recorded with each transition, shown in
     /// its record and history, and what the sweeper's rules turn on.
     VolumeReason {
+        /// The volume was made, at a workspace's first start.
+        Created = "created",
         /// A delete without erase.
         WorkspaceDeleted = "workspace_deleted",
         /// A delete with erase.

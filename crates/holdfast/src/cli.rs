@@ -23,18 +23,37 @@ pub struct Conn {
     /// An API token (default: ./.holdfast/admin-token).
     #[arg(long, global = true, env = "HOLDFAST_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table (the same as `-o json`).
     #[arg(long, global = true)]
     json: bool,
+    /// Leave the header line out of tables (for scripts).
+    #[arg(long, global = true)]
+    no_headers: bool,
+}
+
+/// How a command prints what it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// An aligned table of the main columns.
+    Table,
+    /// The table with every column.
+    Wide,
+    /// The API's JSON, as it answered.
+    Json,
+    /// The same as YAML.
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum WsCommand {
-    /// List workspaces.
+    /// List workspaces (live ones; --all adds removed ones).
     List {
         /// Include removed workspaces.
         #[arg(long)]
         all: bool,
+        /// table (default), wide, json or yaml.
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<Output>,
     },
     /// Create a workspace.
     Create {
@@ -43,7 +62,7 @@ pub enum WsCommand {
         /// What it is for (at most 256 characters).
         #[arg(long)]
         role: Option<String>,
-        /// The id of its parent workspace.
+        /// Its parent workspace's id or name.
         #[arg(long, value_name = "ID")]
         parent: Option<String>,
         /// 1 to 4: its memory, process and CPU limits (default 2).
@@ -60,13 +79,17 @@ pub enum WsCommand {
         command: Vec<String>,
     },
     /// Show one workspace (removed ones too).
-    Show {
-        /// The workspace's id.
+    #[command(alias = "show")]
+    Get {
+        /// The workspace's id or name.
         id: String,
+        /// json (default), yaml, table or wide.
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<Output>,
     },
     /// Change a workspace (applies at its next start).
     Patch {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
         /// A new name.
         #[arg(long)]
@@ -83,12 +106,12 @@ pub enum WsCommand {
     },
     /// Stop (never erasing data) and start again.
     Restart {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
     },
     /// Stop it (never erasing data) until resumed.
     Pause {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
         /// Also pause its live descendants (needed when it has any).
         #[arg(long)]
@@ -96,7 +119,7 @@ pub enum WsCommand {
     },
     /// Start a paused or hibernated workspace again.
     Resume {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
         /// Also resume its descendants.
         #[arg(long)]
@@ -104,7 +127,7 @@ pub enum WsCommand {
     },
     /// Stop it (never erasing data); a message wakes it.
     Hibernate {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
         /// Also hibernate its live descendants (needed when it has any).
         #[arg(long)]
@@ -112,13 +135,13 @@ pub enum WsCommand {
     },
     /// Start a hibernated workspace again.
     Wake {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
     },
     /// Delete a workspace. Its data is kept for the retention grace unless
     /// --erase is given (then it is erased after the erase grace).
     Delete {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
         /// Also erase its saved data (restorable during the erase grace).
         #[arg(long)]
@@ -132,12 +155,23 @@ pub enum WsCommand {
     },
     /// Bring back a deleted workspace with its data.
     Restore {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
+    },
+    /// Print the tail of the workspace's log (its stdout and stderr).
+    Logs {
+        /// The workspace's id or name.
+        id: String,
+        /// Keep printing what it writes (Ctrl-C ends it).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many bytes from the end (default 65536).
+        #[arg(long)]
+        tail: Option<u64>,
     },
     /// Download the workspace's data as a .tar.gz.
     Export {
-        /// The workspace's id.
+        /// The workspace's id or name.
         id: String,
         /// The file to write (written as FILE.partial, renamed when complete).
         #[arg(short = 'o', long = "output")]
@@ -206,6 +240,7 @@ struct Client {
     url: String,
     token: String,
     json: bool,
+    no_headers: bool,
 }
 
 impl Client {
@@ -221,7 +256,73 @@ impl Client {
             url: conn.url.trim_end_matches('/').to_owned(),
             token,
             json: conn.json,
+            no_headers: conn.no_headers,
         })
+    }
+
+    /// The id of the workspace `arg` names: an id as it is, or a name,
+    /// looked up among the workspaces this token sees (live ones first;
+    /// removed ones when no live one has it, so that `restore NAME` works).
+    /// Names are unique among siblings, not everywhere: a name that more
+    /// than one workspace has is an error that lists them.
+    async fn resolve(&self, arg: &str) -> anyhow::Result<String> {
+        if holdfast_domain::parse_uuid(arg).is_some() {
+            return Ok(arg.to_owned());
+        }
+        let all = self.get("/workspaces?include_removed=true").await?;
+        let named: Vec<&Value> = all
+            .as_array()
+            .map(|a| a.iter().filter(|w| w["name"] == arg).collect())
+            .unwrap_or_default();
+        let live: Vec<&Value> = named
+            .iter()
+            .copied()
+            .filter(|w| w["status"] != "removed")
+            .collect();
+        let pick = if live.is_empty() { named } else { live };
+        match pick.as_slice() {
+            [one] => Ok(one["id"].as_str().unwrap_or_default().to_owned()),
+            [] => {
+                bail!("no workspace named {arg:?} (give its id, or see `holdfast ws list --all`)")
+            }
+            many => {
+                let ids: Vec<String> = many
+                    .iter()
+                    .map(|w| {
+                        format!(
+                            "{} (org {}, parent {})",
+                            cell(w, "id"),
+                            cell(w, "org_id"),
+                            cell(w, "parent_id")
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "{} workspaces are named {arg:?}; give the id of one:\n  {}",
+                    many.len(),
+                    ids.join("\n  ")
+                )
+            }
+        }
+    }
+
+    /// Prints `v` as asked: `output`, else `--json`, else `default`.
+    fn show(&self, v: &Value, output: Option<Output>, default: Output) {
+        let output = output.unwrap_or(if self.json { Output::Json } else { default });
+        match output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+            Output::Yaml => print!("{}", to_yaml(v)),
+            Output::Table => self.table(v, WS_COLUMNS),
+            Output::Wide => self.table(v, WS_WIDE),
+        }
+    }
+
+    fn table(&self, v: &Value, columns: &[&str]) {
+        let rows: Vec<&Value> = match v {
+            Value::Array(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        print_table(&rows, columns, !self.no_headers);
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -259,15 +360,24 @@ impl Client {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
             return;
         }
-        let rows: Vec<&Value> = match v {
-            Value::Array(items) => items.iter().collect(),
-            other => vec![other],
-        };
-        print_table(&rows, columns);
+        self.table(v, columns);
     }
 }
 
 fn cell(v: &Value, col: &str) -> String {
+    if col == "runtime" {
+        // A command as its words, the built-in runtime by its template.
+        let rt = &v["runtime"];
+        return match (rt["command"].as_array(), rt["template"].as_str()) {
+            (Some(argv), _) => argv
+                .iter()
+                .map(|a| a.as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(" "),
+            (None, Some(t)) => t.to_owned(),
+            (None, None) => "-".to_owned(),
+        };
+    }
     let mut cur = v;
     for part in col.split('.') {
         cur = &cur[part];
@@ -279,7 +389,7 @@ fn cell(v: &Value, col: &str) -> String {
     }
 }
 
-fn print_table(rows: &[&Value], columns: &[&str]) {
+fn print_table(rows: &[&Value], columns: &[&str], headers: bool) {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| columns.iter().map(|c| cell(r, c)).collect())
@@ -306,10 +416,12 @@ fn print_table(rows: &[&Value], columns: &[&str]) {
             .trim_end()
             .to_owned()
     };
-    println!(
-        "{}",
-        line(columns.iter().map(|c| c.to_uppercase()).collect())
-    );
+    if headers {
+        println!(
+            "{}",
+            line(columns.iter().map(|c| c.to_uppercase()).collect())
+        );
+    }
     for r in cells {
         println!("{}", line(r));
     }
@@ -324,6 +436,107 @@ const WS_COLUMNS: &[&str] = &[
     "data.bytes",
 ];
 
+/// Every column, for `-o wide`.
+const WS_WIDE: &[&str] = &[
+    "id",
+    "name",
+    "role",
+    "status",
+    "tier",
+    "runtime",
+    "data.mode",
+    "data.state",
+    "data.bytes",
+    "isolation",
+    "limits",
+    "parent_id",
+    "org_id",
+];
+
+/// `v` as a block-style YAML document. Strings are written double-quoted
+/// with JSON's escapes, which YAML reads the same way, so no value can be
+/// mistaken for another type or break the document.
+pub fn to_yaml(v: &Value) -> String {
+    let mut out = String::new();
+    match v {
+        Value::Object(m) if !m.is_empty() => yaml_map(&mut out, m, 0),
+        Value::Array(a) if !a.is_empty() => yaml_list(&mut out, a, 0),
+        scalar => {
+            out.push_str(&yaml_scalar(scalar));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn yaml_scalar(v: &Value) -> String {
+    match v {
+        Value::Object(_) => "{}".to_owned(),
+        Value::Array(_) => "[]".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn yaml_key(k: &str) -> String {
+    let plain = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if plain {
+        k.to_owned()
+    } else {
+        Value::String(k.to_owned()).to_string()
+    }
+}
+
+fn is_block(v: &Value) -> bool {
+    matches!(v, Value::Object(m) if !m.is_empty()) || matches!(v, Value::Array(a) if !a.is_empty())
+}
+
+fn yaml_map(out: &mut String, m: &serde_json::Map<String, Value>, indent: usize) {
+    for (i, (k, v)) in m.iter().enumerate() {
+        // The first key of a list item follows its "- ".
+        if i > 0 || indent == 0 {
+            out.push_str(&" ".repeat(indent));
+        }
+        out.push_str(&yaml_key(k));
+        out.push(':');
+        yaml_value(out, v, indent + 2);
+    }
+}
+
+fn yaml_list(out: &mut String, a: &[Value], indent: usize) {
+    for (i, v) in a.iter().enumerate() {
+        if i > 0 || indent == 0 {
+            out.push_str(&" ".repeat(indent));
+        }
+        out.push_str("- ");
+        match v {
+            Value::Object(m) if !m.is_empty() => yaml_map(out, m, indent + 2),
+            Value::Array(inner) if !inner.is_empty() => yaml_list(out, inner, indent + 2),
+            scalar => {
+                out.push_str(&yaml_scalar(scalar));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn yaml_value(out: &mut String, v: &Value, indent: usize) {
+    if is_block(v) {
+        out.push('\n');
+        out.push_str(&" ".repeat(indent));
+        match v {
+            Value::Object(m) => yaml_map(out, m, indent),
+            Value::Array(a) => yaml_list(out, a, indent),
+            _ => unreachable!("is_block"),
+        }
+    } else {
+        out.push(' ');
+        out.push_str(&yaml_scalar(v));
+        out.push('\n');
+    }
+}
+
 fn compute_for(data: &str) -> anyhow::Result<Value> {
     Ok(match data {
         "auto" => json!({}),
@@ -335,13 +548,13 @@ fn compute_for(data: &str) -> anyhow::Result<Value> {
 pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
     let c = Client::new(&conn)?;
     match cmd {
-        WsCommand::List { all } => {
+        WsCommand::List { all, output } => {
             let path = if all {
                 "/workspaces?include_removed=true"
             } else {
                 "/workspaces"
             };
-            c.print(&c.get(path).await?, WS_COLUMNS);
+            c.show(&c.get(path).await?, output, Output::Table);
         }
         WsCommand::Create {
             name,
@@ -357,7 +570,7 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
                 body["role"] = json!(r);
             }
             if let Some(p) = parent {
-                body["parent_id"] = json!(p);
+                body["parent_id"] = json!(c.resolve(&p).await?);
             }
             if let Some(t) = tier {
                 body["tier"] = json!(t);
@@ -377,13 +590,10 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
             }
             c.print(&c.post("/workspaces", body).await?, WS_COLUMNS);
         }
-        WsCommand::Show { id } => {
+        WsCommand::Get { id, output } => {
+            let id = c.resolve(&id).await?;
             let v = c.get(&format!("/workspaces/{id}")).await?;
-            if c.json {
-                c.print(&v, &[]);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            }
+            c.show(&v, output, Output::Json);
         }
         WsCommand::Patch {
             id,
@@ -392,6 +602,7 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
             tier,
             data,
         } => {
+            let id = c.resolve(&id).await?;
             let mut body = json!({});
             if let Some(n) = name {
                 body["name"] = json!(n);
@@ -413,45 +624,61 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
                 .await?;
             c.print(&v, WS_COLUMNS);
         }
-        WsCommand::Restart { id } => c.print(
-            &c.post(&format!("/workspaces/{id}/restart"), json!({}))
+        WsCommand::Restart { id } => {
+            let id = c.resolve(&id).await?;
+            c.print(
+                &c.post(&format!("/workspaces/{id}/restart"), json!({}))
+                    .await?,
+                WS_COLUMNS,
+            );
+        }
+        WsCommand::Pause { id, cascade } => {
+            let id = c.resolve(&id).await?;
+            c.print(
+                &c.post(
+                    &format!("/workspaces/{id}/pause?cascade={cascade}"),
+                    json!({}),
+                )
                 .await?,
-            WS_COLUMNS,
-        ),
-        WsCommand::Pause { id, cascade } => c.print(
-            &c.post(
-                &format!("/workspaces/{id}/pause?cascade={cascade}"),
-                json!({}),
-            )
-            .await?,
-            WS_COLUMNS,
-        ),
-        WsCommand::Resume { id, cascade } => c.print(
-            &c.post(
-                &format!("/workspaces/{id}/resume?cascade={cascade}"),
-                json!({}),
-            )
-            .await?,
-            WS_COLUMNS,
-        ),
-        WsCommand::Hibernate { id, cascade } => c.print(
-            &c.post(
-                &format!("/workspaces/{id}/hibernate?cascade={cascade}"),
-                json!({}),
-            )
-            .await?,
-            WS_COLUMNS,
-        ),
-        WsCommand::Wake { id } => c.print(
-            &c.post(&format!("/workspaces/{id}/wake"), json!({})).await?,
-            WS_COLUMNS,
-        ),
+                WS_COLUMNS,
+            );
+        }
+        WsCommand::Resume { id, cascade } => {
+            let id = c.resolve(&id).await?;
+            c.print(
+                &c.post(
+                    &format!("/workspaces/{id}/resume?cascade={cascade}"),
+                    json!({}),
+                )
+                .await?,
+                WS_COLUMNS,
+            );
+        }
+        WsCommand::Hibernate { id, cascade } => {
+            let id = c.resolve(&id).await?;
+            c.print(
+                &c.post(
+                    &format!("/workspaces/{id}/hibernate?cascade={cascade}"),
+                    json!({}),
+                )
+                .await?,
+                WS_COLUMNS,
+            );
+        }
+        WsCommand::Wake { id } => {
+            let id = c.resolve(&id).await?;
+            c.print(
+                &c.post(&format!("/workspaces/{id}/wake"), json!({})).await?,
+                WS_COLUMNS,
+            );
+        }
         WsCommand::Delete {
             id,
             erase,
             cascade,
             yes,
         } => {
+            let id = c.resolve(&id).await?;
             let name = match yes {
                 Some(n) => n,
                 None => {
@@ -481,12 +708,63 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
                 .await?;
             c.print(&v, &["status", "cascade_deleted", "data", "restore_until"]);
         }
-        WsCommand::Restore { id } => c.print(
-            &c.post(&format!("/workspaces/{id}/restore"), json!({}))
-                .await?,
-            WS_COLUMNS,
-        ),
-        WsCommand::Export { id, output } => export(&c, &id, &output).await?,
+        WsCommand::Restore { id } => {
+            let id = c.resolve(&id).await?;
+            c.print(
+                &c.post(&format!("/workspaces/{id}/restore"), json!({}))
+                    .await?,
+                WS_COLUMNS,
+            );
+        }
+        WsCommand::Logs { id, follow, tail } => {
+            let id = c.resolve(&id).await?;
+            logs(&c, &id, follow, tail).await?
+        }
+        WsCommand::Export { id, output } => {
+            let id = c.resolve(&id).await?;
+            export(&c, &id, &output).await?
+        }
+    }
+    Ok(())
+}
+
+/// Prints the log's tail; with `follow`, reads the server-sent events and
+/// prints each line as it comes.
+async fn logs(c: &Client, id: &str, follow: bool, tail: Option<u64>) -> anyhow::Result<()> {
+    let mut path = format!("/workspaces/{id}/logs?follow={follow}");
+    if let Some(t) = tail {
+        path.push_str(&format!("&tail={t}"));
+    }
+    let mut resp = c
+        .req(reqwest::Method::GET, &path)
+        .send()
+        .await
+        .with_context(|| format!("reaching {}", c.url))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!(
+            "{} {} ({})",
+            status.as_u16(),
+            body["error"].as_str().unwrap_or("request failed"),
+            body["code"].as_str().unwrap_or("")
+        );
+    }
+    let mut out = std::io::stdout();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await.context("reading the log")? {
+        if !follow {
+            out.write_all(&chunk)?;
+            continue;
+        }
+        pending.extend_from_slice(&chunk);
+        while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=at).collect();
+            if let Some(data) = line.strip_prefix(b"data: ".as_slice()) {
+                out.write_all(data)?;
+                out.flush()?;
+            }
+        }
     }
     Ok(())
 }
@@ -745,6 +1023,7 @@ pub async fn sweep(conn: Conn, dry_run: bool) -> anyhow::Result<()> {
                     "reason",
                     "bytes",
                 ],
+                !c.no_headers,
             );
         }
     }
@@ -755,6 +1034,39 @@ pub async fn sweep(conn: Conn, dry_run: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use expect_test::expect;
+
+    #[test]
+    fn yaml_output_is_block_style_with_quoted_strings() {
+        let v = json!({
+            "name": "researcher",
+            "odd key": "a: b # c",
+            "tier": 2,
+            "url": null,
+            "runtime": {"command": ["sh", "-c", "echo \"hi\"\n"]},
+            "env": {},
+            "children": [{"id": "x", "tags": ["a", "b"]}, "plain", []],
+        });
+        expect![[r#"
+            children:
+              - id: "x"
+                tags:
+                  - "a"
+                  - "b"
+              - "plain"
+              - []
+            env: {}
+            name: "researcher"
+            "odd key": "a: b # c"
+            runtime:
+              command:
+                - "sh"
+                - "-c"
+                - "echo \"hi\"\n"
+            tier: 2
+            url: null
+        "#]]
+        .assert_eq(&to_yaml(&v));
+    }
 
     #[test]
     fn an_import_answer_reads_as_a_plan() {

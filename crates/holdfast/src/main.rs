@@ -60,6 +60,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print a shell completion script (e.g. `holdfast completions bash >
+    /// /etc/bash_completion.d/holdfast`).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,6 +109,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Org { conn, cmd } => rt.block_on(cli::org(conn, cmd)),
         Command::Sweep { conn, dry_run } => rt.block_on(cli::sweep(conn, dry_run)),
         Command::Cp { cmd } => rt.block_on(cp_cmd::run(cmd)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "holdfast",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

@@ -476,11 +476,15 @@ async fn contract(s: Subject) {
     // Delete without erase: retained; restore: active again.
     cp.stop(id, Some(&p.instance_id)).await.unwrap();
     assert_eq!(
-        cp.retain_volume(id, "tester", "workspace_deleted")
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        cp.retain_volume(
+            id,
+            "tester",
+            holdfast_domain::VolumeReason::WorkspaceDeleted
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .state,
         VolumeState::Retained
     );
     assert_eq!(
@@ -526,7 +530,7 @@ async fn contract(s: Subject) {
     assert!(
         plan.items
             .iter()
-            .any(|i| i.workspace_id == id && i.outcome == "planned"),
+            .any(|i| i.workspace_id == id && i.outcome == holdfast_domain::SweepOutcome::Planned),
         "{plan:?}"
     );
     assert!(

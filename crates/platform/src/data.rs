@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use holdfast_cp::sweep::{SweepItem, SweepReport};
-use holdfast_domain::VolumeState;
+use holdfast_domain::{AuditAction, SweepAction, SweepOutcome, VolumeReason, VolumeState};
 use holdfast_domain::{failpoint, format_millis, now_millis};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -44,18 +44,8 @@ impl App {
         if !ws.is_removed() {
             return Err(not_removed());
         }
-        if let Some(parent) = ws.parent_id
-            && self
-                .store
-                .get_workspace(parent)
-                .await?
-                .is_none_or(|p| p.is_removed())
-        {
-            return Err(ApiError::conflict(
-                "parent_removed",
-                "the workspace's parent is removed; restore the parent first",
-            )
-            .with("parent_id", parent.to_string()));
+        if let Some(parent) = self.removed_parent(&ws).await? {
+            return Err(ReconcileError::ParentRemoved(parent).into());
         }
         let actor = caller.actor();
         // Ordering: intent first. The request is on the row before the
@@ -80,6 +70,23 @@ impl App {
             .ok_or_else(|| ApiError::not_found("workspace"))
     }
 
+    /// The workspace's parent, when it is removed (or gone): a child comes
+    /// back only under a live parent.
+    async fn removed_parent(
+        &self,
+        ws: &holdfast_store::WorkspaceRow,
+    ) -> holdfast_store::StoreResult<Option<Uuid>> {
+        let Some(parent) = ws.parent_id else {
+            return Ok(None);
+        };
+        let live = self
+            .store
+            .get_workspace(parent)
+            .await?
+            .is_some_and(|p| !p.is_removed());
+        Ok((!live).then_some(parent))
+    }
+
     /// Carries out a recorded restore request: the volume back to `active`
     /// (a compare-and-set that loses to an erasure already begun), then the
     /// row live again. Idempotent; the reconciler calls it for a request a
@@ -96,13 +103,7 @@ impl App {
             // Done already, or never asked.
             return Ok(());
         };
-        if let Some(parent) = ws.parent_id
-            && self
-                .store
-                .get_workspace(parent)
-                .await?
-                .is_none_or(|p| p.is_removed())
-        {
+        if let Some(parent) = self.removed_parent(&ws).await? {
             self.store.cancel_restore(id, now_millis()).await?;
             return Err(ReconcileError::ParentRemoved(parent));
         }
@@ -213,21 +214,21 @@ impl App {
             let mut item = SweepItem {
                 volume_id: Some(v.id),
                 workspace_id: v.workspace_id,
-                action: "retain".to_owned(),
-                reason: "restore_interrupted".to_owned(),
-                outcome: "planned".to_owned(),
+                action: SweepAction::Retain,
+                reason: VolumeReason::RestoreInterrupted,
+                outcome: SweepOutcome::Planned,
                 bytes: Some(v.bytes),
                 error: None,
             };
             if !dry_run {
                 match self
                     .cp
-                    .retain_volume(v.workspace_id, "sweeper", "restore_interrupted")
+                    .retain_volume(v.workspace_id, "sweeper", VolumeReason::RestoreInterrupted)
                     .await
                 {
-                    Ok(_) => item.outcome = "done".to_owned(),
+                    Ok(_) => item.outcome = SweepOutcome::Done,
                     Err(e) => {
-                        item.outcome = "failed".to_owned();
+                        item.outcome = SweepOutcome::Failed;
                         item.error = Some(e.to_string());
                     }
                 }
@@ -364,12 +365,12 @@ pub struct AuditView {
     pub id: Uuid,
     pub at: String,
     pub actor: String,
-    pub action: String,
+    pub action: AuditAction,
     pub workspace_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
 }

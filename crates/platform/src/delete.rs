@@ -115,7 +115,7 @@ impl App {
         for wid in &ids {
             self.audit_ws(
                 &actor,
-                "workspace.deleted",
+                holdfast_domain::AuditAction::WorkspaceDeleted,
                 *wid,
                 Some(json!({"erase_data": req.erase_data})),
             )
@@ -267,7 +267,11 @@ impl App {
     ) -> ReconcileResult<()> {
         self.cp.stop(ws.id, ws.instance_id.as_deref()).await?;
         self.cp
-            .retain_volume(ws.id, actor, "workspace_deleted")
+            .retain_volume(
+                ws.id,
+                actor,
+                holdfast_domain::VolumeReason::WorkspaceDeleted,
+            )
             .await?;
         self.store
             .mark_compute_released(ws.id, lease.fence())

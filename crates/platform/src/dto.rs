@@ -5,7 +5,8 @@ use crate::error::{ApiError, ApiResult};
 use holdfast_cp::process::Confinement;
 use holdfast_cp::{VolumeHistoryEntry, VolumeInfo};
 use holdfast_domain::{
-    Compute, DataPersistence, Env, FieldError, Role, Runtime, Tier, WorkspaceName, format_millis,
+    Compute, DataPersistence, Env, FieldError, Role, Runtime, Status, Tier, VolumeReason,
+    VolumeState, WorkspaceName, format_millis,
 };
 use holdfast_store::{NewWorkspace, WorkspacePatch, WorkspaceRow};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -291,7 +292,7 @@ pub struct WorkspaceView {
     pub env: BTreeMap<String, String>,
     #[schema(value_type = ComputeSchema)]
     pub compute: Compute,
-    pub status: String,
+    pub status: Status,
     pub instance_id: Option<String>,
     pub url: Option<String>,
     pub created_at: String,
@@ -323,7 +324,7 @@ impl WorkspaceView {
             runtime: ws.runtime.clone(),
             env: ws.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             compute: ws.compute,
-            status: ws.status.as_str().to_owned(),
+            status: ws.status,
             instance_id: ws.instance_id.clone(),
             url: ws.url.clone(),
             created_at: format_millis(ws.created_at),
@@ -358,10 +359,10 @@ pub struct DeleteResponse {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HistoryView {
     pub at: String,
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<VolumeState>,
+    pub to: VolumeState,
     pub actor: String,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
 }
 
 impl From<VolumeHistoryEntry> for HistoryView {
@@ -391,7 +392,7 @@ pub struct VolumeView {
     pub erased_at: Option<String>,
     pub bytes_erased: Option<i64>,
     pub erased_by: Option<String>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -418,7 +419,7 @@ impl VolumeView {
             erased_at: v.erased_at.map(format_millis),
             bytes_erased: v.bytes_erased,
             erased_by: v.erased_by.clone(),
-            reason: v.reason.clone(),
+            reason: v.reason,
             created_at: Some(format_millis(v.created_at)),
             updated_at: Some(format_millis(v.updated_at)),
             history: None,

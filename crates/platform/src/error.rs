@@ -148,6 +148,10 @@ impl From<holdfast_cp::CpError> for ApiError {
                 )
             }
             holdfast_cp::CpError::ImageMissing(m) => ApiError::conflict("image_not_found", m),
+            e @ (holdfast_cp::CpError::Unauthorized | holdfast_cp::CpError::TooLarge) => {
+                // This server's own request or credentials, not the client's.
+                ApiError::internal(format!("control plane refused: {e}"))
+            }
             holdfast_cp::CpError::Other(e) => ApiError::internal(format!("control plane: {e:#}")),
         }
     }

@@ -9,7 +9,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::dto::ParsedCreate;
 use crate::error::{ApiError, ApiResult};
-use holdfast_domain::{DesiredState, now_millis};
+use holdfast_domain::{AuditAction, DesiredState, now_millis};
 use holdfast_store::{NewAuditEvent, WorkspacePatch, WorkspaceRow};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,7 @@ impl App {
     pub(crate) async fn audit_ws(
         &self,
         actor: &str,
-        action: &'static str,
+        action: AuditAction,
         ws: Uuid,
         detail: Option<serde_json::Value>,
     ) {
@@ -49,7 +49,7 @@ impl App {
             detail,
         };
         if let Err(e) = self.store.audit(ev, now_millis()).await {
-            tracing::error!(error = %e, action, "writing audit event failed");
+            tracing::error!(error = %e, %action, "writing audit event failed");
         }
     }
 
@@ -115,7 +115,7 @@ impl App {
             .store
             .insert_workspace(&req.into_new(id, org_id), now_millis())
             .await?;
-        self.audit_ws(&caller.actor(), "workspace.created", id, None)
+        self.audit_ws(&caller.actor(), AuditAction::WorkspaceCreated, id, None)
             .await;
         // Creation succeeded once the row is written; a failed first start
         // shows as status `failed`, and the loop retries a crashed one.
@@ -151,7 +151,7 @@ impl App {
             self.cp.check_image(runtime.image.as_ref()).await?;
         }
         let ws = self.store.patch_workspace(id, &patch, now_millis()).await?;
-        self.audit_ws(&caller.actor(), "workspace.updated", id, None)
+        self.audit_ws(&caller.actor(), AuditAction::WorkspaceUpdated, id, None)
             .await;
         Ok(ws)
     }
@@ -167,7 +167,7 @@ impl App {
                 &[id],
                 DesiredState::Running,
                 &caller.actor(),
-                "workspace.restarted",
+                AuditAction::WorkspaceRestarted,
                 None,
                 now_millis(),
             )
@@ -248,9 +248,9 @@ impl App {
             ids.reverse();
         }
         let action = match desired {
-            DesiredState::Paused => "workspace.paused",
-            DesiredState::Hibernated => "workspace.hibernated",
-            _ => "workspace.resumed",
+            DesiredState::Paused => AuditAction::WorkspacePaused,
+            DesiredState::Hibernated => AuditAction::WorkspaceHibernated,
+            _ => AuditAction::WorkspaceResumed,
         };
         // Ordering: the whole cascade's intent (and its audit) in one
         // transaction before any compute acts; a crash or a busy replica

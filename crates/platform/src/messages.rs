@@ -55,7 +55,7 @@ impl App {
                     &[id],
                     DesiredState::Running,
                     &caller.actor(),
-                    "workspace.woken",
+                    holdfast_domain::AuditAction::WorkspaceWoken,
                     Some(serde_json::json!({"by": "message"})),
                     holdfast_domain::now_millis(),
                 )

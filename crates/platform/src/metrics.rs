@@ -8,6 +8,7 @@ use crate::error::{ApiError, ApiResult};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use holdfast_domain::{SweepAction, SweepOutcome};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -41,14 +42,18 @@ impl Metrics {
         let mut m = self.inner.lock().expect("metrics");
         m.sweeps += 1;
         m.sweep_seconds += report.duration_ms as f64 / 1000.0;
-        for item in report.items.iter().filter(|i| i.outcome == "done") {
-            match item.action.as_str() {
-                "erase" | "resume_erase" => {
+        for item in report
+            .items
+            .iter()
+            .filter(|i| i.outcome == SweepOutcome::Done)
+        {
+            match item.action {
+                SweepAction::Erase | SweepAction::ResumeErase => {
                     m.erasures += 1;
                     m.bytes_erased += item.bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0);
                 }
-                "adopt" => m.adopted += 1,
-                _ => {}
+                SweepAction::Adopt => m.adopted += 1,
+                SweepAction::Retain => {}
             }
         }
     }

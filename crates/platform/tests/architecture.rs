@@ -110,7 +110,8 @@ fn only_the_erase_delete_flow_reaches_the_prune_path() {
 
 #[test]
 fn only_the_http_client_prune_sends_prune_true() {
-    // The control plane's edge prunes on `prune=true`; the only sender is
+    // The control plane's edge prunes on `prune=true` (a `StopQuery` with
+    // `prune: true`); the only sender is
     // `HttpCp::stop_and_prune`, itself reached only from `finish_removal_locked`.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -127,11 +128,7 @@ fn only_the_http_client_prune_sends_prune_true() {
                 .split('/')
                 .any(|p| p == "tests")
         })
-        .filter(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .contains("(\"prune\", \"true\"")
-        })
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains("prune: true"))
         .map(|f| {
             f.strip_prefix(&root)
                 .unwrap()

@@ -1,7 +1,7 @@
 //! The audit log: who did what to which workspace and volume, newest first.
 
 use crate::{Store, StoreResult, parse_opt_uuid, parse_uuid};
-use holdfast_domain::Millis;
+use holdfast_domain::{AuditAction, Millis, VolumeReason};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -9,10 +9,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEvent {
     pub actor: String,
-    pub action: &'static str,
+    pub action: AuditAction,
     pub workspace_id: Option<Uuid>,
     pub volume_id: Option<Uuid>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub detail: Option<serde_json::Value>,
 }
 
@@ -21,10 +21,10 @@ pub struct AuditEvent {
     pub id: Uuid,
     pub at: Millis,
     pub actor: String,
-    pub action: String,
+    pub action: AuditAction,
     pub workspace_id: Option<Uuid>,
     pub volume_id: Option<Uuid>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub detail: Option<serde_json::Value>,
 }
 
@@ -35,17 +35,17 @@ impl AuditEvent {
             id: parse_uuid(row, "id")?,
             at: row.try_get("at")?,
             actor: row.try_get("actor")?,
-            action: row.try_get("action")?,
+            action: crate::parse_text(row, "action")?,
             workspace_id: parse_opt_uuid(row, "workspace_id")?,
             volume_id: parse_opt_uuid(row, "volume_id")?,
-            reason: row.try_get("reason")?,
+            reason: crate::parse_opt_text(row, "reason")?,
             detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
         })
     }
 }
 
 impl Store {
-    #[tracing::instrument(skip_all, name = "store.audit", fields(action = ev.action))]
+    #[tracing::instrument(skip_all, name = "store.audit", fields(action = %ev.action))]
     pub async fn audit(&self, ev: NewAuditEvent, now: Millis) -> StoreResult<Uuid> {
         let mut conn = self.pool().acquire().await?;
         insert_audit(&mut conn, &ev, now).await
@@ -95,10 +95,10 @@ pub(crate) async fn insert_audit(
     .bind(id.to_string())
     .bind(now)
     .bind(ev.actor.clone())
-    .bind(ev.action)
+    .bind(ev.action.as_str())
     .bind(ev.workspace_id.map(|w| w.to_string()))
     .bind(ev.volume_id.map(|v| v.to_string()))
-    .bind(ev.reason.clone())
+    .bind(ev.reason.map(|r| r.as_str()))
     .bind(ev.detail.as_ref().map(|d| d.to_string()))
     .execute(&mut *conn)
     .await?;

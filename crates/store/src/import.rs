@@ -8,7 +8,7 @@
 
 use crate::workspaces::{COLUMNS, insert_query, write_config};
 use crate::{NewWorkspace, Store, StoreError, StoreResult, WorkspacePatch, WorkspaceRow};
-use holdfast_domain::{DesiredState, Millis, Status};
+use holdfast_domain::{AuditAction, DesiredState, Millis, Status};
 use uuid::Uuid;
 
 /// A configuration change of a live workspace, with the fields it changes
@@ -33,22 +33,23 @@ pub struct ImportWrite {
 async fn audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     actor: &str,
-    action: &str,
+    action: AuditAction,
     workspace: Uuid,
     detail: serde_json::Value,
     now: Millis,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
-         VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)",
+    crate::audit::insert_audit(
+        tx,
+        &crate::NewAuditEvent {
+            actor: actor.to_owned(),
+            action,
+            workspace_id: Some(workspace),
+            volume_id: None,
+            reason: None,
+            detail: Some(detail),
+        },
+        now,
     )
-    .bind(Uuid::new_v4().to_string())
-    .bind(now)
-    .bind(actor.to_owned())
-    .bind(action.to_owned())
-    .bind(workspace.to_string())
-    .bind(detail.to_string())
-    .execute(&mut **tx)
     .await?;
     Ok(())
 }
@@ -133,7 +134,7 @@ impl Store {
             audit(
                 &mut tx,
                 actor,
-                "workspace.created",
+                AuditAction::WorkspaceCreated,
                 ws.id,
                 serde_json::json!({ "via": via }),
                 now,
@@ -160,7 +161,7 @@ impl Store {
             audit(
                 &mut tx,
                 actor,
-                "workspace.updated",
+                AuditAction::WorkspaceUpdated,
                 u.id,
                 serde_json::json!({ "via": via, "fields": u.fields }),
                 now,
@@ -191,7 +192,7 @@ impl Store {
             audit(
                 &mut tx,
                 actor,
-                "workspace.deleted",
+                AuditAction::WorkspaceDeleted,
                 *id,
                 serde_json::json!({ "via": via, "erase_data": false }),
                 now,

@@ -222,6 +222,15 @@ pub(crate) fn parse_text<T: FromStr<Err = String>>(row: &AnyRow, col: &str) -> S
     T::from_str(&s).map_err(|e| StoreError::Other(anyhow::anyhow!("column {col}: {e}")))
 }
 
+pub(crate) fn parse_opt_text<T: FromStr<Err = String>>(
+    row: &AnyRow,
+    col: &str,
+) -> StoreResult<Option<T>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| T::from_str(&s).map_err(|e| StoreError::Other(anyhow::anyhow!("column {col}: {e}"))))
+        .transpose()
+}
+
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     row: &AnyRow,
     col: &str,

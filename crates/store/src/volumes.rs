@@ -1,8 +1,8 @@
 //! Control-plane records: data volumes (with their state machine history) and
 //! running instances.
 
-use crate::{Store, StoreError, StoreResult, parse_text, parse_uuid};
-use holdfast_domain::{Millis, VolumeState};
+use crate::{Store, StoreError, StoreResult, parse_opt_text, parse_text, parse_uuid};
+use holdfast_domain::{AuditAction, Millis, VolumeReason, VolumeState};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ pub struct VolumeRow {
     pub erased_at: Option<Millis>,
     pub bytes_erased: Option<i64>,
     pub erased_by: Option<String>,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -37,7 +37,7 @@ impl VolumeRow {
             erased_at: row.try_get("erased_at")?,
             bytes_erased: row.try_get("bytes_erased")?,
             erased_by: row.try_get("erased_by")?,
-            reason: row.try_get("reason")?,
+            reason: parse_opt_text(row, "reason")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -47,10 +47,10 @@ impl VolumeRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VolumeHistoryRow {
     pub at: Millis,
-    pub from_state: Option<String>,
-    pub to_state: String,
+    pub from_state: Option<VolumeState>,
+    pub to_state: VolumeState,
     pub actor: String,
-    pub reason: Option<String>,
+    pub reason: Option<VolumeReason>,
 }
 
 /// A compare-and-set on a volume's state: it applies only if the volume is in
@@ -66,7 +66,7 @@ pub struct VolumeTransition<'a> {
     pub retain_until: Option<Millis>,
     pub erase_after: Option<Millis>,
     pub actor: &'a str,
-    pub reason: Option<&'a str>,
+    pub reason: Option<VolumeReason>,
 }
 
 const VOLUME_COLUMNS: &str = "id, workspace_id, state, bytes, size_gb, retain_until, erase_after, \
@@ -125,21 +125,24 @@ impl Store {
         // the path measured by the create → online benchmark.
         sqlx::query(
             "INSERT INTO volumes (id, workspace_id, state, bytes, size_gb, created_at, updated_at) \
-             VALUES ($1, $2, 'active', 0, $3, $4, $4)",
+             VALUES ($1, $2, $5, 0, $3, $4, $4)",
         )
         .bind(id.to_string())
         .bind(workspace_id.to_string())
         .bind(size_gb)
         .bind(now)
+        .bind(VolumeState::Active.as_str())
         .execute(self.pool())
         .await?;
         sqlx::query(
             "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
-             VALUES ($1, $2, NULL, 'active', $3, 'created')",
+             VALUES ($1, $2, NULL, $3, $4, $5)",
         )
         .bind(id.to_string())
         .bind(now)
+        .bind(VolumeState::Active.as_str())
         .bind(actor.to_owned())
+        .bind(VolumeReason::Created.as_str())
         .execute(self.pool())
         .await?;
         Ok(VolumeRow {
@@ -196,7 +199,7 @@ impl Store {
         .bind(t.to.as_str())
         .bind(t.retain_until)
         .bind(t.erase_after)
-        .bind(t.reason.map(str::to_owned))
+        .bind(t.reason.map(|r| r.as_str()))
         .bind(now)
         .bind(vol.state.as_str())
         .execute(&mut *tx)
@@ -230,7 +233,7 @@ impl Store {
         .bind(vol.state.as_str())
         .bind(t.to.as_str())
         .bind(t.actor.to_owned())
-        .bind(t.reason.map(str::to_owned))
+        .bind(t.reason.map(|r| r.as_str()))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -291,10 +294,10 @@ impl Store {
             .map(|r| {
                 Ok(VolumeHistoryRow {
                     at: r.try_get("at")?,
-                    from_state: r.try_get("from_state")?,
-                    to_state: r.try_get("to_state")?,
+                    from_state: parse_opt_text(r, "from_state")?,
+                    to_state: parse_text(r, "to_state")?,
                     actor: r.try_get("actor")?,
-                    reason: r.try_get("reason")?,
+                    reason: parse_opt_text(r, "reason")?,
                 })
             })
             .collect()
@@ -320,7 +323,7 @@ pub struct SweepCandidate {
     pub volume: VolumeRow,
     pub presence: Presence,
     /// The workspace's resolved mode, when known (`persist`/`ephemeral`).
-    pub workspace_mode: Option<String>,
+    pub workspace_mode: Option<holdfast_domain::DataPersistence>,
 }
 
 impl Store {
@@ -369,7 +372,7 @@ impl Store {
                 Ok(SweepCandidate {
                     volume: VolumeRow::from_row(r)?,
                     presence,
-                    workspace_mode: r.try_get("ws_mode")?,
+                    workspace_mode: parse_opt_text(r, "ws_mode")?,
                 })
             })
             .collect()
@@ -393,7 +396,7 @@ impl Store {
         volume_id: Uuid,
         from: VolumeState,
         actor: &str,
-        reason: &str,
+        reason: VolumeReason,
         now: Millis,
     ) -> StoreResult<VolumeRow> {
         let mut tx = self.pool().begin().await?;
@@ -404,7 +407,7 @@ impl Store {
         .bind(volume_id.to_string())
         .bind(from.as_str())
         .bind(actor.to_owned())
-        .bind(reason.to_owned())
+        .bind(reason.as_str())
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -422,7 +425,7 @@ impl Store {
         .bind(now)
         .bind(from.as_str())
         .bind(actor.to_owned())
-        .bind(reason.to_owned())
+        .bind(reason.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -475,21 +478,21 @@ impl Store {
         .bind(volume_id.to_string())
         .bind(now)
         .bind(actor.clone())
-        .bind(vol.reason.clone())
+        .bind(vol.reason.map(|r| r.as_str()))
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
-             VALUES ($1, $2, $3, 'volume.erased', $4, $5, $6, $7)",
+        crate::audit::insert_audit(
+            &mut tx,
+            &crate::NewAuditEvent {
+                actor,
+                action: AuditAction::VolumeErased,
+                workspace_id: Some(vol.workspace_id),
+                volume_id: Some(volume_id),
+                reason: vol.reason,
+                detail: Some(serde_json::json!({ "bytes_erased": bytes_erased })),
+            },
+            now,
         )
-        .bind(Uuid::new_v4().to_string())
-        .bind(now)
-        .bind(actor)
-        .bind(vol.workspace_id.to_string())
-        .bind(volume_id.to_string())
-        .bind(vol.reason.clone())
-        .bind(serde_json::json!({ "bytes_erased": bytes_erased }).to_string())
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(vol)
@@ -509,33 +512,38 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO volumes (id, workspace_id, state, bytes, retain_until, reason, created_at, updated_at) \
-             VALUES ($1, $2, 'retained', $3, $4, 'orphaned_on_disk', $5, $5)",
+             VALUES ($1, $2, 'retained', $3, $4, $6, $5, $5)",
         )
         .bind(id.to_string())
         .bind(workspace_id.to_string())
         .bind(bytes)
         .bind(retain_until)
         .bind(now)
+        .bind(VolumeReason::OrphanedOnDisk.as_str())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
-             VALUES ($1, $2, NULL, 'retained', 'sweeper', 'orphaned_on_disk')",
+             VALUES ($1, $2, NULL, $3, 'sweeper', $4)",
         )
         .bind(id.to_string())
         .bind(now)
+        .bind(VolumeState::Retained.as_str())
+        .bind(VolumeReason::OrphanedOnDisk.as_str())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
-             VALUES ($1, $2, 'sweeper', 'volume.adopted', $3, $4, 'orphaned_on_disk', $5)",
+        crate::audit::insert_audit(
+            &mut tx,
+            &crate::NewAuditEvent {
+                actor: "sweeper".to_owned(),
+                action: AuditAction::VolumeAdopted,
+                workspace_id: Some(workspace_id),
+                volume_id: Some(id),
+                reason: Some(VolumeReason::OrphanedOnDisk),
+                detail: Some(serde_json::json!({ "bytes": bytes })),
+            },
+            now,
         )
-        .bind(Uuid::new_v4().to_string())
-        .bind(now)
-        .bind(workspace_id.to_string())
-        .bind(id.to_string())
-        .bind(serde_json::json!({ "bytes": bytes }).to_string())
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         self.get_volume(id).await?.ok_or(StoreError::NotFound)

@@ -599,7 +599,7 @@ impl Store {
         ids: &[Uuid],
         desired: DesiredState,
         actor: &str,
-        action: &'static str,
+        action: holdfast_domain::AuditAction,
         detail: Option<serde_json::Value>,
         now: Millis,
     ) -> StoreResult<()> {
@@ -845,7 +845,7 @@ impl Store {
             &mut tx,
             &crate::NewAuditEvent {
                 actor: actor.to_owned(),
-                action: "workspace.restored",
+                action: holdfast_domain::AuditAction::WorkspaceRestored,
                 workspace_id: Some(id),
                 volume_id: None,
                 reason: None,

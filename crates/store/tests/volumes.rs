@@ -1,6 +1,6 @@
 //! Store-level checks of the volume state machine's compare-and-set.
 
-use holdfast_domain::VolumeState;
+use holdfast_domain::{AuditAction, VolumeReason, VolumeState};
 use holdfast_store::{Store, StoreError, VolumeTransition};
 use uuid::Uuid;
 
@@ -24,7 +24,7 @@ async fn check_transitions(store: Store) {
         retain_until: None,
         erase_after: Some(100),
         actor,
-        reason: Some("r"),
+        reason: Some(VolumeReason::WorkspaceDeleted),
     };
     let pending = store
         .transition_volume(
@@ -51,7 +51,7 @@ async fn check_transitions(store: Store) {
             v.id,
             VolumeState::ErasePending,
             "sweeper",
-            "erase_requested",
+            VolumeReason::EraseRequested,
             4,
         )
         .await
@@ -68,7 +68,10 @@ async fn check_transitions(store: Store) {
     );
     let audit = store.list_audit(Some(ws), 10).await.unwrap();
     assert_eq!(
-        audit.iter().filter(|e| e.action == "volume.erased").count(),
+        audit
+            .iter()
+            .filter(|e| e.action == AuditAction::VolumeErased)
+            .count(),
         1
     );
     assert_eq!(audit[0].actor, "alice");
@@ -81,7 +84,7 @@ async fn check_transitions(store: Store) {
         .await
         .unwrap()
         .into_iter()
-        .map(|h| h.to_state)
+        .map(|h| h.to_state.as_str())
         .collect();
     assert_eq!(history, ["active", "erase_pending", "erasing", "erased"]);
 }

@@ -2141,6 +2141,18 @@ impl CpServer {
 
     /// Starts it again after it ended on its own, without the environment
     /// given to [`Self::crash_and_restart_with_env`].
+    /// Kills the control plane (its workspaces, in their own process
+    /// groups, keep running) and leaves it down, as a crash or an outage
+    /// would, until [`Self::start_again_without_env`].
+    pub fn kill(&mut self) {
+        kill_process_group(self.process.id());
+        let _ = self.process.wait();
+        self.log
+            .lock()
+            .unwrap()
+            .push_str("---- control plane killed ----\n");
+    }
+
     pub fn start_again_without_env(&mut self) {
         assert!(
             self.process

@@ -3,6 +3,7 @@
 //! `helpers.rs`.
 
 mod audit;
+mod cli;
 mod containers;
 mod create;
 mod data;
@@ -14,9 +15,11 @@ mod failpoints;
 mod hardening;
 mod helpers;
 mod isolation;
+mod logs;
 mod misc;
 mod org;
 mod orgs;
+mod outage;
 mod persistence;
 mod recovery;
 mod replicas;

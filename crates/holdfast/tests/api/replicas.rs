@@ -162,3 +162,55 @@ async fn an_erase_left_by_a_killed_replica_is_finished_by_the_other_and_audited_
     assert_eq!(erasures, 1, "{audit:?}");
     assert_eq!(workspace_processes(&id), Vec::<u32>::new());
 }
+
+#[tokio::test]
+async fn a_request_does_not_wait_long_on_a_dead_replicas_lease() {
+    let Some(admin) = postgres() else { return };
+    let (_cp, mut a, b) = replicas(&admin, &[]).await;
+    let ws = a.create_online_workspace(&workspace_body("held")).await;
+    let id = id_of(&ws);
+    let volume = a.volume_dir(&id);
+    let first = wait_for_pid(&volume).await;
+
+    // Replica A dies in the middle of a restart, holding the workspace's
+    // lease (and with its intent, the new generation, written).
+    a.crash_and_restart_server_with_env(&[("HOLDFAST_FAILPOINTS", "stop.before_cp_stop")])
+        .await;
+    a.wait_online(&id).await;
+    let answer = a
+        .try_send(a.authed(Method::POST, &format!("/workspaces/{id}/restart")))
+        .await;
+    assert!(answer.is_err(), "A must abort mid-restart: {answer:?}");
+    a.expect_server_abort("stop.before_cp_stop").await;
+
+    // B does not wait out A's lease in silence: a 503 that says so, soon.
+    let started = std::time::Instant::now();
+    let answer = b
+        .authed(Method::POST, &format!("/workspaces/{id}/restart"))
+        .send()
+        .await
+        .expect("B answers");
+    let waited = started.elapsed();
+    assert_eq!(answer.status().as_u16(), 503);
+    assert!(answer.headers().get("retry-after").is_some());
+    let body: serde_json::Value = answer.json().await.expect("a JSON error");
+    assert_eq!(body["code"], "workspace_busy", "{body}");
+    println!("B answered 503 after {waited:?}");
+
+    // The intent stands: once A's lease runs out (it is no longer
+    // renewed), B's reconciler carries the restart out, once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let pids = workspace_processes(&id);
+        if pids.len() == 1 && pids != vec![first] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never restarted the workspace: {pids:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    wait_workspace_process_count(&id, 1).await;
+    assert_eq!(b.wait_online(&id).await["status"], "online");
+}

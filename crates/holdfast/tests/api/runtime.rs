@@ -269,6 +269,9 @@ async fn hibernating_a_parent_with_cascade_hibernates_the_subtree() {
         .create_online_workspace(&child_body("shift", &parent_id))
         .await;
     let child_id = id_of(&child);
+    // A command is online as soon as it runs: wait for its first line, or
+    // the hibernation below may stop it before it wrote one.
+    wait_for_lines(&app.volume_dir(&child_id).join("data.txt"), 1).await;
 
     let body = app
         .hibernate_workspace(&parent_id)

@@ -5,7 +5,7 @@
 use crate::data::AuditView;
 use crate::dto::WorkspaceView;
 use askama::Template;
-use holdfast_domain::{DataPersistence, Program};
+use holdfast_domain::{DataPersistence, Program, Status};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
@@ -187,8 +187,8 @@ impl Card {
             id: ws.id.to_string(),
             name: ws.name.clone(),
             role: ws.role.clone().filter(|r| !r.is_empty()),
-            status: ws.status.clone(),
-            status_label: status_label(&ws.status),
+            status: ws.status.as_str().to_owned(),
+            status_label: status_label(ws.status.as_str()),
             mode: ModeBadge::of(ws),
             size: size_label(ws),
             countdown: Countdown::of(ws),
@@ -227,14 +227,14 @@ pub(super) struct Board {
 }
 
 fn restorable(ws: &WorkspaceView) -> bool {
-    ws.status == "removed" && matches!(ws.data.state.as_str(), "retained" | "erase_pending")
+    ws.status == Status::Removed && matches!(ws.data.state.as_str(), "retained" | "erase_pending")
 }
 
 impl Board {
     pub fn new(all: Vec<WorkspaceView>, org_names: &HashMap<Uuid, String>) -> Self {
         let live: HashMap<Uuid, &WorkspaceView> = all
             .iter()
-            .filter(|w| w.status != "removed")
+            .filter(|w| w.status != Status::Removed)
             .map(|w| (w.id, w))
             .collect();
         let mut children: HashMap<Uuid, Vec<&WorkspaceView>> = HashMap::new();
@@ -376,7 +376,7 @@ impl PanelFragment {
             board
                 .all
                 .iter()
-                .filter(|w| w.parent_id == Some(id) && w.status != "removed")
+                .filter(|w| w.parent_id == Some(id) && w.status != Status::Removed)
                 .collect()
         };
         let children: Vec<String> = live_children(ws.id)
@@ -419,7 +419,7 @@ impl PanelFragment {
         };
         PanelFragment {
             card: Card::of(&ws),
-            removed: ws.status == "removed",
+            removed: ws.status == Status::Removed,
             restorable: restorable(&ws),
             parent,
             children,
@@ -440,9 +440,9 @@ impl PanelFragment {
                 .into_iter()
                 .map(|a| AuditRow {
                     at: a.at,
-                    action: a.action,
+                    action: a.action.as_str().to_owned(),
                     actor: a.actor,
-                    reason: a.reason,
+                    reason: a.reason.map(|r| r.as_str().to_owned()),
                 })
                 .collect(),
             tab,

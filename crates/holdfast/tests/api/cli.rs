@@ -1,0 +1,167 @@
+//! The `holdfast ws` CLI against a real server: output formats, names
+//! wherever ids are taken, shell completions, and a delete without a
+//! terminal.
+
+use crate::helpers::{ADMIN_TOKEN, TestApp, child_body, id_of, workspace_body};
+
+/// Runs `holdfast ARGS --url … --token <admin>` with no terminal on stdin;
+/// its exit status, stdout and stderr.
+fn holdfast(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HOLDFAST_") {
+            cmd.env_remove(key);
+        }
+    }
+    // The connection flags go before a `--` (after it, all is the command).
+    let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+    let out = cmd
+        .args(&args[..split])
+        .args(["--url", &app.base_url, "--token", ADMIN_TOKEN])
+        .args(&args[split..])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run holdfast");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn ok(app: &TestApp, args: &[&str]) -> String {
+    let (success, stdout, stderr) = holdfast(app, args);
+    assert!(success, "holdfast {args:?} failed: {stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn get_prints_json_yaml_and_wide_and_takes_a_name() {
+    let app = TestApp::spawn().await;
+    let ws = app
+        .create_online_workspace(&workspace_body("analyst"))
+        .await;
+    let id = id_of(&ws);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&app, &["ws", "get", "analyst", "-o", "json"]))
+            .expect("-o json is JSON");
+    assert_eq!(json["id"], id.as_str());
+    assert_eq!(json["status"], "online");
+
+    let yaml = ok(&app, &["ws", "get", &id, "-o", "yaml"]);
+    assert!(yaml.contains("name: \"analyst\"\n"), "{yaml}");
+    assert!(yaml.contains("\ndata:\n  "), "nested blocks: {yaml}");
+    assert!(!yaml.trim_start().starts_with('{'), "not JSON: {yaml}");
+
+    let wide = ok(&app, &["ws", "list", "-o", "wide"]);
+    let header = wide.lines().next().unwrap_or_default();
+    for column in ["ID", "NAME", "STATUS", "RUNTIME", "ISOLATION", "LIMITS"] {
+        assert!(header.contains(column), "{column} in {header:?}");
+    }
+    assert!(wide.contains("sh -c"), "the command in RUNTIME: {wide}");
+
+    let bare = ok(&app, &["ws", "list", "--no-headers"]);
+    assert!(!bare.contains("NAME"), "{bare}");
+    assert_eq!(bare.lines().count(), 1, "{bare}");
+    // Columns are aligned: the header and the row start each column at
+    // the same offset.
+    let table = ok(&app, &["ws", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0].find("NAME"), lines[1].find("analyst"), "{table}");
+}
+
+#[tokio::test]
+async fn names_work_wherever_ids_do_and_an_ambiguous_one_is_refused() {
+    let app = TestApp::spawn().await;
+    let lead = id_of(&app.create_online_workspace(&workspace_body("lead")).await);
+    // A child made through the CLI with its parent given by name.
+    ok(
+        &app,
+        &[
+            "ws", "create", "helper", "--parent", "lead", "--", "sleep", "600",
+        ],
+    );
+    let helper = app
+        .list_workspaces()
+        .await
+        .into_iter()
+        .find(|w| w["name"] == "helper")
+        .expect("the child was created");
+    assert_eq!(helper["parent_id"], lead.as_str());
+
+    ok(&app, &["ws", "pause", "helper"]);
+    assert_eq!(
+        app.wait_status(&id_of(&helper), "paused").await["status"],
+        "paused"
+    );
+    ok(&app, &["ws", "resume", "helper"]);
+    app.wait_online(&id_of(&helper)).await;
+
+    // Two workspaces of one name (under different parents): the CLI will
+    // not guess.
+    app.create_online_workspace(&child_body("helper", &id_of(&helper)))
+        .await;
+    let (success, _, stderr) = holdfast(&app, &["ws", "restart", "helper"]);
+    assert!(!success, "an ambiguous name must fail");
+    assert!(
+        stderr.contains("2 workspaces are named \"helper\""),
+        "{stderr}"
+    );
+    let (success, _, stderr) = holdfast(&app, &["ws", "get", "nobody"]);
+    assert!(!success);
+    assert!(stderr.contains("no workspace named \"nobody\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_delete_without_a_terminal_needs_yes_with_the_name() {
+    let app = TestApp::spawn().await;
+    let id = id_of(
+        &app.create_online_workspace(&workspace_body("scratchpad"))
+            .await,
+    );
+
+    let (success, _, stderr) = holdfast(&app, &["ws", "delete", "scratchpad"]);
+    assert!(!success, "no terminal, no --yes: refused");
+    assert!(stderr.contains("--yes \"scratchpad\""), "{stderr}");
+    assert_eq!(
+        app.workspace(&id).await["status"],
+        "online",
+        "nothing changed"
+    );
+
+    let (success, _, stderr) = holdfast(&app, &["ws", "delete", "scratchpad", "--yes", "scratch"]);
+    assert!(!success, "a wrong name is refused by the server");
+    assert!(
+        stderr.contains("destructive_action_requires_confirmation"),
+        "{stderr}"
+    );
+
+    ok(&app, &["ws", "delete", "scratchpad", "--yes", "scratchpad"]);
+    assert_eq!(app.workspace(&id).await["status"], "removed");
+    // And a removed workspace is still found by its name, to restore it.
+    ok(&app, &["ws", "restore", "scratchpad"]);
+    app.wait_online(&id).await;
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "_holdfast()"),
+        ("zsh", "#compdef holdfast"),
+        ("fish", "complete -c holdfast"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+            .args(["completions", shell])
+            .output()
+            .expect("run holdfast completions");
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {marker} missing");
+        assert!(
+            script.contains("restore"),
+            "{shell}: subcommands are completed"
+        );
+    }
+}
