@@ -669,16 +669,33 @@ impl ContainerBackend {
     /// The containers of this control plane on the engine (any state).
     async fn our_containers(&self, pairs: &[(&str, &str)]) -> CpResult<Vec<String>> {
         let filters = self.filters(pairs);
-        let list = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("listing containers", e))?;
+        let mut attempt = 0;
+        let list = loop {
+            match self
+                .docker
+                .list_containers(Some(
+                    ListContainersOptionsBuilder::default()
+                        .all(true)
+                        .filters(&filters)
+                        .build(),
+                ))
+                .await
+            {
+                Ok(list) => break list,
+                // Podman 4 lists a container whose process just ended (a
+                // census helper, between its exit and its clean-up) in a
+                // state `stopped` that the Docker API does not have, and
+                // the client refuses the whole listing. The state passes
+                // within moments: list again.
+                Err(e @ EngineError::JsonDataError { .. })
+                    if e.to_string().contains("unknown variant") && attempt < 40 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(engine_error("listing containers", e)),
+            }
+        };
         Ok(list
             .into_iter()
             .filter(|c| c.labels.as_ref().is_some_and(|l| self.matches(l, pairs)))

@@ -367,6 +367,20 @@ async fn contract(s: Subject) {
     let id = Uuid::new_v4();
     let starts = |kind| data.lines(id, kind, "starts");
 
+    // The image check: the default image is there; one the engine lacks is
+    // named (a backend without images has nothing to refuse).
+    cp.check_image(None).await.unwrap();
+    let absent = ImageRef::parse("localhost/holdfast-contract-absent:0").unwrap();
+    match (cp.check_image(Some(&absent)).await, s.engine.is_some()) {
+        (Err(CpError::ImageMissing(m)), true) => {
+            assert!(m.contains("localhost/holdfast-contract-absent:0"), "{m}")
+        }
+        (Ok(()), false) => {}
+        (other, on_containers) => {
+            panic!("image check on_containers={on_containers}: {other:?}")
+        }
+    }
+
     // Persist: a volume, a running process, its data on disk.
     let p = cp
         .provision(request(id, Some(DataPersistence::Persist)))
@@ -545,7 +559,8 @@ async fn contract(s: Subject) {
         .expect("erased in this pass");
     assert_eq!(
         (item.action.as_str(), item.outcome.as_str()),
-        ("erase", "done")
+        ("erase", "done"),
+        "{item:?}"
     );
     assert!(
         !data.has(id, DataKind::Volume).await,
