@@ -13,6 +13,8 @@ mod create_online;
 mod delete_latency;
 mod disk;
 mod erase_throughput;
+mod load;
+mod read_path;
 mod sandbox_start;
 pub(crate) mod server;
 mod stats;
@@ -33,16 +35,20 @@ enum SectionName {
     DeleteLatency,
     EraseThroughput,
     SweepPass,
+    ReadThroughput,
+    Scale,
 }
 
 impl SectionName {
-    const ALL: [SectionName; 6] = [
+    const ALL: [SectionName; 8] = [
         SectionName::CreateOnline,
         SectionName::SandboxStart,
         SectionName::ContainerStart,
         SectionName::DeleteLatency,
         SectionName::EraseThroughput,
         SectionName::SweepPass,
+        SectionName::ReadThroughput,
+        SectionName::Scale,
     ];
 
     fn as_str(self) -> &'static str {
@@ -53,6 +59,8 @@ impl SectionName {
             SectionName::DeleteLatency => "delete_latency",
             SectionName::EraseThroughput => "erase_throughput",
             SectionName::SweepPass => "sweep_pass",
+            SectionName::ReadThroughput => "read_throughput",
+            SectionName::Scale => "scale",
         }
     }
 
@@ -71,7 +79,7 @@ impl SectionName {
 }
 
 const USAGE: &str = "usage: cargo xtask bench [--n N] [--container-n N] [--delete-n N] \
-     [--erase-reps R] [--only SECTION[,SECTION]] [--server-bin PATH]";
+     [--erase-reps R] [--read-secs S] [--scale-n N] [--only SECTION[,SECTION]] [--server-bin PATH]";
 
 #[derive(Debug)]
 pub struct Options {
@@ -83,6 +91,10 @@ pub struct Options {
     delete_n: usize,
     /// Repetitions of each side in the erase throughput section.
     erase_reps: usize,
+    /// Seconds of each load run of the read path sections.
+    read_secs: usize,
+    /// The largest fleet of the scale section (it measures at 1,000 first).
+    scale_n: usize,
     /// The sections to run, in [`SectionName::ALL`] order.
     only: Vec<SectionName>,
     /// A holdfast binary to measure instead of building one: to compare two
@@ -97,6 +109,8 @@ impl Options {
             container_n: 30,
             delete_n: 20,
             erase_reps: 3,
+            read_secs: 5,
+            scale_n: 10_000,
             only: SectionName::ALL.to_vec(),
             server_bin: None,
         };
@@ -118,6 +132,8 @@ impl Options {
                 "--container-n" => opts.container_n = count(flag, &value()?)?,
                 "--delete-n" => opts.delete_n = count(flag, &value()?)?,
                 "--erase-reps" => opts.erase_reps = count(flag, &value()?)?,
+                "--read-secs" => opts.read_secs = count(flag, &value()?)?,
+                "--scale-n" => opts.scale_n = count(flag, &value()?)?,
                 "--only" => {
                     let chosen = only.get_or_insert_with(Vec::new);
                     for name in value()?.split(',').filter(|s| !s.is_empty()) {
@@ -230,6 +246,12 @@ async fn run_section(
         SectionName::DeleteLatency => delete_latency::run(bin, scratch, opts.delete_n).await,
         SectionName::EraseThroughput => erase_throughput::run(bin, scratch, opts.erase_reps).await,
         SectionName::SweepPass => sweep_pass::run(bin, scratch).await,
+        SectionName::ReadThroughput => {
+            read_path::read_throughput(bin, scratch, opts.read_secs as u64).await
+        }
+        SectionName::Scale => {
+            read_path::scale(bin, scratch, opts.scale_n, opts.read_secs as u64).await
+        }
     }
 }
 
@@ -418,7 +440,7 @@ mod tests {
     fn only_keeps_the_run_order() {
         check_only(
             &[],
-            "create_online,sandbox_start,container_start,delete_latency,erase_throughput,sweep_pass",
+            "create_online,sandbox_start,container_start,delete_latency,erase_throughput,sweep_pass,read_throughput,scale",
         );
         check_only(&["--only", "sweep_pass"], "sweep_pass");
         check_only(

@@ -29,3 +29,4 @@ mod secrets;
 mod sweeper;
 mod tenancy;
 mod validation;
+mod visibility;
