@@ -15,6 +15,10 @@ use std::process::{Command, Stdio};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The control-plane contract on the container backend (nextest filters).
+const CONTRACT_ON_CONTAINERS: &str = "binary(cp_contract) & test(/_on_containers$/)";
+const CONTRACT_ON_CONTAINERS_EXCLUDED: &str = "not (binary(cp_contract) & test(/_on_containers$/))";
+
 fn run(root: &Path, what: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
     run_with_env(root, what, &[], program, args)
 }
@@ -132,13 +136,22 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             None => Ok(()),
         };
         // The store's tests and the replica tests use PostgreSQL through
-        // HOLDFAST_TEST_DATABASE_URL.
+        // HOLDFAST_TEST_DATABASE_URL. The contract's container subjects ran
+        // in the container phase, against its engine: here they would have
+        // none (and under CI that is a failure).
         run_with_env(
             root,
             "tests",
             &db_env,
             "cargo",
-            &["nextest", "run", "--workspace", "--no-fail-fast"],
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-fail-fast",
+                "-E",
+                CONTRACT_ON_CONTAINERS_EXCLUDED,
+            ],
         )?;
         remote?;
         on_postgres?;
@@ -164,9 +177,9 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     browser(root)
 }
 
-/// The API suite on the container backend, against a Podman of its own
-/// (started here, stopped when this returns). Outside CI a host without
-/// Podman skips it and says why.
+/// The API suite and the control-plane contract on the container backend,
+/// against a Podman of its own (started here, stopped when this returns).
+/// Outside CI a host without Podman skips them and says why.
 fn containers(root: &Path, ci: bool, db_env: &[(&str, &str)], api: &[&str]) -> anyhow::Result<()> {
     run(
         root,
@@ -184,13 +197,33 @@ fn containers(root: &Path, ci: bool, db_env: &[(&str, &str)], api: &[&str]) -> a
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // The replica tests need the throwaway PostgreSQL too.
     let env = [db_env, &env[..]].concat();
-    run_with_env(
+    let suite = run_with_env(
         root,
         "API tests on the container backend",
         &env,
         "cargo",
         api,
-    )
+    );
+    // SPEC §14: the control-plane contract holds on every backend.
+    let contract = run_with_env(
+        root,
+        "control-plane contract on the container backend",
+        &env,
+        "cargo",
+        &[
+            "nextest",
+            "run",
+            "-p",
+            "holdfast",
+            "--test",
+            "cp_contract",
+            "--no-fail-fast",
+            "-E",
+            CONTRACT_ON_CONTAINERS,
+        ],
+    );
+    suite?;
+    contract
 }
 
 /// The canvas's browser tests. Outside CI a machine without Chromium skips

@@ -344,8 +344,9 @@ impl ControlPlane for EmbeddedCp {
             .data_persistence
             .unwrap_or(self.policy.default_persistence);
         // One process per workspace: whatever still runs is stopped (never
-        // pruned) before the new one starts.
-        if self.backend.has_instance(req.workspace_id).await {
+        // pruned) before the new one starts. A first start has a fresh id,
+        // which nothing can run under: no need to ask.
+        if !req.first_start && self.backend.has_instance(req.workspace_id).await {
             tracing::warn!("provision while an instance runs; stopping it first");
             self.backend.stop(req.workspace_id, None).await?;
         }
@@ -442,6 +443,10 @@ impl ControlPlane for EmbeddedCp {
 
     async fn confinement(&self) -> CpResult<Confinement> {
         Ok(self.backend.confinement())
+    }
+
+    async fn check_image(&self, image: Option<&holdfast_domain::ImageRef>) -> CpResult<()> {
+        self.backend.check_image(image).await
     }
 
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
@@ -628,6 +633,14 @@ impl ControlPlane for EmbeddedCp {
             retention_grace: self.policy.retention_grace,
             with_workspaces: self.policy.with_workspaces,
         };
-        Ok(sweeper.run(dry_run, actor).await?)
+        // An engine that does not answer keeps its kind (a 503), whatever
+        // step of the pass met it.
+        sweeper
+            .run(dry_run, actor)
+            .await
+            .map_err(|e| match e.downcast::<CpError>() {
+                Ok(cp) => cp,
+                Err(e) => CpError::Other(e),
+            })
     }
 }

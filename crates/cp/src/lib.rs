@@ -28,7 +28,9 @@ pub use embedded::{BackendChoice, CpPolicy, EmbeddedCp};
 pub use http_client::HttpCp;
 
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, Millis, Runtime, Tier, VolumeReason, VolumeState};
+use holdfast_domain::{
+    DataPersistence, ImageRef, Millis, Runtime, Tier, VolumeReason, VolumeState,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -219,6 +221,11 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// tier's limits apply.
     async fn confinement(&self) -> CpResult<process::Confinement>;
 
+    /// Whether a workspace of this image (`runtime.image`; `None`: the
+    /// default) can start here: `ImageMissing` naming it when the engine
+    /// does not have it, `Unavailable` when the engine does not answer. A
+    /// backend without images (processes) has nothing to check.
+    async fn check_image(&self, image: Option<&ImageRef>) -> CpResult<()>;
     /// Workspace ids whose instance exited, as they exit, where this control
     /// plane can tell (the embedded one on the process backend); `None`
     /// makes the reconciler poll `status` at its interval instead.
