@@ -7,7 +7,12 @@ use std::str::FromStr;
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
+        // serde takes each variant's text; utoipa's derive does not read a
+        // rename given through a macro, so the schema's values come from
+        // `rename_all`, which is the same text for every enum here but
+        // AuditAction (whose fields say `value_type = String`).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vmeta])* #[serde(rename = $text)] $variant),+ }
 
         impl $name {
@@ -178,6 +183,44 @@ mod tests {
             assert_eq!(s.as_str().parse::<AuditAction>(), Ok(*s));
         }
         assert!("Online".parse::<Status>().is_err());
+        // The OpenAPI document lists the same values as the wire carries
+        // (utoipa's derive reads `rename_all`, not the per-variant text).
+        fn schema_values<T: utoipa::PartialSchema>() -> Vec<String> {
+            let v = serde_json::to_value(T::schema()).unwrap();
+            v["enum"]
+                .as_array()
+                .expect("an enum schema")
+                .iter()
+                .map(|x| x.as_str().unwrap().to_owned())
+                .collect()
+        }
+        fn texts<T: Copy>(all: &[T], f: fn(T) -> &'static str) -> Vec<String> {
+            all.iter().map(|x| f(*x).to_owned()).collect()
+        }
+        assert_eq!(
+            schema_values::<Status>(),
+            texts(Status::ALL, Status::as_str)
+        );
+        assert_eq!(
+            schema_values::<DesiredState>(),
+            texts(DesiredState::ALL, DesiredState::as_str)
+        );
+        assert_eq!(
+            schema_values::<VolumeState>(),
+            texts(VolumeState::ALL, VolumeState::as_str)
+        );
+        assert_eq!(
+            schema_values::<VolumeReason>(),
+            texts(VolumeReason::ALL, VolumeReason::as_str)
+        );
+        assert_eq!(
+            schema_values::<SweepAction>(),
+            texts(SweepAction::ALL, SweepAction::as_str)
+        );
+        assert_eq!(
+            schema_values::<SweepOutcome>(),
+            texts(SweepOutcome::ALL, SweepOutcome::as_str)
+        );
         // The wire form is the text form.
         assert_eq!(
             serde_json::to_string(&AuditAction::VolumeErased).unwrap(),

@@ -412,6 +412,9 @@ pub struct AuditView {
     pub id: Uuid,
     pub at: String,
     pub actor: String,
+    /// `workspace.created`, `volume.erased`, … (see the audit actions in
+    /// the docs).
+    #[schema(value_type = String)]
     pub action: AuditAction,
     pub workspace_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -26,6 +26,7 @@ pub const DEFAULT_TAIL: u64 = 64 * 1024;
 #[allow(dead_code)] // Documents the query; parsed by `parse_query`.
 pub struct LogsParams {
     /// How many bytes from the end of the log, 1 to 16777216 (default 65536).
+    #[param(minimum = 1, maximum = 16777216)]
     tail: Option<u64>,
     /// Keep the response open and send what is written after the tail, as
     /// `text/event-stream` (`log` events, one per line).
