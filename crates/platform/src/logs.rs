@@ -37,7 +37,8 @@ pub struct LogsParams {
     get, path = "/workspaces/{id}/logs",
     params(("id" = Uuid, Path, description = "workspace id"), LogsParams),
     responses(
-        (status = 200, description = "the log's tail as text/plain, or with follow=true a text/event-stream of `log` events, one per line", content_type = "text/plain"),
+        (status = 200, description = "the log's tail as text/plain, or with follow=true a text/event-stream of `log` events, one per line",
+            content((String = "text/plain"), (String = "text/event-stream"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the backend keeps no log holdfast can read"),
         (status = 503, body = ErrorBody, description = "control_plane_unreachable"),
