@@ -58,6 +58,7 @@ async fn embedded() -> Subject {
         sandbox: holdfast_cp::process::Sandbox::None,
         backend: holdfast_cp::BackendChoice::Process,
         usage_interval: Duration::from_secs(30),
+        snapshot_freeze_max: Duration::from_secs(10),
     };
     let cp = EmbeddedCp::start(store, root.clone(), policy)
         .await
@@ -157,6 +158,7 @@ fn request(id: Uuid, mode: Option<DataPersistence>) -> ProvisionRequest {
         data_persistence: mode,
         volume_size_gb: None,
         first_start: false,
+        seed_snapshot: None,
     }
 }
 

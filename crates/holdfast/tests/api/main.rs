@@ -24,6 +24,7 @@ mod replicas;
 mod runtime;
 mod sandbox;
 mod secrets;
+mod snapshots;
 mod sweeper;
 mod tenancy;
 mod validation;
