@@ -12,6 +12,8 @@ mod create_online;
 mod delete_latency;
 mod disk;
 mod erase_throughput;
+mod load;
+mod read_path;
 mod sandbox_start;
 pub(crate) mod server;
 mod stats;
@@ -31,15 +33,19 @@ enum SectionName {
     DeleteLatency,
     EraseThroughput,
     SweepPass,
+    ReadThroughput,
+    Scale,
 }
 
 impl SectionName {
-    const ALL: [SectionName; 5] = [
+    const ALL: [SectionName; 7] = [
         SectionName::CreateOnline,
         SectionName::SandboxStart,
         SectionName::DeleteLatency,
         SectionName::EraseThroughput,
         SectionName::SweepPass,
+        SectionName::ReadThroughput,
+        SectionName::Scale,
     ];
 
     fn as_str(self) -> &'static str {
@@ -49,6 +55,8 @@ impl SectionName {
             SectionName::DeleteLatency => "delete_latency",
             SectionName::EraseThroughput => "erase_throughput",
             SectionName::SweepPass => "sweep_pass",
+            SectionName::ReadThroughput => "read_throughput",
+            SectionName::Scale => "scale",
         }
     }
 
@@ -67,7 +75,7 @@ impl SectionName {
 }
 
 const USAGE: &str = "usage: cargo xtask bench [--n N] [--delete-n N] [--erase-reps R] \
-     [--only SECTION[,SECTION]] [--server-bin PATH]";
+     [--read-secs S] [--scale-n N] [--only SECTION[,SECTION]] [--server-bin PATH]";
 
 #[derive(Debug)]
 pub struct Options {
@@ -77,6 +85,10 @@ pub struct Options {
     delete_n: usize,
     /// Repetitions of each side in the erase throughput section.
     erase_reps: usize,
+    /// Seconds of each load run of the read path sections.
+    read_secs: usize,
+    /// The largest fleet of the scale section (it measures at 1,000 first).
+    scale_n: usize,
     /// The sections to run, in [`SectionName::ALL`] order.
     only: Vec<SectionName>,
     /// A holdfast binary to measure instead of building one: to compare two
@@ -90,6 +102,8 @@ impl Options {
             n: 200,
             delete_n: 20,
             erase_reps: 3,
+            read_secs: 5,
+            scale_n: 10_000,
             only: SectionName::ALL.to_vec(),
             server_bin: None,
         };
@@ -110,6 +124,8 @@ impl Options {
                 "--n" => opts.n = count(flag, &value()?)?,
                 "--delete-n" => opts.delete_n = count(flag, &value()?)?,
                 "--erase-reps" => opts.erase_reps = count(flag, &value()?)?,
+                "--read-secs" => opts.read_secs = count(flag, &value()?)?,
+                "--scale-n" => opts.scale_n = count(flag, &value()?)?,
                 "--only" => {
                     let chosen = only.get_or_insert_with(Vec::new);
                     for name in value()?.split(',').filter(|s| !s.is_empty()) {
@@ -221,6 +237,12 @@ async fn run_section(
         SectionName::DeleteLatency => delete_latency::run(bin, scratch, opts.delete_n).await,
         SectionName::EraseThroughput => erase_throughput::run(bin, scratch, opts.erase_reps).await,
         SectionName::SweepPass => sweep_pass::run(bin, scratch).await,
+        SectionName::ReadThroughput => {
+            read_path::read_throughput(bin, scratch, opts.read_secs as u64).await
+        }
+        SectionName::Scale => {
+            read_path::scale(bin, scratch, opts.scale_n, opts.read_secs as u64).await
+        }
     }
 }
 
@@ -409,7 +431,7 @@ mod tests {
     fn only_keeps_the_run_order() {
         check_only(
             &[],
-            "create_online,sandbox_start,delete_latency,erase_throughput,sweep_pass",
+            "create_online,sandbox_start,delete_latency,erase_throughput,sweep_pass,read_throughput,scale",
         );
         check_only(&["--only", "sweep_pass"], "sweep_pass");
         check_only(

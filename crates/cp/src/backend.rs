@@ -83,6 +83,20 @@ pub trait Backend: Send + Sync + 'static {
     /// `NotFound` when there is none.
     async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream>;
 
+    /// The workspace's log (its processes' stdout and stderr): the last
+    /// `tail` bytes, and with `follow` what is written after them. `None`
+    /// when it has none.
+    async fn logs(
+        &self,
+        _workspace_id: Uuid,
+        _tail: u64,
+        _follow: bool,
+    ) -> CpResult<Option<ByteStream>> {
+        Err(CpError::Conflict(
+            "this backend keeps no workspace logs that holdfast can read".to_owned(),
+        ))
+    }
+
     /// Removes the workspace's durable volume (its compute is stopped first).
     /// Returns the bytes removed. Only [`crate::sweep::erase`] calls it.
     async fn erase_volume(&self, v: &VolumeRow) -> anyhow::Result<u64>;
@@ -183,6 +197,17 @@ impl Backend for ProcessPort {
 
     async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
         dir_of(self.process.layout(), workspace_id, kind).is_dir()
+    }
+
+    async fn logs(
+        &self,
+        workspace_id: Uuid,
+        tail: u64,
+        follow: bool,
+    ) -> CpResult<Option<ByteStream>> {
+        let path = self.process.layout().log_file(workspace_id);
+        crate::logs::open(&path, tail, follow)
+            .map_err(|e| CpError::Other(anyhow::anyhow!("reading the workspace's log: {e}")))
     }
 
     async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream> {

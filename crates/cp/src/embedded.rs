@@ -610,6 +610,15 @@ impl ControlPlane for EmbeddedCp {
         Ok(Some(v.into()))
     }
 
+    async fn logs(
+        &self,
+        workspace_id: Uuid,
+        tail: u64,
+        follow: bool,
+    ) -> CpResult<Option<crate::export::ByteStream>> {
+        self.backend.logs(workspace_id, tail, follow).await
+    }
+
     async fn export(&self, workspace_id: Uuid) -> CpResult<crate::export::ByteStream> {
         let kind = match self.store.current_volume(workspace_id).await? {
             Some(v) if v.state != VolumeState::Erasing => DataKind::Volume,

@@ -10,7 +10,7 @@
 use crate::export::ByteStream;
 use crate::sweep::SweepReport;
 use crate::wire::{
-    ActorBody, AuditAnswer, AuditQuery, ErrorAnswer, HistoryAnswer, PAGE, StatusAnswer,
+    ActorBody, AuditAnswer, AuditQuery, ErrorAnswer, HistoryAnswer, LogsQuery, PAGE, StatusAnswer,
     StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer, VolumesAnswer, VolumesQuery,
     route,
 };
@@ -274,6 +274,33 @@ impl ControlPlane for HttpCp {
             Ok(a) => Ok(a.volume),
             Err(CpError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    async fn logs(
+        &self,
+        workspace_id: Uuid,
+        tail: u64,
+        follow: bool,
+    ) -> CpResult<Option<ByteStream>> {
+        let resp = self
+            .request(Method::GET, &route::logs(workspace_id))
+            .query(&LogsQuery { tail, follow })
+            // A follower reads for as long as its reader does.
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(|_| CallError::Transport.into_cp("logs"))?;
+        match resp.status() {
+            StatusCode::OK => Ok(Some(Box::pin(
+                resp.bytes_stream()
+                    .map(|r| r.map_err(std::io::Error::other)),
+            ))),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => {
+                let code = resp.json::<ErrorAnswer>().await.ok().map(|e| e.code);
+                Err(CallError::Status(status, code).into_cp("logs"))
+            }
         }
     }
 

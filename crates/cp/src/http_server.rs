@@ -10,9 +10,9 @@
 
 use crate::sweep::SweepReport;
 use crate::wire::{
-    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, PAGE, StatusAnswer,
-    StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer, VolumesAnswer, VolumesQuery,
-    route,
+    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, LogsQuery, PAGE,
+    StatusAnswer, StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer, VolumesAnswer,
+    VolumesQuery, route,
 };
 use crate::{ControlPlane, CpError, EmbeddedCp, ProvisionRequest};
 use axum::body::Body;
@@ -370,6 +370,23 @@ async fn restore(
     }))
 }
 
+async fn logs(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    Path(raw): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> CpResult<Response> {
+    let id = svc.owned(&tenant, &raw).await?;
+    let Some(stream) = svc.engine.logs(id, q.tail, q.follow).await? else {
+        return Err(CpError::NotFound("the workspace has no log".to_owned()));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
 async fn export(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
@@ -452,18 +469,18 @@ async fn audit(
         svc.owned(&tenant, &ws.to_string()).await?;
     }
     let limit = q.limit.unwrap_or(PAGE).clamp(1, PAGE);
-    let mine = svc.store.tenant_workspaces(tenant.id).await?;
-    let window = i64::try_from(q.offset + limit)
-        .unwrap_or(i64::MAX)
-        .min(20_000);
+    // The tenant is part of the query, so a page is full however busy the
+    // other tenants are.
     let events: Vec<AuditEntry> = svc
         .store
-        .list_audit(q.workspace_id, window)
+        .list_audit(
+            holdfast_store::AuditScope::Tenant(tenant.id),
+            q.workspace_id,
+            i64::try_from(q.offset).unwrap_or(i64::MAX),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        )
         .await?
         .into_iter()
-        .filter(|e| e.workspace_id.is_some_and(|w| mine.contains(&w)))
-        .skip(q.offset)
-        .take(limit)
         .map(AuditEntry::from)
         .collect();
     Ok(Json(AuditAnswer { events }))
@@ -488,6 +505,7 @@ pub fn router(svc: Arc<CpService>) -> Router {
         .route("/cp/workspaces/{id}/volume/retain", post(retain))
         .route("/cp/workspaces/{id}/volume/restore", post(restore))
         .route("/cp/workspaces/{id}/volume/export", get(export))
+        .route("/cp/workspaces/{id}/logs", get(logs))
         .route(route::VOLUMES, get(list_volumes))
         .route("/cp/volumes/{id}/history", get(history))
         .route(route::SWEEP, post(sweep))

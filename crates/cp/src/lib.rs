@@ -16,6 +16,7 @@ mod embedded;
 pub mod export;
 pub mod http_client;
 pub mod http_server;
+pub mod logs;
 pub mod process;
 pub mod snapshot;
 pub mod sweep;
@@ -334,6 +335,16 @@ pub trait ControlPlane: Send + Sync + 'static {
         workspace_id: Uuid,
         actor: Actor<'_>,
     ) -> CpResult<Option<VolumeInfo>>;
+
+    /// The workspace's log: its last `tail` bytes (at most
+    /// [`logs::MAX_TAIL`]), and with `follow` what is written after them
+    /// while the stream is read. `None` when it has none yet.
+    async fn logs(
+        &self,
+        workspace_id: Uuid,
+        tail: u64,
+        follow: bool,
+    ) -> CpResult<Option<export::ByteStream>>;
 
     /// A `.tar.gz` of the workspace's data dir (its volume, or its scratch
     /// data while an ephemeral workspace runs).

@@ -45,6 +45,10 @@ pub mod route {
         format!("/cp/workspaces/{id}/volume/export")
     }
 
+    pub fn logs(id: Uuid) -> String {
+        format!("/cp/workspaces/{id}/logs")
+    }
+
     pub fn history(volume_id: Uuid) -> String {
         format!("/cp/volumes/{volume_id}/history")
     }
@@ -96,6 +100,15 @@ pub struct ActorBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VolumeAnswer {
     pub volume: Option<VolumeInfo>,
+}
+
+/// The query of a log read; the answer is the log's bytes (404 when there
+/// is none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsQuery {
+    pub tail: u64,
+    #[serde(default)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

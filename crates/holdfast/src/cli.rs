@@ -158,6 +158,17 @@ pub enum WsCommand {
         /// The workspace's id or name.
         id: String,
     },
+    /// Print the tail of the workspace's log (its stdout and stderr).
+    Logs {
+        /// The workspace's id or name.
+        id: String,
+        /// Keep printing what it writes (Ctrl-C ends it).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many bytes from the end (default 65536).
+        #[arg(long)]
+        tail: Option<u64>,
+    },
     /// Download the workspace's data as a .tar.gz.
     Export {
         /// The workspace's id or name.
@@ -705,9 +716,54 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
                 WS_COLUMNS,
             );
         }
+        WsCommand::Logs { id, follow, tail } => {
+            let id = c.resolve(&id).await?;
+            logs(&c, &id, follow, tail).await?
+        }
         WsCommand::Export { id, output } => {
             let id = c.resolve(&id).await?;
             export(&c, &id, &output).await?
+        }
+    }
+    Ok(())
+}
+
+/// Prints the log's tail; with `follow`, reads the server-sent events and
+/// prints each line as it comes.
+async fn logs(c: &Client, id: &str, follow: bool, tail: Option<u64>) -> anyhow::Result<()> {
+    let mut path = format!("/workspaces/{id}/logs?follow={follow}");
+    if let Some(t) = tail {
+        path.push_str(&format!("&tail={t}"));
+    }
+    let mut resp = c
+        .req(reqwest::Method::GET, &path)
+        .send()
+        .await
+        .with_context(|| format!("reaching {}", c.url))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!(
+            "{} {} ({})",
+            status.as_u16(),
+            body["error"].as_str().unwrap_or("request failed"),
+            body["code"].as_str().unwrap_or("")
+        );
+    }
+    let mut out = std::io::stdout();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await.context("reading the log")? {
+        if !follow {
+            out.write_all(&chunk)?;
+            continue;
+        }
+        pending.extend_from_slice(&chunk);
+        while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=at).collect();
+            if let Some(data) = line.strip_prefix(b"data: ".as_slice()) {
+                out.write_all(data)?;
+                out.flush()?;
+            }
         }
     }
     Ok(())

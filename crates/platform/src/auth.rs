@@ -103,8 +103,17 @@ impl FromRequestParts<Arc<App>> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty());
         if let Some(token) = bearer {
+            let hash = hash_token(token);
+            if bool::from(hash[..].ct_eq(&app.admin_token_hash[..])) {
+                return Ok(Caller::Admin);
+            }
+            // Org and workspace tokens are only ever minted by
+            // `generate_token`: a bearer of any other shape is refused
+            // without a store lookup. The shape is public, so checking it
+            // first tells a caller nothing about any secret.
+            let kind = minted_kind(token).ok_or_else(ApiError::unauthorized)?;
             return app
-                .caller_for_token_hash(&hash_hex(token))
+                .caller_for_minted(kind, &hex(&hash))
                 .await?
                 .ok_or_else(ApiError::unauthorized);
         }
@@ -139,6 +148,23 @@ impl App {
             }));
         }
         Ok(self.store.org_of_token(hash).await?.map(Caller::Org))
+    }
+
+    /// The caller whose minted (org or workspace) token hashes to `hash`:
+    /// one lookup, in the table its kind lives in.
+    async fn caller_for_minted(&self, kind: Minted, hash: &str) -> ApiResult<Option<Caller>> {
+        Ok(match kind {
+            Minted::Workspace => {
+                self.store
+                    .workspace_by_token(hash)
+                    .await?
+                    .map(|(workspace_id, org_id)| Caller::Workspace {
+                        workspace_id,
+                        org_id: Some(org_id),
+                    })
+            }
+            Minted::Org => self.store.org_of_token(hash).await?.map(Caller::Org),
+        })
     }
 
     /// The caller a canvas session id stands for: none when the session is
@@ -196,7 +222,36 @@ impl App {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// The two kinds of token `generate_token` mints for a bearer: an org's
+/// (`hfo_`) and a workspace's (`hfw_`), each 64 lowercase hex digits after
+/// the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Minted {
+    Org,
+    Workspace,
+}
+
+fn minted_kind(token: &str) -> Option<Minted> {
+    let (prefix, digits) = token.split_once('_')?;
+    let kind = match prefix {
+        "hfo" => Minted::Org,
+        "hfw" => Minted::Workspace,
+        _ => return None,
+    };
+    (digits.len() == 64
+        && digits
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    .then_some(kind)
 }
 
 /// The name of the canvas's session cookie (its value is a random session
@@ -274,6 +329,35 @@ mod tests {
             ("origin", "http://evil.example")
         ])));
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:7420")])));
+    }
+
+    #[test]
+    fn only_the_shapes_we_mint_are_looked_up() {
+        assert_eq!(
+            minted_kind(generate_token("hfo").expose()),
+            Some(Minted::Org)
+        );
+        assert_eq!(
+            minted_kind(generate_token("hfw").expose()),
+            Some(Minted::Workspace)
+        );
+        // Sessions and tenants are never bearers of the platform API, and
+        // the admin token is compared before this.
+        assert_eq!(minted_kind(generate_token("hfs").expose()), None);
+        assert_eq!(minted_kind(generate_token("hft").expose()), None);
+        let hex64 = "0".repeat(64);
+        assert_eq!(minted_kind(&format!("hfo_{hex64}")), Some(Minted::Org));
+        assert_eq!(minted_kind(&format!("hfo_{}", "0".repeat(63))), None);
+        assert_eq!(minted_kind(&format!("hfo_{}", "A".repeat(64))), None);
+        assert_eq!(minted_kind(&format!("hfo_{hex64}0")), None);
+        assert_eq!(minted_kind("wrong"), None);
+        assert_eq!(minted_kind(""), None);
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(hash_hex("x").len(), 64);
     }
 
     #[test]

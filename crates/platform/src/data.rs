@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use holdfast_cp::sweep::{SweepItem, SweepReport};
 use holdfast_domain::{AuditAction, SweepAction, SweepOutcome, VolumeReason, VolumeState};
 use holdfast_domain::{failpoint, format_millis, now_millis};
+use holdfast_store::AuditScope;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
@@ -365,6 +366,52 @@ pub async fn admin_sweep(
     Ok(Json(app.sweep(body.dry_run, &caller.actor()).await?))
 }
 
+/// The most remote events looked through for an org's page: the control
+/// plane keeps no org, so its events are matched to the org's workspaces
+/// here.
+const REMOTE_AUDIT_WINDOW: i64 = 20_000;
+
+/// The newest `limit` events a remote control plane recorded that `scope`
+/// may see (none from the embedded one, which writes into our store). The
+/// control plane knows tenants, not orgs: for an org, its events are matched
+/// against the org's workspaces (one query), widening the window until the
+/// page is full or the log is exhausted, so that other orgs' events never
+/// shorten the page.
+async fn remote_audit(
+    app: &App,
+    scope: AuditScope,
+    workspace: Option<Uuid>,
+    limit: i64,
+) -> ApiResult<Vec<holdfast_store::AuditEvent>> {
+    let org = match (scope, workspace) {
+        // One workspace's events, already checked as the caller's, or the
+        // admin's: nothing to match.
+        (AuditScope::Org(org), None) => org,
+        _ => return Ok(app.cp.audit_events(workspace, limit).await?),
+    };
+    let mut window = limit;
+    let mut mine: Option<std::collections::HashSet<Uuid>> = None;
+    loop {
+        let page = app.cp.audit_events(None, window).await?;
+        let exhausted = (page.len() as i64) < window || window >= REMOTE_AUDIT_WINDOW;
+        if page.is_empty() {
+            return Ok(page);
+        }
+        if mine.is_none() {
+            mine = Some(app.store.workspace_ids_of_org(org).await?);
+        }
+        let mine = mine.as_ref().expect("set above");
+        let visible: Vec<_> = page
+            .into_iter()
+            .filter(|e| e.workspace_id.is_some_and(|w| mine.contains(&w)))
+            .collect();
+        if visible.len() as i64 >= limit || exhausted {
+            return Ok(visible);
+        }
+        window = (window * 4).min(REMOTE_AUDIT_WINDOW);
+    }
+}
+
 /// An audit event as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AuditView {
@@ -421,41 +468,35 @@ pub async fn list_audit(
         // Another org's workspace is simply not found.
         app.load_managed(&caller, ws).await?;
     }
-    let mut events = app.store.list_audit(workspace, limit).await?;
+    let scope = match caller {
+        Caller::Admin => AuditScope::All,
+        Caller::Org(org) => AuditScope::Org(org),
+        Caller::Workspace { .. } => return Err(ApiError::not_found("route")),
+    };
+    // Scoped in the query: an org's page is full whenever it has that many
+    // events, however busy the other orgs are.
+    let mut events = app.store.list_audit(scope, workspace, 0, limit).await?;
     // A remote control plane audits its own acts (erasures above all) in
     // its own store; they are part of this log too.
-    let remote = app.cp.audit_events(workspace, limit).await?;
+    let remote = remote_audit(&app, scope, workspace, limit).await?;
     if !remote.is_empty() {
         let seen: std::collections::HashSet<Uuid> = events.iter().map(|e| e.id).collect();
         events.extend(remote.into_iter().filter(|e| !seen.contains(&e.id)));
         events.sort_by_key(|e| std::cmp::Reverse(e.at));
         events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        let visible = match caller {
-            Caller::Admin => true,
-            _ => match e.workspace_id {
-                Some(w) => app
-                    .store
-                    .get_workspace(w)
-                    .await?
-                    .is_some_and(|ws| caller.manages_org(ws.org_id)),
-                None => false,
-            },
-        };
-        if visible {
-            out.push(AuditView {
-                id: e.id,
-                at: format_millis(e.at),
-                actor: e.actor,
-                action: e.action,
-                workspace_id: e.workspace_id,
-                volume_id: e.volume_id,
-                reason: e.reason,
-                detail: e.detail,
-            });
-        }
-    }
+    let out = events
+        .into_iter()
+        .map(|e| AuditView {
+            id: e.id,
+            at: format_millis(e.at),
+            actor: e.actor,
+            action: e.action,
+            workspace_id: e.workspace_id,
+            volume_id: e.volume_id,
+            reason: e.reason,
+            detail: e.detail,
+        })
+        .collect();
     Ok(Json(out))
 }

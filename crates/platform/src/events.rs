@@ -68,7 +68,7 @@ impl EventBus {
         self.closing.send_replace(true);
     }
 
-    fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
         self.closing.subscribe()
     }
 

@@ -14,6 +14,7 @@ pub mod dto;
 pub mod error;
 mod events;
 mod lifecycle;
+mod logs;
 mod messages;
 mod metrics;
 mod openapi;
@@ -234,6 +235,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/volumes", get(routes::list_volumes))
         .route("/workspaces/{id}/restore", post(data::restore_workspace))
         .route("/workspaces/{id}/data/export", get(data::export_data))
+        .route("/workspaces/{id}/logs", get(logs::get_logs))
         .route("/admin/sweep", post(data::admin_sweep))
         .route("/audit", get(data::list_audit))
         .route("/metrics", get(metrics::metrics))

@@ -126,6 +126,20 @@ pub async fn metrics(
         w,
         "# HELP holdfast_bytes_retained Bytes kept for deleted or detached workspaces (retained or erase_pending).\n# TYPE holdfast_bytes_retained gauge\nholdfast_bytes_retained {retained}"
     );
+    let cache = app.store.cache_stats();
+    if cache.enabled {
+        let _ = writeln!(
+            w,
+            "# HELP holdfast_store_cache_lookups_total Point reads asked of the store's read cache, by result.\n\
+             # TYPE holdfast_store_cache_lookups_total counter\n\
+             holdfast_store_cache_lookups_total{{result=\"hit\"}} {}\n\
+             holdfast_store_cache_lookups_total{{result=\"miss\"}} {}\n\
+             # HELP holdfast_store_writes_total Writes through the store, each of which invalidates its read cache.\n\
+             # TYPE holdfast_store_writes_total counter\n\
+             holdfast_store_writes_total {}",
+            cache.hits, cache.misses, cache.writes
+        );
+    }
     let m = app.metrics.inner.lock().expect("metrics");
     let _ = writeln!(
         w,

@@ -34,6 +34,7 @@ mod strict;
         crate::messages::get_messages,
         crate::data::restore_workspace,
         crate::data::export_data,
+        crate::logs::get_logs,
         crate::data::admin_sweep,
         crate::data::list_audit,
         crate::metrics::metrics,

@@ -172,6 +172,78 @@ impl App {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// The views of many workspaces from one listing of the control plane's
+    /// volumes, rather than one control-plane call per workspace (which, on
+    /// a remote control plane, is an HTTP request each).
+    pub(crate) async fn views(&self, rows: &[WorkspaceRow]) -> ApiResult<Vec<WorkspaceView>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.cp.list_volumes(None).await {
+            Ok(all) => {
+                let newest = newest_volumes(all);
+                // Kept as `volume_or_last_known` keeps a single read.
+                let now = holdfast_domain::now_millis();
+                let mut seen = self.last_known.lock().expect("last known");
+                for ws in rows {
+                    match newest.get(&ws.id) {
+                        Some(v) => {
+                            seen.insert(ws.id, (v.clone(), now));
+                        }
+                        None => {
+                            seen.remove(&ws.id);
+                        }
+                    }
+                }
+                drop(seen);
+                Ok(rows
+                    .iter()
+                    .map(|ws| WorkspaceView::new(ws, newest.get(&ws.id), &self.confinement))
+                    .collect())
+            }
+            // The control plane is down: what this server last saw of each,
+            // marked stale, as a single read answers.
+            Err(holdfast_cp::CpError::Unreachable(reason)) => {
+                tracing::debug!(%reason, "listing with the last known volumes");
+                let seen = self.last_known.lock().expect("last known");
+                Ok(rows
+                    .iter()
+                    .map(|ws| {
+                        let known = seen.get(&ws.id);
+                        let mut view =
+                            WorkspaceView::new(ws, known.map(|(v, _)| v), &self.confinement);
+                        view.data = view.data.stale(known.map(|(_, at)| *at));
+                        view
+                    })
+                    .collect())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Each workspace's newest volume record (erased ones too), as
+/// `ControlPlane::volume` answers for one.
+fn newest_volumes(
+    volumes: Vec<holdfast_cp::VolumeInfo>,
+) -> std::collections::HashMap<Uuid, holdfast_cp::VolumeInfo> {
+    use std::collections::hash_map::Entry;
+    let mut newest = std::collections::HashMap::new();
+    for v in volumes {
+        match newest.entry(v.workspace_id) {
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+            Entry::Occupied(mut e) => {
+                let held: &holdfast_cp::VolumeInfo = e.get();
+                if (v.created_at, v.updated_at) > (held.created_at, held.updated_at) {
+                    e.insert(v);
+                }
+            }
+        }
+    }
+    newest
 }
 
 /// A volume as fresh as the control plane gave it, or as last seen.
@@ -263,11 +335,7 @@ pub async fn list_workspaces(
         Caller::Workspace { .. } => return Err(ApiError::not_found("route")),
     };
     let rows = app.store.list_workspaces(org, include_removed).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for ws in &rows {
-        out.push(app.view(ws).await?);
-    }
-    Ok(Json(out))
+    Ok(Json(app.views(&rows).await?))
 }
 
 #[utoipa::path(
@@ -448,10 +516,14 @@ pub async fn list_volumes(
     }
     let volumes = app.cp.list_volumes(state).await?;
     // One read of the workspaces (removed ones too) for visibility and mode,
-    // rather than one per volume.
+    // rather than one per volume; an org token reads only its own org's.
+    let own_org = match caller {
+        Caller::Org(org) => Some(org),
+        _ => None,
+    };
     let workspaces: std::collections::HashMap<Uuid, WorkspaceRow> = app
         .store
-        .list_workspaces(None, true)
+        .list_workspaces(own_org, true)
         .await?
         .into_iter()
         .map(|w| (w.id, w))

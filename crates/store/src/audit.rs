@@ -16,6 +16,17 @@ pub struct NewAuditEvent {
     pub detail: Option<serde_json::Value>,
 }
 
+/// Whose events a listing may show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditScope {
+    /// Every event (the admin).
+    All,
+    /// Events of the org's workspaces (an org token).
+    Org(Uuid),
+    /// Events of a control-plane tenant's workspaces.
+    Tenant(Uuid),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
     pub id: Uuid,
@@ -47,35 +58,65 @@ impl AuditEvent {
 impl Store {
     #[tracing::instrument(skip_all, name = "store.audit", fields(action = %ev.action))]
     pub async fn audit(&self, ev: NewAuditEvent, now: Millis) -> StoreResult<Uuid> {
-        let mut conn = self.pool().acquire().await?;
+        let written = self.write();
+        let mut conn = written.acquire().await?;
         insert_audit(&mut conn, &ev, now).await
     }
 
-    /// Audit events, newest first.
+    /// Audit events, newest first: those `scope` may see, of one workspace
+    /// or all, skipping the newest `offset`. The scope is part of the query,
+    /// so a page is full whenever that many visible events exist, however
+    /// many events of others are newer.
+    #[tracing::instrument(skip_all, name = "store.list_audit")]
     pub async fn list_audit(
         &self,
+        scope: AuditScope,
         workspace_id: Option<Uuid>,
+        offset: i64,
         limit: i64,
     ) -> StoreResult<Vec<AuditEvent>> {
-        let cols = "id, at, actor, action, workspace_id, volume_id, reason, detail";
-        let rows =
-            match workspace_id {
-                Some(ws) => sqlx::query(&format!(
-                    "SELECT {cols} FROM audit WHERE workspace_id = $1 ORDER BY seq DESC LIMIT $2"
-                ))
-                .bind(ws.to_string())
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?,
-                None => {
-                    sqlx::query(&format!(
-                        "SELECT {cols} FROM audit ORDER BY seq DESC LIMIT $1"
-                    ))
-                    .bind(limit)
-                    .fetch_all(self.pool())
-                    .await?
-                }
-            };
+        // Binds `v` and names its parameter.
+        fn next(v: String, binds: &mut Vec<String>) -> String {
+            binds.push(v);
+            format!("${}", binds.len())
+        }
+        let mut sql = String::from(
+            "SELECT a.id, a.at, a.actor, a.action, a.workspace_id, a.volume_id, a.reason, a.detail \
+             FROM audit a",
+        );
+        let mut binds: Vec<String> = Vec::new();
+        match scope {
+            AuditScope::All => sql.push_str(" WHERE 1 = 1"),
+            AuditScope::Org(org) => {
+                let p = next(org.to_string(), &mut binds);
+                sql.push_str(&format!(" WHERE a.org_id = {p}"));
+            }
+            AuditScope::Tenant(tenant) => {
+                let p = next(tenant.to_string(), &mut binds);
+                sql.push_str(&format!(
+                    " JOIN cp_workspaces c ON c.workspace_id = a.workspace_id WHERE c.tenant_id = {p}"
+                ));
+            }
+        }
+        if let Some(ws) = workspace_id {
+            let p = next(ws.to_string(), &mut binds);
+            sql.push_str(&format!(" AND a.workspace_id = {p}"));
+        }
+        let n = binds.len();
+        sql.push_str(&format!(
+            " ORDER BY a.seq DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        ));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q
+            .bind(limit)
+            .bind(offset.max(0))
+            .fetch_all(self.read())
+            .await?;
         rows.iter().map(AuditEvent::from_row).collect()
     }
 }
@@ -89,8 +130,8 @@ pub(crate) async fn insert_audit(
 ) -> StoreResult<Uuid> {
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO audit (id, at, actor, action, workspace_id, volume_id, reason, detail, org_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT org_id FROM workspaces WHERE id = $5))",
     )
     .bind(id.to_string())
     .bind(now)

@@ -71,7 +71,8 @@ impl Store {
         now: Millis,
     ) -> StoreResult<()> {
         let via = "org.import";
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         if self.dialect() == crate::Dialect::Postgres {
             // Imports into one org take turns, so that the checks below see
             // what a concurrent import wrote (SQLite's single connection

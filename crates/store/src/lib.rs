@@ -10,6 +10,7 @@
 //! transaction is held across a call to the control plane or the filesystem.
 
 mod audit;
+mod cache;
 mod import;
 mod orgs;
 mod sessions;
@@ -19,7 +20,8 @@ mod tokens;
 mod volumes;
 mod workspaces;
 
-pub use audit::{AuditEvent, NewAuditEvent};
+pub use audit::{AuditEvent, AuditScope, NewAuditEvent};
+pub use cache::CacheStats;
 pub use import::{ImportUpdate, ImportWrite};
 pub use orgs::Org;
 pub use sessions::{Session, SessionIdentity};
@@ -80,11 +82,40 @@ pub enum Dialect {
     Postgres,
 }
 
-/// The store. Cheap to clone.
+/// The store. Cheap to clone (clones share the pool and the read cache).
 #[derive(Clone)]
 pub struct Store {
+    /// Every statement that may write, and every transaction.
     pool: AnyPool,
+    /// Statements that only read: on SQLite a few connections of their own
+    /// (WAL lets them read while the writer writes), on PostgreSQL the same
+    /// pool as `pool`.
+    reader: AnyPool,
     dialect: Dialect,
+    cache: std::sync::Arc<cache::ReadCache>,
+}
+
+/// Reader connections of a SQLite store: two cores' worth, plus one so a
+/// long read (a reconciler pass over the fleet) does not hold up the rest.
+const READERS: u32 = 3;
+
+/// The pool, for statements that may write: dropping it (after the
+/// statement or transaction is done) invalidates the read cache.
+pub(crate) struct Written<'a> {
+    store: &'a Store,
+}
+
+impl std::ops::Deref for Written<'_> {
+    type Target = AnyPool;
+    fn deref(&self) -> &AnyPool {
+        &self.store.pool
+    }
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        self.store.cache.wrote();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -132,9 +163,31 @@ impl Store {
             .await
             .context("running SQLite migrations")?;
         private_files(path)?;
+        // Readers: their own connections, so that a read never queues
+        // behind the writer (or behind a long read such as a reconciler
+        // pass). `query_only` makes a write sent to them fail loudly
+        // rather than bypass the single writer.
+        let reader = AnyPoolOptions::new()
+            .min_connections(1)
+            .max_connections(READERS)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA query_only=ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .with_context(|| format!("opening SQLite database {} to read", path.display()))?;
         Ok(Store {
             pool,
+            reader,
             dialect: Dialect::Sqlite,
+            // This process is the file's only writer: see `cache.rs`.
+            cache: std::sync::Arc::new(cache::ReadCache::new(true)),
         })
     }
 
@@ -166,8 +219,11 @@ impl Store {
             .await
             .context("running PostgreSQL migrations")?;
         Ok(Store {
+            reader: pool.clone(),
             pool,
             dialect: Dialect::Postgres,
+            // Other replicas write here too: no cache (see `cache.rs`).
+            cache: std::sync::Arc::new(cache::ReadCache::new(false)),
         })
     }
 
@@ -175,8 +231,21 @@ impl Store {
         self.dialect
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// Hits and misses of the read cache (see `cache.rs`).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// The pool, for statements that only read. Anything that may write
+    /// goes through [`Store::write`] instead (a test checks the sources).
+    pub(crate) fn read(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// The pool, for statements and transactions that may write; see
+    /// [`Written`].
+    pub(crate) fn write(&self) -> Written<'_> {
+        Written { store: self }
     }
 }
 
@@ -270,5 +339,62 @@ pub mod testing {
             None => base,
         };
         Ok(format!("{base}/{name}{query}"))
+    }
+}
+
+#[cfg(test)]
+mod write_paths {
+    /// Every store function whose SQL may write uses `Store::write`, whose
+    /// guard invalidates the read cache; `Store::read` is for reads only.
+    /// A function that reads through `read()` and holds a writing statement
+    /// fails here.
+    #[test]
+    fn no_write_goes_through_the_read_pool() {
+        let sources = [
+            ("audit.rs", include_str!("audit.rs")),
+            ("import.rs", include_str!("import.rs")),
+            ("orgs.rs", include_str!("orgs.rs")),
+            ("sessions.rs", include_str!("sessions.rs")),
+            ("tenants.rs", include_str!("tenants.rs")),
+            ("tokens.rs", include_str!("tokens.rs")),
+            ("volumes.rs", include_str!("volumes.rs")),
+            ("workspaces.rs", include_str!("workspaces.rs")),
+        ];
+        let mut checked = 0;
+        for (file, text) in sources {
+            // Each use of `read()` with the statement it runs: the text back
+            // to the `sqlx::query` before it.
+            let mut rest = text;
+            while let Some(at) = rest.find("self.read()") {
+                let statement = &rest[rest[..at].rfind("sqlx::query").unwrap_or(0)..at];
+                checked += 1;
+                assert!(
+                    !writes(statement),
+                    "{file}: a statement that may write runs through `read()`: {statement}"
+                );
+                rest = &rest[at + 1..];
+            }
+        }
+        assert!(
+            checked > 10,
+            "the scan found the read functions ({checked})"
+        );
+    }
+
+    /// Whether a statement may write: its SQL names a writing verb, or it
+    /// runs with `execute` (SQL built elsewhere, as the fenced updates are,
+    /// shows no verb here).
+    fn writes(statement: &str) -> bool {
+        ["INSERT ", "UPDATE ", "DELETE ", ".begin()", ".acquire()"]
+            .iter()
+            .any(|verb| statement.contains(verb))
+            || statement.trim_end().ends_with(".execute(")
+    }
+
+    #[test]
+    fn the_scan_catches_a_planted_write() {
+        assert!(writes("sqlx::query(\"UPDATE x SET y = 1\").execute("));
+        assert!(!writes("sqlx::query(\"SELECT y FROM x\").fetch_all("));
+        assert!(writes("sqlx::query(&sql).bind(id)\n        .execute("));
     }
 }

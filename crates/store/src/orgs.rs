@@ -32,7 +32,7 @@ impl Store {
     pub async fn default_org(&self, now: Millis) -> StoreResult<Org> {
         if let Some(row) =
             sqlx::query("SELECT id, name, is_default, created_at FROM orgs WHERE is_default = 1")
-                .fetch_optional(self.pool())
+                .fetch_optional(self.read())
                 .await?
         {
             return Org::from_row(&row);
@@ -43,7 +43,7 @@ impl Store {
         )
         .bind(id.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(Org {
             id,
@@ -56,7 +56,7 @@ impl Store {
     pub async fn get_org(&self, id: Uuid) -> StoreResult<Option<Org>> {
         let row = sqlx::query("SELECT id, name, is_default, created_at FROM orgs WHERE id = $1")
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.read())
             .await?;
         row.as_ref().map(Org::from_row).transpose()
     }
@@ -72,7 +72,7 @@ impl Store {
         .bind(id.to_string())
         .bind(name.to_owned())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         if done.rows_affected() != 1 {
             return Err(crate::StoreError::NameTaken {
@@ -92,7 +92,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, name, is_default, created_at FROM orgs ORDER BY created_at, name",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(Org::from_row).collect()
     }

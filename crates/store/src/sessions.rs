@@ -36,7 +36,7 @@ impl Store {
     ) -> StoreResult<()> {
         sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
             .bind(now - 86_400_000)
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         let (kind, org) = match identity {
             SessionIdentity::Admin => ("admin", None),
@@ -52,7 +52,7 @@ impl Store {
         .bind(org)
         .bind(now)
         .bind(expires_at)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }
@@ -66,7 +66,7 @@ impl Store {
         )
         .bind(id_hash.to_owned())
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.read())
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -92,7 +92,7 @@ impl Store {
         )
         .bind(id_hash.to_owned())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }

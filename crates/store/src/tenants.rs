@@ -30,7 +30,7 @@ impl Store {
         .bind(name.to_owned())
         .bind(token_hash.to_owned())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         if done.rows_affected() != 1 {
             return Err(StoreError::NameTaken {
@@ -47,7 +47,7 @@ impl Store {
     pub async fn tenant_by_token(&self, token_hash: &str) -> StoreResult<Option<Tenant>> {
         let row = sqlx::query("SELECT id, name FROM tenants WHERE token_hash = $1")
             .bind(token_hash.to_owned())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.read())
             .await?;
         row.map(|r| {
             Ok(Tenant {
@@ -62,7 +62,7 @@ impl Store {
     pub async fn workspace_tenant(&self, workspace_id: Uuid) -> StoreResult<Option<Uuid>> {
         let row = sqlx::query("SELECT tenant_id FROM cp_workspaces WHERE workspace_id = $1")
             .bind(workspace_id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.read())
             .await?;
         row.map(|r| parse_uuid(&r, "tenant_id")).transpose()
     }
@@ -82,7 +82,7 @@ impl Store {
         .bind(workspace_id.to_string())
         .bind(tenant.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         self.workspace_tenant(workspace_id)
             .await?
@@ -93,7 +93,7 @@ impl Store {
     pub async fn tenant_workspaces(&self, tenant: Uuid) -> StoreResult<HashSet<Uuid>> {
         let rows = sqlx::query("SELECT workspace_id FROM cp_workspaces WHERE tenant_id = $1")
             .bind(tenant.to_string())
-            .fetch_all(self.pool())
+            .fetch_all(self.read())
             .await?;
         rows.iter().map(|r| parse_uuid(r, "workspace_id")).collect()
     }

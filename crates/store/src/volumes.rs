@@ -83,21 +83,27 @@ impl Store {
              ORDER BY created_at DESC LIMIT 1"
         ))
         .bind(workspace_id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(VolumeRow::from_row).transpose()
     }
 
     /// The workspace's newest volume record, erased or not.
     pub async fn latest_volume(&self, workspace_id: Uuid) -> StoreResult<Option<VolumeRow>> {
+        if let Some(hit) = self.cache.get::<Option<VolumeRow>>(&workspace_id) {
+            return Ok(hit);
+        }
+        let epoch = self.cache.begin_read();
         let row = sqlx::query(&format!(
             "SELECT {VOLUME_COLUMNS} FROM volumes WHERE workspace_id = $1 \
              ORDER BY created_at DESC, updated_at DESC LIMIT 1"
         ))
         .bind(workspace_id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.read())
         .await?;
-        row.as_ref().map(VolumeRow::from_row).transpose()
+        let v = row.as_ref().map(VolumeRow::from_row).transpose()?;
+        self.cache.put(epoch, workspace_id, v.clone());
+        Ok(v)
     }
 
     pub async fn get_volume(&self, id: Uuid) -> StoreResult<Option<VolumeRow>> {
@@ -105,7 +111,7 @@ impl Store {
             "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"
         ))
         .bind(id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(VolumeRow::from_row).transpose()
     }
@@ -132,7 +138,7 @@ impl Store {
         .bind(size_gb)
         .bind(now)
         .bind(VolumeState::Active.as_str())
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         sqlx::query(
             "INSERT INTO volume_history (volume_id, at, from_state, to_state, actor, reason) \
@@ -143,7 +149,7 @@ impl Store {
         .bind(VolumeState::Active.as_str())
         .bind(actor.to_owned())
         .bind(VolumeReason::Created.as_str())
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(VolumeRow {
             id,
@@ -171,7 +177,8 @@ impl Store {
         t: VolumeTransition<'_>,
         now: Millis,
     ) -> StoreResult<VolumeRow> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"
         ))
@@ -247,7 +254,7 @@ impl Store {
         sqlx::query("UPDATE volumes SET size_gb = $2 WHERE id = $1")
             .bind(id.to_string())
             .bind(size_gb)
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -256,7 +263,7 @@ impl Store {
         sqlx::query("UPDATE volumes SET bytes = $2 WHERE id = $1")
             .bind(id.to_string())
             .bind(bytes)
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -269,13 +276,13 @@ impl Store {
                     "SELECT {VOLUME_COLUMNS} FROM volumes WHERE state = $1 ORDER BY created_at DESC"
                 ))
                 .bind(s.as_str())
-                .fetch_all(self.pool())
+                .fetch_all(self.read())
                 .await?,
                 None => {
                     sqlx::query(&format!(
                         "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY created_at DESC"
                     ))
-                    .fetch_all(self.pool())
+                    .fetch_all(self.read())
                     .await?
                 }
             };
@@ -288,7 +295,7 @@ impl Store {
              WHERE volume_id = $1 ORDER BY seq",
         )
         .bind(volume_id.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter()
             .map(|r| {
@@ -361,7 +368,7 @@ impl Store {
                  FROM volumes v WHERE {due}"
             )
         };
-        let rows = sqlx::query(&sql).bind(now).fetch_all(self.pool()).await?;
+        let rows = sqlx::query(&sql).bind(now).fetch_all(self.read()).await?;
         rows.iter()
             .map(|r| {
                 let ws_id: Option<String> = r.try_get("ws_id")?;
@@ -385,7 +392,7 @@ impl Store {
     /// but `erased`): the directories the store knows.
     pub async fn known_volume_workspaces(&self) -> StoreResult<std::collections::HashSet<Uuid>> {
         let rows = sqlx::query("SELECT workspace_id FROM volumes WHERE state <> 'erased'")
-            .fetch_all(self.pool())
+            .fetch_all(self.read())
             .await?;
         rows.iter().map(|r| parse_uuid(r, "workspace_id")).collect()
     }
@@ -402,7 +409,8 @@ impl Store {
         reason: VolumeReason,
         now: Millis,
     ) -> StoreResult<VolumeRow> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let done = sqlx::query(
             "UPDATE volumes SET state = 'erasing', erased_by = COALESCE(erased_by, $3), reason = $4, updated_at = $5 \
              WHERE id = $1 AND state = $2",
@@ -447,7 +455,8 @@ impl Store {
         bytes_erased: i64,
         now: Millis,
     ) -> StoreResult<VolumeRow> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let done = sqlx::query(
             "UPDATE volumes SET state = 'erased', erased_at = $2, bytes_erased = $3, bytes = 0, \
              retain_until = NULL, erase_after = NULL, updated_at = $2 WHERE id = $1 AND state = 'erasing'",
@@ -512,7 +521,8 @@ impl Store {
         now: Millis,
     ) -> StoreResult<VolumeRow> {
         let id = Uuid::new_v4();
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         sqlx::query(
             "INSERT INTO volumes (id, workspace_id, state, bytes, retain_until, reason, created_at, updated_at) \
              VALUES ($1, $2, 'retained', $3, $4, $6, $5, $5)",
@@ -559,7 +569,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT state, COUNT(*) AS n, CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS b FROM volumes GROUP BY state",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?, r.try_get("b")?)))

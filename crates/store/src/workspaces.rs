@@ -264,7 +264,7 @@ impl Store {
         ws: &NewWorkspace,
         now: Millis,
     ) -> StoreResult<WorkspaceRow> {
-        insert_query(ws, now).execute(self.pool()).await?;
+        insert_query(ws, now).execute(&*self.write()).await?;
         // Built from what was written rather than read back: create is on
         // the path measured by the create → online benchmark.
         Ok(WorkspaceRow {
@@ -305,11 +305,17 @@ impl Store {
 
     #[tracing::instrument(skip_all, name = "store.get_workspace", fields(workspace_id = %id))]
     pub async fn get_workspace(&self, id: Uuid) -> StoreResult<Option<WorkspaceRow>> {
+        if let Some(hit) = self.cache.get::<Option<WorkspaceRow>>(&id) {
+            return Ok(hit);
+        }
+        let epoch = self.cache.begin_read();
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.read())
             .await?;
-        row.as_ref().map(WorkspaceRow::from_row).transpose()
+        let ws = row.as_ref().map(WorkspaceRow::from_row).transpose()?;
+        self.cache.put(epoch, id, ws.clone());
+        Ok(ws)
     }
 
     /// Workspaces, oldest first; `org` narrows to one org.
@@ -331,8 +337,20 @@ impl Store {
         if let Some(org) = org {
             q = q.bind(org.to_string());
         }
-        let rows = q.fetch_all(self.pool()).await?;
+        let rows = q.fetch_all(self.read()).await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
+    }
+
+    /// The ids of an org's workspaces, removed ones too.
+    pub async fn workspace_ids_of_org(
+        &self,
+        org: Uuid,
+    ) -> StoreResult<std::collections::HashSet<Uuid>> {
+        let rows = sqlx::query("SELECT id FROM workspaces WHERE org_id = $1")
+            .bind(org.to_string())
+            .fetch_all(self.read())
+            .await?;
+        rows.iter().map(|r| parse_uuid(r, "id")).collect()
     }
 
     /// Live (not removed) descendants of `id`, nearest first.
@@ -355,7 +373,7 @@ impl Store {
         );
         let rows = sqlx::query(&sql)
             .bind(id.to_string())
-            .fetch_all(self.pool())
+            .fetch_all(self.read())
             .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
@@ -368,7 +386,8 @@ impl Store {
         patch: &WorkspacePatch,
         now: Millis,
     ) -> StoreResult<WorkspaceRow> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
@@ -427,7 +446,7 @@ impl Store {
                 .bind(limits.map(str::to_owned)),
             fence,
         )
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         self.check_fence(id, fence, done.rows_affected()).await
     }
@@ -454,7 +473,7 @@ impl Store {
                 .bind(now),
             fence,
         )
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         self.check_fence(id, fence, done.rows_affected()).await
     }
@@ -469,7 +488,7 @@ impl Store {
         let current: Option<i64> =
             sqlx::query_scalar("SELECT lease_fence FROM workspaces WHERE id = $1")
                 .bind(id.to_string())
-                .fetch_optional(self.pool())
+                .fetch_optional(self.read())
                 .await?;
         match current {
             Some(c) if c != fence.0 => Err(StoreError::Fenced(id)),
@@ -483,7 +502,7 @@ impl Store {
             .bind(id.to_string())
             .bind(url.to_owned())
             .bind(now)
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -495,7 +514,7 @@ impl Store {
         )
         .bind(id.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }
@@ -522,7 +541,7 @@ impl Store {
         .bind(holder.to_owned())
         .bind(until)
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(&*self.write())
         .await?;
         Ok(fence.map(Fence))
     }
@@ -544,7 +563,7 @@ impl Store {
         .bind(holder.to_owned())
         .bind(until)
         .bind(fence.0)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -564,7 +583,7 @@ impl Store {
         .bind(id.to_string())
         .bind(holder.to_owned())
         .bind(fence.0)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }
@@ -586,7 +605,7 @@ impl Store {
         .bind(holder.to_owned())
         .bind(until)
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -595,7 +614,7 @@ impl Store {
         sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(name.to_owned())
             .bind(holder.to_owned())
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -616,7 +635,8 @@ impl Store {
         detail: Option<serde_json::Value>,
         now: Millis,
     ) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         for id in ids {
             let done = sqlx::query(
                 "UPDATE workspaces SET desired = $2, generation = generation + 1, updated_at = $3 \
@@ -664,7 +684,8 @@ impl Store {
         actor: &str,
         now: Millis,
     ) -> StoreResult<u64> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let mut n = 0;
         for id in ids {
             n += mark_one_removed(&mut tx, *id, erase, actor, now).await?;
@@ -687,7 +708,8 @@ impl Store {
         actor: &str,
         now: Millis,
     ) -> StoreResult<u64> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         if mark_one_removed(&mut tx, root, erase, actor, now).await? == 0 {
             // Dropped without commit: rolled back.
             return Err(StoreError::WorkspaceRemoved(root));
@@ -709,7 +731,7 @@ impl Store {
             2,
         );
         let done = bind_fence(sqlx::query(&sql).bind(id.to_string()), fence)
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         self.check_fence(id, fence, done.rows_affected()).await
     }
@@ -721,7 +743,7 @@ impl Store {
             "SELECT id FROM workspaces WHERE removed_at IS NOT NULL AND compute_released = 1 \
              AND restore_requested_at IS NULL",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(|r| crate::parse_uuid(r, "id")).collect()
     }
@@ -733,7 +755,7 @@ impl Store {
             "SELECT {COLUMNS} FROM workspaces WHERE removed_at IS NOT NULL \
              AND (compute_released = 0 OR restore_requested_at IS NOT NULL)"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }
@@ -761,7 +783,7 @@ impl Store {
                 .bind(now),
             fence,
         )
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         self.check_fence(id, fence, done.rows_affected()).await
     }
@@ -780,7 +802,7 @@ impl Store {
         .bind(id.to_string())
         .bind(now)
         .bind(actor.to_owned())
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         if done.rows_affected() != 1 {
             return Err(StoreError::WorkspaceNotRemoved(id));
@@ -797,7 +819,7 @@ impl Store {
         )
         .bind(id.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(())
     }
@@ -808,7 +830,8 @@ impl Store {
     /// [`StoreError::WorkspaceNotRemoved`] if another restore won.
     #[tracing::instrument(skip_all, name = "store.unremove_workspace", fields(workspace_id = %id))]
     pub async fn unremove_workspace(&self, id: Uuid, actor: &str, now: Millis) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let done = sqlx::query(
             "UPDATE workspaces SET removed_at = NULL, status = $2, desired = $3, delete_erase = NULL, \
              compute_released = 1, instance_id = NULL, instance_generation = NULL, url = NULL, \
@@ -845,7 +868,7 @@ impl Store {
     /// Workspaces per status, for metrics.
     pub async fn count_workspaces_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM workspaces GROUP BY status")
-            .fetch_all(self.pool())
+            .fetch_all(self.read())
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
@@ -880,26 +903,40 @@ impl Store {
                 .bind(now),
             fence,
         )
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         self.check_fence(id, fence, done.rows_affected()).await
     }
 
     /// The live workspace whose current token hashes to `hash`.
     pub async fn workspace_by_token(&self, hash: &str) -> StoreResult<Option<(Uuid, Uuid)>> {
-        let row = sqlx::query(
-            "SELECT id, org_id FROM workspaces WHERE token_hash = $1 AND removed_at IS NULL",
-        )
-        .bind(hash.to_owned())
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| {
-            Ok((
-                crate::parse_uuid(&r, "id")?,
-                crate::parse_uuid(&r, "org_id")?,
-            ))
+        use crate::cache::{TokenKind, TokenOwner};
+        let key = (hash.to_owned(), TokenKind::Workspace);
+        let owner = match self.cache.get::<TokenOwner>(&key) {
+            Some(hit) => hit,
+            None => {
+                let epoch = self.cache.begin_read();
+                let row = sqlx::query(
+                    "SELECT id, org_id FROM workspaces WHERE token_hash = $1 AND removed_at IS NULL",
+                )
+                .bind(hash.to_owned())
+                .fetch_optional(self.read())
+                .await?;
+                let owner = match row {
+                    Some(r) => TokenOwner::Workspace {
+                        id: crate::parse_uuid(&r, "id")?,
+                        org: crate::parse_uuid(&r, "org_id")?,
+                    },
+                    None => TokenOwner::Nobody,
+                };
+                self.cache.put(epoch, key, owner);
+                owner
+            }
+        };
+        Ok(match owner {
+            TokenOwner::Workspace { id, org } => Some((id, org)),
+            _ => None,
         })
-        .transpose()
     }
 }
 
@@ -914,7 +951,7 @@ impl Store {
             "SELECT {COLUMNS} FROM workspaces WHERE removed_at IS NULL \
              AND NOT (desired IN ('paused', 'hibernated') AND instance_id IS NULL AND status = desired)"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(WorkspaceRow::from_row).collect()
     }

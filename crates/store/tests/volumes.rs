@@ -66,7 +66,10 @@ async fn check_transitions(store: Store) {
         (erased.state, erased.bytes_erased),
         (VolumeState::Erased, Some(42))
     );
-    let audit = store.list_audit(Some(ws), 10).await.unwrap();
+    let audit = store
+        .list_audit(holdfast_store::AuditScope::All, Some(ws), 0, 10)
+        .await
+        .unwrap();
     assert_eq!(
         audit
             .iter()

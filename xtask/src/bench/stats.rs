@@ -123,11 +123,13 @@ impl Section {
             .max()
             .unwrap_or(0);
         let _ = writeln!(out, "{}", self.title);
-        let _ = write!(out, "  {:label_width$}", "");
-        for h in HEADS {
-            let _ = write!(out, "  {h:>10}");
+        if label_width > 0 {
+            let _ = write!(out, "  {:label_width$}", "");
+            for h in HEADS {
+                let _ = write!(out, "  {h:>10}");
+            }
+            out.push('\n');
         }
-        out.push('\n');
         for item in &self.items {
             match item {
                 Item::Row(label, cells) => {

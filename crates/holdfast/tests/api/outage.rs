@@ -3,9 +3,7 @@
 //! and a code naming what is unreachable; the intent they wrote stands, and
 //! the reconciler carries it out once the control plane is back.
 
-use crate::helpers::{
-    CpServer, TestApp, id_of, read_lines, wait_for_lines, wait_for_pid, workspace_body,
-};
+use crate::helpers::{CpServer, TestApp, id_of, wait_for_lines, wait_for_pid, workspace_body};
 use reqwest::Method;
 
 #[tokio::test]
@@ -76,8 +74,9 @@ async fn a_control_plane_that_is_down_is_503_for_writes_and_stale_for_reads() {
     assert_eq!(lines, ["started", "started"]);
     let back = app.wait_online(&gone).await;
     assert_eq!(back["data"]["state"], "active", "{back}");
+    // Online is as soon as the command runs; its line follows.
     assert_eq!(
-        read_lines(&gone_dir.join("data.txt")),
+        wait_for_lines(&gone_dir.join("data.txt"), 2).await,
         ["started", "started"]
     );
     let fresh = app.workspace(&steady).await;
