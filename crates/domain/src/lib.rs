@@ -15,7 +15,7 @@ pub use status::{
 };
 pub use workspace::{
     BIDI_CONTROLS, BUILTIN_TEMPLATE, Compute, DataPersistence, Env, INVISIBLE, ImageRef, Program,
-    Role, Runtime, SnapshotSchedule, Tier, VolumeSpec, WorkspaceName,
+    Role, Runtime, SNAPSHOT_KEEP_MAX, SnapshotSchedule, Tier, VolumeSpec, WorkspaceName,
 };
 
 /// Parses a UUID in its one written form, `8-4-4-4-12` hex digits: what the

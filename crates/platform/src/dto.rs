@@ -333,17 +333,18 @@ pub fn parse_text_field(
 ) -> Result<Option<String>, FieldError> {
     match v {
         Value::Null if !required => Ok(None),
-        Value::String(s) => {
-            let s = s.trim();
+        Value::String(raw) => {
+            // Counted as sent (the schema's maxLength), stored trimmed.
+            if raw.chars().count() > max {
+                return Err(FieldError::new(field, format!("at most {max} characters")));
+            }
+            let s = raw.trim();
             if s.is_empty() {
                 return if required {
                     Err(FieldError::new(field, "must not be empty"))
                 } else {
                     Ok(None)
                 };
-            }
-            if s.chars().count() > max {
-                return Err(FieldError::new(field, format!("at most {max} characters")));
             }
             if s.chars().any(|c| {
                 c.is_control()

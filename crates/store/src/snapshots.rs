@@ -91,11 +91,11 @@ impl Store {
         .bind(org_id.to_string())
         .bind(candidate.to_owned())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         let row = sqlx::query("SELECT chunk_key FROM snapshot_keys WHERE org_id = $1")
             .bind(org_id.to_string())
-            .fetch_one(self.pool())
+            .fetch_one(self.read())
             .await?;
         Ok(row.try_get("chunk_key")?)
     }
@@ -120,7 +120,7 @@ impl Store {
         .bind(now)
         .bind(label.map(str::to_owned))
         .bind(actor.to_owned())
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         self.get_snapshot(id).await?.ok_or(StoreError::NotFound)
     }
@@ -133,7 +133,8 @@ impl Store {
         c: Captured,
         now: Millis,
     ) -> StoreResult<SnapshotRow> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let done = sqlx::query(
             "UPDATE snapshots SET state = 'ready', files = $2, bytes = $3, new_bytes = $4, \
              consistency = $5, frozen_ms = $6, updated_at = $7 WHERE id = $1 AND state = 'capturing'",
@@ -179,7 +180,7 @@ impl Store {
     pub async fn forget_capture(&self, id: Uuid) -> StoreResult<()> {
         sqlx::query("DELETE FROM snapshots WHERE id = $1 AND state = 'capturing'")
             .bind(id.to_string())
-            .execute(self.pool())
+            .execute(&*self.write())
             .await?;
         Ok(())
     }
@@ -187,7 +188,7 @@ impl Store {
     pub async fn get_snapshot(&self, id: Uuid) -> StoreResult<Option<SnapshotRow>> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM snapshots WHERE id = $1"))
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.read())
             .await?;
         row.as_ref().map(SnapshotRow::from_row).transpose()
     }
@@ -199,7 +200,7 @@ impl Store {
              ORDER BY at DESC, id DESC"
         ))
         .bind(workspace_id.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(SnapshotRow::from_row).collect()
     }
@@ -211,7 +212,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM snapshots WHERE state <> 'erased'"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(SnapshotRow::from_row).collect()
     }
@@ -221,7 +222,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM snapshots WHERE state = 'capturing'"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(SnapshotRow::from_row).collect()
     }
@@ -244,7 +245,7 @@ impl Store {
         ))
         .bind(id.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         if done.rows_affected() != 1 {
             return Err(StoreError::NotFound);
@@ -261,7 +262,8 @@ impl Store {
         reason: VolumeReason,
         now: Millis,
     ) -> StoreResult<SnapshotRow> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let done = sqlx::query(
             "UPDATE snapshots SET state = 'erased', erased_at = $2, erase_after = NULL, updated_at = $2 \
              WHERE id = $1 AND state = 'erasing'",
@@ -312,7 +314,7 @@ impl Store {
         .bind(workspace_id.to_string())
         .bind(erase_after)
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(done.rows_affected())
     }
@@ -325,7 +327,7 @@ impl Store {
         )
         .bind(workspace_id.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&*self.write())
         .await?;
         Ok(done.rows_affected())
     }
@@ -346,7 +348,7 @@ impl Store {
              WHERE s.state = 'erasing' OR (s.state = 'erase_pending' AND s.erase_after <= $1)"
         ))
         .bind(now)
-        .fetch_all(self.pool())
+        .fetch_all(self.read())
         .await?;
         rows.iter()
             .map(|r| {
@@ -371,7 +373,8 @@ impl Store {
         actor: &str,
         now: Millis,
     ) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         sqlx::query(
             "UPDATE workspaces SET hold_reason = $2, hold_by = $3, hold_at = COALESCE(hold_at, $4) \
              WHERE id = $1",
@@ -409,7 +412,8 @@ impl Store {
         actor: &str,
         now: Millis,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool().begin().await?;
+        let written = self.write();
+        let mut tx = written.begin().await?;
         let row = sqlx::query("SELECT hold_at, hold_reason FROM workspaces WHERE id = $1")
             .bind(workspace_id.to_string())
             .fetch_optional(&mut *tx)
@@ -465,7 +469,7 @@ impl Store {
     pub async fn is_held(&self, workspace_id: Uuid) -> StoreResult<bool> {
         let row = sqlx::query("SELECT hold_at FROM workspaces WHERE id = $1")
             .bind(workspace_id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.read())
             .await?;
         Ok(match row {
             Some(r) => r.try_get::<Option<Millis>, _>("hold_at")?.is_some(),

@@ -499,7 +499,10 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     // Nothing changed.
     assert_eq!(snapshots(&app, &a).await.len(), 1);
     assert_eq!(snapshots(&app, &b).await.len(), 1);
-    assert_eq!(planted_part(&app.volume_dir(&a), &planted), digest(&planted));
+    assert_eq!(
+        planted_part(&app.volume_dir(&a), &planted),
+        digest(&planted)
+    );
     // And the right request still works.
     delete_snapshot(&app, sa_id, Some("alpha"))
         .await

@@ -760,7 +760,9 @@ mod tests {
         );
         check(
             "name: root\ncompute: {size: 1}\n",
-            expect![[r#"invalid_field root (line 2): compute.size: unknown field; allowed: data_persistence, volume, snapshots [field=Some("compute.size")]"#]],
+            expect![[
+                r#"invalid_field root (line 2): compute.size: unknown field; allowed: data_persistence, volume, snapshots [field=Some("compute.size")]"#
+            ]],
         );
     }
 
