@@ -323,8 +323,11 @@ fn mtime_of(st: &Stat) -> (i64, u32) {
     (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0))
 }
 
+/// The permission bits kept: never set-user-id or set-group-id, which a
+/// restore (by the server's user) would otherwise hand to a file the
+/// workspace planted.
 fn perm(st: &Stat) -> u32 {
-    st.st_mode & 0o7777
+    st.st_mode & 0o1777
 }
 
 impl OrgRepo {
@@ -836,7 +839,7 @@ impl Writer {
                 // The restored root stays 0700 (its owner's), like a new
                 // volume; every other directory gets its own mode back.
                 if top > 0 {
-                    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+                    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o1777))?;
                 }
             }
             self.frames.pop();
@@ -906,7 +909,7 @@ impl Writer {
                     file.write_all(&repo.get_chunk(id, *len)?)?;
                 }
                 rustix::fs::futimens(&file, &times(e.mtime))?;
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(e.mode))?;
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(e.mode & 0o1777))?;
             }
             Kind::Symlink(target) => {
                 let target = CString::new(target.clone()).map_err(io::Error::other)?;
@@ -1048,6 +1051,25 @@ mod tests {
         let staging = top.path().join("staging");
         let out = stage(&repo, &staging, s2, "x").unwrap();
         assert_eq!(std::fs::read(out.join("f")).unwrap(), vec![2u8; 1000]);
+    }
+
+    #[test]
+    fn a_restore_never_sets_set_user_or_group_id() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(vol.join("tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(vol.join("tool"), std::fs::Permissions::from_mode(0o6755))
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        // Positive control: the planted file has the bits.
+        assert_eq!(mode(&vol.join("tool")), 0o6755);
+        let repo = repo(top.path());
+        let s = Uuid::new_v4();
+        repo.capture(&vol, s).unwrap();
+        let out = stage(&repo, &top.path().join("staging"), s, "r").unwrap();
+        assert_eq!(mode(&out.join("tool")), 0o755);
     }
 
     #[test]

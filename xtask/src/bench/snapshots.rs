@@ -207,12 +207,30 @@ async fn measure(server: &Server, root: &Path) -> anyhow::Result<Measured> {
     let bytes = {
         let tree = tree.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            // Every file its own bytes (the erase benchmark's writer seeds
+            // by path length and index, so its tree holds ~100 MiB of
+            // distinct data, which a deduplicating store would flatter).
             let mut bytes = 0;
+            let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+            let mut buf = vec![0u8; FILE_SIZE as usize];
             for d in 0..DIRS {
                 let dir = tree.join(format!("d{d:02}"));
-                bytes += disk::write_files(&dir, "f", TOP_FILES, FILE_SIZE)?;
-                bytes +=
-                    disk::write_files(&dir.join("sub").join("deeper"), "g", DEEP_FILES, FILE_SIZE)?;
+                let deep = dir.join("sub").join("deeper");
+                std::fs::create_dir_all(&deep)?;
+                let files = (0..TOP_FILES)
+                    .map(|i| dir.join(format!("f{i}")))
+                    .chain((0..DEEP_FILES).map(|i| deep.join(format!("g{i}"))));
+                for path in files {
+                    for b in buf.chunks_mut(8) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+                    }
+                    std::fs::write(&path, &buf)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    bytes += FILE_SIZE;
+                }
             }
             disk::sync()?;
             Ok(bytes)
