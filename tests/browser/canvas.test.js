@@ -148,6 +148,32 @@ test('config: Save sends each Saved data option (Auto as an omitted field)', asy
   }
 });
 
+test('runtime.image: shown in Details when set, kept and changed by a Config save', async () => {
+  const ws = await server.api('POST', '/workspaces', {
+    name: 'boxed', runtime: { command: ['sleep', '600'], image: 'localhost/tools:1' },
+  });
+  await server.api('POST', '/workspaces', { name: 'plain', runtime: { command: ['sleep', '600'] } });
+  const page = await page1280();
+  await openWorkspace(page, 'plain');
+  const plain = page.getByRole('tabpanel', { name: 'Details' });
+  assert.equal(await plain.getByText('Image', { exact: true }).count(), 0, 'no Image row without one');
+  await openWorkspace(page, 'boxed');
+  const details = page.getByRole('tabpanel', { name: 'Details' });
+  await details.getByText('Image', { exact: true }).waitFor();
+  await details.getByText('localhost/tools:1', { exact: true }).waitFor();
+  await page.getByRole('tab', { name: 'Config' }).click();
+  const panel = page.getByRole('tabpanel', { name: 'Config' });
+  assert.equal(await panel.getByLabel('Container image').inputValue(), 'localhost/tools:1');
+  for (const [value, expected] of [['localhost/tools:1', 'localhost/tools:1'], ['localhost/tools:2', 'localhost/tools:2'], ['', undefined]]) {
+    await panel.getByLabel('Container image').fill(value);
+    await panel.getByRole('button', { name: 'Save', exact: true }).click();
+    await page.getByRole('tabpanel', { name: 'Config' }).getByText('Saved. The change applies at the next start.').waitFor();
+    const runtime = (await server.workspace(ws.id)).runtime;
+    assert.equal(runtime.image, expected, `after saving ${JSON.stringify(value)}`);
+    assert.deepEqual(runtime.command, ['sleep', '600'], 'the command is kept');
+  }
+});
+
 test('delete without erase: listed under Recently deleted with Restore, data retained', async () => {
   const ws = await server.api('POST', '/workspaces', { name: 'keepsake', compute: { data_persistence: 'persist' } });
   const page = await page1280();

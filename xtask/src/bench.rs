@@ -8,6 +8,7 @@
 //! returns a [`stats::Section`], name it in [`SectionName`], and call it from
 //! [`run_section`]. `--only` runs a subset.
 
+mod container_start;
 mod create_online;
 mod delete_latency;
 mod disk;
@@ -31,6 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 enum SectionName {
     CreateOnline,
     SandboxStart,
+    ContainerStart,
     DeleteLatency,
     EraseThroughput,
     SweepPass,
@@ -40,9 +42,10 @@ enum SectionName {
 }
 
 impl SectionName {
-    const ALL: [SectionName; 8] = [
+    const ALL: [SectionName; 9] = [
         SectionName::CreateOnline,
         SectionName::SandboxStart,
+        SectionName::ContainerStart,
         SectionName::DeleteLatency,
         SectionName::EraseThroughput,
         SectionName::SweepPass,
@@ -55,6 +58,7 @@ impl SectionName {
         match self {
             SectionName::CreateOnline => "create_online",
             SectionName::SandboxStart => "sandbox_start",
+            SectionName::ContainerStart => "container_start",
             SectionName::DeleteLatency => "delete_latency",
             SectionName::EraseThroughput => "erase_throughput",
             SectionName::SweepPass => "sweep_pass",
@@ -78,13 +82,15 @@ impl SectionName {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--n N] [--delete-n N] [--erase-reps R] \
-     [--read-secs S] [--scale-n N] [--only SECTION[,SECTION]] [--server-bin PATH]";
+const USAGE: &str = "usage: cargo xtask bench [--n N] [--container-n N] [--delete-n N] \
+     [--erase-reps R] [--read-secs S] [--scale-n N] [--only SECTION[,SECTION]] [--server-bin PATH]";
 
 #[derive(Debug)]
 pub struct Options {
     /// Measured creates of the create → online section.
     n: usize,
+    /// Measured starts of each side in the container section.
+    container_n: usize,
     /// Measured deletes of each kind in the delete latency section.
     delete_n: usize,
     /// Repetitions of each side in the erase throughput section.
@@ -104,6 +110,7 @@ impl Options {
     pub fn parse(args: &[String]) -> anyhow::Result<Options> {
         let mut opts = Options {
             n: 200,
+            container_n: 30,
             delete_n: 20,
             erase_reps: 3,
             read_secs: 5,
@@ -126,6 +133,7 @@ impl Options {
             };
             match flag {
                 "--n" => opts.n = count(flag, &value()?)?,
+                "--container-n" => opts.container_n = count(flag, &value()?)?,
                 "--delete-n" => opts.delete_n = count(flag, &value()?)?,
                 "--erase-reps" => opts.erase_reps = count(flag, &value()?)?,
                 "--read-secs" => opts.read_secs = count(flag, &value()?)?,
@@ -238,6 +246,7 @@ async fn run_section(
             measured
         }
         SectionName::SandboxStart => sandbox_start::run(bin, scratch, opts.n).await,
+        SectionName::ContainerStart => container_start::run(bin, scratch, opts.container_n).await,
         SectionName::DeleteLatency => delete_latency::run(bin, scratch, opts.delete_n).await,
         SectionName::EraseThroughput => erase_throughput::run(bin, scratch, opts.erase_reps).await,
         SectionName::SweepPass => sweep_pass::run(bin, scratch).await,
@@ -436,7 +445,7 @@ mod tests {
     fn only_keeps_the_run_order() {
         check_only(
             &[],
-            "create_online,sandbox_start,delete_latency,erase_throughput,sweep_pass,read_throughput,scale,snapshots",
+            "create_online,sandbox_start,container_start,delete_latency,erase_throughput,sweep_pass,read_throughput,scale,snapshots",
         );
         check_only(&["--only", "sweep_pass"], "sweep_pass");
         check_only(

@@ -4,6 +4,7 @@
 //! measuring side of a benchmark is never the slow part of it.
 
 mod bench;
+mod kubernetes;
 mod podman;
 mod postgres;
 mod schemathesis;
@@ -22,13 +23,21 @@ Tasks:
                   and the canvas's browser tests.
   schemathesis    Only the schemathesis step of `test`: a release server,
                   seeded, checked against its /openapi.json.
-  bench [--n N] [--only SECTION[,SECTION]] [--delete-n N] [--erase-reps R]
-        [--server-bin PATH]
+  kubernetes      Only the Kubernetes step of `test`: kubernetes-validate
+                  --strict of deploy/kubernetes/ (1.30 and 1.37), and
+                  podman kube play of the golden claim and persist Pod.
+  bench [--n N] [--only SECTION[,SECTION]] [--container-n N] [--delete-n N]
+        [--erase-reps R] [--read-secs S] [--scale-n N] [--server-bin PATH]
                   Build holdfast in release and print the benchmark tables:
                   create_online (create -> online beside a bare spawn+mkdir
-                  baseline), delete_latency (DELETE with a 1 GiB volume),
+                  baseline), sandbox_start (beside bare bwrap),
+                  container_start (--backend container beside the bare
+                  engine's create+start on a throwaway Podman, and restart
+                  with a 1 GiB volume beside an empty one), delete_latency
+                  (DELETE with a 1 GiB volume),
                   erase_throughput (against rm -rf), sweep_pass (100,000
-                  volume records). See BENCHMARKS.md.
+                  volume records), read_throughput (reads beside /health)
+                  and scale (N running workspaces). See BENCHMARKS.md.
   help            Print this help.
 ";
 
@@ -45,6 +54,10 @@ fn main() -> ExitCode {
         "schemathesis" if rest.is_empty() => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true");
             schemathesis::run(&bench::workspace_root(), ci)
+        }
+        "kubernetes" if rest.is_empty() => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            kubernetes::run(&bench::workspace_root(), ci)
         }
         "help" | "-h" | "--help" => {
             print!("{HELP}");

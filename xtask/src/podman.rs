@@ -52,7 +52,7 @@ impl Engine {
         if !(on_path("podman") && Path::new("/bin/busybox").exists()) {
             if !ci {
                 eprintln!(
-                    "skipping the API tests on the container backend: podman or busybox is not \
+                    "skipping the API tests and the contract on the container backend: podman or busybox is not \
                      installed (apt-get install -y podman runc busybox-static)"
                 );
                 return Ok(None);

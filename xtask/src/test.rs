@@ -5,7 +5,8 @@
 //! The API suite also runs against a remote control plane, on a throwaway
 //! PostgreSQL cluster, and on the container backend against a throwaway
 //! Podman (`podman.rs`); schemathesis checks the OpenAPI document against
-//! a running server (`schemathesis.rs`).
+//! a running server (`schemathesis.rs`); the Kubernetes manifests are
+//! validated and played on Podman (`kubernetes.rs`).
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -13,6 +14,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The control-plane contract on the container backend (nextest filters).
+const CONTRACT_ON_CONTAINERS: &str = "binary(cp_contract) & test(/_on_containers$/)";
+const CONTRACT_ON_CONTAINERS_EXCLUDED: &str = "not (binary(cp_contract) & test(/_on_containers$/))";
 
 fn run(root: &Path, what: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
     run_with_env(root, what, &[], program, args)
@@ -131,13 +136,22 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             None => Ok(()),
         };
         // The store's tests and the replica tests use PostgreSQL through
-        // HOLDFAST_TEST_DATABASE_URL.
+        // HOLDFAST_TEST_DATABASE_URL. The contract's container subjects ran
+        // in the container phase, against its engine: here they would have
+        // none (and under CI that is a failure).
         run_with_env(
             root,
             "tests",
             &db_env,
             "cargo",
-            &["nextest", "run", "--workspace", "--no-fail-fast"],
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-fail-fast",
+                "-E",
+                CONTRACT_ON_CONTAINERS_EXCLUDED,
+            ],
         )?;
         remote?;
         on_postgres?;
@@ -155,14 +169,17 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     // Stopped before the browser tests, so that the run's last line is the
     // browser tests' summary (or nextest's).
     drop(postgres);
+    // The Kubernetes backend's manifests: validated against the API
+    // schemas, and run for real with podman kube play.
+    crate::kubernetes::run(root, ci)?;
     // The OpenAPI document against the server it describes.
     crate::schemathesis::run(root, ci)?;
     browser(root)
 }
 
-/// The API suite on the container backend, against a Podman of its own
-/// (started here, stopped when this returns). Outside CI a host without
-/// Podman skips it and says why.
+/// The API suite and the control-plane contract on the container backend,
+/// against a Podman of its own (started here, stopped when this returns).
+/// Outside CI a host without Podman skips them and says why.
 fn containers(root: &Path, ci: bool, db_env: &[(&str, &str)], api: &[&str]) -> anyhow::Result<()> {
     run(
         root,
@@ -180,13 +197,33 @@ fn containers(root: &Path, ci: bool, db_env: &[(&str, &str)], api: &[&str]) -> a
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // The replica tests need the throwaway PostgreSQL too.
     let env = [db_env, &env[..]].concat();
-    run_with_env(
+    let suite = run_with_env(
         root,
         "API tests on the container backend",
         &env,
         "cargo",
         api,
-    )
+    );
+    // SPEC §14: the control-plane contract holds on every backend.
+    let contract = run_with_env(
+        root,
+        "control-plane contract on the container backend",
+        &env,
+        "cargo",
+        &[
+            "nextest",
+            "run",
+            "-p",
+            "holdfast",
+            "--test",
+            "cp_contract",
+            "--no-fail-fast",
+            "-E",
+            CONTRACT_ON_CONTAINERS,
+        ],
+    );
+    suite?;
+    contract
 }
 
 /// The canvas's browser tests. Outside CI a machine without Chromium skips

@@ -43,6 +43,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The argv of the built-in runtime, as the started program sees it.
     fn builtin_argv(&self) -> Vec<String>;
 
+    /// Whether a workspace of `image` (`None`: the default) could start:
+    /// see [`crate::ControlPlane::check_image`]. Processes have no image.
+    async fn check_image(&self, _image: Option<&ImageRef>) -> CpResult<()> {
+        Ok(())
+    }
+
     /// Prepares the data (a persist volume is created if missing, never
     /// emptied; scratch data starts empty) and starts the workspace.
     async fn spawn(&self, spec: Spawn, image: Option<&ImageRef>) -> CpResult<Confinement>;

@@ -73,8 +73,7 @@ fn base_name(data_dir: &Path) -> String {
     use sha2::{Digest, Sha256};
     let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("holdfast-{hex}")
+    format!("holdfast-{}", holdfast_domain::hex::hex(&digest[..6]))
 }
 
 impl Cgroups {

@@ -16,9 +16,16 @@
 //! - ephemeral: a new, empty volume `holdfast-<workspace-id>-scratch`
 //!   (`holdfast.kind=scratch`) at every start, removed at stop.
 //! - helpers: short-lived containers `holdfast-<workspace-id>-helper-<n>`
-//!   (`holdfast.kind=helper`), created and never started, through which the
-//!   engine's archive API reads a volume for its size and its export: nothing
-//!   here assumes the volume's files are on this host.
+//!   (`holdfast.kind=helper`) that mount a volume read-only: one runs
+//!   `holdfast census /data` (the bind-mounted binary walks the volume and
+//!   prints its entries, bytes and longest path: the volume's size, and the
+//!   tally an export is checked against), another is created and never
+//!   started, and the engine's archive API reads the volume through it for
+//!   an export. Nothing here assumes the volume's files are on this host.
+//!   An export that the archive API cannot serve whole fails loudly: a path
+//!   too long for it is refused before the export starts
+//!   ([`ARCHIVE_PATH_MAX`]), and an archive that holds fewer entries than
+//!   the census counted aborts the stream instead of ending it.
 //!
 //! Confinement: no privileged mode, every capability dropped (the built-in
 //! runtime needs none: it writes files it owns and listens on a high port),
@@ -34,15 +41,16 @@
 use crate::backend::{Backend, DataKind};
 use crate::export::ByteStream;
 use crate::process::{Confinement, Isolation, Limits, ProcessState, Spawn};
-use crate::{CpError, CpResult};
+use crate::{CpError, CpResult, tree};
 use async_trait::async_trait;
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -66,6 +74,13 @@ pub const LABEL_DATA: &str = "holdfast.data";
 pub const DATA_DIR: &str = "/data";
 /// Where a workspace sees the holdfast binary (the built-in runtime).
 pub const RUNTIME_EXE: &str = "/opt/holdfast/holdfast";
+
+/// The engine's archive API resolves every entry by its path in the
+/// container, and a path of `PATH_MAX` (4,096) bytes or more cannot be
+/// resolved: Podman 4.3 then leaves the rest of that directory out and still
+/// ends the archive as if it were complete (about 2,047 levels of one-letter
+/// names). An export whose longest path `/data/…` reaches this is refused.
+pub const ARCHIVE_PATH_MAX: u64 = 4096;
 
 /// The container backend's settings (`--container-*`).
 #[derive(Debug, Clone)]
@@ -191,6 +206,18 @@ fn is_not_found(e: &EngineError) -> bool {
     status_of(e) == Some(404)
 }
 
+/// A create refused because a container holds the name: Docker answers
+/// 409, Podman 4 a 500 that says so.
+fn name_in_use(e: &EngineError) -> bool {
+    match e {
+        EngineError::DockerResponseServerError {
+            status_code,
+            message,
+        } => *status_code == 409 || message.contains("already in use"),
+        _ => false,
+    }
+}
+
 /// Maps an engine error to the control plane's kinds: an engine that does
 /// not answer is `Unavailable` (503 with Retry-After at the API), an engine
 /// that refuses is a conflict naming why.
@@ -222,19 +249,6 @@ fn blocking_reader(
     tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))
 }
 
-/// The bytes of the regular files of an engine archive.
-fn count_archive(reader: impl Read) -> io::Result<u64> {
-    let mut archive = tar::Archive::new(reader);
-    let mut total = 0u64;
-    for entry in archive.entries()? {
-        let entry = entry?;
-        if entry.header().entry_type().is_file() {
-            total = total.saturating_add(entry.header().size()?);
-        }
-    }
-    Ok(total)
-}
-
 /// The path of an archive entry relative to the data dir. The engine's
 /// archive of `/data` names its root `/` (Podman) or `data/` (Docker): the
 /// first entry, which is that root, tells which prefix to strip.
@@ -247,13 +261,16 @@ fn relative_path<'a>(path: &'a [u8], root: &[u8]) -> &'a [u8] {
 /// Rewrites an engine's tar of `/data` as our export: a `.tar.gz` whose
 /// entries are relative to the data dir, written to `out`. Every entry is
 /// copied (links as links, never followed); one that cannot be read fails
-/// the whole export.
-fn repack_archive(reader: impl Read, out: impl Write) -> io::Result<()> {
+/// the whole export, and so does an archive that holds fewer than
+/// `expected` entries (what the census counted): the engine left some out,
+/// and the export must not end as if it were whole.
+fn repack_archive(reader: impl Read, out: impl Write, expected: u64) -> io::Result<()> {
     let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
     builder.follow_symlinks(false);
     let mut archive = tar::Archive::new(reader);
     let mut root: Option<Vec<u8>> = None;
+    let mut written = 0u64;
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path_bytes().into_owned();
@@ -287,6 +304,15 @@ fn repack_archive(reader: impl Read, out: impl Write) -> io::Result<()> {
         } else {
             builder.append_data(&mut header, &rel, &mut entry)?;
         }
+        written += 1;
+    }
+    // Ordering: checked before the archive's end is written, so that a
+    // short archive is a failed download, never a complete-looking one.
+    if written < expected {
+        return Err(io::Error::other(format!(
+            "the engine's archive held {written} of the {expected} entries of the data; \
+             the export is incomplete and is aborted"
+        )));
     }
     let gz = builder.into_inner()?;
     let mut out = gz.finish()?;
@@ -401,14 +427,12 @@ impl ContainerBackend {
     }
 
     /// Creates the named volume unless it exists (a restart finds its data
-    /// there). Ordering: the store's record was written before this call.
+    /// there). One call: the engine's volume create is idempotent (Docker
+    /// and Podman both answer an existing volume of that name, untouched:
+    /// never emptied, labels kept). Ordering: the store's record was written
+    /// before this call.
     async fn ensure_volume(&self, workspace_id: Uuid) -> CpResult<String> {
         let name = volume_name(workspace_id);
-        match self.docker.inspect_volume(&name).await {
-            Ok(_) => return Ok(name),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(engine_error("reading the workspace's volume", e)),
-        }
         self.docker
             .create_volume(VolumeCreateRequest {
                 name: Some(name.clone()),
@@ -505,6 +529,94 @@ impl ContainerBackend {
         }
     }
 
+    /// Runs `holdfast census /data` in a helper that mounts `volume`
+    /// read-only (no network, no capability but reading past permissions,
+    /// which the engine's archiver has too), and reads its answer.
+    async fn census(&self, workspace_id: Uuid, volume: &str) -> CpResult<tree::Census> {
+        let name = format!("holdfast-{workspace_id}-helper-{}", Uuid::new_v4().simple());
+        let body = ContainerCreateBody {
+            image: Some(self.settings.image.as_str().to_owned()),
+            entrypoint: Some(vec![RUNTIME_EXE.to_owned()]),
+            cmd: Some(vec!["census".to_owned(), DATA_DIR.to_owned()]),
+            labels: Some(self.labels(workspace_id, "helper")),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                binds: Some(vec![
+                    format!("{volume}:{DATA_DIR}:ro"),
+                    format!("{}:{RUNTIME_EXE}:ro", self.settings.runtime_exe.display()),
+                ]),
+                network_mode: Some("none".to_owned()),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                cap_add: Some(vec!["DAC_READ_SEARCH".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                readonly_rootfs: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| image_or_engine_error(&self.settings.image, "counting the volume", e))?;
+        let counted = self.run_census(&name).await;
+        self.drop_helper(&name).await;
+        counted
+    }
+
+    async fn run_census(&self, name: &str) -> CpResult<tree::Census> {
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(|e| engine_error("counting the volume", e))?;
+        let code = match self.docker.wait_container(name, None).next().await {
+            Some(Ok(r)) => r.status_code,
+            Some(Err(EngineError::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(engine_error("counting the volume", e)),
+            None => -1,
+        };
+        let mut logs = self.docker.logs(
+            name,
+            Some(
+                LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .build(),
+            ),
+        );
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some(line) = logs.next().await {
+            match line.map_err(|e| engine_error("counting the volume", e))? {
+                LogOutput::StdOut { message } => out.push_str(&String::from_utf8_lossy(&message)),
+                LogOutput::StdErr { message } => err.push_str(&String::from_utf8_lossy(&message)),
+                _ => {}
+            }
+        }
+        match tree::Census::parse(&out) {
+            Some(c) if code == 0 => Ok(c),
+            _ => Err(CpError::Other(anyhow::anyhow!(
+                "counting the volume failed (exit {code}): {}",
+                err.trim()
+            ))),
+        }
+    }
+
+    /// The name of the volume that holds a workspace's data of `kind`, if
+    /// the engine has it.
+    async fn data_volume(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<Option<String>> {
+        let name = match kind {
+            DataKind::Volume => volume_name(workspace_id),
+            DataKind::Scratch => scratch_name(workspace_id),
+        };
+        match self.docker.inspect_volume(&name).await {
+            Ok(_) => Ok(Some(name)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(engine_error("reading the workspace's volume", e)),
+        }
+    }
+
     /// The container that shows a workspace's data of `kind` at `/data`,
     /// and whether it is a helper to remove afterwards. `None`: no data.
     async fn data_source(
@@ -557,16 +669,33 @@ impl ContainerBackend {
     /// The containers of this control plane on the engine (any state).
     async fn our_containers(&self, pairs: &[(&str, &str)]) -> CpResult<Vec<String>> {
         let filters = self.filters(pairs);
-        let list = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("listing containers", e))?;
+        let mut attempt = 0;
+        let list = loop {
+            match self
+                .docker
+                .list_containers(Some(
+                    ListContainersOptionsBuilder::default()
+                        .all(true)
+                        .filters(&filters)
+                        .build(),
+                ))
+                .await
+            {
+                Ok(list) => break list,
+                // Podman 4 lists a container whose process just ended (a
+                // census helper, between its exit and its clean-up) in a
+                // state `stopped` that the Docker API does not have, and
+                // the client refuses the whole listing. The state passes
+                // within moments: list again.
+                Err(e @ EngineError::JsonDataError { .. })
+                    if e.to_string().contains("unknown variant") && attempt < 40 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(engine_error("listing containers", e)),
+            }
+        };
         Ok(list
             .into_iter()
             .filter(|c| c.labels.as_ref().is_some_and(|l| self.matches(l, pairs)))
@@ -593,6 +722,20 @@ fn connect(host: &str) -> anyhow::Result<Docker> {
         );
     };
     docker.map_err(|e| anyhow::anyhow!("--container-host {host:?} is not usable: {e}"))
+}
+
+/// Refuses an export the engine's archive API cannot serve whole.
+fn check_archivable(census: &tree::Census) -> CpResult<()> {
+    let longest = DATA_DIR.len() as u64 + 1 + census.longest;
+    if longest >= ARCHIVE_PATH_MAX {
+        return Err(CpError::ExportRefused(format!(
+            "its deepest entry is {} levels down ({longest} bytes as {DATA_DIR}/…), and the \
+             container engine's archive API cannot read a path of {ARCHIVE_PATH_MAX} bytes or \
+             more, so the export would be incomplete; move or shorten that tree",
+            census.depth
+        )));
+    }
+    Ok(())
 }
 
 /// A 404 on create means the image is missing: say which, and how to get it.
@@ -635,12 +778,18 @@ impl Backend for ContainerBackend {
         vec![RUNTIME_EXE.to_owned(), "runtime".to_owned()]
     }
 
+    async fn check_image(&self, image: Option<&ImageRef>) -> CpResult<()> {
+        let image = image.unwrap_or(&self.settings.image);
+        match self.docker.inspect_image(image.as_str()).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(image_or_engine_error(image, "reading the image", e)),
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(workspace_id = %spec.workspace_id, instance_id = %spec.instance_id))]
     async fn spawn(&self, spec: Spawn, image: Option<&ImageRef>) -> CpResult<Confinement> {
         let image = image.unwrap_or(&self.settings.image);
         let name = container_name(spec.workspace_id);
-        // At most one container per workspace: whatever holds the name goes.
-        self.remove_container(&name).await?;
         let volume = match spec.mode {
             DataPersistence::Persist => self.ensure_volume(spec.workspace_id).await?,
             DataPersistence::Ephemeral => {
@@ -659,13 +808,32 @@ impl Backend for ContainerBackend {
             }
         };
         let body = container_config(&spec, image, &self.settings, &volume, &self.scope);
-        self.docker
-            .create_container(
+        let create = || {
+            self.docker.create_container(
                 Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                body,
+                body.clone(),
             )
-            .await
-            .map_err(|e| image_or_engine_error(image, "creating the workspace's container", e))?;
+        };
+        // At most one container per workspace: the engine refuses a second
+        // of one name, and whatever holds the name (left by a crash, or
+        // stopped behind our back) goes before a second try. Usually nothing
+        // does (a stop removed it), so the name is not cleared first.
+        match create().await {
+            Ok(_) => {}
+            Err(e) if name_in_use(&e) => {
+                self.remove_container(&name).await?;
+                create().await.map_err(|e| {
+                    image_or_engine_error(image, "creating the workspace's container", e)
+                })?;
+            }
+            Err(e) => {
+                return Err(image_or_engine_error(
+                    image,
+                    "creating the workspace's container",
+                    e,
+                ));
+            }
+        }
         if let Err(e) = self.docker.start_container(&name, None).await {
             let err = engine_error("starting the workspace's container", e);
             let _ = self.remove_container(&name).await;
@@ -778,39 +946,40 @@ impl Backend for ContainerBackend {
     }
 
     async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>> {
-        let Some((container, helper)) = self.data_source(workspace_id, kind).await? else {
+        let Some(volume) = self.data_volume(workspace_id, kind).await? else {
             return Ok(None);
         };
-        let reader = blocking_reader(self.archive(&container));
-        let counted = tokio::task::spawn_blocking(move || count_archive(reader)).await;
-        if helper {
-            self.drop_helper(&container).await;
-        }
-        Ok(Some(counted??))
+        Ok(Some(self.census(workspace_id, &volume).await?.bytes))
     }
 
     async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
-        match kind {
-            DataKind::Volume => self
-                .docker
-                .inspect_volume(&volume_name(workspace_id))
-                .await
-                .is_ok(),
-            DataKind::Scratch => matches!(
-                self.data_source(workspace_id, DataKind::Scratch).await,
-                Ok(Some(_))
-            ),
-        }
+        // The volume itself, not the container that mounts it: scratch data
+        // that outlived its container would still be data.
+        let name = match kind {
+            DataKind::Volume => volume_name(workspace_id),
+            DataKind::Scratch => scratch_name(workspace_id),
+        };
+        self.docker.inspect_volume(&name).await.is_ok()
     }
 
     async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream> {
-        let Some((container, helper)) = self.data_source(workspace_id, kind).await? else {
-            return Err(CpError::NotFound(
-                "the workspace has no data to export".to_owned(),
-            ));
-        };
+        let none = || CpError::NotFound("the workspace has no data to export".to_owned());
+        let volume = self
+            .data_volume(workspace_id, kind)
+            .await?
+            .ok_or_else(none)?;
+        // Ordering: counted before the response starts, so that what the
+        // archive API cannot serve is a clear 409, not a broken download.
+        let census = self.census(workspace_id, &volume).await?;
+        check_archivable(&census)?;
+        let (container, helper) = self
+            .data_source(workspace_id, kind)
+            .await?
+            .ok_or_else(none)?;
         let reader = blocking_reader(self.archive(&container));
-        let (stream, done) = crate::export::stream_with(move |out| repack_archive(reader, out));
+        let expected = census.entries;
+        let (stream, done) =
+            crate::export::stream_with(move |out| repack_archive(reader, out, expected));
         if helper {
             let docker = self.docker.clone();
             tokio::spawn(async move {
@@ -929,6 +1098,8 @@ mod tests {
             env: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
             mode,
             tier: Tier::from_stored(tier),
+            org_id: Uuid::nil(),
+            volume_size_gb: None,
         }
     }
 
@@ -1046,9 +1217,12 @@ mod tests {
         let long = format!("{}{}", root.trim_start_matches('/'), "d/".repeat(80) + "x");
         append(&mut raw, file, &long, b"yo");
         let raw = raw.into_inner().unwrap();
-        assert_eq!(count_archive(&raw[..]).unwrap(), 4);
+        // Fewer entries than the census counted: the engine left some out,
+        // and the export fails rather than end as if it were whole.
+        let err = repack_archive(&raw[..], &mut Vec::new(), 4).unwrap_err();
+        assert!(err.to_string().contains("held 3 of the 4 entries"), "{err}");
         let mut out = Vec::new();
-        repack_archive(&raw[..], &mut out).unwrap();
+        repack_archive(&raw[..], &mut out, 3).unwrap();
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&out[..]));
         archive
             .entries()
@@ -1066,6 +1240,23 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_path_the_archive_api_cannot_read_refuses_the_export() {
+        let census = |longest| tree::Census {
+            entries: 1,
+            bytes: 0,
+            longest,
+            depth: longest / 2,
+        };
+        // "/data/" + 4,089 bytes = 4,095: the longest path it reads.
+        assert!(check_archivable(&census(4089)).is_ok());
+        let err = check_archivable(&census(4090)).unwrap_err();
+        assert!(
+            matches!(&err, CpError::ExportRefused(m) if m.contains("2045 levels")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub enum BackendChoice {
     /// Containers of a Docker Engine API server (Docker or Podman), volumes
     /// as its named volumes.
     Container(crate::container::ContainerSettings),
+    /// Pods in a Kubernetes namespace, volumes as PersistentVolumeClaims.
+    Kubernetes(crate::kubernetes::KubernetesSettings),
 }
 
 pub struct EmbeddedCp {
@@ -89,6 +91,9 @@ impl EmbeddedCp {
             }),
             BackendChoice::Container(settings) => {
                 crate::container::ContainerBackend::connect(settings.clone(), &data_dir).await?
+            }
+            BackendChoice::Kubernetes(settings) => {
+                crate::kubernetes::KubernetesBackend::connect(settings.clone()).await?
             }
         };
         let cp = Arc::new(EmbeddedCp {
@@ -354,8 +359,9 @@ impl ControlPlane for EmbeddedCp {
             .data_persistence
             .unwrap_or(self.policy.default_persistence);
         // One process per workspace: whatever still runs is stopped (never
-        // pruned) before the new one starts.
-        if self.backend.has_instance(req.workspace_id).await {
+        // pruned) before the new one starts. A first start has a fresh id,
+        // which nothing can run under: no need to ask.
+        if !req.first_start && self.backend.has_instance(req.workspace_id).await {
             tracing::warn!("provision while an instance runs; stopping it first");
             self.backend.stop(req.workspace_id, None).await?;
         }
@@ -383,6 +389,8 @@ impl ControlPlane for EmbeddedCp {
                     env: req.env.clone(),
                     mode,
                     tier: req.tier(),
+                    org_id: req.org_id,
+                    volume_size_gb: req.volume_size_gb,
                 },
                 req.runtime.image.as_ref(),
             )
@@ -462,6 +470,10 @@ impl ControlPlane for EmbeddedCp {
 
     async fn confinement(&self) -> CpResult<Confinement> {
         Ok(self.backend.confinement())
+    }
+
+    async fn check_image(&self, image: Option<&holdfast_domain::ImageRef>) -> CpResult<()> {
+        self.backend.check_image(image).await
     }
 
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
@@ -650,7 +662,16 @@ impl ControlPlane for EmbeddedCp {
             retention_grace: self.policy.retention_grace,
             with_workspaces: self.policy.with_workspaces,
         };
-        let mut report = sweeper.run(dry_run, actor).await?;
+        // An engine that does not answer keeps its kind (a 503), whatever
+        // step of the pass met it.
+        let mut report =
+            sweeper
+                .run(dry_run, actor)
+                .await
+                .map_err(|e| match e.downcast::<CpError>() {
+                    Ok(cp) => cp,
+                    Err(e) => CpError::Other(e),
+                })?;
         report
             .items
             .extend(self.sweep_snapshots(dry_run, actor).await?);

@@ -187,6 +187,33 @@ impl ControlPlane for HttpCp {
             .await
     }
 
+    async fn check_image(&self, image: Option<&holdfast_domain::ImageRef>) -> CpResult<()> {
+        let query = crate::wire::ImageQuery {
+            image: image.map(|i| i.as_str().to_owned()),
+        };
+        let rb = self.request(Method::GET, route::IMAGE_CHECK).query(&query);
+        match self
+            .call::<crate::wire::ImageAnswer>(rb, StatusCode::OK)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The control plane's sentence is not echoed; the image is ours
+            // to name.
+            Err(CallError::Status(StatusCode::CONFLICT, Some(code)))
+                if code == "image_not_found" =>
+            {
+                Err(CpError::ImageMissing(match image {
+                    Some(image) => format!(
+                        "the container image {image} is not on the control plane's engine (pull, build or import it there)"
+                    ),
+                    None => "the control plane's default container image is not on its engine"
+                        .to_owned(),
+                }))
+            }
+            Err(e) => Err(e.into_cp("checking the image")),
+        }
+    }
+
     async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
         let rb = self
             .request(Method::GET, &route::status(workspace_id))

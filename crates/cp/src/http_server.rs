@@ -10,9 +10,9 @@
 
 use crate::sweep::SweepReport;
 use crate::wire::{
-    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, LogsQuery, PAGE,
-    StatusAnswer, StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer, VolumesAnswer,
-    VolumesQuery, route,
+    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, ImageAnswer,
+    ImageQuery, LogsQuery, PAGE, StatusAnswer, StatusQuery, StopAnswer, StopQuery, SweepBody,
+    VolumeAnswer, VolumesAnswer, VolumesQuery, route,
 };
 use crate::{ControlPlane, CpError, EmbeddedCp, ProvisionRequest};
 use axum::body::Body;
@@ -52,10 +52,7 @@ impl CpService {
 
 /// The SHA-256 of a token, hex: how tenant tokens are stored.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    holdfast_domain::hex::sha256_hex(token)
 }
 
 impl IntoResponse for CpError {
@@ -78,14 +75,22 @@ impl IntoResponse for CpError {
             other => other.to_string(),
         };
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut response = (
             status,
             Json(ErrorAnswer {
                 error,
                 code: code.to_owned(),
             }),
         )
-            .into_response()
+            .into_response();
+        // An unreachable engine is a passing state: say when to come back.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }
 
@@ -332,6 +337,23 @@ async fn info(
     Ok(Json(svc.engine.confinement().await?))
 }
 
+/// 200 when the engine has the image (`runtime.image`, or with none the
+/// default); 409 `image_not_found`; 503 when the engine does not answer.
+async fn check_image(
+    State(svc): State<Arc<CpService>>,
+    _tenant: TenantCtx,
+    Query(q): Query<ImageQuery>,
+) -> Result<Json<ImageAnswer>, CpError> {
+    let image = q
+        .image
+        .as_deref()
+        .map(holdfast_domain::ImageRef::parse)
+        .transpose()
+        .map_err(|e| CpError::BadRequest(e.to_string()))?;
+    svc.engine.check_image(image.as_ref()).await?;
+    Ok(Json(ImageAnswer { present: true }))
+}
+
 async fn volume(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
@@ -498,6 +520,7 @@ pub fn router(svc: Arc<CpService>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route(route::INFO, get(info))
+        .route(route::IMAGE_CHECK, get(check_image))
         .route(route::PROVISION, post(provision))
         .route("/cp/workspaces/{id}", axum::routing::delete(stop))
         .route("/cp/workspaces/{id}/status", get(status))

@@ -2,7 +2,8 @@
 //!
 //! [`ControlPlane`] is the interface the platform talks to. [`EmbeddedCp`]
 //! implements it in-process over a [`backend::Backend`] (the [`process`]
-//! backend, or the [`container`] backend) and the store's volume records.
+//! backend, the [`container`] backend or the [`kubernetes`] backend) and the
+//! store's volume records.
 //!
 //! **Architecture Invariant:** routine operations call [`ControlPlane::stop`];
 //! only the user's delete with `erase_data=true` calls
@@ -16,6 +17,7 @@ mod embedded;
 pub mod export;
 pub mod http_client;
 pub mod http_server;
+pub mod kubernetes;
 pub mod logs;
 pub mod process;
 pub mod snapshot;
@@ -28,8 +30,8 @@ pub use http_client::HttpCp;
 
 use async_trait::async_trait;
 use holdfast_domain::{
-    AuditAction, Consistency, DataPersistence, Millis, Runtime, SnapshotState, Tier, VolumeReason,
-    VolumeState,
+    AuditAction, Consistency, DataPersistence, ImageRef, Millis, Runtime, SnapshotState, Tier,
+    VolumeReason, VolumeState,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -304,6 +306,11 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// tier's limits apply.
     async fn confinement(&self) -> CpResult<process::Confinement>;
 
+    /// Whether a workspace of this image (`runtime.image`; `None`: the
+    /// default) can start here: `ImageMissing` naming it when the engine
+    /// does not have it, `Unavailable` when the engine does not answer. A
+    /// backend without images (processes) has nothing to check.
+    async fn check_image(&self, image: Option<&ImageRef>) -> CpResult<()>;
     /// Workspace ids whose instance exited, as they exit, where this control
     /// plane can tell (the embedded one on the process backend); `None`
     /// makes the reconciler poll `status` at its interval instead.

@@ -112,6 +112,11 @@ pub struct Spawn {
     pub env: BTreeMap<String, String>,
     pub mode: DataPersistence,
     pub tier: Tier,
+    /// The workspace's org (the Kubernetes backend labels its objects).
+    pub org_id: Uuid,
+    /// The size a new durable volume asks for, where the backend sizes
+    /// volumes (a Kubernetes claim); `None`: the backend's default.
+    pub volume_size_gb: Option<u16>,
 }
 
 /// What a started workspace got.
@@ -730,11 +735,16 @@ impl ProcessBackend {
             .keys()
             .copied()
             .collect();
-        for id in ids {
-            if let Err(e) = self.stop(id, None).await {
-                tracing::warn!(workspace_id = %id, error = %e, "stopping at shutdown failed");
-            }
-        }
+        // Many at once: a shutdown with thousands of workspaces must not
+        // take one stop timeout after another.
+        use futures_util::StreamExt;
+        futures_util::stream::iter(ids)
+            .for_each_concurrent(64, |id| async move {
+                if let Err(e) = self.stop(id, None).await {
+                    tracing::warn!(workspace_id = %id, error = %e, "stopping at shutdown failed");
+                }
+            })
+            .await;
     }
 }
 

@@ -390,6 +390,119 @@ pub fn tree_size(root: &Path) -> io::Result<u64> {
     Ok(size.total)
 }
 
+/// What a walk counted of a tree: the independent tally an engine's
+/// archive of the same tree is checked against (the container backend's
+/// size and export run it inside a helper container, `holdfast census`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Census {
+    /// Every entry under the root (directories, files, links, anything
+    /// else; unreadable ones too), the root itself not counted.
+    pub entries: u64,
+    /// Bytes of the regular files (each hard-linked file once).
+    pub bytes: u64,
+    /// The longest path under the root, in bytes, and its depth.
+    pub longest: u64,
+    pub depth: u64,
+}
+
+impl Census {
+    /// One line: `entries=N bytes=B longest=L depth=D`.
+    pub fn to_line(&self) -> String {
+        format!(
+            "entries={} bytes={} longest={} depth={}",
+            self.entries, self.bytes, self.longest, self.depth
+        )
+    }
+
+    /// Reads what [`Self::to_line`] wrote (the last such line of `text`).
+    pub fn parse(text: &str) -> Option<Census> {
+        let line = text.lines().rev().find(|l| l.starts_with("entries="))?;
+        let mut c = Census::default();
+        for field in line.split_whitespace() {
+            let (k, v) = field.split_once('=')?;
+            let v: u64 = v.parse().ok()?;
+            match k {
+                "entries" => c.entries = v,
+                "bytes" => c.bytes = v,
+                "longest" => c.longest = v,
+                "depth" => c.depth = v,
+                _ => return None,
+            }
+        }
+        Some(c)
+    }
+}
+
+/// Counts the tree under `root` (see [`Census`]). Nothing is opened but
+/// directories; what cannot be opened is counted as an entry.
+pub fn census(root: &Path) -> io::Result<Census> {
+    struct Count {
+        c: Census,
+        seen: HashSet<FileId>,
+    }
+    impl Count {
+        fn path(&mut self, path: &[u8]) {
+            self.c.entries += 1;
+            let len = path.len() as u64;
+            if len > self.c.longest {
+                self.c.longest = len;
+                self.c.depth = path.iter().filter(|b| **b == b'/').count() as u64 + 1;
+            }
+        }
+    }
+    impl Visitor for Count {
+        fn dir(&mut self, path: &[u8], _: &Stat) -> io::Result<()> {
+            self.path(path);
+            Ok(())
+        }
+        fn entry(&mut self, _: BorrowedFd<'_>, _: &CStr, path: &[u8], st: &Stat) -> io::Result<()> {
+            self.path(path);
+            if file_type(st) == FileType::RegularFile
+                && (st.st_nlink <= 1 || self.seen.insert(file_id(st)))
+            {
+                self.c.bytes = self
+                    .c
+                    .bytes
+                    .saturating_add(u64::try_from(st.st_size).unwrap_or(0));
+            }
+            Ok(())
+        }
+        fn unreadable(&mut self, path: &[u8], _: io::Error) -> io::Result<()> {
+            // The engine's archiver, which is not confined like our helper,
+            // may still read it: it counts.
+            if !path.is_empty() {
+                self.path(path);
+            }
+            Ok(())
+        }
+    }
+    let mut count = Count {
+        c: Census::default(),
+        seen: HashSet::new(),
+    };
+    walk(open_root(root)?, &mut count)?;
+    Ok(count.c)
+}
+
+/// `holdfast census DIR`: prints the [`Census`] of `DIR` on stdout (the
+/// container backend's helper runs it on a volume).
+pub fn census_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    let [dir] = args else {
+        eprintln!("usage: holdfast census DIR");
+        return std::process::ExitCode::from(2);
+    };
+    match census(Path::new(dir)) {
+        Ok(c) => {
+            println!("{}", c.to_line());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("holdfast census: {}: {e}", Path::new(dir).display());
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Removes `dir/name` and everything under it; returns the bytes of
 /// regular files removed (hard-linked files once). Never follows a link
 /// (links are unlinked; their targets untouched), never opens anything but
@@ -605,6 +718,38 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_census_counts_every_entry_at_any_depth_and_reads_back() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::write(r.join("top"), b"12345").unwrap();
+        std::fs::hard_link(r.join("top"), r.join("again")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", r.join("l")).unwrap();
+        // 3,000 levels: past PATH_MAX, reached through handles only.
+        let mut fd = open_root(r).unwrap();
+        for _ in 0..3000 {
+            rustix::fs::mkdirat(&fd, "a", Mode::RWXU).unwrap();
+            fd = open_dir_beneath(fd.as_fd(), c"a").unwrap();
+        }
+        let f =
+            rustix::fs::openat(&fd, "leaf", OFlags::CREATE | OFlags::WRONLY, Mode::RUSR).unwrap();
+        rustix::io::write(&f, b"bottom").unwrap();
+        let c = census(r).unwrap();
+        // top, again, l, 3,000 directories and the leaf; 5 + 6 bytes (the
+        // hard-linked file once); the leaf's path "a/…/a/leaf".
+        assert_eq!(
+            c,
+            Census {
+                entries: 3 + 3000 + 1,
+                bytes: 11,
+                longest: 2 * 3000 + 4,
+                depth: 3001,
+            }
+        );
+        assert_eq!(Census::parse(&format!("noise\n{}\n", c.to_line())), Some(c));
+        assert_eq!(Census::parse("entries=1 bytes=x"), None);
     }
 
     #[test]

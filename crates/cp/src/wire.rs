@@ -15,6 +15,9 @@ pub mod route {
     use uuid::Uuid;
 
     pub const INFO: &str = "/cp/info";
+    /// `GET ?image=REF`: whether the engine has the image (the default
+    /// one without `image`).
+    pub const IMAGE_CHECK: &str = "/cp/images/check";
     pub const PROVISION: &str = "/cp/workspaces/provision";
     pub const VOLUMES: &str = "/cp/volumes";
     pub const SWEEP: &str = "/cp/sweep";
@@ -196,6 +199,21 @@ impl From<AuditEntry> for holdfast_store::AuditEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditAnswer {
     pub events: Vec<AuditEntry>,
+}
+
+/// The query of an image check: the image (none: the default one).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// An image check's answer: the engine has it (otherwise 409
+/// `image_not_found`, or 503).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageAnswer {
+    pub present: bool,
 }
 
 /// Every error answer: `{"error": sentence, "code": snake_case}`.

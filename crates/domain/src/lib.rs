@@ -4,6 +4,7 @@
 
 mod duration;
 pub mod failpoint;
+pub mod hex;
 pub mod snapshot;
 mod status;
 mod workspace;

@@ -87,6 +87,11 @@ fn main() -> std::process::ExitCode {
         eprintln!("holdfast contain: {e}");
         return std::process::ExitCode::from(125);
     }
+    // `holdfast census DIR`: the container backend's helper counts a volume
+    // with it (the independent tally its archive is checked against).
+    if args.get(1).is_some_and(|a| a == "census") {
+        return holdfast_cp::tree::census_main(&args[2..]);
+    }
     // Whatever the server inherited stays out of the workspaces it starts.
     holdfast_cp::cgroup::close_inherited_fds();
     let cli = Cli::parse();

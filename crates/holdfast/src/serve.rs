@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use holdfast_cp::container::ContainerSettings;
+use holdfast_cp::kubernetes::KubernetesSettings;
 use holdfast_cp::process::{Layout, Sandbox};
 use holdfast_cp::{BackendChoice, ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
 use holdfast_domain::{DataPersistence, DurationArg, ImageRef};
@@ -54,6 +55,12 @@ pub struct ServeArgs {
     /// is polled every 500 ms instead.)
     #[arg(long, env = "HOLDFAST_RESYNC_INTERVAL", default_value = "10s")]
     resync_interval: DurationArg,
+    /// The URL workspaces reach this server at (`HOLDFAST_PLATFORM_URL` in
+    /// their env). Default: `http://` and the listen address, which suits
+    /// the process and container backends; on `--backend kubernetes` give
+    /// the Service's URL (`http://holdfast.holdfast.svc:7420`).
+    #[arg(long, env = "HOLDFAST_PUBLIC_URL")]
+    public_url: Option<String>,
     /// How long a canvas sign-in lasts (Sign out ends it sooner).
     #[arg(long, env = "HOLDFAST_SESSION_TTL", default_value = "12h")]
     session_ttl: DurationArg,
@@ -138,7 +145,8 @@ pub struct PolicyArgs {
     sandbox: String,
     /// What runs workspaces: `process` (a child process each, data in the
     /// data dir), `container` (a container each on a Docker Engine API
-    /// server, Docker or Podman, data in its named volumes).
+    /// server, Docker or Podman, data in its named volumes), `kubernetes`
+    /// (a bare Pod each in `--k8s-namespace`, data on PersistentVolumeClaims).
     #[arg(long, env = "HOLDFAST_BACKEND", default_value = "process", value_parser = ["process", "container", "kubernetes"])]
     backend: String,
     /// The container engine (`--backend container`): `unix:///…sock`,
@@ -148,7 +156,8 @@ pub struct PolicyArgs {
     container_host: Option<String>,
     /// The image of a workspace whose `runtime.image` is not set. It must be
     /// on the engine and hold a C library: the built-in runtime is this
-    /// binary, mounted read-only into the container.
+    /// binary, mounted read-only into the container. On `--backend
+    /// kubernetes` the image must hold holdfast at /opt/holdfast/holdfast.
     #[arg(
         long,
         env = "HOLDFAST_CONTAINER_IMAGE",
@@ -159,6 +168,18 @@ pub struct PolicyArgs {
     /// the platform's loopback URL and be reached at its own.
     #[arg(long, env = "HOLDFAST_CONTAINER_NETWORK", default_value = "host")]
     container_network: String,
+    /// The kubeconfig file of `--backend kubernetes`. Without it, the
+    /// in-cluster service account is used (holdfast running in a Pod).
+    #[arg(long, env = "HOLDFAST_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace of `--backend kubernetes`: every workspace Pod and
+    /// claim lives there. Replicas sharing one PostgreSQL share it.
+    #[arg(long, env = "HOLDFAST_K8S_NAMESPACE", default_value = "holdfast")]
+    k8s_namespace: String,
+    /// The StorageClass of new claims (`--backend kubernetes`); unset: the
+    /// cluster's default class. Its PVs are patched to Retain once bound.
+    #[arg(long, env = "HOLDFAST_K8S_STORAGE_CLASS")]
+    k8s_storage_class: Option<String>,
     /// How often every attached volume's size is measured (and quotas
     /// checked): `data.bytes` is at most this old.
     #[arg(long, env = "HOLDFAST_USAGE_INTERVAL", default_value = "30s")]
@@ -228,9 +249,17 @@ impl PolicyArgs {
                 stop_timeout: self.stop_timeout.0,
                 network: self.container_network.clone(),
             }),
-            other => anyhow::bail!(
-                "--backend {other} is not built yet; use --backend process or --backend container"
-            ),
+            "kubernetes" => {
+                let mut settings = KubernetesSettings::new(
+                    self.k8s_namespace.clone(),
+                    self.kubeconfig.clone(),
+                    ImageRef::parse(&self.container_image)
+                        .map_err(|e| anyhow::anyhow!("--container-image: {}", e.message))?,
+                );
+                settings.storage_class = self.k8s_storage_class.clone();
+                BackendChoice::Kubernetes(settings)
+            }
+            other => anyhow::bail!("--backend {other}: use process, container or kubernetes"),
         };
         Ok(CpPolicy {
             backend,
@@ -339,7 +368,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = args
+        .public_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| format!("http://{addr}"));
     let reconciler = ReconcilerSettings {
         heartbeat_interval: args.heartbeat_interval.0,
         heartbeat_window: args.heartbeat_interval.0 * 3,
@@ -373,7 +406,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             data_dir.join("admin-token").display()
         )?;
     }
-    writeln!(out, "holdfast listening on {url}")?;
+    writeln!(out, "holdfast listening on http://{addr}")?;
     out.flush()?;
     drop(out);
 

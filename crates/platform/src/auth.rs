@@ -40,8 +40,7 @@ impl fmt::Debug for Secret {
 pub fn generate_token(prefix: &str) -> Secret {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Secret(format!("{prefix}_{hex}"))
+    Secret(format!("{prefix}_{}", holdfast_domain::hex::hex(&bytes)))
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -49,7 +48,7 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 }
 
 pub fn hash_hex(token: &str) -> String {
-    hex(&hash_token(token))
+    holdfast_domain::hex::sha256_hex(token)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +112,7 @@ impl FromRequestParts<Arc<App>> for Caller {
             // first tells a caller nothing about any secret.
             let kind = minted_kind(token).ok_or_else(ApiError::unauthorized)?;
             return app
-                .caller_for_minted(kind, &hex(&hash))
+                .caller_for_minted(kind, &holdfast_domain::hex::hex(&hash))
                 .await?
                 .ok_or_else(ApiError::unauthorized);
         }
@@ -137,7 +136,7 @@ impl App {
     /// The caller whose token hashes to `hash` (hex): the admin (compared
     /// in constant time), a running workspace, or an org.
     pub(crate) async fn caller_for_token_hash(&self, hash: &str) -> ApiResult<Option<Caller>> {
-        let admin = hex(&self.admin_token_hash);
+        let admin = holdfast_domain::hex::hex(&self.admin_token_hash);
         if bool::from(hash.as_bytes().ct_eq(admin.as_bytes())) {
             return Ok(Some(Caller::Admin));
         }
@@ -219,16 +218,6 @@ impl App {
             .await?;
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 /// The two kinds of token `generate_token` mints for a bearer: an org's
@@ -356,7 +345,10 @@ mod tests {
 
     #[test]
     fn hex_is_lowercase_two_digits_a_byte() {
-        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(
+            holdfast_domain::hex::hex(&[0x00, 0x0f, 0xa0, 0xff]),
+            "000fa0ff"
+        );
         assert_eq!(hash_hex("x").len(), 64);
     }
 

@@ -495,6 +495,10 @@ pub struct WorkspaceView {
     /// Whether its tier's memory, process and CPU limits apply: `enforced`
     /// or `none`.
     pub limits: String,
+    /// Why its latest start failed (status `failed`), in a sentence: a
+    /// container image the engine does not have, an engine that does not
+    /// answer. `null` otherwise.
+    pub failure: Option<String>,
 }
 
 impl WorkspaceView {
@@ -528,6 +532,7 @@ impl WorkspaceView {
                 .limits
                 .clone()
                 .unwrap_or_else(|| default.limits.as_str().to_owned()),
+            failure: ws.failure.clone(),
         }
     }
 }

@@ -129,11 +129,13 @@ impl From<holdfast_cp::CpError> for ApiError {
                 format!("the data cannot be exported: {m}"),
             ),
             holdfast_cp::CpError::Unavailable(m) => {
-                tracing::warn!(reason = %m, "control plane backend unavailable");
+                // The engine's own words (a socket path, an address) stay
+                // in the log.
+                tracing::warn!(reason = %m, "the container engine is unreachable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "backend_unavailable",
-                    "the workspace backend (its container engine) is unavailable; try again shortly",
+                    "engine_unreachable",
+                    "the container engine that runs the workspaces is unreachable; try again after Retry-After seconds",
                 )
             }
             holdfast_cp::CpError::Unreachable(m) => {

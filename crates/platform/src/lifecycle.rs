@@ -144,6 +144,10 @@ impl App {
                 _ => req.compute.data_persistence = Some(holdfast_domain::DataPersistence::Persist),
             }
         }
+        // Ordering: asked before anything is written, so that a workspace
+        // whose image the engine lacks (409 `image_not_found`, naming it), or
+        // an engine that does not answer (503), leaves no row behind.
+        self.cp.check_image(req.runtime.image.as_ref()).await?;
         let id = Uuid::new_v4();
         let ws = self
             .store
@@ -179,6 +183,10 @@ impl App {
         }
         if patch.is_empty() {
             return Ok(ws);
+        }
+        // A new runtime is checked as at create, before it is stored.
+        if let Some(runtime) = &patch.runtime {
+            self.cp.check_image(runtime.image.as_ref()).await?;
         }
         let ws = self.store.patch_workspace(id, &patch, now_millis()).await?;
         self.audit_ws(&caller.actor(), AuditAction::WorkspaceUpdated, id, None)

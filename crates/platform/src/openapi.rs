@@ -105,3 +105,39 @@ pub fn document() -> serde_json::Value {
 pub async fn openapi_json(_caller: crate::auth::Caller) -> Json<serde_json::Value> {
     Json(document())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route named in `ENGINE_ROUTES` that the document does not have
+    /// (a typo, a renamed path) would list its 503 nowhere: each is there,
+    /// with its 503, and no other operation says `engine_unreachable`.
+    #[test]
+    fn engine_unreachable_is_listed_on_exactly_the_routes_that_reach_the_engine() {
+        let doc = document();
+        let mut listed = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let answer = &op["responses"]["503"];
+                if answer["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("engine_unreachable"))
+                {
+                    assert!(
+                        answer["headers"]["Retry-After"].is_object(),
+                        "{path} {method}"
+                    );
+                    listed.push((path.clone(), method.clone()));
+                }
+            }
+        }
+        listed.sort();
+        let mut expected: Vec<(String, String)> = strict::ENGINE_ROUTES
+            .iter()
+            .map(|(p, m, _)| ((*p).to_owned(), (*m).to_owned()))
+            .collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+}

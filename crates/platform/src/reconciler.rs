@@ -279,6 +279,25 @@ impl App {
         Ok(())
     }
 
+    /// Status `failed`, and why (shown on the workspace as `failure`).
+    async fn record_failure(
+        &self,
+        ws: &mut WorkspaceRow,
+        lease: &Lease,
+        why: &str,
+    ) -> ReconcileResult<()> {
+        self.store
+            .record_failure(ws.id, lease.fence(), why, now_millis())
+            .await?;
+        ws.failure = Some(why.to_owned());
+        if ws.status != Status::Failed {
+            ws.status = Status::Failed;
+            self.events
+                .publish(Event::status(Status::Failed, ws.id, ws.org_id));
+        }
+        Ok(())
+    }
+
     /// What a running, healthy workspace's status is: `degraded` while its
     /// volume is over its quota (its data is never touched for it),
     /// `online` otherwise.
@@ -691,8 +710,17 @@ impl App {
             }
             Err(e) => {
                 tracing::error!(error = %e, "provisioning failed");
-                obs.pacing.failed_generation = Some(ws.generation);
-                self.set_status(ws, lease, Status::Failed).await?;
+                if matches!(e, holdfast_cp::CpError::Unavailable(_)) {
+                    // A passing state: tried again with the crash backoff,
+                    // not only at the next change of intent.
+                    obs.pacing.crashes += 1;
+                    obs.pacing.next_attempt =
+                        Some(now_millis() + self.reconciler.timing().backoff(obs.pacing.crashes));
+                } else {
+                    obs.pacing.failed_generation = Some(ws.generation);
+                }
+                self.record_failure(ws, lease, &failure_sentence(&e))
+                    .await?;
             }
         }
         Ok(())
@@ -890,5 +918,20 @@ impl App {
 
     pub(crate) async fn heartbeat(&self, id: Uuid) -> anyhow::Result<()> {
         Ok(self.store.record_heartbeat(id, now_millis()).await?)
+    }
+}
+
+/// Why a start failed, for the workspace's owner: what they can act on is
+/// said (the image to provide, an engine to wait for); the engine's and the
+/// host's own words stay in the server log.
+fn failure_sentence(e: &holdfast_cp::CpError) -> String {
+    use holdfast_cp::CpError;
+    match e {
+        CpError::ImageMissing(m) | CpError::BadRequest(m) => m.clone(),
+        CpError::Unavailable(_) => {
+            "the container engine is unreachable; the start is tried again".to_owned()
+        }
+        CpError::DataErased => "its data has been erased".to_owned(),
+        _ => "the start failed; the server log says why".to_owned(),
     }
 }

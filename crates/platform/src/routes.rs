@@ -270,6 +270,7 @@ pub async fn health() -> Json<Health> {
     responses(
         (status = 201, body = WorkspaceView, description = "created and provisioned"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "image_not_found: the container engine does not have the workspace's image (named in `error`); nothing was created"),
     ),
     security(("bearer" = []))
 )]
@@ -361,7 +362,10 @@ pub async fn get_workspace(
     patch, path = "/workspaces/{id}",
     params(("id" = Uuid, Path, description = "workspace id")),
     request_body = PatchWorkspaceRequest,
-    responses((status = 200, body = WorkspaceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)),
+    responses(
+        (status = 200, body = WorkspaceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "image_not_found: the container engine does not have the new runtime's image (named in `error`); nothing was changed"),
+    ),
     security(("bearer" = []))
 )]
 pub async fn patch_workspace(
@@ -455,7 +459,10 @@ pub async fn delete_workspace(
 #[utoipa::path(
     get, path = "/workspaces/{id}/data",
     params(("id" = Uuid, Path, description = "workspace id")),
-    responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, body = VolumeView), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "control_plane_unreachable: the control plane does not answer and no record of the volume was seen yet"),
+    ),
     security(("bearer" = []))
 )]
 pub async fn get_workspace_data(

@@ -317,6 +317,15 @@
   }
 
   function runtimeFrom(form) {
+    const runtime = programFrom(form);
+    // The image is kept (or changed) with the program: a save that left it
+    // out would drop it.
+    const image = form.elements.image ? form.elements.image.value.trim() : '';
+    if (image) runtime.image = image;
+    return runtime;
+  }
+
+  function programFrom(form) {
     if (form.elements.runtime.value === 'command') {
       const argv = splitCommand(form.elements.command.value.trim());
       if (!argv.length) throw new Error('Enter the command to run, or choose the built-in runtime.');

@@ -41,6 +41,8 @@ pub struct WorkspaceRow {
     /// the control plane reported (`bwrap`…, `enforced`/`none`).
     pub isolation: Option<String>,
     pub limits: Option<String>,
+    /// Why its latest start failed, for its owner; `None` when it did not.
+    pub failure: Option<String>,
     /// A restore was asked for (by `restore_by`) and is not finished yet:
     /// the reconciler carries it out.
     pub restore_requested_at: Option<Millis>,
@@ -89,6 +91,7 @@ impl WorkspaceRow {
             removed_by: row.try_get("removed_by")?,
             isolation: row.try_get("isolation")?,
             limits: row.try_get("limits")?,
+            failure: row.try_get("failure")?,
             restore_requested_at: row.try_get("restore_requested_at")?,
             restore_by: row.try_get("restore_by")?,
             hold_reason: row.try_get("hold_reason")?,
@@ -227,7 +230,7 @@ pub(crate) fn insert_query(
 
 pub(crate) const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
-    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, restore_requested_at, restore_by, \
+    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, failure, restore_requested_at, restore_by, \
     hold_reason, hold_by, hold_at, seed_snapshot_id, created_at, updated_at, removed_at";
 
 /// The fence of a workspace lease grant: see [`Store::try_lease_workspace`].
@@ -291,6 +294,7 @@ impl Store {
             removed_by: None,
             isolation: None,
             limits: None,
+            failure: None,
             restore_requested_at: None,
             restore_by: None,
             hold_reason: None,
@@ -762,6 +766,35 @@ impl Store {
 }
 
 impl Store {
+    /// Records a failed start: status `failed` and why, in a sentence for
+    /// the workspace's owner.
+    #[tracing::instrument(skip_all, name = "store.record_failure", fields(workspace_id = %id))]
+    pub async fn record_failure(
+        &self,
+        id: Uuid,
+        fence: Option<Fence>,
+        why: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let sql = fenced(
+            "UPDATE workspaces SET status = $2, failure = $3, updated_at = $4 \
+             WHERE id = $1 AND removed_at IS NULL",
+            fence,
+            5,
+        );
+        let done = bind_fence(
+            sqlx::query(&sql)
+                .bind(id.to_string())
+                .bind(Status::Failed.as_str())
+                .bind(why.to_owned())
+                .bind(now),
+            fence,
+        )
+        .execute(&*self.write())
+        .await?;
+        self.check_fence(id, fence, done.rows_affected()).await
+    }
+
     /// Records a status change alone (the instance and URL stay as they are).
     #[tracing::instrument(skip_all, name = "store.set_status", fields(workspace_id = %id, status = %status))]
     pub async fn set_status(
@@ -890,7 +923,8 @@ impl Store {
         now: Millis,
     ) -> StoreResult<()> {
         let sql = fenced(
-            "UPDATE workspaces SET token_hash = $2, url = NULL, status = $3, updated_at = $4 \
+            "UPDATE workspaces SET token_hash = $2, url = NULL, status = $3, failure = NULL, \
+             updated_at = $4 \
              WHERE id = $1 AND removed_at IS NULL",
             fence,
             5,

@@ -270,6 +270,12 @@ impl Server {
             .ok_or_else(|| anyhow!("restore of {}: no status in {view}", ws.id))
     }
 
+    /// `POST /workspaces/<id>/restart`; returns the workspace as answered.
+    pub async fn restart_workspace(&self, id: &str) -> anyhow::Result<Value> {
+        self.post_json(&format!("/workspaces/{id}/restart"), &Value::Null)
+            .await
+    }
+
     /// `POST /admin/sweep` with `{}`: one sweeper pass; returns its report.
     pub async fn sweep(&self) -> anyhow::Result<Value> {
         self.post_json("/admin/sweep", &serde_json::json!({})).await

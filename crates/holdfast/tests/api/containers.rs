@@ -152,26 +152,57 @@ async fn a_workspace_container_is_confined_and_works_in_its_data_volume() {
 }
 
 #[tokio::test]
-async fn a_missing_image_fails_the_workspace_and_says_which() {
+async fn a_missing_image_is_refused_at_create_and_fails_a_later_start_saying_which() {
     if skip_unless_containers() {
         return;
     }
     let app = TestApp::spawn().await;
+    // At create: 409 naming the image, and nothing is created.
     let body = json!({
         "name": "imageless",
         "runtime": {"command": ["sleep", "600"], "image": "localhost/holdfast-no-such-image:0"},
     });
-    let created = app.create_workspace(&body).await.expect_status(201);
-    let id = id_of(&created);
-    app.wait_status(&id, "failed").await;
-    assert!(
-        app.server_log().contains("holdfast-no-such-image"),
-        "the log names the image"
+    app.create_workspace(&body).await.expect_error_mentioning(
+        409,
+        "image_not_found",
+        "localhost/holdfast-no-such-image:0",
     );
-    assert!(containers_of(&id).is_empty());
+    let list = app.get("/workspaces").await.expect_status(200);
+    assert!(!list.to_string().contains("imageless"), "{list}");
     // A bad reference is the client's mistake: 400 before anything runs.
     let bad = json!({"name": "x", "runtime": {"command": ["sh"], "image": "-rm"}});
     app.create_workspace(&bad)
         .await
         .expect_error(400, "invalid_field");
+
+    // An image that goes away after create: the next start fails, and the
+    // workspace says which image it needs.
+    let image = crate::helpers::container_image();
+    let tag = format!(
+        "localhost/holdfast-brief-{}:1",
+        uuid::Uuid::new_v4().simple()
+    );
+    podman(&["tag", &image, &tag]);
+    let ws = app
+        .create_online_workspace(&json!({
+            "name": "fleeting",
+            "runtime": {"command": ["sh", "-c", "echo $$ > pid; exec sleep 600"], "image": tag},
+        }))
+        .await;
+    let id = id_of(&ws);
+    assert_eq!(ws["failure"], serde_json::Value::Null);
+    app.post_json(&format!("/workspaces/{id}/hibernate"), &json!({}))
+        .await
+        .expect_status(200);
+    podman(&["rmi", &tag]);
+    app.post_json(&format!("/workspaces/{id}/wake"), &json!({}))
+        .await
+        .expect_status(200);
+    let failed = app.wait_status(&id, "failed").await;
+    let failure = failed["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains(&tag),
+        "the failure names the image: {failed}"
+    );
+    assert!(containers_of(&id).is_empty());
 }

@@ -125,6 +125,11 @@ fn container_env(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| panic!("{BACKEND_ENV}=container needs {key}"))
 }
 
+/// The image the container backend's runs use by default.
+pub fn container_image() -> String {
+    container_env("HOLDFAST_TEST_CONTAINER_IMAGE")
+}
+
 /// The engine of the container backend's runs.
 pub fn container_host() -> String {
     container_env("HOLDFAST_TEST_CONTAINER_HOST")
@@ -524,6 +529,38 @@ impl TestApp {
         );
         self.server = server;
         self.base_url = base_url;
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same data dir,
+    /// on the container backend with an engine that is not there (a socket
+    /// nobody listens on), so that every route that needs the engine meets
+    /// an unreachable one. For the embedded control plane.
+    pub async fn restart_server_on_unreachable_engine(&mut self) {
+        stop_server(&mut self.server);
+        let mut args = Vec::new();
+        let mut old = self.extra_args.iter();
+        while let Some(arg) = old.next() {
+            if ["--backend", "--container-host", "--container-image"].contains(&arg.as_str()) {
+                old.next();
+                continue;
+            }
+            args.push(arg.clone());
+        }
+        // A socket file nobody listens on (bound, then closed): the engine
+        // was there and is gone, so every connection is refused.
+        let socket = self.data_dir.path().join("no-engine.sock");
+        let _ = std::fs::remove_file(&socket);
+        drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind a unix socket"));
+        args.extend([
+            "--backend".to_owned(),
+            "container".to_owned(),
+            "--container-host".to_owned(),
+            format!("unix://{}", socket.display()),
+            "--container-image".to_owned(),
+            "localhost/holdfast-absent:0".to_owned(),
+        ]);
+        self.extra_args = args;
+        self.start_again();
     }
 
     /// Like [`Self::crash_and_restart_server`], but the new server also gets
@@ -1671,6 +1708,14 @@ impl TestApp {
 
     /// `GET /workspaces/:id/data/export`, read to the end.
     pub async fn export_data(&self, id: &str) -> Export {
+        self.try_export_data(id)
+            .await
+            .unwrap_or_else(|e| panic!("read the export body: {e}"))
+    }
+
+    /// Like [`Self::export_data`], with a download that broke off part-way
+    /// (the server aborted the stream) as `Err`.
+    pub async fn try_export_data(&self, id: &str) -> Result<Export, String> {
         let response = self
             .authed(Method::GET, &format!("/workspaces/{id}/data/export"))
             .send()
@@ -1686,13 +1731,13 @@ impl TestApp {
         let bytes = response
             .bytes()
             .await
-            .expect("read the export body")
+            .map_err(|e| format!("{e:?}"))?
             .to_vec();
-        Export {
+        Ok(Export {
             status,
             content_type,
             bytes,
-        }
+        })
     }
 
     /// `GET /metrics` with the admin token, asserting 200; the text.

@@ -9,8 +9,8 @@
 //! why) and fail under `CI=true` when either is missing.
 
 use crate::helpers::{
-    SHORT_GRACES, TestApp, eventually, id_of, read_lines, skip_on_container_backend, wait_for_pid,
-    workspace_processes,
+    SHORT_GRACES, TestApp, container_mode, eventually, id_of, read_lines,
+    skip_on_container_backend, wait_for_pid, workspace_processes,
 };
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -386,7 +386,12 @@ async fn exports_while_the_workspace_swaps_directories_for_links_never_leave_its
     assert_eq!(seen_link, outside.path());
     let mut exported = 0;
     for _ in 0..30 {
-        let export = app.export_data(&id).await;
+        // A download that broke off (an archive with fewer entries than the
+        // data had a moment before, on the container backend) is loud, and
+        // leaks nothing either.
+        let Ok(export) = app.try_export_data(&id).await else {
+            continue;
+        };
         if export.status.as_u16() != 200 {
             continue;
         }
@@ -428,12 +433,7 @@ fn deep_tree(root: &Path, depth: usize) {
 }
 
 #[tokio::test]
-async fn a_10000_level_tree_is_exported_whole_and_its_erasure_completes_after_a_crash() {
-    if skip_on_container_backend(
-        "the engine's archive API builds this export, and Podman 4.3's stops at 2047 levels: a known limit of the container backend",
-    ) {
-        return;
-    }
+async fn a_10000_level_tree_is_exported_whole_or_refused_and_its_erasure_completes_after_a_crash() {
     let mut app = TestApp::spawn_with(SHORT_GRACES).await;
     let ws = app
         .create_online_workspace(&json!({
@@ -447,15 +447,35 @@ async fn a_10000_level_tree_is_exported_whole_and_its_erasure_completes_after_a_
     wait_for_pid(&dir).await;
     deep_tree(&dir, 10_000);
 
-    let entries = app.export_data(&id).await.expect_archive();
-    let dirs = entries.iter().filter(|e| e.path.starts_with("a")).count();
-    assert_eq!(dirs, 10_001, "every level and the leaf");
-    let leaf = entries
-        .iter()
-        .find(|e| e.path.ends_with("leaf.txt"))
-        .expect("the leaf is in the export");
-    assert_eq!(leaf.path.len(), 2 * 10_000 + "leaf.txt".len());
-    assert_eq!(leaf.content, b"bottom");
+    let export = app.export_data(&id).await;
+    if container_mode() {
+        // The engine's archive API cannot read paths of 4,096 bytes or more
+        // (Podman's archive would silently stop near level 2,047): the
+        // export is refused before it starts, and says why.
+        assert_eq!(
+            export.status.as_u16(),
+            409,
+            "{}",
+            String::from_utf8_lossy(&export.bytes)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&export.bytes).unwrap();
+        assert_eq!(body["code"], "export_refused", "{body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("10001 levels") && error.contains("archive API"),
+            "{body}"
+        );
+    } else {
+        let entries = export.expect_archive();
+        let dirs = entries.iter().filter(|e| e.path.starts_with("a")).count();
+        assert_eq!(dirs, 10_001, "every level and the leaf");
+        let leaf = entries
+            .iter()
+            .find(|e| e.path.ends_with("leaf.txt"))
+            .expect("the leaf is in the export");
+        assert_eq!(leaf.path.len(), 2 * 10_000 + "leaf.txt".len());
+        assert_eq!(leaf.content, b"bottom");
+    }
 
     // Delete with erase, then crash the erase half-way: the next start
     // finishes it.

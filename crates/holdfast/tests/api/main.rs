@@ -8,6 +8,7 @@ mod containers;
 mod create;
 mod data;
 mod delete;
+mod engine;
 mod erasure;
 mod export;
 mod failpoints;

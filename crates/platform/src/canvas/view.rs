@@ -341,6 +341,8 @@ pub(super) struct PanelFragment {
     pub descendants: usize,
     pub runtime_is_command: bool,
     pub runtime_text: String,
+    /// `runtime.image` when set (the container backend's image for it).
+    pub image: Option<String>,
     /// `auto`, `persist` or `ephemeral`.
     pub persistence: &'static str,
     pub volume_size_gb: String,
@@ -424,6 +426,7 @@ impl PanelFragment {
             descendants,
             runtime_is_command,
             runtime_text,
+            image: ws.runtime.image.as_ref().map(|i| i.as_str().to_owned()),
             persistence,
             volume_size_gb: ws
                 .compute

@@ -152,15 +152,29 @@ fn tier_schema() -> Value {
     json!({ "type": "integer", "minimum": 1, "maximum": 4 })
 }
 
+/// `runtime.image`, as `ImageRef::parse` reads it.
+fn image_schema() -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": holdfast_domain::ImageRef::MAX_LEN,
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$",
+        "description": "the container image to run it in (container backend; default `--container-image`); ignored by the process backend",
+    })
+}
+
 fn runtime_schema() -> Value {
     let no_nul = "^[^\\u0000]*$";
     json!({
-        "description": "exactly one of `template` (the built-in runtime) or `command` (an argv)",
+        "description": "exactly one of `template` (the built-in runtime) or `command` (an argv), and optionally the `image` to run it in",
         "oneOf": [
             {
                 "type": "object",
                 "required": ["template"],
-                "properties": { "template": { "type": "string", "enum": [BUILTIN_TEMPLATE] } },
+                "properties": {
+                    "template": { "type": "string", "enum": [BUILTIN_TEMPLATE] },
+                    "image": image_schema(),
+                },
                 "additionalProperties": false,
             },
             {
@@ -185,6 +199,7 @@ fn runtime_schema() -> Value {
                             "pattern": no_nul,
                         },
                     },
+                    "image": image_schema(),
                 },
                 "additionalProperties": false,
             },
@@ -403,6 +418,26 @@ pub fn apply(doc: &mut Value) {
                 continue;
             };
             add_shared_answers(path, op);
+            if let Some((_, _, what)) = ENGINE_ROUTES
+                .iter()
+                .find(|(p, m, _)| p == path && m == method)
+                && let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut)
+            {
+                let mut answer = engine_unreachable(what);
+                // A route with a 503 of its own (a runtime that does not
+                // answer) keeps it: one answer, both causes.
+                if let Some(own) = responses
+                    .get("503")
+                    .and_then(|r| r["description"].as_str())
+                    .filter(|d| !d.is_empty())
+                {
+                    answer["description"] = Value::from(format!(
+                        "{own}; or {}",
+                        answer["description"].as_str().unwrap_or_default()
+                    ));
+                }
+                responses.insert("503".to_owned(), answer);
+            }
             tighten_parameters(op);
             // Bodies the server reads as `{}` when none is sent.
             let optional = matches!(
@@ -465,6 +500,65 @@ fn close_objects(schema: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(close_objects),
         _ => {}
     }
+}
+
+/// The operations that reach the container engine and so answer `503`
+/// (`engine_unreachable`, with `Retry-After`) while it does not answer, each
+/// with what it asks of the engine. Only these: a route that never reaches
+/// it does not list a 503 it cannot give. An API test asks every one of
+/// them of a server whose engine is gone.
+pub const ENGINE_ROUTES: &[(&str, &str, &str)] = &[
+    ("/workspaces", "post", "whether it has the image"),
+    (
+        "/workspaces/{id}",
+        "patch",
+        "whether it has the new runtime's image",
+    ),
+    (
+        "/workspaces/{id}",
+        "delete",
+        "to stop the workspace's container",
+    ),
+    (
+        "/workspaces/{id}/restart",
+        "post",
+        "to replace the container",
+    ),
+    ("/workspaces/{id}/pause", "post", "to stop the container"),
+    (
+        "/workspaces/{id}/hibernate",
+        "post",
+        "to stop the container",
+    ),
+    ("/workspaces/{id}/resume", "post", "to start the container"),
+    ("/workspaces/{id}/wake", "post", "to start the container"),
+    (
+        "/workspaces/{id}/restore",
+        "post",
+        "to start the container again",
+    ),
+    (
+        "/workspaces/{id}/messages",
+        "post",
+        "to start a stopped workspace for the message",
+    ),
+    ("/workspaces/{id}/data/export", "get", "to read the volume"),
+    ("/admin/sweep", "post", "to list, measure and erase volumes"),
+];
+
+fn engine_unreachable(what: &str) -> Value {
+    json!({
+        "description": format!(
+            "`engine_unreachable`: the container engine does not answer (asked {what}); try again after `Retry-After` seconds. \
+             The same status carries `control_plane_unreachable` (a remote control plane does not answer) and, on a \
+             workspace's routes, `workspace_busy` (another replica is acting on it)"
+        ),
+        "headers": { "Retry-After": {
+            "description": "seconds to wait before trying again",
+            "schema": { "type": "integer", "minimum": 1 },
+        } },
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } },
+    })
 }
 
 fn add_shared_answers(path: &str, op: &mut Map<String, Value>) {

@@ -1,0 +1,382 @@
+//! A small in-memory Kubernetes API server for the backend's tests, played
+//! through kube-rs's `tower-test` mock: it keeps the objects it is sent
+//! (uids, resourceVersions), answers create, get, list (label selectors),
+//! merge patch and delete (uid preconditions) as the real one does, binds a
+//! new claim to a PV of a `Delete` StorageClass (the default that loses
+//! data), reclaims or releases the PV when its claim goes, logs every
+//! request, and answers injected faults.
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// An injected answer: the next `times` requests of `method` whose path
+/// contains `path` get `status` instead.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub method: &'static str,
+    pub path: String,
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub times: usize,
+}
+
+impl Fault {
+    pub fn new(method: &'static str, path: &str, status: u16, reason: &'static str) -> Fault {
+        Fault {
+            method,
+            path: path.to_owned(),
+            status,
+            reason,
+            message: format!("injected {status} {reason}"),
+            times: 1,
+        }
+    }
+
+    pub fn times(mut self, n: usize) -> Fault {
+        self.times = n;
+        self
+    }
+
+    pub fn message(mut self, m: &str) -> Fault {
+        self.message = m.to_owned();
+        self
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    /// Objects by their item path (`/api/v1/namespaces/ns/pods/NAME`).
+    pub objects: BTreeMap<String, Value>,
+    /// `METHOD path` of every request, in order.
+    pub log: Vec<String>,
+    pub faults: Vec<Fault>,
+    /// What a SelfSubjectAccessReview for patching PVs answers.
+    pub may_patch_pvs: bool,
+    /// Whether a new claim binds at once (else it stays Pending).
+    pub bind_at_once: bool,
+    /// Fail every request after this many (a crash of the API server).
+    pub fail_after: Option<usize>,
+    /// The text every Pod's log holds.
+    pub pod_log: String,
+    /// What a follow of a Pod's log also gets, after `pod_log`.
+    pub pod_log_later: String,
+    /// Whether the next watch answers 410 Gone.
+    pub expire_next_watch: bool,
+    next: u64,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    pub state: Arc<Mutex<State>>,
+}
+
+const COLLECTIONS: &[&str] = &[
+    "pods",
+    "persistentvolumeclaims",
+    "persistentvolumes",
+    "selfsubjectaccessreviews",
+];
+
+fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code,
+        }),
+    )
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn matches_selector(obj: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        let got = &obj["metadata"]["labels"][k];
+        if v.is_empty() {
+            !got.is_null()
+        } else {
+            got.as_str() == Some(v)
+        }
+    })
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| {
+            v.replace("%3D", "=")
+                .replace("%2C", ",")
+                .replace("%2F", "/")
+                .replace("+", " ")
+        })
+    })
+}
+
+impl Fake {
+    /// A new fake cluster, and a client of it.
+    pub fn start() -> (kube::Client, Fake) {
+        let fake = Fake {
+            state: Arc::new(Mutex::new(State {
+                may_patch_pvs: true,
+                bind_at_once: true,
+                ..State::default()
+            })),
+        };
+        (fake.client(), fake)
+    }
+
+    /// Another client of the same cluster (a restarted or second replica).
+    pub fn client(&self) -> kube::Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let body = body.collect_bytes().await.unwrap_or_default();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let query = parts.uri.query().unwrap_or("").to_owned();
+                if parts.uri.path().ends_with("/log") {
+                    // A container log: text, the whole of it; a follow also
+                    // gets what was written after (then ends).
+                    let pod = parts.uri.path().trim_end_matches("/log").to_owned();
+                    let (code, text) = server.with(|s| {
+                        s.log.push(format!("GET {}", parts.uri.path()));
+                        match s.objects.get(&pod) {
+                            Some(_) if query.contains("follow=true") => {
+                                (200, format!("{}{}", s.pod_log, s.pod_log_later))
+                            }
+                            Some(_) => (200, s.pod_log.clone()),
+                            None => (
+                                404,
+                                serde_json::to_string(&status(404, "NotFound", "pod not found").1)
+                                    .expect("JSON"),
+                            ),
+                        }
+                    });
+                    send.send_response(
+                        Response::builder()
+                            .status(code)
+                            .body(Body::from(text.into_bytes()))
+                            .expect("a response"),
+                    );
+                    continue;
+                }
+                if query.contains("watch=true") || query.contains("watch=1") {
+                    // A watch: a 410 Gone once when asked to, else nothing
+                    // for a while (the watcher then watches again).
+                    let expire = server.with(|s| {
+                        s.log.push(format!("WATCH {}", parts.uri.path()));
+                        std::mem::take(&mut s.expire_next_watch)
+                    });
+                    tokio::spawn(async move {
+                        let body = if expire {
+                            let (_, st) = status(410, "Expired", "too old resource version");
+                            format!("{}\n", json!({ "type": "ERROR", "object": st }))
+                        } else {
+                            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                            String::new()
+                        };
+                        send.send_response(
+                            Response::builder()
+                                .status(200)
+                                .body(Body::from(body.into_bytes()))
+                                .expect("a response"),
+                        );
+                    });
+                    continue;
+                }
+                let (code, answer) =
+                    server.answer(parts.method.as_str(), parts.uri.path(), &query, body);
+                let response = Response::builder()
+                    .status(StatusCode::from_u16(code).expect("a status code"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).expect("JSON")))
+                    .expect("a response");
+                send.send_response(response);
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().expect("the fake's state"))
+    }
+
+    pub fn fault(&self, fault: Fault) {
+        self.with(|s| s.faults.push(fault));
+    }
+
+    /// The request log, and a fresh one from here on.
+    pub fn take_log(&self) -> Vec<String> {
+        self.with(|s| std::mem::take(&mut s.log))
+    }
+
+    pub fn object(&self, path: &str) -> Option<Value> {
+        self.with(|s| s.objects.get(path).cloned())
+    }
+
+    pub fn put(&self, path: &str, obj: Value) {
+        self.with(|s| s.objects.insert(path.to_owned(), obj));
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.with(|s| s.objects.keys().cloned().collect())
+    }
+
+    fn answer(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
+        let mut s = self.state.lock().expect("the fake's state");
+        s.log.push(format!("{method} {path}"));
+        if let Some(n) = s.fail_after {
+            if n == 0 {
+                return status(503, "ServiceUnavailable", "the API server is down");
+            }
+            s.fail_after = Some(n - 1);
+        }
+        if let Some(i) = s
+            .faults
+            .iter()
+            .position(|f| f.method == method && path.contains(&f.path) && f.times > 0)
+        {
+            s.faults[i].times -= 1;
+            let f = s.faults[i].clone();
+            return status(f.status, f.reason, &f.message);
+        }
+        let last = path.rsplit('/').next().unwrap_or_default();
+        let is_collection = COLLECTIONS.contains(&last);
+        s.next += 1;
+        let n = s.next;
+        match (method, is_collection) {
+            ("POST", true) if last == "selfsubjectaccessreviews" => {
+                let mut review = body;
+                review["status"] = json!({ "allowed": s.may_patch_pvs });
+                (201, review)
+            }
+            ("POST", true) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let key = format!("{path}/{name}");
+                if s.objects.contains_key(&key) {
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        &format!("{last} \"{name}\" already exists"),
+                    );
+                }
+                let mut obj = body;
+                obj["metadata"]["uid"] = json!(format!("uid-{n}"));
+                obj["metadata"]["resourceVersion"] = json!(n.to_string());
+                match last {
+                    "pods" => obj["status"] = json!({ "phase": "Running" }),
+                    "persistentvolumeclaims" if s.bind_at_once => {
+                        let pv = format!("pvc-{n}");
+                        obj["spec"]["volumeName"] = json!(pv);
+                        obj["status"] = json!({ "phase": "Bound" });
+                        s.objects.insert(
+                            format!("/api/v1/persistentvolumes/{pv}"),
+                            json!({
+                                "apiVersion": "v1", "kind": "PersistentVolume",
+                                "metadata": { "name": pv, "uid": format!("uid-pv-{n}"),
+                                              "resourceVersion": n.to_string() },
+                                "spec": { "persistentVolumeReclaimPolicy": "Delete",
+                                          "capacity": { "storage": "10Gi" },
+                                          "accessModes": ["ReadWriteOnce"],
+                                          "claimRef": { "name": name, "uid": format!("uid-{n}") } },
+                                "status": { "phase": "Bound" },
+                            }),
+                        );
+                    }
+                    "persistentvolumeclaims" => obj["status"] = json!({ "phase": "Pending" }),
+                    _ => {}
+                }
+                s.objects.insert(key, obj.clone());
+                (201, obj)
+            }
+            ("GET", true) => {
+                let selector = query_param(query, "labelSelector").unwrap_or_default();
+                let items: Vec<Value> = s
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| k.rsplit_once('/').map(|(c, _)| c) == Some(path))
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| matches_selector(v, &selector))
+                    .collect();
+                (
+                    200,
+                    json!({ "kind": "List", "apiVersion": "v1",
+                              "metadata": { "resourceVersion": n.to_string() }, "items": items }),
+                )
+            }
+            ("GET", false) => match s.objects.get(path) {
+                Some(obj) => (200, obj.clone()),
+                None => status(404, "NotFound", &format!("\"{last}\" not found")),
+            },
+            ("PATCH", false) => {
+                let Some(obj) = s.objects.get_mut(path) else {
+                    return status(404, "NotFound", &format!("\"{last}\" not found"));
+                };
+                if let Some(uid) = body["metadata"]["uid"].as_str()
+                    && obj["metadata"]["uid"].as_str() != Some(uid)
+                {
+                    return status(409, "Conflict", "Precondition failed: UID in precondition");
+                }
+                merge(obj, &body);
+                obj["metadata"]["resourceVersion"] = json!(n.to_string());
+                let obj = obj.clone();
+                // The PV controller reclaims a Released PV set to Delete.
+                if obj["status"]["phase"] == "Released"
+                    && obj["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+                {
+                    s.objects.remove(path);
+                }
+                (200, obj)
+            }
+            ("DELETE", false) => {
+                let Some(obj) = s.objects.get(path).cloned() else {
+                    return status(404, "NotFound", &format!("\"{last}\" not found"));
+                };
+                if let Some(uid) = body["preconditions"]["uid"].as_str()
+                    && obj["metadata"]["uid"].as_str() != Some(uid)
+                {
+                    return status(409, "Conflict", "Precondition failed: UID in precondition");
+                }
+                s.objects.remove(path);
+                // A claim's PV is reclaimed by its policy: Delete removes
+                // the disk, Retain keeps it Released.
+                if path.contains("/persistentvolumeclaims/")
+                    && let Some(pv) = obj["spec"]["volumeName"].as_str()
+                {
+                    let pv_path = format!("/api/v1/persistentvolumes/{pv}");
+                    if let Some(pv_obj) = s.objects.get_mut(&pv_path) {
+                        if pv_obj["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
+                            s.objects.remove(&pv_path);
+                        } else {
+                            pv_obj["status"]["phase"] = json!("Released");
+                        }
+                    }
+                }
+                (200, obj)
+            }
+            _ => status(405, "MethodNotAllowed", "not played by the fake"),
+        }
+    }
+}

@@ -1,0 +1,944 @@
+//! The Kubernetes backend against a fake API server (`fake.rs`, over
+//! kube-rs's `tower-test` mock): every flow of SPEC §14 and the API
+//! server's error answers, with the requests each one makes.
+
+use super::fake::{Fake, Fault};
+use super::manifest::{claim_name, pod_name};
+use super::*;
+use holdfast_domain::{Tier, VolumeState};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+const NS: &str = "holdfast";
+
+fn ws() -> Uuid {
+    Uuid::from_u128(0x1111)
+}
+
+fn org() -> Uuid {
+    Uuid::from_u128(0x2222)
+}
+
+fn settings() -> KubernetesSettings {
+    let mut s = KubernetesSettings::new(
+        NS.to_owned(),
+        None,
+        ImageRef::parse("localhost/holdfast-runtime:test").unwrap(),
+    );
+    s.bind_wait = Duration::from_millis(600);
+    s.gone_wait = Duration::from_millis(600);
+    s
+}
+
+fn backend() -> (KubernetesBackend, Fake) {
+    let (client, fake) = Fake::start();
+    (
+        KubernetesBackend::with_client(client, settings(), false),
+        fake,
+    )
+}
+
+/// Another backend on the same cluster: a restarted or second replica.
+fn replica(fake: &Fake) -> KubernetesBackend {
+    KubernetesBackend::with_client(fake.client(), settings(), false)
+}
+
+fn spawn_spec(mode: DataPersistence, instance: &str) -> Spawn {
+    Spawn {
+        workspace_id: ws(),
+        instance_id: instance.to_owned(),
+        argv: vec!["sh".to_owned(), "-c".to_owned(), "sleep 1000".to_owned()],
+        env: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+        mode,
+        tier: Tier::from_stored(2),
+        org_id: org(),
+        volume_size_gb: Some(5),
+    }
+}
+
+fn pod_path() -> String {
+    format!("/api/v1/namespaces/{NS}/pods/{}", pod_name(ws()))
+}
+
+fn claim_path() -> String {
+    format!(
+        "/api/v1/namespaces/{NS}/persistentvolumeclaims/{}",
+        claim_name(ws())
+    )
+}
+
+fn pv_path(fake: &Fake) -> String {
+    let claim = fake.object(&claim_path()).expect("a claim");
+    format!(
+        "/api/v1/persistentvolumes/{}",
+        claim["spec"]["volumeName"].as_str().expect("bound")
+    )
+}
+
+fn volume_row() -> VolumeRow {
+    VolumeRow {
+        id: Uuid::from_u128(0x3333),
+        workspace_id: ws(),
+        state: VolumeState::Erasing,
+        bytes: 42,
+        size_gb: Some(5),
+        retain_until: None,
+        erase_after: None,
+        erased_at: None,
+        bytes_erased: None,
+        erased_by: None,
+        reason: None,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn uid(obj: &Value) -> String {
+    obj["metadata"]["uid"].as_str().unwrap().to_owned()
+}
+
+/// The log without the namespace prefix, for readable expectations.
+fn short(log: &[String]) -> Vec<String> {
+    log.iter()
+        .map(|l| {
+            l.replace(&format!("/api/v1/namespaces/{NS}/"), "")
+                .replace("/api/v1/", "")
+                .replace(&ws().to_string(), "ID")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_persist_start_makes_the_claim_retains_its_pv_then_runs_the_pod() {
+    let (k, fake) = backend();
+    let got = k
+        .spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    assert_eq!(got.isolation, Isolation::Pod);
+    expect_test::expect![[r#"
+        [
+            "POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            "GET persistentvolumeclaims/ws-ID",
+            "POST persistentvolumeclaims",
+            "POST pods",
+            "GET persistentvolumes/pvc-3",
+            "PATCH persistentvolumes/pvc-3",
+        ]
+    "#]]
+    .assert_debug_eq(&short(&fake.take_log()));
+    let pv = fake.object(&pv_path(&fake)).unwrap();
+    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    assert_eq!(
+        pv["metadata"]["labels"]["holdfast.io/workspace"],
+        ws().to_string()
+    );
+    let pod = fake.object(&pod_path()).unwrap();
+    assert_eq!(
+        pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        claim_name(ws())
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["holdfast.io/instance"],
+        "i-1"
+    );
+    assert!(matches!(
+        k.state(ws(), "i-1").await.unwrap(),
+        ProcessState::Running
+    ));
+    assert!(matches!(
+        k.state(ws(), "i-0").await.unwrap(),
+        ProcessState::Unknown
+    ));
+    assert!(k.has_data(ws(), DataKind::Volume).await);
+}
+
+#[tokio::test]
+async fn a_restarted_replica_adopts_the_running_pod_of_the_same_config() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let before = uid(&fake.object(&pod_path()).unwrap());
+    // The control plane restarts: nothing is reaped, the Pod runs on.
+    let k2 = replica(&fake);
+    assert_eq!(k2.reap_leftovers().await.unwrap(), 0);
+    k2.spawn(spawn_spec(DataPersistence::Persist, "i-2"), None)
+        .await
+        .unwrap();
+    let pod = fake.object(&pod_path()).unwrap();
+    assert_eq!(uid(&pod), before, "the same Pod, adopted");
+    assert_eq!(
+        pod["metadata"]["annotations"]["holdfast.io/instance"],
+        "i-2"
+    );
+    assert!(matches!(
+        k2.state(ws(), "i-2").await.unwrap(),
+        ProcessState::Running
+    ));
+    assert!(matches!(
+        k2.state(ws(), "i-1").await.unwrap(),
+        ProcessState::Unknown
+    ));
+    assert!(!fake.take_log().iter().any(|l| l.starts_with("DELETE")));
+}
+
+#[tokio::test]
+async fn a_config_change_recreates_the_pod_on_the_same_claim() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let pod_before = uid(&fake.object(&pod_path()).unwrap());
+    let claim_before = uid(&fake.object(&claim_path()).unwrap());
+    fake.take_log();
+    let mut changed = spawn_spec(DataPersistence::Persist, "i-2");
+    changed.tier = Tier::from_stored(3);
+    k.spawn(changed, None).await.unwrap();
+    let log = short(&fake.take_log());
+    let pod = fake.object(&pod_path()).unwrap();
+    assert_ne!(uid(&pod), pod_before, "a new Pod");
+    assert_eq!(uid(&fake.object(&claim_path()).unwrap()), claim_before);
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        "1024Mi"
+    );
+    let delete = log.iter().position(|l| l == "DELETE pods/ws-ID").unwrap();
+    let create = log.iter().rposition(|l| l == "POST pods").unwrap();
+    assert!(delete < create, "{log:?}");
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("DELETE persistentvolumeclaims"))
+    );
+}
+
+#[tokio::test]
+async fn a_stop_deletes_the_pod_and_never_the_claim() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    // Another instance's stop is not this Pod's.
+    k.stop(ws(), Some("i-0")).await.unwrap();
+    assert!(fake.object(&pod_path()).is_some());
+    k.stop(ws(), Some("i-1")).await.unwrap();
+    assert!(fake.object(&pod_path()).is_none());
+    assert!(fake.object(&claim_path()).is_some());
+    assert!(fake.object(&pv_path(&fake)).is_some());
+    // Stopping what is not running succeeds.
+    k.stop(ws(), Some("i-1")).await.unwrap();
+    k.stop(ws(), None).await.unwrap();
+    assert!(
+        !fake
+            .take_log()
+            .iter()
+            .any(|l| l.contains("DELETE") && l.contains("persistentvolume"))
+    );
+}
+
+#[tokio::test]
+async fn a_restore_starts_a_new_pod_on_the_retained_claim() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let claim_before = uid(&fake.object(&claim_path()).unwrap());
+    // Delete without erase: a stop; the record goes retained in the store.
+    k.stop(ws(), Some("i-1")).await.unwrap();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-2"), None)
+        .await
+        .unwrap();
+    assert_eq!(uid(&fake.object(&claim_path()).unwrap()), claim_before);
+    let log = short(&fake.take_log());
+    assert_eq!(
+        log.iter()
+            .filter(|l| *l == "POST persistentvolumeclaims")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn erase_deletes_the_pod_then_sets_the_pv_to_delete_then_deletes_the_claim() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let pv = pv_path(&fake);
+    fake.take_log();
+    assert_eq!(k.erase_volume(&volume_row()).await.unwrap(), 42);
+    expect_test::expect![[r#"
+        [
+            "GET pods",
+            "DELETE pods/ws-ID",
+            "GET pods/ws-ID",
+            "GET persistentvolumeclaims/ws-ID",
+            "GET persistentvolumes",
+            "PATCH persistentvolumes/pvc-3",
+            "DELETE persistentvolumeclaims/ws-ID",
+            "GET persistentvolumes/pvc-3",
+        ]
+    "#]]
+    .assert_debug_eq(&short(&fake.take_log()));
+    assert!(fake.object(&pod_path()).is_none());
+    assert!(fake.object(&claim_path()).is_none());
+    assert!(
+        fake.object(&pv).is_none(),
+        "the disk is reclaimed, not leaked"
+    );
+    // Resumed after it finished: nothing left to do, and no error.
+    k.erase_volume(&volume_row()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_claim_delete_carries_the_uid_it_was_checked_with() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    // A claim replaced under the same name after the erase read it.
+    let claim = fake.object(&claim_path()).unwrap();
+    let mut stale: PersistentVolumeClaim = serde_json::from_value(claim).unwrap();
+    stale.metadata.uid = Some("uid-of-an-older-claim".to_owned());
+    let err = k.delete_claim(&stale).await.unwrap_err();
+    assert!(format!("{err:#}").contains("Precondition"), "{err:#}");
+    assert!(fake.object(&claim_path()).is_some());
+}
+
+#[tokio::test]
+async fn switching_to_ephemeral_keeps_the_claim_and_its_erase_spares_the_ephemeral_pod() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-2"), None)
+        .await
+        .unwrap();
+    let pod = fake.object(&pod_path()).unwrap();
+    assert!(pod["spec"]["volumes"][0]["emptyDir"].is_object());
+    assert_eq!(pod["metadata"]["labels"]["holdfast.io/data"], "ephemeral");
+    assert!(fake.object(&claim_path()).is_some(), "the claim is kept");
+    assert!(k.has_data(ws(), DataKind::Scratch).await);
+    // The retained claim's erase does not stop the ephemeral workspace.
+    let ephemeral_uid = uid(&pod);
+    k.erase_volume(&volume_row()).await.unwrap();
+    assert!(fake.object(&claim_path()).is_none());
+    assert_eq!(uid(&fake.object(&pod_path()).unwrap()), ephemeral_uid);
+    // Every ephemeral start is a new Pod (new, empty data).
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-3"), None)
+        .await
+        .unwrap();
+    assert_ne!(uid(&fake.object(&pod_path()).unwrap()), ephemeral_uid);
+}
+
+/// A crash (here: the API server failing for good) at every request of an
+/// erase, then a resumed erase: it finishes, and at no point is the claim
+/// deleted before its PV is set to Delete.
+#[tokio::test]
+async fn an_erase_interrupted_at_any_request_resumes_and_never_leaks_the_disk() {
+    for step in 0..8 {
+        let (k, fake) = backend();
+        k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+            .await
+            .unwrap();
+        let pv = pv_path(&fake);
+        fake.take_log();
+        // Fail the step-th request onwards (every retry of it too): the
+        // happy erase makes 8 requests, so each step interrupts it.
+        fake.with(|s| s.fail_after = Some(step));
+        let first = k.erase_volume(&volume_row()).await;
+        fake.with(|s| s.fail_after = None);
+        assert!(first.is_err(), "step {step} did not interrupt the erase");
+        let resumed = k.erase_volume(&volume_row()).await;
+        assert!(
+            resumed.is_ok(),
+            "step {step}: {resumed:?} (first: {first:?})"
+        );
+        assert!(fake.object(&claim_path()).is_none(), "step {step}");
+        assert!(fake.object(&pv).is_none(), "step {step}: the PV leaked");
+        let log = short(&fake.take_log());
+        let patch = log
+            .iter()
+            .position(|l| l.starts_with("PATCH persistentvolumes"));
+        let delete = log
+            .iter()
+            .position(|l| l.starts_with("DELETE persistentvolumeclaims"));
+        if let Some(delete) = delete {
+            assert!(patch.is_some_and(|p| p < delete), "step {step}: {log:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_start_interrupted_after_the_claim_resumes_on_that_claim() {
+    let (k, fake) = backend();
+    fake.fault(Fault::new("POST", "/pods", 503, "ServiceUnavailable").times(4));
+    let err = k
+        .spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CpError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("tried 4 times"), "{err}");
+    let claim = uid(&fake.object(&claim_path()).unwrap());
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-2"), None)
+        .await
+        .unwrap();
+    assert_eq!(uid(&fake.object(&claim_path()).unwrap()), claim);
+    assert!(fake.object(&pod_path()).is_some());
+}
+
+#[tokio::test]
+async fn a_5xx_is_retried_with_backoff() {
+    let (k, fake) = backend();
+    fake.fault(Fault::new("POST", "/pods", 500, "InternalError").times(2));
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap();
+    let log = short(&fake.take_log());
+    assert_eq!(
+        log.iter().filter(|l| *l == "POST pods").count(),
+        3,
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn errors_of_the_api_server_become_clear_control_plane_errors() {
+    let cases: Vec<(Fault, &str)> = vec![
+        (
+            Fault::new("POST", "/pods", 404, "NotFound")
+                .message("namespaces \"holdfast\" not found"),
+            "Unavailable: creating the workspace's Pod: the namespace \"holdfast\" does not exist",
+        ),
+        (
+            Fault::new("POST", "/pods", 422, "Invalid")
+                .message("Pod \"ws-x\" is invalid: spec.containers[0].image: Required value"),
+            "BadRequest: creating the workspace's Pod: the API server refused the object",
+        ),
+        (
+            Fault::new("POST", "/pods", 403, "Forbidden").message(
+                "pods \"ws-x\" is forbidden: exceeded quota: compute, requested: memory=512Mi",
+            ),
+            "Conflict: creating the workspace's Pod: the namespace \"holdfast\" is over its ResourceQuota",
+        ),
+        (
+            Fault::new("POST", "/pods", 403, "Forbidden")
+                .message("pods is forbidden: User \"system:serviceaccount:holdfast:holdfast\" cannot create resource \"pods\""),
+            "Conflict: creating the workspace's Pod: holdfast's service account lacks a permission",
+        ),
+        (
+            Fault::new("POST", "/pods", 500, "InternalError").times(10),
+            "Unavailable: creating the workspace's Pod: the Kubernetes API server failed (500), tried 4 times",
+        ),
+    ];
+    for (fault, want) in cases {
+        let (k, fake) = backend();
+        fake.fault(fault);
+        let err = k
+            .spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+            .await
+            .unwrap_err();
+        let kind = match &err {
+            CpError::Unavailable(_) => "Unavailable",
+            CpError::BadRequest(_) => "BadRequest",
+            CpError::Conflict(_) => "Conflict",
+            _ => "Other",
+        };
+        let got = format!("{kind}: {err}");
+        assert!(got.starts_with(want), "{got}\n  wanted: {want}");
+        assert!(fake.object(&pod_path()).is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_persist_start_is_refused_when_pvs_cannot_be_patched_to_retain() {
+    let (k, fake) = backend();
+    fake.with(|s| s.may_patch_pvs = false);
+    let err = k
+        .spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CpError::Conflict(_)));
+    assert!(
+        err.to_string()
+            .contains("cannot set their reclaim policy to Retain"),
+        "{err}"
+    );
+    // Nothing was made.
+    assert!(fake.object(&claim_path()).is_none());
+    assert!(fake.object(&pod_path()).is_none());
+    // Ephemeral workspaces need no PV and still start.
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-2"), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_uid_precondition_leaves_the_newer_pod_alone() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    fake.fault(Fault::new("DELETE", "/pods/", 409, "Conflict"));
+    // The stop sees its Pod, but the delete finds another uid there.
+    k.stop(ws(), Some("i-1")).await.unwrap();
+    assert!(fake.object(&pod_path()).is_some());
+}
+
+#[tokio::test]
+async fn a_claim_that_binds_late_gets_its_pv_retained_by_the_sweep_listing() {
+    let (k, fake) = backend();
+    fake.with(|s| s.bind_at_once = false);
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    // The provisioner binds it after the start gave up waiting.
+    let mut claim = fake.object(&claim_path()).unwrap();
+    claim["spec"]["volumeName"] = serde_json::json!("pv-late");
+    fake.put(&claim_path(), claim);
+    fake.put(
+        "/api/v1/persistentvolumes/pv-late",
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "pv-late", "uid": "u-late"},
+            "spec": {"persistentVolumeReclaimPolicy": "Delete"}, "status": {"phase": "Bound"}}),
+    );
+    assert_eq!(k.volume_workspaces().await.unwrap(), vec![ws()]);
+    let pv = fake.object("/api/v1/persistentvolumes/pv-late").unwrap();
+    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+}
+
+#[tokio::test]
+async fn labelled_claims_and_released_pvs_the_store_does_not_know_are_found() {
+    let (k, fake) = backend();
+    let other = Uuid::from_u128(0x4444);
+    let stray = Uuid::from_u128(0x5555);
+    let labels = |id: Uuid| serde_json::json!({ "holdfast.io/workspace": id.to_string(), "holdfast.io/kind": "data" });
+    fake.put(
+        &format!(
+            "/api/v1/namespaces/{NS}/persistentvolumeclaims/{}",
+            claim_name(other)
+        ),
+        serde_json::json!({ "metadata": { "name": claim_name(other), "labels": labels(other) },
+                            "spec": {} }),
+    );
+    // Labelled by hand under another name: not taken for that workspace's.
+    fake.put(
+        &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/mine"),
+        serde_json::json!({ "metadata": { "name": "mine", "labels": labels(ws()) }, "spec": {} }),
+    );
+    fake.put(
+        "/api/v1/persistentvolumes/pv-stray",
+        serde_json::json!({ "metadata": { "name": "pv-stray", "labels": labels(stray) },
+                            "spec": { "persistentVolumeReclaimPolicy": "Retain" },
+                            "status": { "phase": "Released" } }),
+    );
+    let mut found = k.volume_workspaces().await.unwrap();
+    found.sort();
+    assert_eq!(found, vec![other, stray]);
+    // The stray PV's erase (after its retention) reclaims it.
+    let row = VolumeRow {
+        workspace_id: stray,
+        ..volume_row()
+    };
+    k.erase_volume(&row).await.unwrap();
+    assert!(fake.object("/api/v1/persistentvolumes/pv-stray").is_none());
+}
+
+type Op = Box<dyn Fn(&KubernetesBackend) -> futures_util::future::BoxFuture<'_, ()>>;
+
+/// A table over every operation but the erase: none of them sends a
+/// DELETE for a claim, whatever the cluster holds. The erase (the positive
+/// control) does.
+#[tokio::test]
+async fn no_operation_but_the_erase_deletes_a_claim() {
+    let (k, fake) = backend();
+    let ops: Vec<(&str, Op)> = vec![
+        (
+            "spawn persist",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.spawn(spawn_spec(DataPersistence::Persist, "a"), None)
+                        .await
+                        .unwrap();
+                })
+            }),
+        ),
+        (
+            "spawn again",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.spawn(spawn_spec(DataPersistence::Persist, "b"), None)
+                        .await
+                        .unwrap();
+                })
+            }),
+        ),
+        (
+            "spawn ephemeral",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.spawn(spawn_spec(DataPersistence::Ephemeral, "c"), None)
+                        .await
+                        .unwrap();
+                })
+            }),
+        ),
+        (
+            "stop",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.stop(ws(), Some("c")).await.unwrap();
+                })
+            }),
+        ),
+        (
+            "stop any",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.stop(ws(), None).await.unwrap();
+                })
+            }),
+        ),
+        (
+            "state",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.state(ws(), "c").await.unwrap();
+                })
+            }),
+        ),
+        (
+            "has_instance",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.has_instance(ws()).await;
+                })
+            }),
+        ),
+        (
+            "reap_leftovers",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.reap_leftovers().await.unwrap();
+                })
+            }),
+        ),
+        (
+            "stop_all",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.stop_all().await;
+                })
+            }),
+        ),
+        (
+            "data_bytes",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.data_bytes(ws(), DataKind::Volume).await.unwrap();
+                })
+            }),
+        ),
+        (
+            "has_data",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.has_data(ws(), DataKind::Volume).await;
+                })
+            }),
+        ),
+        (
+            "export",
+            Box::new(|k| {
+                Box::pin(async move {
+                    let _ = k.export(ws(), DataKind::Volume).await;
+                })
+            }),
+        ),
+        (
+            "volume_workspaces",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.volume_workspaces().await.unwrap();
+                })
+            }),
+        ),
+        (
+            "spawn persist after all",
+            Box::new(|k| {
+                Box::pin(async move {
+                    k.spawn(spawn_spec(DataPersistence::Persist, "d"), None)
+                        .await
+                        .unwrap();
+                })
+            }),
+        ),
+    ];
+    let claim_deletes = |log: &[String]| {
+        log.iter()
+            .filter(|l| l.starts_with("DELETE") && l.contains("/persistentvolumeclaims/"))
+            .count()
+    };
+    for (name, op) in &ops {
+        op(&k).await;
+        let log = fake.take_log();
+        assert_eq!(claim_deletes(&log), 0, "{name} deleted a claim: {log:?}");
+    }
+    assert!(fake.object(&claim_path()).is_some());
+    k.erase_volume(&volume_row()).await.unwrap();
+    assert_eq!(claim_deletes(&fake.take_log()), 1, "the positive control");
+}
+
+#[tokio::test]
+async fn nothing_holdfast_creates_has_owner_references() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let other = Spawn {
+        workspace_id: Uuid::from_u128(9),
+        ..spawn_spec(DataPersistence::Ephemeral, "i-2")
+    };
+    k.spawn(other, None).await.unwrap();
+    let paths = fake.paths();
+    assert!(paths.len() >= 4, "{paths:?}");
+    for path in paths {
+        let obj = fake.object(&path).unwrap();
+        assert!(
+            obj["metadata"].get("ownerReferences").is_none(),
+            "{path} has ownerReferences"
+        );
+    }
+    // The builders, directly.
+    let image = ImageRef::parse("localhost/x:1").unwrap();
+    let built = [
+        serde_json::to_value(manifest::workspace_pod(
+            &spawn_spec(DataPersistence::Persist, "i"),
+            org(),
+            &image,
+        ))
+        .unwrap(),
+        serde_json::to_value(manifest::workspace_claim(ws(), org(), None, None)).unwrap(),
+        serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil())).unwrap(),
+    ];
+    for obj in built {
+        assert!(obj["metadata"].get("ownerReferences").is_none());
+        assert!(obj["metadata"]["labels"]["holdfast.io/workspace"].is_string());
+        assert!(obj["metadata"]["labels"]["holdfast.io/org"].is_string());
+    }
+}
+
+/// The watcher relists after its watch expires (410 Gone) and reports the
+/// Pod that finished meanwhile as an exit; the cache answers `state`.
+#[tokio::test]
+async fn the_watcher_relists_after_410_and_reports_exits() {
+    let (client, fake) = Fake::start();
+    let k = KubernetesBackend::with_client(client, settings(), true);
+    let mut exits = k.exits().expect("the watcher reports exits");
+    fake.with(|s| s.expire_next_watch = true);
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap();
+    let mut pod = fake.object(&pod_path()).unwrap();
+    pod["status"]["phase"] = serde_json::json!("Failed");
+    fake.put(&pod_path(), pod);
+    let got = tokio::time::timeout(Duration::from_secs(20), exits.recv())
+        .await
+        .expect("an exit within 20 s")
+        .unwrap();
+    assert_eq!(got, ws());
+    let log = fake.take_log();
+    let lists = log
+        .iter()
+        .filter(|l| l.starts_with("GET") && l.ends_with("/pods"))
+        .count();
+    assert!(lists >= 2, "a relist after the 410: {log:?}");
+    assert!(matches!(
+        k.state(ws(), "i-1").await.unwrap(),
+        ProcessState::Exited(_)
+    ));
+}
+
+/// Every call in `src` that deletes through the API (`.delete(`,
+/// `.delete_collection(`, `delete_claim(`), as `(call, enclosing fn)`,
+/// comments skipped.
+fn delete_sites(src: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = src.lines().collect();
+    let mut sites = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.split("//").next().unwrap_or_default();
+        for call in [".delete(", ".delete_collection(", "delete_claim("] {
+            let Some(at) = code.find(call) else { continue };
+            if code.contains("fn delete_claim") {
+                continue;
+            }
+            let receiver: String = code[..at]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let enclosing = lines[..i]
+                .iter()
+                .rev()
+                .find_map(|l| {
+                    let at = l.find("fn ")?;
+                    let head = l[..at].trim();
+                    head.split_whitespace()
+                        .all(|w| matches!(w, "pub" | "async" | "pub(crate)"))
+                        .then(|| {
+                            l[at + 3..]
+                                .chars()
+                                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                                .collect::<String>()
+                        })
+                })
+                .unwrap_or_default();
+            sites.push((format!("{receiver}{call}"), enclosing));
+            break;
+        }
+    }
+    sites
+}
+
+/// **Architecture Invariant** (module doc): the only claim delete is in
+/// `delete_claim`, and only `erase_volume` calls it; every other delete is
+/// of a Pod.
+#[test]
+fn only_the_erase_reaches_the_claim_delete() {
+    let sites = delete_sites(include_str!("../kubernetes.rs"));
+    expect_test::expect![[r#"
+        [
+            (
+                "pods.delete(",
+                "delete_pod",
+            ),
+            (
+                "claims.delete(",
+                "delete_claim",
+            ),
+            (
+                "self.delete_claim(",
+                "erase_volume",
+            ),
+        ]
+    "#]]
+    .assert_debug_eq(&sites);
+    // The positive control: a stop that deletes a claim is caught.
+    let bad = "async fn stop(&self) {\n    self.delete_claim(&c).await?;\n    claims.delete(&n, &p).await;\n}\n";
+    assert_eq!(
+        delete_sites(bad),
+        vec![
+            ("self.delete_claim(".to_owned(), "stop".to_owned()),
+            ("claims.delete(".to_owned(), "stop".to_owned()),
+        ]
+    );
+}
+
+/// The golden manifests (`deploy/kubernetes/golden/`) are what the
+/// builders make: CI validates them with `kubernetes-validate --strict`
+/// and runs the Pod and claim with `podman kube play`. `UPDATE_EXPECT=1`
+/// rewrites them.
+#[test]
+fn golden_manifests() {
+    let image = ImageRef::parse("localhost/holdfast-runtime:test").unwrap();
+    let mut persist = spawn_spec(
+        DataPersistence::Persist,
+        "00000000-0000-0000-0000-00000000beef",
+    );
+    persist.argv = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo kept >> /data/log; cat /data/log; exec sleep 1000".to_owned(),
+    ];
+    let ephemeral = spawn_spec(
+        DataPersistence::Ephemeral,
+        "00000000-0000-0000-0000-00000000beef",
+    );
+    let yaml = |v: serde_json::Value| manifest::to_yaml(&v);
+    let pod =
+        |s: &Spawn| yaml(serde_json::to_value(manifest::workspace_pod(s, org(), &image)).unwrap());
+    expect_test::expect_file!["../../../../deploy/kubernetes/golden/pod-persist.yaml"]
+        .assert_eq(&pod(&persist));
+    expect_test::expect_file!["../../../../deploy/kubernetes/golden/pod-ephemeral.yaml"]
+        .assert_eq(&pod(&ephemeral));
+    expect_test::expect_file!["../../../../deploy/kubernetes/golden/claim.yaml"].assert_eq(&yaml(
+        serde_json::to_value(manifest::workspace_claim(ws(), org(), Some(1), None)).unwrap(),
+    ));
+    expect_test::expect_file!["../../../../deploy/kubernetes/golden/helper-pod.yaml"].assert_eq(
+        &yaml(
+            serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil())).unwrap(),
+        ),
+    );
+}
+
+#[test]
+fn tiers_become_requests_and_limits() {
+    let got: Vec<String> = (1..=4)
+        .map(|t| manifest::tier_resources(Tier::from_stored(t)).to_string())
+        .collect();
+    expect_test::expect![[r#"
+        [
+            "{\"limits\":{\"memory\":\"256Mi\"},\"requests\":{\"cpu\":\"500m\",\"memory\":\"256Mi\"}}",
+            "{\"limits\":{\"memory\":\"512Mi\"},\"requests\":{\"cpu\":\"1000m\",\"memory\":\"512Mi\"}}",
+            "{\"limits\":{\"memory\":\"1024Mi\"},\"requests\":{\"cpu\":\"2000m\",\"memory\":\"1024Mi\"}}",
+            "{\"limits\":{\"memory\":\"2048Mi\"},\"requests\":{\"cpu\":\"4000m\",\"memory\":\"2048Mi\"}}",
+        ]
+    "#]]
+    .assert_debug_eq(&got);
+}
+
+#[test]
+fn the_config_hash_ignores_the_instance_and_sees_everything_else() {
+    let image = ImageRef::parse("localhost/x:1").unwrap();
+    let hash = |s: &Spawn| {
+        let pod = manifest::workspace_pod(s, org(), &image);
+        pod.metadata.annotations.unwrap()[manifest::ANNOTATION_CONFIG_HASH].clone()
+    };
+    let base = spawn_spec(DataPersistence::Persist, "i-1");
+    assert_eq!(
+        hash(&base),
+        hash(&spawn_spec(DataPersistence::Persist, "i-2"))
+    );
+    let mut env = base.clone();
+    env.env.insert("B".to_owned(), "2".to_owned());
+    let mut tier = base.clone();
+    tier.tier = Tier::from_stored(4);
+    for changed in [env, tier, spawn_spec(DataPersistence::Ephemeral, "i-1")] {
+        assert_ne!(hash(&base), hash(&changed));
+    }
+}
+
+async fn read_all(mut stream: ByteStream) -> String {
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn logs_come_from_the_pod_log_api_tail_and_follow_meeting_exactly() {
+    let (k, fake) = backend();
+    assert!(
+        k.logs(ws(), 100, false).await.unwrap().is_none(),
+        "no Pod, no log"
+    );
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap();
+    fake.with(|s| {
+        s.pod_log = "first\nsecond\n".to_owned();
+        s.pod_log_later = "third\n".to_owned();
+    });
+    let tail = k.logs(ws(), 7, false).await.unwrap().unwrap();
+    assert_eq!(read_all(tail).await, "second\n");
+    // A follow sends the tail, then only what comes after it (the fake's
+    // follow replays the whole log, which the backend skips).
+    let follow = k.logs(ws(), 7, true).await.unwrap().unwrap();
+    assert_eq!(read_all(follow).await, "second\nthird\n");
+    let whole = k.logs(ws(), 1 << 20, false).await.unwrap().unwrap();
+    assert_eq!(read_all(whole).await, "first\nsecond\n");
+}
