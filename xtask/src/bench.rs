@@ -17,6 +17,7 @@ mod load;
 mod read_path;
 mod sandbox_start;
 pub(crate) mod server;
+mod snapshots;
 mod stats;
 mod sweep_pass;
 
@@ -37,10 +38,11 @@ enum SectionName {
     SweepPass,
     ReadThroughput,
     Scale,
+    Snapshots,
 }
 
 impl SectionName {
-    const ALL: [SectionName; 8] = [
+    const ALL: [SectionName; 9] = [
         SectionName::CreateOnline,
         SectionName::SandboxStart,
         SectionName::ContainerStart,
@@ -49,6 +51,7 @@ impl SectionName {
         SectionName::SweepPass,
         SectionName::ReadThroughput,
         SectionName::Scale,
+        SectionName::Snapshots,
     ];
 
     fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl SectionName {
             SectionName::SweepPass => "sweep_pass",
             SectionName::ReadThroughput => "read_throughput",
             SectionName::Scale => "scale",
+            SectionName::Snapshots => "snapshots",
         }
     }
 
@@ -252,6 +256,7 @@ async fn run_section(
         SectionName::Scale => {
             read_path::scale(bin, scratch, opts.scale_n, opts.read_secs as u64).await
         }
+        SectionName::Snapshots => snapshots::run(bin, scratch).await,
     }
 }
 
@@ -440,7 +445,7 @@ mod tests {
     fn only_keeps_the_run_order() {
         check_only(
             &[],
-            "create_online,sandbox_start,container_start,delete_latency,erase_throughput,sweep_pass,read_throughput,scale",
+            "create_online,sandbox_start,container_start,delete_latency,erase_throughput,sweep_pass,read_throughput,scale,snapshots",
         );
         check_only(&["--only", "sweep_pass"], "sweep_pass");
         check_only(

@@ -110,6 +110,20 @@ pub trait Backend: Send + Sync + 'static {
     /// The workspaces that have a durable volume on this backend (known to
     /// the store or not): what the sweeper adopts from.
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>>;
+
+    /// The host directory of a workspace's durable volume, which snapshots
+    /// read (through the handle walk) and rollbacks swap; `None` where a
+    /// volume is not a directory of this host (a container engine's named
+    /// volume), and snapshots answer 409 `snapshots_unavailable`.
+    fn volume_path(&self, _workspace_id: Uuid) -> Option<PathBuf> {
+        None
+    }
+
+    /// Freezes the running instance's processes for a snapshot; dropping
+    /// the guard thaws them. `None` when nothing runs.
+    async fn freeze(&self, _workspace_id: Uuid) -> Option<Box<dyn Send>> {
+        None
+    }
 }
 
 /// The directory that holds a volume directory.
@@ -247,6 +261,18 @@ impl Backend for ProcessPort {
         })
         .await??;
         Ok(counted)
+    }
+
+    fn volume_path(&self, workspace_id: Uuid) -> Option<PathBuf> {
+        Some(self.process.layout().volume_dir(workspace_id))
+    }
+
+    async fn freeze(&self, workspace_id: Uuid) -> Option<Box<dyn Send>> {
+        let process = self.process.clone();
+        let frozen = tokio::task::spawn_blocking(move || process.freeze(workspace_id))
+            .await
+            .ok()??;
+        Some(Box::new(frozen))
     }
 
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>> {

@@ -344,6 +344,34 @@ impl WorkspaceCgroup {
         }
     }
 
+    /// Freezes every process in it with the v2 freezer (`cgroup.freeze`),
+    /// waiting up to `wait` until the kernel says it is frozen. False where
+    /// there is no v2 freezer (the caller stops the processes with signals).
+    pub fn freeze(&self, wait: Duration) -> bool {
+        let Some(dir) = self.dirs.first().filter(|_| self.v2) else {
+            return false;
+        };
+        if write(&dir.join("cgroup.freeze"), "1").is_err() {
+            return false;
+        }
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l.trim() == "frozen 1") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Undoes [`Self::freeze`].
+    pub fn thaw(&self) {
+        if let Some(dir) = self.dirs.first().filter(|_| self.v2) {
+            let _ = write(&dir.join("cgroup.freeze"), "0");
+        }
+    }
+
     /// Removes its directories (each must be empty of processes).
     pub fn remove(&self) {
         for d in &self.dirs {

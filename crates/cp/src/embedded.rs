@@ -1,5 +1,8 @@
 //! The in-process control plane: a backend (processes or containers, see
-//! [`crate::backend`]) plus volume records in the store.
+//! [`crate::backend`]) plus volume records in the store, and the snapshot
+//! repository (`embedded/snapshots.rs`).
+
+mod snapshots;
 
 use crate::backend::{Backend, DataKind};
 use crate::cgroup::Cgroups;
@@ -40,6 +43,8 @@ pub struct CpPolicy {
     pub backend: BackendChoice,
     /// How often the size of every attached volume is measured.
     pub usage_interval: Duration,
+    /// The longest a workspace stays frozen for a snapshot.
+    pub snapshot_freeze_max: Duration,
 }
 
 /// The backend a control plane runs workspaces on.
@@ -60,6 +65,11 @@ pub struct EmbeddedCp {
     policy: CpPolicy,
     /// One sweeper pass at a time in this process.
     sweeping: tokio::sync::Mutex<()>,
+    /// The snapshot repository under `<data-dir>/snapshots/`.
+    repo: crate::snapshot::Repo,
+    /// Per org: captures and exports share it, garbage collection takes it
+    /// alone (so that no chunk a capture just found is collected).
+    org_locks: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -76,7 +86,7 @@ impl EmbeddedCp {
     ) -> anyhow::Result<Arc<Self>> {
         let backend: Arc<dyn Backend> = match &policy.backend {
             BackendChoice::Process => Arc::new(crate::backend::ProcessPort {
-                process: Self::process_backend(data_dir, &policy).await?,
+                process: Self::process_backend(data_dir.clone(), &policy).await?,
                 runtime_exe: policy.runtime_exe.clone(),
             }),
             BackendChoice::Container(settings) => {
@@ -91,8 +101,13 @@ impl EmbeddedCp {
             backend,
             policy,
             sweeping: tokio::sync::Mutex::new(()),
+            repo: crate::snapshot::Repo::new(&data_dir),
+            org_locks: Default::default(),
         });
         cp.reap_leftovers().await?;
+        // Before any workspace starts: finish or undo what a crash left of
+        // a rollback, and forget captures that never finished.
+        cp.recover_snapshots().await?;
         Ok(cp)
     }
 
@@ -351,7 +366,13 @@ impl ControlPlane for EmbeddedCp {
             self.backend.stop(req.workspace_id, None).await?;
         }
         let volume = match mode {
-            DataPersistence::Persist => Some(self.attach_volume(&req).await?.into()),
+            DataPersistence::Persist => {
+                let v = self.attach_volume(&req).await?;
+                if let Some(seed) = req.seed_snapshot {
+                    self.seed_volume(req.workspace_id, seed).await?;
+                }
+                Some(v.into())
+            }
             DataPersistence::Ephemeral => {
                 self.detach_volume(&req).await?;
                 None
@@ -429,6 +450,12 @@ impl ControlPlane for EmbeddedCp {
                     Some(VolumeReason::DeleteWithErase),
                 )
                 .await;
+                // The snapshots go with the volume, after the same grace.
+                if let Some(after) = v.erase_after {
+                    self.store
+                        .mark_snapshots_erase_pending(workspace_id, after, now)
+                        .await?;
+                }
                 marked = Some(v);
             } else {
                 marked = Some(v);
@@ -590,6 +617,8 @@ impl ControlPlane for EmbeddedCp {
         };
         self.audit(actor, action, &v, Some(VolumeReason::Restored))
             .await;
+        // A restore within the grace keeps the snapshots too.
+        self.store.unmark_snapshots(workspace_id, now).await?;
         Ok(Some(v.into()))
     }
 
@@ -635,12 +664,57 @@ impl ControlPlane for EmbeddedCp {
         };
         // An engine that does not answer keeps its kind (a 503), whatever
         // step of the pass met it.
-        sweeper
-            .run(dry_run, actor)
-            .await
-            .map_err(|e| match e.downcast::<CpError>() {
-                Ok(cp) => cp,
-                Err(e) => CpError::Other(e),
-            })
+        let mut report =
+            sweeper
+                .run(dry_run, actor)
+                .await
+                .map_err(|e| match e.downcast::<CpError>() {
+                    Ok(cp) => cp,
+                    Err(e) => CpError::Other(e),
+                })?;
+        report
+            .items
+            .extend(self.sweep_snapshots(dry_run, actor).await?);
+        Ok(report)
+    }
+
+    async fn create_snapshot(&self, req: crate::SnapshotRequest) -> CpResult<crate::SnapshotInfo> {
+        self.take_snapshot(req).await
+    }
+
+    async fn snapshots(&self, workspace_id: Uuid) -> CpResult<Vec<crate::SnapshotInfo>> {
+        Ok(self
+            .store
+            .list_snapshots(workspace_id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn snapshot(&self, id: Uuid) -> CpResult<Option<crate::SnapshotInfo>> {
+        Ok(self.store.get_snapshot(id).await?.map(Into::into))
+    }
+
+    async fn export_snapshot(&self, id: Uuid) -> CpResult<crate::export::ByteStream> {
+        self.stream_snapshot(id).await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        id: Uuid,
+        actor: Actor<'_>,
+        why: crate::SnapshotRemoval,
+    ) -> CpResult<crate::SnapshotInfo> {
+        self.remove_snapshot(id, actor, why).await
+    }
+
+    async fn rollback(
+        &self,
+        workspace_id: Uuid,
+        snapshot_id: Uuid,
+        instance_id: Option<&str>,
+    ) -> CpResult<()> {
+        self.roll_back(workspace_id, snapshot_id, instance_id).await
     }
 }

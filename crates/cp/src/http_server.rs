@@ -164,6 +164,7 @@ fn parse_provision(body: &Value) -> Result<ProvisionRequest, FieldError> {
         "data_persistence",
         "volume_size_gb",
         "first_start",
+        "seed_snapshot",
     ];
     if let Some(unknown) = obj.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
         return Err(FieldError::new(
@@ -226,6 +227,14 @@ fn parse_provision(body: &Value) -> Result<ProvisionRequest, FieldError> {
             .get("first_start")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        seed_snapshot: match obj.get("seed_snapshot") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(holdfast_domain::parse_uuid)
+                    .ok_or_else(|| FieldError::new("seed_snapshot", "must be a UUID"))?,
+            ),
+        },
     })
 }
 

@@ -20,6 +20,7 @@ pub mod http_server;
 pub mod kubernetes;
 pub mod logs;
 pub mod process;
+pub mod snapshot;
 pub mod sweep;
 pub mod tree;
 pub mod wire;
@@ -29,7 +30,8 @@ pub use http_client::HttpCp;
 
 use async_trait::async_trait;
 use holdfast_domain::{
-    DataPersistence, ImageRef, Millis, Runtime, Tier, VolumeReason, VolumeState,
+    AuditAction, Consistency, DataPersistence, ImageRef, Millis, Runtime, SnapshotState, Tier,
+    VolumeReason, VolumeState,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -54,6 +56,17 @@ pub struct ProvisionRequest {
     /// and none is looked up (a fresh id cannot have one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub first_start: bool,
+    /// A clone: while the volume has no directory yet, it is made from
+    /// this snapshot's content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_snapshot: Option<Uuid>,
+}
+
+fn snapshots_unavailable() -> CpError {
+    CpError::SnapshotsUnavailable(
+        "snapshots need the embedded control plane on the process backend; this one cannot take them"
+            .to_owned(),
+    )
 }
 
 impl ProvisionRequest {
@@ -135,6 +148,69 @@ impl From<holdfast_store::VolumeRow> for VolumeInfo {
     }
 }
 
+/// A snapshot record as the control plane reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub workspace_id: Uuid,
+    pub at: Millis,
+    pub label: Option<String>,
+    pub state: SnapshotState,
+    pub consistency: Option<Consistency>,
+    pub frozen_ms: Option<i64>,
+    pub files: i64,
+    pub bytes: i64,
+    pub new_bytes: i64,
+    pub erase_after: Option<Millis>,
+}
+
+impl From<holdfast_store::SnapshotRow> for SnapshotInfo {
+    fn from(s: holdfast_store::SnapshotRow) -> Self {
+        SnapshotInfo {
+            id: s.id,
+            org_id: s.org_id,
+            workspace_id: s.workspace_id,
+            at: s.at,
+            label: s.label,
+            state: s.state,
+            consistency: s.consistency,
+            frozen_ms: s.frozen_ms,
+            files: s.files,
+            bytes: s.bytes,
+            new_bytes: s.new_bytes,
+            erase_after: s.erase_after,
+        }
+    }
+}
+
+/// What the platform asks a snapshot of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub org_id: Uuid,
+    pub workspace_id: Uuid,
+    pub label: Option<String>,
+    pub actor: String,
+}
+
+/// Why a snapshot's content is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotRemoval {
+    /// `DELETE /snapshots/:sid`.
+    Deleted,
+    /// The keep policy of its schedule no longer keeps it.
+    Pruned,
+}
+
+impl SnapshotRemoval {
+    pub fn audit(self) -> (AuditAction, VolumeReason) {
+        match self {
+            SnapshotRemoval::Deleted => (AuditAction::SnapshotDeleted, VolumeReason::Deleted),
+            SnapshotRemoval::Pruned => (AuditAction::SnapshotDeleted, VolumeReason::Pruned),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeHistoryEntry {
     pub at: Millis,
@@ -179,6 +255,15 @@ pub enum CpError {
     /// The workspace's container image is not on the engine.
     #[error("{0}")]
     ImageMissing(String),
+    /// This control plane or backend cannot take snapshots.
+    #[error("{0}")]
+    SnapshotsUnavailable(String),
+    /// The data holds what a snapshot cannot include safely, named.
+    #[error("the data cannot be snapshotted: {0}")]
+    SnapshotRefused(String),
+    /// The disk that holds the snapshot repository (or the volumes) is full.
+    #[error("{0}")]
+    StorageFull(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -286,6 +371,49 @@ pub trait ControlPlane: Send + Sync + 'static {
             e.1 += v.bytes;
         }
         Ok(stats.into_iter().map(|(s, (n, b))| (s, n, b)).collect())
+    }
+
+    /// Takes a snapshot of the workspace's volume (frozen while it runs).
+    async fn create_snapshot(&self, _req: SnapshotRequest) -> CpResult<SnapshotInfo> {
+        Err(snapshots_unavailable())
+    }
+
+    /// The workspace's snapshots that hold data, newest first.
+    async fn snapshots(&self, _workspace_id: Uuid) -> CpResult<Vec<SnapshotInfo>> {
+        Err(snapshots_unavailable())
+    }
+
+    async fn snapshot(&self, _id: Uuid) -> CpResult<Option<SnapshotInfo>> {
+        Err(snapshots_unavailable())
+    }
+
+    /// A snapshot's content as a `.tar.gz`.
+    async fn export_snapshot(&self, _id: Uuid) -> CpResult<export::ByteStream> {
+        Err(snapshots_unavailable())
+    }
+
+    /// Removes a snapshot's content (its record stays, `erased`), with its
+    /// audit event. The platform has checked any legal hold.
+    async fn delete_snapshot(
+        &self,
+        _id: Uuid,
+        _actor: Actor<'_>,
+        _why: SnapshotRemoval,
+    ) -> CpResult<SnapshotInfo> {
+        Err(snapshots_unavailable())
+    }
+
+    /// Replaces the workspace's volume with the snapshot's content: restored
+    /// into a fresh directory beside it, the instance stopped, the two
+    /// swapped by one rename. The caller has taken the `before-rollback`
+    /// snapshot and starts the workspace again after.
+    async fn rollback(
+        &self,
+        _workspace_id: Uuid,
+        _snapshot_id: Uuid,
+        _instance_id: Option<&str>,
+    ) -> CpResult<()> {
+        Err(snapshots_unavailable())
     }
 
     /// Audit events the control plane wrote in a store of its own (newest

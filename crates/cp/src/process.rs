@@ -191,6 +191,29 @@ pub enum ProcessState {
     Unknown,
 }
 
+/// A frozen workspace: thawed when dropped.
+pub struct Frozen {
+    pgid: i32,
+    cgroup: Option<WorkspaceCgroup>,
+    v2: bool,
+    stopped: Vec<i32>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if self.v2 {
+            if let Some(cg) = &self.cgroup {
+                cg.thaw();
+            }
+            return;
+        }
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGCONT);
+        for p in &self.stopped {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*p), Signal::SIGCONT);
+        }
+    }
+}
+
 struct Child {
     instance_id: String,
     pid: i32,
@@ -576,6 +599,54 @@ impl ProcessBackend {
             },
             _ => ProcessState::Unknown,
         }
+    }
+
+    /// Freezes every process of the workspace's running instance for a
+    /// snapshot: the cgroup v2 freezer where there is one, otherwise
+    /// SIGSTOP to its process group and to every member of its cgroup,
+    /// repeated until no new process appears. `None` when nothing runs.
+    /// The guard thaws when dropped, whatever happened meanwhile.
+    pub fn freeze(&self, workspace_id: Uuid) -> Option<Frozen> {
+        let (pid, cgroup) = {
+            let children = self.children.lock().expect("children lock");
+            let c = children.get(&workspace_id)?;
+            if c.exit.borrow().is_some() {
+                return None;
+            }
+            (c.pid, c.cgroup.clone())
+        };
+        if let Some(cg) = &cgroup
+            && cg.freeze(Duration::from_secs(1))
+        {
+            return Some(Frozen {
+                pgid: pid,
+                cgroup,
+                v2: true,
+                stopped: Vec::new(),
+            });
+        }
+        let mut stopped: Vec<i32> = Vec::new();
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGSTOP);
+        for _ in 0..10 {
+            let members = cgroup.as_ref().map(|c| c.pids()).unwrap_or_default();
+            let new: Vec<i32> = members
+                .into_iter()
+                .filter(|p| !stopped.contains(p))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for p in &new {
+                let _ = nix::sys::signal::kill(Pid::from_raw(*p), Signal::SIGSTOP);
+            }
+            stopped.extend(new);
+        }
+        Some(Frozen {
+            pgid: pid,
+            cgroup,
+            v2: false,
+            stopped,
+        })
     }
 
     /// The instance currently known for a workspace, if any.

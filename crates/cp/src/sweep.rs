@@ -82,6 +82,9 @@ pub fn decide(c: &SweepCandidate, now: Millis) -> Decision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SweepItem {
     pub volume_id: Option<Uuid>,
+    /// The snapshot acted on (snapshot actions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<Uuid>,
     pub workspace_id: Uuid,
     pub action: SweepAction,
     pub reason: VolumeReason,
@@ -134,6 +137,7 @@ impl Sweeper<'_> {
                 Decision::RetainOrphan => (SweepAction::Retain, VolumeReason::OrphanedRecord),
             };
             let mut item = SweepItem {
+                snapshot_id: None,
                 volume_id: Some(v.id),
                 workspace_id: v.workspace_id,
                 action,
@@ -150,6 +154,12 @@ impl Sweeper<'_> {
                             .await
                             .map(Some)
                     }
+                    // Snapshot actions are the control plane's own pass
+                    // (`embedded/snapshots.rs`), never a volume's decision.
+                    SweepAction::Snapshot
+                    | SweepAction::Prune
+                    | SweepAction::EraseSnapshot
+                    | SweepAction::ReportOrphan => Ok(None),
                 };
                 match result {
                     Ok(bytes) => {
@@ -226,6 +236,7 @@ impl Sweeper<'_> {
                 .unwrap_or(0);
             let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
             let mut item = SweepItem {
+                snapshot_id: None,
                 volume_id: None,
                 workspace_id,
                 action: SweepAction::Adopt,

@@ -235,6 +235,9 @@ impl CpError {
             CpError::DataErased => (409, "data_erased"),
             CpError::ExportRefused(_) => (409, "export_refused"),
             CpError::ImageMissing(_) => (409, "image_not_found"),
+            CpError::SnapshotsUnavailable(_) => (409, "snapshots_unavailable"),
+            CpError::SnapshotRefused(_) => (409, "snapshot_refused"),
+            CpError::StorageFull(_) => (507, "insufficient_storage"),
             CpError::TooLarge => (413, "payload_too_large"),
             CpError::Unavailable(_) | CpError::Unreachable(_) => (503, "backend_unavailable"),
             CpError::Other(_) => (500, "internal"),
@@ -256,6 +259,15 @@ impl CpError {
             (409, Some("image_not_found")) => CpError::ImageMissing(format!(
                 "{op}: the workspace's container image is not on the engine"
             )),
+            (409, Some("snapshots_unavailable")) => CpError::SnapshotsUnavailable(format!(
+                "{op}: the control plane cannot take snapshots"
+            )),
+            (409, Some("snapshot_refused")) => CpError::SnapshotRefused(
+                "the workspace's data holds an entry a snapshot cannot include safely; the \
+                 control plane's log names it"
+                    .to_owned(),
+            ),
+            (507, _) => CpError::StorageFull(format!("{op}: the control plane's disk is full")),
             (409, _) => CpError::Conflict(format!("{op}: the control plane refused (409)")),
             (503, _) => {
                 CpError::Unavailable(format!("{op}: the control plane's backend is unavailable"))

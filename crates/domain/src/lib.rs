@@ -5,16 +5,18 @@
 mod duration;
 pub mod failpoint;
 pub mod hex;
+pub mod snapshot;
 mod status;
 mod workspace;
 
 pub use duration::{DurationArg, parse_duration};
 pub use status::{
-    AuditAction, DesiredState, Status, SweepAction, SweepOutcome, VolumeReason, VolumeState,
+    AuditAction, Consistency, DesiredState, SnapshotState, Status, SweepAction, SweepOutcome,
+    VolumeReason, VolumeState,
 };
 pub use workspace::{
     BIDI_CONTROLS, BUILTIN_TEMPLATE, Compute, DataPersistence, Env, INVISIBLE, ImageRef, Program,
-    Role, Runtime, Tier, VolumeSpec, WorkspaceName,
+    Role, Runtime, SNAPSHOT_KEEP_MAX, SnapshotSchedule, Tier, VolumeSpec, WorkspaceName,
 };
 
 /// Parses a UUID in its one written form, `8-4-4-4-12` hex digits: what the

@@ -116,6 +116,12 @@ text_enum! {
         EraseRequested = "erase_requested",
         /// Left active by a restore an older version did not finish.
         RestoreInterrupted = "restore_interrupted",
+        /// A snapshot deleted by its keep policy.
+        Pruned = "pruned",
+        /// A snapshot deleted by hand.
+        Deleted = "deleted",
+        /// Repository data with no snapshot record.
+        OrphanedSnapshot = "orphaned_snapshot",
     }
 }
 
@@ -138,16 +144,59 @@ text_enum! {
         VolumeReattached = "volume.reattached",
         VolumeErased = "volume.erased",
         VolumeAdopted = "volume.adopted",
+        SnapshotCreated = "snapshot.created",
+        SnapshotDeleted = "snapshot.deleted",
+        SnapshotErased = "snapshot.erased",
+        WorkspaceRolledBack = "workspace.rolled_back",
+        HoldPlaced = "hold.placed",
+        HoldReleased = "hold.released",
     }
 }
 
 text_enum! {
-    /// What the sweeper does with one volume.
+    /// What the sweeper does with one volume (or snapshot).
     SweepAction {
         Erase = "erase",
         ResumeErase = "resume_erase",
         Retain = "retain",
         Adopt = "adopt",
+        /// A scheduled snapshot taken by the pass.
+        Snapshot = "snapshot",
+        /// A scheduled snapshot the keep policy no longer keeps.
+        Prune = "prune",
+        /// A snapshot erased with its volume, after the erase grace.
+        EraseSnapshot = "erase_snapshot",
+        /// Repository data no snapshot record knows: reported, never
+        /// deleted on first sight.
+        ReportOrphan = "report_orphan",
+    }
+}
+
+text_enum! {
+    /// The life of a snapshot.
+    SnapshotState {
+        /// Being captured: no manifest yet.
+        Capturing = "capturing",
+        Ready = "ready",
+        /// Marked with its volume by a delete with erase.
+        ErasePending = "erase_pending",
+        Erasing = "erasing",
+        /// Gone: deleted, pruned or erased (the record is kept).
+        Erased = "erased",
+    }
+}
+
+text_enum! {
+    /// How consistent a snapshot's capture was.
+    Consistency {
+        /// The workspace's processes were frozen for the whole capture.
+        Frozen = "frozen",
+        /// The freeze ran past `--snapshot-freeze-max`: the workspace was
+        /// thawed and the capture went on while it ran (best effort, as
+        /// after a crash).
+        CrashConsistent = "crash_consistent",
+        /// Nothing was running: the data was at rest.
+        Stopped = "stopped",
     }
 }
 

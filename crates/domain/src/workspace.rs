@@ -281,6 +281,119 @@ pub struct Compute {
     pub data_persistence: Option<DataPersistence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotSchedule>,
+}
+
+/// `compute.snapshots`: take a snapshot every `every`, keep what `keep`
+/// says (SPEC §15). Applies to a persist workspace; the sweeper acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSchedule {
+    #[serde(with = "every_text")]
+    pub every: std::time::Duration,
+    pub keep: crate::snapshot::Keep,
+}
+
+/// The shortest schedule: a snapshot more often than this is a mistake
+/// (and a load on the repository), not a policy.
+pub const SNAPSHOT_EVERY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// The most any `keep` count may be.
+pub const SNAPSHOT_KEEP_MAX: u32 = 10_000;
+
+mod every_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl SnapshotSchedule {
+    /// Parses `compute.snapshots`: `{"every": "1h", "keep": {"last": n,
+    /// "hourly": n, "daily": n, "weekly": n}}`, every count optional but at
+    /// least one above zero (a schedule that keeps nothing is a mistake).
+    pub fn parse(v: &Value) -> Result<Option<Self>, FieldError> {
+        const F: &str = "compute.snapshots";
+        let obj = match v {
+            Value::Null => return Ok(None),
+            Value::Object(obj) => obj,
+            other => {
+                return Err(FieldError::new(
+                    F,
+                    format!("must be an object, got {other}"),
+                ));
+            }
+        };
+        let mut every = None;
+        let mut keep = None;
+        for (key, value) in obj {
+            match key.as_str() {
+                "every" => {
+                    let field = format!("{F}.every");
+                    let text = value.as_str().ok_or_else(|| {
+                        FieldError::new(
+                            &field,
+                            format!("must be a duration such as \"1h\", got {value}"),
+                        )
+                    })?;
+                    let d = crate::parse_duration(text).map_err(|e| FieldError::new(&field, e))?;
+                    if d < SNAPSHOT_EVERY_MIN {
+                        return Err(FieldError::new(field, "must be at least 1s"));
+                    }
+                    every = Some(d);
+                }
+                "keep" => keep = Some(parse_keep(value)?),
+                other => {
+                    return Err(FieldError::new(
+                        format!("{F}.{other}"),
+                        "unknown field; allowed: every, keep",
+                    ));
+                }
+            }
+        }
+        let every = every.ok_or_else(|| FieldError::new(format!("{F}.every"), "is required"))?;
+        let keep = keep.ok_or_else(|| FieldError::new(format!("{F}.keep"), "is required"))?;
+        Ok(Some(SnapshotSchedule { every, keep }))
+    }
+}
+
+fn parse_keep(v: &Value) -> Result<crate::snapshot::Keep, FieldError> {
+    const F: &str = "compute.snapshots.keep";
+    let Value::Object(obj) = v else {
+        return Err(FieldError::new(F, format!("must be an object, got {v}")));
+    };
+    let mut keep = crate::snapshot::Keep::default();
+    for (key, value) in obj {
+        let slot = match key.as_str() {
+            "last" => &mut keep.last,
+            "hourly" => &mut keep.hourly,
+            "daily" => &mut keep.daily,
+            "weekly" => &mut keep.weekly,
+            other => {
+                return Err(FieldError::new(
+                    format!("{F}.{other}"),
+                    "unknown field; allowed: last, hourly, daily, weekly",
+                ));
+            }
+        };
+        let n = json_integer(value)
+            .filter(|n| (0..=i64::from(SNAPSHOT_KEEP_MAX)).contains(n))
+            .ok_or_else(|| {
+                FieldError::new(
+                    format!("{F}.{key}"),
+                    format!("must be an integer from 0 to {SNAPSHOT_KEEP_MAX}, got {value}"),
+                )
+            })?;
+        *slot = n as u32;
+    }
+    if keep.total() == 0 {
+        return Err(FieldError::new(F, "must keep at least one snapshot"));
+    }
+    Ok(keep)
 }
 
 impl Compute {
@@ -304,10 +417,11 @@ impl Compute {
                         DataPersistence::parse(value).map_err(|e| e.under("compute"))?;
                 }
                 "volume" => compute.volume = parse_volume(value)?,
+                "snapshots" => compute.snapshots = SnapshotSchedule::parse(value)?,
                 other => {
                     return Err(FieldError::new(
                         format!("compute.{other}"),
-                        "unknown field; allowed: data_persistence, volume",
+                        "unknown field; allowed: data_persistence, volume, snapshots",
                     ));
                 }
             }

@@ -74,6 +74,9 @@ pub enum WsCommand {
         /// KEY=VALUE, repeatable.
         #[arg(long = "env")]
         env: Vec<String>,
+        /// A clone: start its data as this snapshot's (of the same org).
+        #[arg(long, value_name = "SNAPSHOT_ID")]
+        from_snapshot: Option<String>,
         /// Run this command instead of the built-in runtime (after `--`).
         #[arg(last = true)]
         command: Vec<String>,
@@ -222,6 +225,132 @@ pub enum OrgCommand {
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapCommand {
+    /// Take a snapshot of a workspace's data now (frozen while it runs).
+    Create {
+        /// The workspace's id or name.
+        workspace: String,
+        /// A label to find it by (at most 64 characters).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List a workspace's snapshots, newest first.
+    List {
+        /// The workspace's id or name.
+        workspace: String,
+    },
+    /// Replace a workspace's data with a snapshot's and restart it; the
+    /// data as it was is kept first as a `before-rollback` snapshot.
+    Rollback {
+        /// The workspace's id or name.
+        workspace: String,
+        /// The snapshot to roll back to (one of this workspace's).
+        snapshot: String,
+    },
+    /// Download a snapshot's content as a .tar.gz.
+    Export {
+        /// The snapshot's id.
+        snapshot: String,
+        /// Where to write it (default holdfast-snapshot-<id>.tar.gz).
+        #[arg(long, short = 'O')]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Delete a snapshot (409 while its workspace is under a legal hold).
+    Rm {
+        /// The snapshot's id.
+        snapshot: String,
+        /// Confirm without a prompt by giving its workspace's exact name.
+        #[arg(long, value_name = "NAME")]
+        yes: Option<String>,
+    },
+}
+
+const SNAP_COLUMNS: &[&str] = &[
+    "id",
+    "at",
+    "label",
+    "state",
+    "files",
+    "bytes",
+    "new_bytes",
+    "consistency",
+];
+
+pub async fn snap(conn: Conn, cmd: SnapCommand) -> anyhow::Result<()> {
+    let c = Client::new(&conn)?;
+    match cmd {
+        SnapCommand::Create { workspace, label } => {
+            let id = c.resolve(&workspace).await?;
+            let body = match label {
+                Some(l) => json!({ "label": l }),
+                None => json!({}),
+            };
+            let v = c.post(&format!("/workspaces/{id}/snapshots"), body).await?;
+            c.print(&v, SNAP_COLUMNS);
+        }
+        SnapCommand::List { workspace } => {
+            let id = c.resolve(&workspace).await?;
+            let v = c.get(&format!("/workspaces/{id}/snapshots")).await?;
+            c.print(&v, SNAP_COLUMNS);
+        }
+        SnapCommand::Rollback {
+            workspace,
+            snapshot,
+        } => {
+            let id = c.resolve(&workspace).await?;
+            let v = c
+                .post(
+                    &format!("/workspaces/{id}/rollback"),
+                    json!({ "snapshot_id": snapshot }),
+                )
+                .await?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "rolled back to {}; the data before is kept as snapshot {} (before-rollback)",
+                    cell(&v["restored"], "id"),
+                    cell(&v["before_rollback"], "id")
+                );
+            }
+        }
+        SnapCommand::Export { snapshot, output } => {
+            let output =
+                output.unwrap_or_else(|| format!("holdfast-snapshot-{snapshot}.tar.gz").into());
+            download(&c, &format!("/snapshots/{snapshot}/export"), &output).await?;
+        }
+        SnapCommand::Rm { snapshot, yes } => {
+            let name = match yes {
+                Some(n) => n,
+                None => {
+                    let s = c.get(&format!("/snapshots/{snapshot}")).await?;
+                    let ws = c
+                        .get(&format!("/workspaces/{}", cell(&s, "workspace_id")))
+                        .await?;
+                    let name = ws["name"].as_str().unwrap_or_default().to_owned();
+                    if !std::io::stdin().is_terminal() {
+                        bail!("refusing to delete without confirmation: pass --yes {name:?}");
+                    }
+                    eprint!("Type the workspace name ({name}) to delete this snapshot: ");
+                    std::io::stderr().flush()?;
+                    let mut typed = String::new();
+                    std::io::stdin().read_line(&mut typed)?;
+                    typed.trim_end_matches(['\n', '\r']).to_owned()
+                }
+            };
+            let v = c
+                .call(
+                    c.req(reqwest::Method::DELETE, &format!("/snapshots/{snapshot}"))
+                        .header("X-Confirm-Name", name),
+                )
+                .await?;
+            c.print(&v["snapshot"], SNAP_COLUMNS);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -563,9 +692,13 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
             tier,
             data,
             env,
+            from_snapshot,
             command,
         } => {
             let mut body = json!({"name": name, "compute": compute_for(&data)?});
+            if let Some(s) = from_snapshot {
+                body["from_snapshot"] = json!(s);
+            }
             if let Some(r) = role {
                 body["role"] = json!(r);
             }
@@ -772,11 +905,14 @@ async fn logs(c: &Client, id: &str, follow: bool, tail: Option<u64>) -> anyhow::
 /// Streams the export to a file (written beside it, then renamed, so a
 /// broken download never looks complete), with a progress line on stderr.
 async fn export(c: &Client, id: &str, output: &std::path::Path) -> anyhow::Result<()> {
+    download(c, &format!("/workspaces/{id}/data/export"), output).await
+}
+
+/// Streams a `.tar.gz` answer of `path` into `output` (through a
+/// `.partial` file renamed at the end).
+async fn download(c: &Client, path: &str, output: &std::path::Path) -> anyhow::Result<()> {
     let mut resp = c
-        .req(
-            reqwest::Method::GET,
-            &format!("/workspaces/{id}/data/export"),
-        )
+        .req(reqwest::Method::GET, path)
         .send()
         .await
         .with_context(|| format!("reaching {}", c.url))?;

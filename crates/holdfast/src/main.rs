@@ -40,6 +40,14 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::OrgCommand,
     },
+    /// Snapshots: take, list, roll back to, export and delete (a client of
+    /// the API).
+    Snap {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::SnapCommand,
+    },
     /// Volume records (a client of the API).
     Volumes {
         #[command(flatten)]
@@ -106,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runtime => rt.block_on(runtime::run()),
         Command::Ws { conn, cmd } => rt.block_on(cli::ws(conn, cmd)),
         Command::Volumes { conn, cmd } => rt.block_on(cli::volumes(conn, cmd)),
+        Command::Snap { conn, cmd } => rt.block_on(cli::snap(conn, cmd)),
         Command::Org { conn, cmd } => rt.block_on(cli::org(conn, cmd)),
         Command::Sweep { conn, dry_run } => rt.block_on(cli::sweep(conn, dry_run)),
         Command::Cp { cmd } => rt.block_on(cp_cmd::run(cmd)),

@@ -184,6 +184,11 @@ pub struct PolicyArgs {
     /// checked): `data.bytes` is at most this old.
     #[arg(long, env = "HOLDFAST_USAGE_INTERVAL", default_value = "30s")]
     pub usage_interval: DurationArg,
+    /// The longest a running workspace stays frozen for a snapshot: past
+    /// it the workspace is thawed and the capture goes on as a
+    /// crash-consistent, best-effort one (said in the snapshot).
+    #[arg(long, env = "HOLDFAST_SNAPSHOT_FREEZE_MAX", default_value = "10s")]
+    pub snapshot_freeze_max: DurationArg,
 }
 
 impl PolicyArgs {
@@ -266,6 +271,7 @@ impl PolicyArgs {
             with_workspaces,
             sandbox,
             usage_interval: self.usage_interval.0,
+            snapshot_freeze_max: self.snapshot_freeze_max.0,
         })
     }
 }

@@ -217,6 +217,7 @@ async fn embedded(engine: Option<(String, ImageRef)>) -> Subject {
             None => holdfast_cp::BackendChoice::Process,
         },
         usage_interval: Duration::from_secs(30),
+        snapshot_freeze_max: Duration::from_secs(10),
     };
     let cp = EmbeddedCp::start(store, root.clone(), policy)
         .await
@@ -341,6 +342,7 @@ fn request(id: Uuid, mode: Option<DataPersistence>) -> ProvisionRequest {
         data_persistence: mode,
         volume_size_gb: None,
         first_start: false,
+        seed_snapshot: None,
     }
 }
 

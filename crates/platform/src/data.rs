@@ -185,12 +185,17 @@ impl App {
         }
         let settled = self.settle_interrupted_restores(dry_run).await;
         let report = self.cp.sweep(dry_run, actor).await;
+        let scheduled = self.run_schedules(dry_run, actor).await;
         if let Some(renew) = renew {
             renew.abort();
             let _ = self.store.release_lease("sweeper", &self.replica_id).await;
         }
         let mut report = report?;
         report.items.extend(settled?);
+        match scheduled {
+            Ok(items) => report.items.extend(items),
+            Err(e) => tracing::warn!(error = %e.message, "snapshot schedules failed this pass"),
+        }
         if !dry_run {
             self.metrics.observe_sweep(&report);
         }
@@ -213,6 +218,7 @@ impl App {
                 continue;
             }
             let mut item = SweepItem {
+                snapshot_id: None,
                 volume_id: Some(v.id),
                 workspace_id: v.workspace_id,
                 action: SweepAction::Retain,

@@ -95,6 +95,24 @@ impl App {
             .with("children_count", children.len()));
         }
 
+        // 6. A legal hold blocks every erasure of the cascade.
+        if req.erase_data {
+            let held = std::iter::once(&ws)
+                .chain(descendants.iter())
+                .find(|w| w.hold_at.is_some());
+            if let Some(held) = held {
+                return Err(ApiError::conflict(
+                    "legal_hold",
+                    format!(
+                        "workspace {:?} is under a legal hold: its data cannot be erased until an \
+                         admin releases the hold (a delete without erase keeps the data and is allowed)",
+                        held.name
+                    ),
+                )
+                .with("workspace_id", held.id.to_string()));
+            }
+        }
+
         // Ordering: every row is marked removed (and its tokens revoked) in one
         // transaction before any compute is stopped; a crash after this point
         // leaves removed rows whose stop the next start finishes.

@@ -48,6 +48,29 @@ pub struct ComputeSchema {
     #[schema(example = "persist")]
     pub data_persistence: Option<String>,
     pub volume: Option<VolumeSpecSchema>,
+    pub snapshots: Option<SnapshotScheduleSchema>,
+}
+
+/// `compute.snapshots`: a snapshot every `every`, pruned by `keep` (at
+/// least one count above zero).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotScheduleSchema {
+    /// A duration of at least 1s: `30m`, `1h`, `1d`.
+    #[schema(example = "1h")]
+    pub every: String,
+    pub keep: SnapshotKeepSchema,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotKeepSchema {
+    #[schema(minimum = 0, maximum = 10000)]
+    pub last: Option<u32>,
+    #[schema(minimum = 0, maximum = 10000)]
+    pub hourly: Option<u32>,
+    #[schema(minimum = 0, maximum = 10000)]
+    pub daily: Option<u32>,
+    #[schema(minimum = 0, maximum = 10000)]
+    pub weekly: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,6 +106,11 @@ pub struct CreateWorkspaceRequest {
     #[serde(default)]
     #[schema(value_type = Option<Uuid>)]
     pub org_id: Option<Value>,
+    /// A clone: the new workspace's data starts as this snapshot's (of a
+    /// workspace of the same org); it is always `persist`.
+    #[serde(default)]
+    #[schema(value_type = Option<Uuid>)]
+    pub from_snapshot: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -156,6 +184,7 @@ pub struct ParsedCreate {
     pub env: Env,
     pub compute: Compute,
     pub org_id: Option<Uuid>,
+    pub from_snapshot: Option<Uuid>,
 }
 
 impl TryFrom<CreateWorkspaceRequest> for ParsedCreate {
@@ -175,6 +204,7 @@ impl TryFrom<CreateWorkspaceRequest> for ParsedCreate {
             env: Env::parse(&opt(&r.env))?,
             compute: Compute::parse(&opt(&r.compute))?,
             org_id: parse_uuid_field("org_id", &opt(&r.org_id))?,
+            from_snapshot: parse_uuid_field("from_snapshot", &opt(&r.from_snapshot))?,
         })
     }
 }
@@ -191,6 +221,7 @@ impl ParsedCreate {
             runtime: self.runtime,
             env: self.env,
             compute: self.compute,
+            seed_snapshot_id: self.from_snapshot,
         }
     }
 }
@@ -240,6 +271,163 @@ pub struct DataSummary {
     pub stale: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_of: Option<String>,
+    /// A legal hold, while one is placed: nothing of the workspace is
+    /// erased and its grace clocks stand still.
+    pub hold: Option<HoldView>,
+}
+
+/// A legal hold (SPEC §15).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HoldView {
+    pub reason: Option<String>,
+    pub by: Option<String>,
+    pub since: Option<String>,
+}
+
+impl HoldView {
+    pub fn of(ws: &WorkspaceRow) -> Option<HoldView> {
+        ws.hold_at.map(|at| HoldView {
+            reason: ws.hold_reason.clone(),
+            by: ws.hold_by.clone(),
+            since: Some(format_millis(at)),
+        })
+    }
+}
+
+/// `PUT /workspaces/:id/hold`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// Why (a case number, a matter): 1–512 characters, no control
+    /// characters.
+    #[schema(value_type = String, min_length = 1, max_length = 512)]
+    pub reason: Value,
+}
+
+/// `POST /workspaces/:id/snapshots`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    /// Up to 64 characters, no control characters.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 64)]
+    pub label: Option<Value>,
+}
+
+/// `POST /workspaces/:id/rollback`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// A snapshot of this workspace.
+    #[schema(value_type = Uuid)]
+    pub snapshot_id: Value,
+}
+
+/// Parses a free-text field: at most `max` characters, no control,
+/// invisible or bidirectional-control characters.
+pub fn parse_text_field(
+    field: &str,
+    v: &Value,
+    max: usize,
+    required: bool,
+) -> Result<Option<String>, FieldError> {
+    match v {
+        Value::Null if !required => Ok(None),
+        Value::String(raw) => {
+            // Counted as sent (the schema's maxLength), stored trimmed.
+            if raw.chars().count() > max {
+                return Err(FieldError::new(field, format!("at most {max} characters")));
+            }
+            let s = raw.trim();
+            if s.is_empty() {
+                return if required {
+                    Err(FieldError::new(field, "must not be empty"))
+                } else {
+                    Ok(None)
+                };
+            }
+            if s.chars().any(|c| {
+                c.is_control()
+                    || holdfast_domain::BIDI_CONTROLS
+                        .iter()
+                        .chain(holdfast_domain::INVISIBLE)
+                        .any(|(lo, hi)| (*lo..=*hi).contains(&c))
+            }) {
+                return Err(FieldError::new(
+                    field,
+                    "must not hold control, invisible or bidirectional-control characters",
+                ));
+            }
+            Ok(Some(s.to_owned()))
+        }
+        other => Err(FieldError::new(
+            field,
+            format!("must be a string, got {other}"),
+        )),
+    }
+}
+
+/// A snapshot, as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotView {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub at: String,
+    pub label: Option<String>,
+    /// `ready`, `erase_pending` (marked with its volume by a delete with
+    /// erase), `erasing` or `erased`.
+    pub state: holdfast_domain::SnapshotState,
+    /// Regular files captured.
+    pub files: i64,
+    /// Their bytes.
+    pub bytes: i64,
+    /// What this snapshot added to the repository (unchanged data costs
+    /// nothing).
+    pub new_bytes: i64,
+    /// `frozen` (the workspace was frozen for the whole capture),
+    /// `crash_consistent` (the freeze ran past `--snapshot-freeze-max`, the
+    /// capture went on while it ran) or `stopped` (nothing ran).
+    pub consistency: Option<holdfast_domain::Consistency>,
+    /// How long the workspace stayed frozen.
+    pub frozen_ms: Option<i64>,
+    pub erase_after: Option<String>,
+}
+
+impl From<holdfast_cp::SnapshotInfo> for SnapshotView {
+    fn from(s: holdfast_cp::SnapshotInfo) -> Self {
+        SnapshotView {
+            id: s.id,
+            workspace_id: s.workspace_id,
+            at: format_millis(s.at),
+            label: s.label,
+            state: s.state,
+            files: s.files,
+            bytes: s.bytes,
+            new_bytes: s.new_bytes,
+            consistency: s.consistency,
+            frozen_ms: s.frozen_ms,
+            erase_after: s.erase_after.map(format_millis),
+        }
+    }
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RollbackResponse {
+    pub workspace: WorkspaceView,
+    /// The snapshot of the data as it was before (label
+    /// `before-rollback`).
+    pub before_rollback: SnapshotView,
+    /// The snapshot the data now is.
+    pub restored: SnapshotView,
+}
+
+/// What `DELETE /snapshots/:sid` did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotDeleted {
+    /// Always `deleted`.
+    pub status: String,
+    pub snapshot: SnapshotView,
 }
 
 impl DataSummary {
@@ -254,6 +442,7 @@ impl DataSummary {
                 over_quota: v.over_quota,
                 stale: false,
                 as_of: None,
+                hold: None,
             },
             None => DataSummary {
                 mode: mode.map(|m| m.as_str().to_owned()),
@@ -264,6 +453,7 @@ impl DataSummary {
                 over_quota: false,
                 stale: false,
                 as_of: None,
+                hold: None,
             },
         }
     }
@@ -330,7 +520,10 @@ impl WorkspaceView {
             created_at: format_millis(ws.created_at),
             updated_at: format_millis(ws.updated_at),
             removed_at: ws.removed_at.map(format_millis),
-            data: DataSummary::new(mode, volume),
+            data: DataSummary {
+                hold: HoldView::of(ws),
+                ..DataSummary::new(mode, volume)
+            },
             isolation: ws
                 .isolation
                 .clone()

@@ -148,6 +148,17 @@ impl From<holdfast_cp::CpError> for ApiError {
                 )
             }
             holdfast_cp::CpError::ImageMissing(m) => ApiError::conflict("image_not_found", m),
+            holdfast_cp::CpError::SnapshotsUnavailable(m) => {
+                ApiError::conflict("snapshots_unavailable", m)
+            }
+            holdfast_cp::CpError::SnapshotRefused(m) => ApiError::conflict(
+                "snapshot_refused",
+                format!("the data cannot be snapshotted: {m}"),
+            ),
+            holdfast_cp::CpError::StorageFull(m) => {
+                tracing::error!(reason = %m, "storage full");
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
             e @ (holdfast_cp::CpError::Unauthorized | holdfast_cp::CpError::TooLarge) => {
                 // This server's own request or credentials, not the client's.
                 ApiError::internal(format!("control plane refused: {e}"))

@@ -24,6 +24,7 @@ mod reconciler;
 mod registry;
 mod routes;
 pub mod server;
+mod snapshots;
 
 pub use auth::{Secret, generate_token, hash_token};
 pub use openapi::ApiDoc;
@@ -206,6 +207,23 @@ pub fn router(app: Arc<App>) -> Router {
             post(routes::hibernate_workspace),
         )
         .route("/workspaces/{id}/wake", post(routes::wake_workspace))
+        .route(
+            "/workspaces/{id}/snapshots",
+            get(snapshots::list_snapshots).post(snapshots::create_snapshot),
+        )
+        .route(
+            "/snapshots/{sid}",
+            get(snapshots::get_snapshot).delete(snapshots::delete_snapshot),
+        )
+        .route("/snapshots/{sid}/export", get(snapshots::export_snapshot))
+        .route(
+            "/workspaces/{id}/rollback",
+            post(snapshots::rollback_workspace),
+        )
+        .route(
+            "/workspaces/{id}/hold",
+            axum::routing::put(snapshots::put_hold).delete(snapshots::delete_hold),
+        )
         .route(
             "/workspaces/{id}/messages",
             get(messages::get_messages).post(messages::post_message),

@@ -72,7 +72,7 @@ impl App {
     }
 
     #[tracing::instrument(skip_all, fields(name = %req.name))]
-    pub async fn create(&self, caller: &Caller, req: ParsedCreate) -> ApiResult<WorkspaceRow> {
+    pub async fn create(&self, caller: &Caller, mut req: ParsedCreate) -> ApiResult<WorkspaceRow> {
         let org_id = match (caller, req.org_id) {
             (Caller::Admin, Some(org)) => {
                 self.store
@@ -104,6 +104,44 @@ impl App {
                     )
                     .with("field", "parent_id"));
                 }
+            }
+        }
+        if let Some(sid) = req.from_snapshot {
+            // A clone: a persist workspace of the same org, whose volume
+            // starts as the snapshot's content.
+            let snap = match self.cp.snapshot(sid).await? {
+                Some(s)
+                    if s.org_id == org_id
+                        && s.state != holdfast_domain::SnapshotState::Capturing =>
+                {
+                    s
+                }
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_field",
+                        format!("from_snapshot: no snapshot {sid} in this org"),
+                    )
+                    .with("field", "from_snapshot"));
+                }
+            };
+            if snap.state != holdfast_domain::SnapshotState::Ready {
+                return Err(ApiError::conflict(
+                    "snapshot_unavailable",
+                    format!(
+                        "the snapshot is {}; only a ready one can be cloned",
+                        snap.state
+                    ),
+                ));
+            }
+            match req.compute.data_persistence {
+                Some(holdfast_domain::DataPersistence::Ephemeral) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_field",
+                        "compute.data_persistence: a clone keeps its data (persist); leave it out or say persist",
+                    )
+                    .with("field", "compute.data_persistence"));
+                }
+                _ => req.compute.data_persistence = Some(holdfast_domain::DataPersistence::Persist),
             }
         }
         // Ordering: asked before anything is written, so that a workspace

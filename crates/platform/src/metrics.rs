@@ -54,6 +54,12 @@ impl Metrics {
                 }
                 SweepAction::Adopt => m.adopted += 1,
                 SweepAction::Retain => {}
+                // Snapshot work is audited per snapshot; the volume
+                // counters stay about volumes.
+                SweepAction::Snapshot
+                | SweepAction::Prune
+                | SweepAction::EraseSnapshot
+                | SweepAction::ReportOrphan => {}
             }
         }
     }

@@ -43,6 +43,14 @@ mod strict;
         crate::orgs::create_org_token,
         crate::org::import_org,
         crate::org::export_org,
+        crate::snapshots::create_snapshot,
+        crate::snapshots::list_snapshots,
+        crate::snapshots::get_snapshot,
+        crate::snapshots::export_snapshot,
+        crate::snapshots::delete_snapshot,
+        crate::snapshots::rollback_workspace,
+        crate::snapshots::put_hold,
+        crate::snapshots::delete_hold,
     ),
     components(schemas(
         dto::WorkspaceView, dto::DataSummary, dto::CreateWorkspaceRequest, dto::PatchWorkspaceRequest,
@@ -55,6 +63,9 @@ mod strict;
         crate::org::OrgDocumentSchema, crate::org::ImportResponse, crate::org::CreatedItem,
         crate::org::ImportMode,
         crate::org::UpdatedItem, crate::org::RemovedItem,
+        dto::SnapshotView, dto::CreateSnapshotRequest, dto::RollbackRequest, dto::RollbackResponse,
+        dto::SnapshotDeleted, dto::HoldRequest, dto::HoldView, dto::SnapshotScheduleSchema,
+        dto::SnapshotKeepSchema,
     )),
     modifiers(&BearerAuth)
 )]

@@ -297,6 +297,7 @@ impl App {
                 runtime: c.node.runtime.clone(),
                 env: c.node.env.clone(),
                 compute: c.node.compute,
+                seed_snapshot_id: None,
             })
             .collect();
         let write = ImportWrite {

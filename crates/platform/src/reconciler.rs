@@ -662,6 +662,7 @@ impl App {
             volume_size_gb: ws.compute.volume.map(|v| v.size_gb),
             // Only ever for one attempt: a retry looks its volume up.
             first_start: std::mem::take(&mut obs.first_start),
+            seed_snapshot: ws.seed_snapshot_id,
         };
         obs.pacing.attempted_generation = Some(ws.generation);
         match self.cp.provision(req).await {

@@ -349,6 +349,8 @@ impl Store {
             .map(|c| format!("v.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
+        // A legal hold (a workspace row with `hold_at`) keeps every volume
+        // of it out of the pass, but an erasure already begun finishes.
         let due = "v.state = 'erasing' \
                    OR (v.state = 'erase_pending' AND v.erase_after <= $1) \
                    OR (v.state = 'retained' AND v.retain_until <= $1)";
@@ -356,7 +358,8 @@ impl Store {
             format!(
                 "SELECT {cols}, w.id AS ws_id, w.removed_at AS ws_removed_at, w.resolved_mode AS ws_mode \
                  FROM volumes v LEFT JOIN workspaces w ON w.id = v.workspace_id \
-                 WHERE {due} OR (v.state = 'active' AND w.id IS NULL)"
+                 WHERE v.state = 'erasing' \
+                    OR (w.hold_at IS NULL AND ({due} OR (v.state = 'active' AND w.id IS NULL)))"
             )
         } else {
             format!(

@@ -47,6 +47,12 @@ pub struct WorkspaceRow {
     /// the reconciler carries it out.
     pub restore_requested_at: Option<Millis>,
     pub restore_by: Option<String>,
+    /// A legal hold (SPEC §15): why, by whom, since when.
+    pub hold_reason: Option<String>,
+    pub hold_by: Option<String>,
+    pub hold_at: Option<Millis>,
+    /// A clone's snapshot: its volume starts as that snapshot's content.
+    pub seed_snapshot_id: Option<Uuid>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub removed_at: Option<Millis>,
@@ -88,6 +94,10 @@ impl WorkspaceRow {
             failure: row.try_get("failure")?,
             restore_requested_at: row.try_get("restore_requested_at")?,
             restore_by: row.try_get("restore_by")?,
+            hold_reason: row.try_get("hold_reason")?,
+            hold_by: row.try_get("hold_by")?,
+            hold_at: row.try_get("hold_at")?,
+            seed_snapshot_id: parse_opt_uuid(row, "seed_snapshot_id")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             removed_at: row.try_get("removed_at")?,
@@ -107,6 +117,8 @@ pub struct NewWorkspace {
     pub runtime: Runtime,
     pub env: Env,
     pub compute: Compute,
+    /// A clone's snapshot (already checked to be of the same org).
+    pub seed_snapshot_id: Option<Uuid>,
 }
 
 /// A validated change of configuration; `None` leaves a field as it is.
@@ -198,8 +210,8 @@ pub(crate) fn insert_query(
 ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
     sqlx::query(
         "INSERT INTO workspaces (id, org_id, name, role, parent_id, tier, runtime, env, compute, \
-         desired, generation, status, compute_released, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, 1, $12, $12)",
+         desired, generation, status, compute_released, created_at, updated_at, seed_snapshot_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, 1, $12, $12, $13)",
     )
     .bind(ws.id.to_string())
     .bind(ws.org_id.to_string())
@@ -213,12 +225,13 @@ pub(crate) fn insert_query(
     .bind(DesiredState::Running.as_str())
     .bind(Status::Provisioning.as_str())
     .bind(now)
+    .bind(ws.seed_snapshot_id.map(|s| s.to_string()))
 }
 
 pub(crate) const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
     compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, failure, restore_requested_at, restore_by, \
-    created_at, updated_at, removed_at";
+    hold_reason, hold_by, hold_at, seed_snapshot_id, created_at, updated_at, removed_at";
 
 /// The fence of a workspace lease grant: see [`Store::try_lease_workspace`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,6 +297,10 @@ impl Store {
             failure: None,
             restore_requested_at: None,
             restore_by: None,
+            hold_reason: None,
+            hold_by: None,
+            hold_at: None,
+            seed_snapshot_id: ws.seed_snapshot_id,
             created_at: now,
             updated_at: now,
             removed_at: None,

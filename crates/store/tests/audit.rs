@@ -19,6 +19,7 @@ fn new_workspace(org: Uuid, name: &str) -> NewWorkspace {
         runtime: Runtime::parse(&Value::Null).unwrap(),
         env: Env::parse(&Value::Null).unwrap(),
         compute: Compute::parse(&Value::Null).unwrap(),
+        seed_snapshot_id: None,
     }
 }
 

@@ -24,6 +24,7 @@ async fn a_workspace(store: &Store) -> Uuid {
                 runtime: Runtime::default(),
                 env: Default::default(),
                 compute: Default::default(),
+                seed_snapshot_id: None,
             },
             1,
         )

@@ -26,6 +26,7 @@ mod replicas;
 mod runtime;
 mod sandbox;
 mod secrets;
+mod snapshots;
 mod sweeper;
 mod tenancy;
 mod validation;

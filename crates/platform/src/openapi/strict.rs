@@ -94,6 +94,56 @@ fn role_schema() -> Value {
     })
 }
 
+/// A free-text field as `dto::parse_text_field` reads it: at most `max`
+/// characters, no control, zero-width or bidirectional-control ones; a
+/// required one holds something besides spaces.
+fn text_schema(max: usize, required: bool) -> Value {
+    let bad = class(&[CONTROLS, INVISIBLE, BIDI_CONTROLS]);
+    let space = class(&[SPACES]);
+    if required {
+        json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": max,
+            "pattern": format!("^[{space}]*[^{space}{bad}][^{bad}]*$"),
+        })
+    } else {
+        json!({
+            "type": ["string", "null"],
+            "maxLength": max,
+            "pattern": format!("^[^{bad}]*$"),
+        })
+    }
+}
+
+fn snapshots_schema() -> Value {
+    let any_above_zero: Vec<Value> = ["last", "hourly", "daily", "weekly"]
+        .iter()
+        .map(|k| json!({ "required": [k], "properties": { *k: { "minimum": 1 } } }))
+        .collect();
+    let count =
+        json!({ "type": "integer", "minimum": 0, "maximum": holdfast_domain::SNAPSHOT_KEEP_MAX });
+    json!({
+        "type": ["object", "null"],
+        "required": ["every", "keep"],
+        "properties": {
+            "every": {
+                "type": "string",
+                "pattern": "^([1-9][0-9]{0,5}(s|m|h|d|w)){1,4}$",
+                "description": "a duration of at least 1s: `30m`, `1h`, `1d`",
+            },
+            "keep": {
+                "type": "object",
+                "properties": { "last": count, "hourly": count, "daily": count, "weekly": count },
+                "anyOf": any_above_zero,
+                "additionalProperties": false,
+                "description": "at least one count above 0",
+            },
+        },
+        "additionalProperties": false,
+    })
+}
+
 fn uuid_or_null() -> Value {
     json!({ "type": ["string", "null"], "format": "uuid" })
 }
@@ -185,6 +235,7 @@ fn compute_schema() -> Value {
                 "properties": { "size_gb": { "type": "integer", "minimum": 1, "maximum": 500 } },
                 "additionalProperties": false,
             },
+            "snapshots": snapshots_schema(),
         },
         "additionalProperties": false,
     })
@@ -224,7 +275,38 @@ fn request_schemas() -> Vec<(&'static str, Value)> {
                         "format": "uuid",
                         "description": "admin only: the org to create in (default: the default org)",
                     },
+                    "from_snapshot": {
+                        "type": ["string", "null"],
+                        "format": "uuid",
+                        "description": "a clone: a snapshot of this org whose content the new (persist) workspace's data starts as",
+                    },
                 },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "CreateSnapshotRequest",
+            json!({
+                "type": "object",
+                "properties": { "label": text_schema(64, false) },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "RollbackRequest",
+            json!({
+                "type": "object",
+                "required": ["snapshot_id"],
+                "properties": { "snapshot_id": { "type": "string", "format": "uuid" } },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "HoldRequest",
+            json!({
+                "type": "object",
+                "required": ["reason"],
+                "properties": { "reason": text_schema(512, true) },
                 "additionalProperties": false,
             }),
         ),

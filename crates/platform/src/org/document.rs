@@ -505,6 +505,7 @@ fn to_tree(
         env: get("env"),
         compute: get("compute"),
         org_id: None,
+        from_snapshot: None,
     };
     if get("name").is_none() {
         let mut e = DocError::new("invalid_field", "name: is required").at(&place, node.line);
@@ -760,7 +761,7 @@ mod tests {
         check(
             "name: root\ncompute: {size: 1}\n",
             expect![[
-                r#"invalid_field root (line 2): compute.size: unknown field; allowed: data_persistence, volume [field=Some("compute.size")]"#
+                r#"invalid_field root (line 2): compute.size: unknown field; allowed: data_persistence, volume, snapshots [field=Some("compute.size")]"#
             ]],
         );
     }

@@ -1,0 +1,1088 @@
+//! The snapshot repository: deduplicated, content-addressed storage of
+//! workspace volumes under `<data-dir>/snapshots/` (SPEC §15).
+//!
+//! Layout, per org (chunks are shared within an org, never across):
+//!
+//! ```text
+//! snapshots/<org-id>/chunks/<hh>/<64 hex>   one chunk: 1 byte codec ('z' zstd, 'r' raw), then the data
+//! snapshots/<org-id>/manifests/<snapshot-id> the tree: zstd of the entries below
+//! snapshots/<org-id>/tmp/                    chunks and manifests being written
+//! snapshots/staging/<workspace-id>/          restores being prepared (rollback, clone)
+//! ```
+//!
+//! Files are cut with FastCDC (content-defined: an edit moves only the
+//! chunks around it), named by the BLAKE3 keyed hash of their plain
+//! content under the org's key (kept in the store, never here), and
+//! compressed with zstd. A chunk is written to `tmp/` and renamed into
+//! place, so a chunk file is always whole; the manifest is written the same
+//! way after `syncfs`, and only then is the snapshot's record `ready`: a
+//! crash or a full disk leaves at most unreferenced chunks, which
+//! [`OrgRepo::collect_garbage`] removes.
+//!
+//! Capture reads the workspace's volume only through [`crate::tree`]'s
+//! handle walk (a link swapped in mid-walk fails the open instead of
+//! leading outside). Restore writes only into a fresh directory under
+//! `staging/`, which no workspace can see, and which is swapped into place
+//! by a rename.
+
+use crate::tree::{self, FileId, Visitor};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+const MAGIC: &[u8; 8] = b"HFSNAP01";
+/// FastCDC sizes: restic's average (1 MiB), a smaller minimum so that
+/// small edits of mid-sized files cost less.
+const MIN_CHUNK: u32 = 256 * 1024;
+const AVG_CHUNK: u32 = 1024 * 1024;
+const MAX_CHUNK: u32 = 4 * 1024 * 1024;
+const ZSTD_LEVEL: i32 = 3;
+
+/// A chunk's name: the keyed BLAKE3 hash of its plain content.
+pub type ChunkId = [u8; 32];
+
+fn hex(id: &ChunkId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<ChunkId> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A new random chunk key, as stored (hex).
+pub fn new_key() -> String {
+    let a = Uuid::new_v4();
+    let b = Uuid::new_v4();
+    let c = Uuid::new_v4();
+    // 3 × 122 random bits, hashed down to 256.
+    let mut h = blake3::Hasher::new();
+    h.update(a.as_bytes());
+    h.update(b.as_bytes());
+    h.update(c.as_bytes());
+    hex(h.finalize().as_bytes())
+}
+
+/// The whole repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    root: PathBuf,
+}
+
+/// One org's part of the repository, with its key.
+pub struct OrgRepo {
+    dir: PathBuf,
+    key: ChunkId,
+}
+
+/// Why a repository operation failed, as the API answers it.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The disk is full (or over quota).
+    #[error("the snapshot repository's disk is full")]
+    Full,
+    /// The data holds what a snapshot cannot include safely.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+impl From<io::Error> for RepoError {
+    fn from(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+            || e.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error())
+        {
+            RepoError::Full
+        } else {
+            RepoError::Io(e)
+        }
+    }
+}
+
+impl Repo {
+    pub fn new(data_dir: &Path) -> Repo {
+        Repo {
+            root: data_dir.join("snapshots"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn org(&self, org_id: Uuid, key_hex: &str) -> io::Result<OrgRepo> {
+        let key =
+            unhex(key_hex).ok_or_else(|| io::Error::other("a stored chunk key is malformed"))?;
+        Ok(OrgRepo {
+            dir: self.root.join(org_id.to_string()),
+            key,
+        })
+    }
+
+    /// Where restores are prepared: beside the volumes, on the same
+    /// filesystem (a rename swaps them in), invisible to every workspace.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// The orgs with a directory in the repository.
+    pub fn org_dirs(&self) -> Vec<Uuid> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()))
+            .collect()
+    }
+
+    /// Manifests on disk of an org (snapshot ids).
+    pub fn manifests_of(&self, org_id: Uuid) -> Vec<Uuid> {
+        let dir = self.root.join(org_id.to_string()).join("manifests");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()))
+            .collect()
+    }
+}
+
+/// One entry of a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Dir,
+    File {
+        size: u64,
+        chunks: Vec<(ChunkId, u32)>,
+    },
+    Symlink(Vec<u8>),
+    Fifo,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Relative to the volume root, `/`-separated bytes; every component
+    /// is a name read from a directory (never empty, `.`, `..`).
+    pub path: Vec<u8>,
+    pub mode: u32,
+    pub mtime: (i64, u32),
+    pub kind: Kind,
+}
+
+/// What a capture found and wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureStats {
+    pub files: u64,
+    pub bytes: u64,
+    /// Bytes of chunks this capture added to the repository (as stored).
+    pub new_bytes: u64,
+    /// Sockets and device nodes, which are not captured: a restore could
+    /// not recreate them safely.
+    pub skipped: u64,
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u32(
+        out,
+        u32::try_from(b.len()).expect("a name or link target fits in 4 GiB"),
+    );
+    out.extend_from_slice(b);
+}
+
+fn encode(entry: &Entry, out: &mut Vec<u8>) {
+    let tag = match &entry.kind {
+        Kind::Dir => b'd',
+        Kind::File { .. } => b'f',
+        Kind::Symlink(_) => b'l',
+        Kind::Fifo => b'p',
+    };
+    out.push(tag);
+    put_u32(out, entry.mode);
+    out.extend_from_slice(&entry.mtime.0.to_le_bytes());
+    put_u32(out, entry.mtime.1);
+    put_bytes(out, &entry.path);
+    match &entry.kind {
+        Kind::File { size, chunks } => {
+            put_u64(out, *size);
+            put_u32(out, u32::try_from(chunks.len()).unwrap_or(u32::MAX));
+            for (id, len) in chunks {
+                out.extend_from_slice(id);
+                put_u32(out, *len);
+            }
+        }
+        Kind::Symlink(target) => put_bytes(out, target),
+        Kind::Dir | Kind::Fifo => {}
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a manifest is truncated",
+            ));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn bytes(&mut self) -> io::Result<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+}
+
+fn valid_path(path: &[u8]) -> bool {
+    !path.is_empty()
+        && path
+            .split(|b| *b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0))
+}
+
+pub fn decode(data: &[u8]) -> io::Result<Vec<Entry>> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a manifest is malformed: {why}"),
+        )
+    };
+    let mut c = Cursor(data);
+    if c.take(8)? != MAGIC {
+        return Err(bad("wrong magic"));
+    }
+    let mut out = Vec::new();
+    while !c.0.is_empty() {
+        let tag = c.take(1)?[0];
+        let mode = c.u32()?;
+        let secs = i64::from_le_bytes(c.take(8)?.try_into().expect("8 bytes"));
+        let nsec = c.u32()?;
+        let path = c.bytes()?;
+        if !valid_path(&path) {
+            return Err(bad("an entry's path"));
+        }
+        let kind = match tag {
+            b'd' => Kind::Dir,
+            b'p' => Kind::Fifo,
+            b'l' => Kind::Symlink(c.bytes()?),
+            b'f' => {
+                let size = c.u64()?;
+                let n = c.u32()?;
+                let mut chunks = Vec::with_capacity(n.min(1 << 16) as usize);
+                for _ in 0..n {
+                    let id: ChunkId = c.take(32)?.try_into().expect("32 bytes");
+                    chunks.push((id, c.u32()?));
+                }
+                Kind::File { size, chunks }
+            }
+            _ => return Err(bad("an unknown entry kind")),
+        };
+        out.push(Entry {
+            path,
+            mode,
+            mtime: (secs, nsec),
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+fn mtime_of(st: &Stat) -> (i64, u32) {
+    (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0))
+}
+
+/// The permission bits kept: never set-user-id or set-group-id, which a
+/// restore (by the server's user) would otherwise hand to a file the
+/// workspace planted.
+fn perm(st: &Stat) -> u32 {
+    st.st_mode & 0o1777
+}
+
+impl OrgRepo {
+    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let h = hex(id);
+        self.dir.join("chunks").join(&h[..2]).join(h)
+    }
+
+    fn manifest_path(&self, snapshot: Uuid) -> PathBuf {
+        self.dir.join("manifests").join(snapshot.to_string())
+    }
+
+    fn tmp(&self) -> io::Result<(PathBuf, File)> {
+        let dir = self.dir.join("tmp");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(Uuid::new_v4().to_string());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Writes `data` whole to `path` through a temporary file and a rename.
+    fn write_atomically(&self, path: &Path, data: &[&[u8]], sync: bool) -> io::Result<()> {
+        let (tmp, mut file) = self.tmp()?;
+        let written = (|| {
+            for d in data {
+                file.write_all(d)?;
+            }
+            if sync {
+                file.sync_all()?;
+            }
+            std::fs::create_dir_all(path.parent().expect("a parent"))?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Stores one chunk unless the org has it; returns the bytes added.
+    fn put_chunk(&self, data: &[u8]) -> io::Result<(ChunkId, u64)> {
+        let id: ChunkId = *blake3::keyed_hash(&self.key, data).as_bytes();
+        let path = self.chunk_path(&id);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Ok((id, 0));
+        }
+        let packed = zstd::bulk::compress(data, ZSTD_LEVEL)?;
+        let (codec, body): (&[u8], &[u8]) = if packed.len() < data.len() {
+            (b"z", &packed)
+        } else {
+            (b"r", data)
+        };
+        self.write_atomically(&path, &[codec, body], false)?;
+        Ok((id, 1 + body.len() as u64))
+    }
+
+    /// Reads a chunk back and checks it is what its name says.
+    pub fn get_chunk(&self, id: &ChunkId, len: u32) -> io::Result<Vec<u8>> {
+        let raw = std::fs::read(self.chunk_path(id))?;
+        let data = match raw.split_first() {
+            Some((b'z', body)) => zstd::bulk::decompress(body, len as usize)?,
+            Some((b'r', body)) => body.to_vec(),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a chunk is malformed",
+                ));
+            }
+        };
+        if blake3::keyed_hash(&self.key, &data).as_bytes() != id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "chunk {} does not match its name: the repository is damaged",
+                    hex(id)
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Captures the tree under `root` into a manifest for `snapshot`. The
+    /// manifest is durable when this returns; nothing refers to the
+    /// chunks written before a failure.
+    pub fn capture(&self, root: &Path, snapshot: Uuid) -> Result<CaptureStats, RepoError> {
+        std::fs::create_dir_all(self.dir.join("chunks"))?;
+        let mut cap = Capture {
+            repo: self,
+            entries: Vec::new(),
+            stats: CaptureStats::default(),
+            links: HashMap::new(),
+            failed: None,
+        };
+        let walked = tree::walk(tree::open_root(root)?, &mut cap);
+        if let Some(e) = cap.failed.take() {
+            return Err(e);
+        }
+        walked?;
+        for (nlink, inside, path) in cap.links.values() {
+            if inside < nlink {
+                return Err(RepoError::Refused(format!(
+                    "{}: has a hard link outside the workspace's data, so its bytes are not the \
+                     workspace's own",
+                    tree::display_path(path)
+                )));
+            }
+        }
+        let mut body = Vec::with_capacity(64 + cap.entries.len() * 64);
+        body.extend_from_slice(MAGIC);
+        for e in &cap.entries {
+            encode(e, &mut body);
+        }
+        let packed = zstd::bulk::compress(&body, ZSTD_LEVEL)?;
+        let len = (body.len() as u64).to_le_bytes();
+        // Ordering: every chunk is on disk before the manifest that names
+        // them, and the manifest before the record says `ready`.
+        rustix::fs::syncfs(tree::open_root(&self.dir)?).map_err(io::Error::from)?;
+        self.write_atomically(&self.manifest_path(snapshot), &[&len, &packed], true)?;
+        sync_dir(&self.dir.join("manifests"))?;
+        Ok(cap.stats)
+    }
+
+    pub fn has_manifest(&self, snapshot: Uuid) -> bool {
+        self.manifest_path(snapshot).exists()
+    }
+
+    pub fn manifest(&self, snapshot: Uuid) -> io::Result<Vec<Entry>> {
+        let raw = std::fs::read(self.manifest_path(snapshot))?;
+        if raw.len() < 8 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a manifest is truncated",
+            ));
+        }
+        let len = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
+        let body = zstd::bulk::decompress(&raw[8..], usize::try_from(len).unwrap_or(usize::MAX))?;
+        decode(&body)
+    }
+
+    /// Removes a snapshot's manifest (its chunks go at the next garbage
+    /// collection, if nothing else refers to them).
+    pub fn remove_manifest(&self, snapshot: Uuid) -> io::Result<()> {
+        match std::fs::remove_file(self.manifest_path(snapshot)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes chunks no manifest on disk refers to, and what failed
+    /// writes left in `tmp/`. Manifests without a record are kept (and
+    /// their chunks with them): the sweeper reports them. Returns the
+    /// bytes freed. The caller holds the org's repository lock, so no
+    /// capture runs meanwhile.
+    pub fn collect_garbage(&self) -> io::Result<u64> {
+        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("manifests")) {
+            for e in entries.flatten() {
+                let Some(id) = e.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()) else {
+                    continue;
+                };
+                for entry in self.manifest(id)? {
+                    if let Kind::File { chunks, .. } = entry.kind {
+                        referenced.extend(chunks.into_iter().map(|(c, _)| c));
+                    }
+                }
+            }
+        }
+        let mut freed = 0;
+        let _ = std::fs::remove_dir_all(self.dir.join("tmp"));
+        let Ok(buckets) = std::fs::read_dir(self.dir.join("chunks")) else {
+            return Ok(0);
+        };
+        for bucket in buckets.flatten() {
+            let Ok(files) = std::fs::read_dir(bucket.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let keep = f
+                    .file_name()
+                    .to_str()
+                    .and_then(unhex)
+                    .is_some_and(|id| referenced.contains(&id));
+                if !keep {
+                    freed += f.metadata().map(|m| m.len()).unwrap_or(0);
+                    std::fs::remove_file(f.path())?;
+                }
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Bytes the org's chunks take.
+    pub fn stored_bytes(&self) -> u64 {
+        let mut total = 0;
+        for sub in ["chunks", "manifests"] {
+            let Ok(buckets) = std::fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
+            for b in buckets.flatten() {
+                if b.file_type().is_ok_and(|t| t.is_dir()) {
+                    if let Ok(files) = std::fs::read_dir(b.path()) {
+                        total += files
+                            .flatten()
+                            .filter_map(|f| f.metadata().ok())
+                            .map(|m| m.len())
+                            .sum::<u64>();
+                    }
+                } else {
+                    total += b.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+
+    /// Restores a snapshot into `parent/name`, which must not exist: made
+    /// fresh, filled, synced. Nothing else writes there (it is under
+    /// `staging/`), and it is reached through handles all the same.
+    pub fn restore(&self, snapshot: Uuid, parent: &Path, name: &str) -> io::Result<()> {
+        let entries = self.manifest(snapshot)?;
+        std::fs::create_dir_all(parent)?;
+        let parent_fd = tree::open_root(parent)?;
+        let cname = CString::new(name).map_err(io::Error::other)?;
+        rustix::fs::mkdirat(&parent_fd, &cname, Mode::RWXU)?;
+        let root = tree::open_dir_beneath(parent_fd.as_fd(), &cname)?;
+        let mut w = Writer {
+            frames: vec![WFrame {
+                path_len: 0,
+                name: CString::default(),
+                fd: Some(root),
+                mode: 0o700,
+                mtime: None,
+            }],
+            path: Vec::new(),
+        };
+        for e in &entries {
+            w.place(self, e)?;
+        }
+        w.close_to(0)?;
+        rustix::fs::syncfs(&parent_fd)?;
+        Ok(())
+    }
+
+    /// Writes the snapshot as a `.tar.gz` to `out`.
+    pub fn write_tar(&self, snapshot: Uuid, out: &mut dyn Write) -> io::Result<()> {
+        let entries = self.manifest(snapshot)?;
+        let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for e in &entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(e.mode);
+            h.set_mtime(u64::try_from(e.mtime.0).unwrap_or(0));
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes_compat(&e.path));
+            match &e.kind {
+                Kind::Dir => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    tar.append_data(&mut h, path, io::empty())?;
+                }
+                Kind::Fifo => {
+                    h.set_entry_type(tar::EntryType::Fifo);
+                    h.set_size(0);
+                    tar.append_data(&mut h, path, io::empty())?;
+                }
+                Kind::Symlink(target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    tar.append_link(
+                        &mut h,
+                        path,
+                        std::path::Path::new(std::ffi::OsStr::from_bytes_compat(target)),
+                    )?;
+                }
+                Kind::File { size, chunks } => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(*size);
+                    let reader = ChunkReader {
+                        repo: self,
+                        chunks: chunks.iter(),
+                        buf: Vec::new(),
+                        pos: 0,
+                    };
+                    tar.append_data(&mut h, path, reader.take(*size))?;
+                }
+            }
+        }
+        let gz = tar.into_inner()?;
+        gz.finish()?.flush()
+    }
+}
+
+trait FromBytesCompat {
+    fn from_bytes_compat(b: &[u8]) -> &Self;
+}
+impl FromBytesCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &Self {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    rustix::fs::fsync(tree::open_root(dir)?)?;
+    Ok(())
+}
+
+struct ChunkReader<'a, I> {
+    repo: &'a OrgRepo,
+    chunks: I,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<'a, I: Iterator<Item = &'a (ChunkId, u32)>> Read for ChunkReader<'a, I> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            let Some((id, len)) = self.chunks.next() else {
+                return Ok(0);
+            };
+            self.buf = self.repo.get_chunk(id, *len)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+struct Capture<'a> {
+    repo: &'a OrgRepo,
+    entries: Vec<Entry>,
+    stats: CaptureStats,
+    /// Files with more than one link: (links, links seen inside, a path).
+    links: HashMap<FileId, (u64, u64, Vec<u8>)>,
+    /// A repository failure (a full disk) kept apart from the walk's own
+    /// errors, so that it is answered as what it is.
+    failed: Option<RepoError>,
+}
+
+impl Capture<'_> {
+    fn file(&mut self, fd: OwnedFd, path: &[u8], st: &Stat) -> io::Result<()> {
+        if st.st_nlink > 1 {
+            let e = self
+                .links
+                .entry(tree::file_id(st))
+                .or_insert((st.st_nlink, 0, path.to_vec()));
+            e.1 += 1;
+        }
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let file = File::from(fd).take(size);
+        let mut chunks = Vec::new();
+        let mut read = 0u64;
+        for chunk in fastcdc::v2020::StreamCDC::new(file, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+            let chunk = chunk.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(e) => e,
+                other => io::Error::other(other.to_string()),
+            })?;
+            let (id, added) = match self.repo.put_chunk(&chunk.data) {
+                Ok(x) => x,
+                Err(e) => {
+                    let e = RepoError::from(e);
+                    let msg = e.to_string();
+                    self.failed = Some(e);
+                    return Err(io::Error::other(msg));
+                }
+            };
+            self.stats.new_bytes += added;
+            read += chunk.data.len() as u64;
+            chunks.push((id, chunk.data.len() as u32));
+        }
+        self.stats.files += 1;
+        self.stats.bytes += read;
+        self.entries.push(Entry {
+            path: path.to_vec(),
+            mode: perm(st),
+            mtime: mtime_of(st),
+            kind: Kind::File { size: read, chunks },
+        });
+        Ok(())
+    }
+
+    fn special(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        path: &[u8],
+        st: &Stat,
+    ) -> io::Result<()> {
+        let kind = match tree::file_type(st) {
+            FileType::Symlink => match rustix::fs::readlinkat(parent, name, Vec::new()) {
+                Ok(t) => Kind::Symlink(t.into_bytes()),
+                Err(rustix::io::Errno::NOENT) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+            FileType::Fifo => Kind::Fifo,
+            _ => {
+                self.stats.skipped += 1;
+                tracing::debug!(path = %tree::display_path(path), "not captured: a socket or device");
+                return Ok(());
+            }
+        };
+        self.entries.push(Entry {
+            path: path.to_vec(),
+            mode: perm(st),
+            mtime: mtime_of(st),
+            kind,
+        });
+        Ok(())
+    }
+}
+
+impl Visitor for Capture<'_> {
+    fn dir(&mut self, path: &[u8], st: &Stat) -> io::Result<()> {
+        self.entries.push(Entry {
+            path: path.to_vec(),
+            mode: perm(st),
+            mtime: mtime_of(st),
+            kind: Kind::Dir,
+        });
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        path: &[u8],
+        st: &Stat,
+    ) -> io::Result<()> {
+        if tree::file_type(st) != FileType::RegularFile {
+            return self.special(parent, name, path, st);
+        }
+        // Re-checked on the opened handle: the entry may have been swapped
+        // for a link, a FIFO or a device since it was listed.
+        let (fd, st) = match tree::open_file_beneath(parent, name) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                let st = rustix::fs::statat(parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+                return self.special(parent, name, path, &st);
+            }
+            Err(e) => return Err(e),
+        };
+        if tree::file_type(&st) != FileType::RegularFile {
+            return self.special(parent, name, path, &st);
+        }
+        self.file(fd, path, &st)
+    }
+}
+
+struct WFrame {
+    path_len: usize,
+    name: CString,
+    fd: Option<OwnedFd>,
+    mode: u32,
+    mtime: Option<(i64, u32)>,
+}
+
+/// Writes entries (in the walk's order: a directory before what is in it)
+/// beneath a fresh root, keeping at most [`tree::FD_BUDGET`] handles.
+struct Writer {
+    frames: Vec<WFrame>,
+    path: Vec<u8>,
+}
+
+fn times(mtime: (i64, u32)) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime.0,
+        tv_nsec: i64::from(mtime.1),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+impl Writer {
+    /// Opens frame `i` again from its nearest open ancestor.
+    fn fd(&mut self, i: usize) -> io::Result<BorrowedFd<'_>> {
+        if self.frames[i].fd.is_none() {
+            let k = (0..i)
+                .rev()
+                .find(|&k| self.frames[k].fd.is_some())
+                .expect("the root stays open");
+            let mut fd = self.frames[k].fd.as_ref().expect("open").try_clone()?;
+            for f in &self.frames[k + 1..=i] {
+                fd = tree::open_dir_beneath(fd.as_fd(), &f.name)?;
+            }
+            self.frames[i].fd = Some(fd);
+        }
+        Ok(self.frames[i].fd.as_ref().expect("opened").as_fd())
+    }
+
+    /// Pops frames down to `keep` of them, setting each directory's mode
+    /// and time once everything in it is written.
+    fn close_to(&mut self, keep: usize) -> io::Result<()> {
+        while self.frames.len() > keep {
+            let top = self.frames.len() - 1;
+            let (mode, mtime) = (self.frames[top].mode, self.frames[top].mtime);
+            {
+                let fd = self.fd(top)?;
+                if let Some(m) = mtime {
+                    rustix::fs::futimens(fd, &times(m))?;
+                }
+                // The restored root stays 0700 (its owner's), like a new
+                // volume; every other directory gets its own mode back.
+                if top > 0 {
+                    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o1777))?;
+                }
+            }
+            self.frames.pop();
+            if keep == 0 && self.frames.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, repo: &OrgRepo, e: &Entry) -> io::Result<()> {
+        let (parent, name) = match e.path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&e.path[..i], &e.path[i + 1..]),
+            None => (&e.path[..0], &e.path[..]),
+        };
+        // The parent is on the stack: pop what lies beside it.
+        let depth = self
+            .frames
+            .iter()
+            .rposition(|f| {
+                f.path_len == parent.len() && self.path.get(..parent.len()) == Some(parent)
+            })
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "a manifest is out of order")
+            })?;
+        self.close_to(depth + 1)?;
+        self.path.truncate(parent.len());
+        let name = CString::new(name).map_err(io::Error::other)?;
+        let top = self.frames.len() - 1;
+        let dir = self.fd(top)?.try_clone_to_owned()?;
+        match &e.kind {
+            Kind::Dir => {
+                rustix::fs::mkdirat(&dir, &name, Mode::RWXU)?;
+                let fd = tree::open_dir_beneath(dir.as_fd(), &name)?;
+                if !self.path.is_empty() {
+                    self.path.push(b'/');
+                }
+                self.path.extend_from_slice(name.to_bytes());
+                self.frames.push(WFrame {
+                    path_len: self.path.len(),
+                    name,
+                    fd: Some(fd),
+                    mode: e.mode,
+                    mtime: Some(e.mtime),
+                });
+                let open = self.frames.iter().filter(|f| f.fd.is_some()).count();
+                if open > tree::FD_BUDGET {
+                    let last = self.frames.len() - 1;
+                    if let Some(f) = self.frames[1..last].iter_mut().find(|f| f.fd.is_some()) {
+                        f.fd = None;
+                    }
+                }
+            }
+            Kind::File { chunks, .. } => {
+                let fd = rustix::fs::openat(
+                    &dir,
+                    &name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::RUSR | Mode::WUSR,
+                )?;
+                let mut file = File::from(fd);
+                for (id, len) in chunks {
+                    file.write_all(&repo.get_chunk(id, *len)?)?;
+                }
+                rustix::fs::futimens(&file, &times(e.mtime))?;
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(e.mode & 0o1777))?;
+            }
+            Kind::Symlink(target) => {
+                let target = CString::new(target.clone()).map_err(io::Error::other)?;
+                rustix::fs::symlinkat(&target, &dir, &name)?;
+            }
+            Kind::Fifo => {
+                rustix::fs::mknodat(
+                    &dir,
+                    &name,
+                    FileType::Fifo,
+                    Mode::from_raw_mode(e.mode & 0o777),
+                    0,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Restores `snapshot` as `<staging>/<name>` (removing a leftover of an
+/// interrupted attempt first). Returns the directory.
+pub fn stage(repo: &OrgRepo, staging: &Path, snapshot: Uuid, name: &str) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(staging)?;
+    tree::erase_tree(staging, name)?;
+    repo.restore(snapshot, staging, name)?;
+    Ok(staging.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in walk(dir, dir) {
+            out.push(e);
+        }
+        out.sort();
+        out
+    }
+
+    fn walk(root: &Path, dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let t = e.file_type().unwrap();
+            if t.is_symlink() {
+                out.push((
+                    rel,
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ));
+            } else if t.is_dir() {
+                out.push((format!("{rel}/"), Vec::new()));
+                out.extend(walk(root, &p));
+            } else {
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+        out
+    }
+
+    fn repo(dir: &Path) -> OrgRepo {
+        Repo::new(dir).org(Uuid::new_v4(), &new_key()).unwrap()
+    }
+
+    #[test]
+    fn capture_and_restore_round_trip_with_dedup() {
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir_all(vol.join("a/b")).unwrap();
+        std::fs::write(vol.join("a/b/f"), vec![7u8; 3 * 1024 * 1024]).unwrap();
+        std::fs::write(vol.join("small"), b"hello").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", vol.join("link")).unwrap();
+        let repo = repo(top.path());
+        let s1 = Uuid::new_v4();
+        let st = repo.capture(&vol, s1).unwrap();
+        assert_eq!(st.files, 2);
+        assert_eq!(st.bytes, 3 * 1024 * 1024 + 5);
+        assert!(st.new_bytes > 0);
+        let again = repo.capture(&vol, Uuid::new_v4()).unwrap();
+        assert_eq!(again.new_bytes, 0, "unchanged data costs nothing");
+        let staging = top.path().join("staging");
+        let out = stage(&repo, &staging, s1, "new").unwrap();
+        assert_eq!(files(&out), files(&vol));
+        let mut tar = Vec::new();
+        repo.write_tar(s1, &mut tar).unwrap();
+        assert!(tar.len() > 10);
+    }
+
+    #[test]
+    fn deep_trees_restore_with_bounded_handles() {
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        let mut fd = tree::open_root(&vol).unwrap();
+        for _ in 0..(tree::FD_BUDGET * 3) {
+            rustix::fs::mkdirat(&fd, c"d", Mode::RWXU).unwrap();
+            let f = rustix::fs::openat(
+                &fd,
+                c"x",
+                OFlags::CREATE | OFlags::WRONLY,
+                Mode::RUSR | Mode::WUSR,
+            )
+            .unwrap();
+            rustix::io::write(&f, b"1").unwrap();
+            rustix::fs::mkdirat(&fd, c"side", Mode::RWXU).unwrap();
+            fd = tree::open_dir_beneath(fd.as_fd(), c"d").unwrap();
+        }
+        let repo = repo(top.path());
+        let s = Uuid::new_v4();
+        let st = repo.capture(&vol, s).unwrap();
+        assert_eq!(st.files, tree::FD_BUDGET as u64 * 3);
+        stage(&repo, &top.path().join("staging"), s, "r").unwrap();
+        assert_eq!(
+            tree::tree_size(&top.path().join("staging/r")).unwrap(),
+            tree::FD_BUDGET as u64 * 3
+        );
+    }
+
+    #[test]
+    fn garbage_collection_keeps_what_manifests_name() {
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(vol.join("f"), vec![1u8; 1000]).unwrap();
+        let repo = repo(top.path());
+        let s1 = Uuid::new_v4();
+        repo.capture(&vol, s1).unwrap();
+        std::fs::write(vol.join("f"), vec![2u8; 1000]).unwrap();
+        let s2 = Uuid::new_v4();
+        repo.capture(&vol, s2).unwrap();
+        assert_eq!(repo.collect_garbage().unwrap(), 0);
+        repo.remove_manifest(s1).unwrap();
+        assert!(repo.collect_garbage().unwrap() > 0);
+        let staging = top.path().join("staging");
+        let out = stage(&repo, &staging, s2, "x").unwrap();
+        assert_eq!(std::fs::read(out.join("f")).unwrap(), vec![2u8; 1000]);
+    }
+
+    #[test]
+    fn a_restore_never_sets_set_user_or_group_id() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(vol.join("tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(vol.join("tool"), std::fs::Permissions::from_mode(0o6755))
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        // Positive control: the planted file has the bits.
+        assert_eq!(mode(&vol.join("tool")), 0o6755);
+        let repo = repo(top.path());
+        let s = Uuid::new_v4();
+        repo.capture(&vol, s).unwrap();
+        let out = stage(&repo, &top.path().join("staging"), s, "r").unwrap();
+        assert_eq!(mode(&out.join("tool")), 0o755);
+    }
+
+    #[test]
+    fn a_hard_link_from_outside_is_refused() {
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(top.path().join("secret"), b"s").unwrap();
+        std::fs::hard_link(top.path().join("secret"), vol.join("in")).unwrap();
+        let repo = repo(top.path());
+        assert!(matches!(
+            repo.capture(&vol, Uuid::new_v4()),
+            Err(RepoError::Refused(_))
+        ));
+    }
+}
