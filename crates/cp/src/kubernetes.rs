@@ -30,6 +30,7 @@
 //! Observation: a watcher keeps a cache of the workspace Pods (relisting
 //! after a 410 Gone), and reports exits as they happen.
 
+pub mod exec;
 pub mod manifest;
 
 #[cfg(test)]
@@ -78,6 +79,8 @@ pub struct KubernetesSettings {
     pub bind_wait: Duration,
     /// How long a deleted Pod (or PV) may take to be gone.
     pub gone_wait: Duration,
+    /// How long a helper Pod (which reads a claim) may take to run.
+    pub helper_wait: Duration,
 }
 
 impl KubernetesSettings {
@@ -89,6 +92,7 @@ impl KubernetesSettings {
             storage_class: None,
             bind_wait: Duration::from_secs(30),
             gone_wait: Duration::from_secs(60),
+            helper_wait: Duration::from_secs(120),
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct KubernetesBackend {
     exits: tokio::sync::broadcast::Sender<Uuid>,
     /// Whether the API server said holdfast may patch PVs (asked once).
     may_patch_pvs: AtomicBool,
+    /// How programs run in a Pod (the API's exec).
+    exec: Arc<dyn exec::Exec>,
 }
 
 const POST: PostParams = PostParams {
@@ -189,9 +195,11 @@ fn api_error(what: &str, namespace: &str, e: kube::Error) -> CpError {
         Some(c) if c >= 500 || c == 429 => CpError::Unavailable(format!(
             "{what}: the Kubernetes API server failed ({c}), tried 4 times: {msg}"
         )),
-        Some(c) => CpError::Other(anyhow::anyhow!(
-            "{what}: the API server answered {c}: {msg}"
-        )),
+        // An object gone meanwhile (a Pod deleted by someone, a helper
+        // reclaimed), or an answer of an API server holdfast does not
+        // expect: the cluster's state, never the client's fault, and
+        // passing as far as holdfast can tell.
+        Some(c) => CpError::Unavailable(format!("{what}: the API server answered {c}: {msg}")),
         None => CpError::Unavailable(format!(
             "{what}: the Kubernetes API server is unreachable ({msg})"
         )),
@@ -255,8 +263,30 @@ pub fn pod_reason(pod: &Pod) -> Option<String> {
     None
 }
 
+/// A Pod that holds a workspace's data at `/data`, for an exec.
+struct Source {
+    pod: String,
+    container: &'static str,
+    /// A helper made for this read, to remove afterwards.
+    helper: bool,
+}
+
 fn workspace_of(meta: &kube::api::ObjectMeta) -> Option<Uuid> {
     label(meta, LABEL_WORKSPACE)?.parse().ok()
+}
+
+/// Deletes the Pod `name` if its uid is `uid` (any, with `None`); a Pod of
+/// another uid (a newer start, perhaps by another replica) is left alone,
+/// and one already gone is fine.
+async fn delete_pod_in(pods: &Api<Pod>, name: &str, uid: Option<String>) -> kube::Result<()> {
+    let params = uid_precondition(uid);
+    match retry(|| pods.delete(name, &params)).await {
+        Ok(_) => Ok(()),
+        Err(e) if code_of(&e) == Some(404) => Ok(()),
+        // The uid precondition failed: the name belongs to a newer Pod.
+        Err(e) if code_of(&e) == Some(409) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn uid_precondition(uid: Option<String>) -> DeleteParams {
@@ -305,12 +335,20 @@ impl KubernetesBackend {
             observe(pods, exits.clone())
         });
         KubernetesBackend {
+            exec: Arc::new(exec::KubeExec(client.clone())),
             client,
             settings,
             cache,
             exits,
             may_patch_pvs: AtomicBool::new(false),
         }
+    }
+
+    /// The same backend with another exec transport (tests play it in
+    /// memory: `tower-test` cannot play a websocket upgrade).
+    pub fn with_exec(mut self, exec: Arc<dyn exec::Exec>) -> Self {
+        self.exec = exec;
+        self
     }
 
     fn ns(&self) -> &str {
@@ -479,15 +517,9 @@ impl KubernetesBackend {
     /// Deletes the Pod `name` if its uid is `uid`; a Pod of another uid (a
     /// newer start, perhaps by another replica) is left alone.
     async fn delete_pod(&self, name: &str, uid: Option<String>) -> CpResult<()> {
-        let pods = self.pods();
-        let params = uid_precondition(uid);
-        match retry(|| pods.delete(name, &params)).await {
-            Ok(_) => Ok(()),
-            Err(e) if code_of(&e) == Some(404) => Ok(()),
-            // The uid precondition failed: the name belongs to a newer Pod.
-            Err(e) if code_of(&e) == Some(409) => Ok(()),
-            Err(e) => Err(self.err("deleting the workspace's Pod", e)),
-        }
+        delete_pod_in(&self.pods(), name, uid)
+            .await
+            .map_err(|e| self.err("deleting the workspace's Pod", e))
     }
 
     /// Waits until no Pod of `uid` holds `name`.
@@ -586,6 +618,135 @@ impl KubernetesBackend {
             .await
             .map_err(|e| self.err("listing workspace Pods", e))?
             .items)
+    }
+
+    /// Where a workspace's data of `kind` can be read: the ephemeral
+    /// workspace's own Pod (an emptyDir lives only there), or a new helper
+    /// Pod that mounts the claim read-only. `None`: there is no such data.
+    async fn data_source(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<Option<Source>> {
+        match kind {
+            DataKind::Scratch => {
+                let name = pod_name(workspace_id);
+                let Some(pod) = self.get_pod(&name).await? else {
+                    return Ok(None);
+                };
+                let ephemeral = label(&pod.metadata, LABEL_DATA) == Some("ephemeral");
+                let running =
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                Ok((ephemeral && running).then_some(Source {
+                    pod: name,
+                    container: "workspace",
+                    helper: false,
+                }))
+            }
+            DataKind::Volume => {
+                let Some(claim) = self.get_claim(workspace_id).await? else {
+                    return Ok(None);
+                };
+                Ok(Some(self.start_helper(workspace_id, &claim).await?))
+            }
+        }
+    }
+
+    /// Creates a helper Pod on the claim and waits until it runs (up to
+    /// `helper_wait`; then it is removed and the reason it did not run is
+    /// the error).
+    async fn start_helper(
+        &self,
+        workspace_id: Uuid,
+        claim: &PersistentVolumeClaim,
+    ) -> CpResult<Source> {
+        let claim_of = claim_name(workspace_id);
+        // A Pod that mounts the claim pins the helper to its node.
+        let node = self
+            .list_pods(&format!("{LABEL_WORKSPACE}={workspace_id}"))
+            .await?
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.spec
+                    .iter()
+                    .flat_map(|s| s.volumes.iter().flatten())
+                    .any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == claim_of)
+                    })
+            })
+            .find_map(|p| p.spec?.node_name);
+        let org: Uuid = label(&claim.metadata, LABEL_ORG)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_default();
+        let helper = manifest::helper_pod(
+            workspace_id,
+            org,
+            &self.settings.image,
+            Uuid::new_v4(),
+            node.as_deref(),
+        );
+        let name = helper.metadata.name.clone().unwrap_or_default();
+        let pods = self.pods();
+        let made = retry(|| pods.create(&POST, &helper))
+            .await
+            .map_err(|e| self.err("creating the helper Pod that reads the claim", e))?;
+        let source = Source {
+            pod: name.clone(),
+            container: "helper",
+            helper: true,
+        };
+        let deadline = tokio::time::Instant::now() + self.settings.helper_wait;
+        let mut seen = made;
+        loop {
+            match seen.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some("Running") => return Ok(source),
+                Some(phase @ ("Failed" | "Succeeded")) => {
+                    let why = pod_reason(&seen).unwrap_or_else(|| format!("it ended {phase}"));
+                    self.release(&source).await;
+                    return Err(CpError::Unavailable(format!(
+                        "the helper Pod that reads the claim did not run: {why}"
+                    )));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = pod_reason(&seen).unwrap_or_else(|| "still Pending".to_owned());
+                self.release(&source).await;
+                return Err(CpError::Unavailable(format!(
+                    "the helper Pod that reads the claim did not run within {:?}: {why}",
+                    self.settings.helper_wait
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match self.get_pod(&name).await? {
+                Some(p) => seen = p,
+                None => {
+                    return Err(CpError::Unavailable(
+                        "the helper Pod that reads the claim was deleted before it ran".to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn exec_in(
+        &self,
+        source: &Source,
+        argv: Vec<String>,
+        what: &str,
+    ) -> CpResult<exec::ExecOutput> {
+        self.exec
+            .exec(self.ns(), &source.pod, source.container, argv)
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
+    /// Removes a helper Pod (a workspace's own Pod is left alone).
+    async fn release(&self, source: &Source) {
+        if source.helper
+            && let Err(e) = self.delete_pod(&source.pod, None).await
+        {
+            tracing::warn!(pod = source.pod, error = %e, "removing a helper Pod failed; the sweep removes it");
+        }
     }
 
     /// The Pod of a workspace's instance: from the watcher's cache when it
@@ -778,14 +939,24 @@ impl Backend for KubernetesBackend {
     /// restarted) adopts them.
     async fn stop_all(&self) {}
 
-    async fn data_bytes(
-        &self,
-        _workspace_id: Uuid,
-        _kind: DataKind,
-    ) -> anyhow::Result<Option<u64>> {
-        // Measuring goes through a helper Pod and the API's exec, which this
-        // backend does not do yet: the size is unknown, never made up.
-        Ok(None)
+    /// `holdfast census /data` run over exec: in a helper Pod that mounts
+    /// the claim read-only, or in the ephemeral workspace's own Pod.
+    async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>> {
+        let Some(source) = self.data_source(workspace_id, kind).await? else {
+            return Ok(None);
+        };
+        let argv = vec![
+            manifest::RUNTIME_EXE.to_owned(),
+            "census".to_owned(),
+            manifest::DATA_DIR.to_owned(),
+        ];
+        let out = self.exec_in(&source, argv, "measuring the claim").await;
+        let census = match out {
+            Ok(out) => exec::read_census(out).await,
+            Err(e) => Err(e),
+        };
+        self.release(&source).await;
+        Ok(Some(census?.bytes))
     }
 
     async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
@@ -798,12 +969,42 @@ impl Backend for KubernetesBackend {
         }
     }
 
-    async fn export(&self, _workspace_id: Uuid, _kind: DataKind) -> CpResult<ByteStream> {
-        Err(CpError::Conflict(
-            "export is not available on the kubernetes backend yet (it needs the helper Pod's \
-             exec stream)"
-                .to_owned(),
-        ))
+    /// `holdfast archive /data` run over exec (see [`Self::data_bytes`]):
+    /// its stdout is the export, which ends cleanly only after the program
+    /// said it succeeded. The helper Pod goes when the stream ends.
+    async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream> {
+        let source = self
+            .data_source(workspace_id, kind)
+            .await?
+            .ok_or_else(|| CpError::NotFound("the workspace has no data to export".to_owned()))?;
+        let argv = vec![
+            manifest::RUNTIME_EXE.to_owned(),
+            "archive".to_owned(),
+            manifest::DATA_DIR.to_owned(),
+        ];
+        let out = match self.exec_in(&source, argv, "exporting the claim").await {
+            Ok(out) => out,
+            Err(e) => {
+                self.release(&source).await;
+                return Err(e);
+            }
+        };
+        let release = source.helper.then(|| {
+            let pods = self.pods();
+            let name = source.pod.clone();
+            async move {
+                // The helper has done its work; its name is its own.
+                if let Err(e) = delete_pod_in(&pods, &name, None).await {
+                    tracing::warn!(pod = name, error = %e, "removing a helper Pod failed; the sweep removes it");
+                }
+            }
+        });
+        exec::archive_stream(out, async move {
+            if let Some(release) = release {
+                release.await;
+            }
+        })
+        .await
     }
 
     /// The workspace container's log, from the API server (the kubelet

@@ -66,6 +66,8 @@ pub struct State {
     pub pod_log_later: String,
     /// Whether the next watch answers 410 Gone.
     pub expire_next_watch: bool,
+    /// New Pods stay Pending, unschedulable for this `(reason, message)`.
+    pub unschedulable: Option<(String, String)>,
     next: u64,
 }
 
@@ -286,7 +288,15 @@ impl Fake {
                 obj["metadata"]["uid"] = json!(format!("uid-{n}"));
                 obj["metadata"]["resourceVersion"] = json!(n.to_string());
                 match last {
-                    "pods" => obj["status"] = json!({ "phase": "Running" }),
+                    "pods" => match &s.unschedulable {
+                        None => obj["status"] = json!({ "phase": "Running" }),
+                        Some((reason, message)) => {
+                            obj["status"] = json!({ "phase": "Pending", "conditions": [{
+                                "type": "PodScheduled", "status": "False",
+                                "reason": reason, "message": message,
+                            }]});
+                        }
+                    },
                     "persistentvolumeclaims" if s.bind_at_once => {
                         let pv = format!("pvc-{n}");
                         obj["spec"]["volumeName"] = json!(pv);
@@ -378,5 +388,111 @@ impl Fake {
             }
             _ => status(405, "MethodNotAllowed", "not played by the fake"),
         }
+    }
+}
+
+/// The fake cluster's exec, in memory (`tower-test` cannot play the
+/// websocket upgrade the real one is): each claim's data (and each
+/// ephemeral Pod's) is a directory of the test, and `holdfast census` and
+/// `holdfast archive` run in this process on the directory the Pod
+/// mounts, answering as the API server's status channel does.
+pub struct FakeExec {
+    pub fake: Fake,
+    /// Data dirs by claim name (or, for an emptyDir, by Pod name).
+    pub dirs: Mutex<BTreeMap<String, std::path::PathBuf>>,
+    /// `container argv…` of every exec.
+    pub calls: Mutex<Vec<String>>,
+    /// The Pod each exec ran in, as it was then.
+    pub pods: Mutex<Vec<Value>>,
+}
+
+impl FakeExec {
+    pub fn new(fake: &Fake) -> Arc<FakeExec> {
+        Arc::new(FakeExec {
+            fake: fake.clone(),
+            dirs: Mutex::new(BTreeMap::new()),
+            calls: Mutex::new(Vec::new()),
+            pods: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn data(&self, name: &str, dir: &std::path::Path) {
+        self.dirs
+            .lock()
+            .expect("dirs")
+            .insert(name.to_owned(), dir.to_owned());
+    }
+}
+
+fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+    let (_, st) = status(code, reason, message);
+    kube::Error::Api(Box::new(serde_json::from_value(st).expect("a Status")))
+}
+
+fn exec_status(code: i32) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status> {
+    let st = if code == 0 {
+        json!({ "metadata": {}, "status": "Success" })
+    } else {
+        json!({ "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                "message": format!("command terminated with non-zero exit code: {code}"),
+                "details": { "causes": [{ "reason": "ExitCode", "message": code.to_string() }] } })
+    };
+    serde_json::from_value(st).ok()
+}
+
+#[async_trait::async_trait]
+impl super::exec::Exec for FakeExec {
+    async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argv: Vec<String>,
+    ) -> kube::Result<super::exec::ExecOutput> {
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(format!("{container} {}", argv.join(" ")));
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}");
+        let Some(obj) = self.fake.object(&path) else {
+            return Err(api_error(
+                404,
+                "NotFound",
+                &format!("pods \"{pod}\" not found"),
+            ));
+        };
+        self.pods.lock().expect("pods").push(obj.clone());
+        if obj["status"]["phase"] != "Running" {
+            return Err(api_error(400, "BadRequest", "container is not running"));
+        }
+        let key = obj["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap_or(pod)
+            .to_owned();
+        let dir = self.dirs.lock().expect("dirs").get(&key).cloned();
+        let (out, err, code) = match (argv.get(1).map(String::as_str), dir) {
+            (_, None) => (Vec::new(), format!("{key}: no data dir in the fake"), 1),
+            (Some("census"), Some(dir)) => match crate::tree::census(&dir) {
+                Ok(c) => (format!("{}\n", c.to_line()).into_bytes(), String::new(), 0),
+                Err(e) => (Vec::new(), e.to_string(), 1),
+            },
+            (Some("archive"), Some(dir)) => match crate::export::check(&dir) {
+                Err(e) => (Vec::new(), e.to_string(), 3),
+                Ok(plan) => {
+                    let mut out = Vec::new();
+                    match crate::export::write_archive(&dir, plan, &mut out) {
+                        Ok(()) => (out, String::new(), 0),
+                        Err(e) => (out, e.to_string(), 1),
+                    }
+                }
+            },
+            _ => (Vec::new(), "sh: not found".to_owned(), 127),
+        };
+        Ok(super::exec::ExecOutput {
+            stdout: Box::pin(std::io::Cursor::new(out)),
+            stderr: Box::pin(std::io::Cursor::new(err.into_bytes())),
+            status: Box::pin(async move { exec_status(code) }),
+            keep: Box::new(()),
+        })
     }
 }

@@ -236,10 +236,19 @@ pub fn workspace_claim(
 }
 
 /// A short-lived Pod that mounts the claim read-only, for the size and
-/// export of its data (read over the API's exec). It runs nothing but a
-/// sleep, with no network identity and no token.
-pub fn helper_pod(workspace_id: Uuid, org_id: Uuid, image: &ImageRef, n: Uuid) -> Pod {
-    serde_json::from_value(json!({
+/// export of its data (`holdfast census` and `holdfast archive`, run in it
+/// over the API's exec). It runs nothing but a sleep, with no token. When a
+/// Pod already mounts the claim, the helper is put on that Pod's `node`:
+/// a ReadWriteOnce volume is shared by the Pods of one node, and a helper
+/// scheduled elsewhere would wait on a Multi-Attach error.
+pub fn helper_pod(
+    workspace_id: Uuid,
+    org_id: Uuid,
+    image: &ImageRef,
+    n: Uuid,
+    node: Option<&str>,
+) -> Pod {
+    let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -279,8 +288,11 @@ pub fn helper_pod(workspace_id: Uuid, org_id: Uuid, image: &ImageRef, n: Uuid) -
                 },
             }],
         },
-    }))
-    .expect("a well-formed Pod")
+    });
+    if let Some(node) = node {
+        pod["spec"]["nodeName"] = json!(node);
+    }
+    serde_json::from_value(pod).expect("a well-formed Pod")
 }
 
 /// A minimal YAML rendering of JSON (block maps and lists, scalars in JSON

@@ -27,6 +27,7 @@ fn settings() -> KubernetesSettings {
     );
     s.bind_wait = Duration::from_millis(600);
     s.gone_wait = Duration::from_millis(600);
+    s.helper_wait = Duration::from_millis(600);
     s
 }
 
@@ -551,7 +552,10 @@ type Op = Box<dyn Fn(&KubernetesBackend) -> futures_util::future::BoxFuture<'_, 
 /// control) does.
 #[tokio::test]
 async fn no_operation_but_the_erase_deletes_a_claim() {
-    let (k, fake) = backend();
+    let (k, fake, exec) = backend_with_exec();
+    let data = some_data();
+    exec.data(&claim_name(ws()), data.path());
+    exec.data(&pod_name(ws()), data.path());
     let ops: Vec<(&str, Op)> = vec![
         (
             "spawn persist",
@@ -651,7 +655,19 @@ async fn no_operation_but_the_erase_deletes_a_claim() {
             "export",
             Box::new(|k| {
                 Box::pin(async move {
-                    let _ = k.export(ws(), DataKind::Volume).await;
+                    let mut s = k.export(ws(), DataKind::Volume).await.unwrap();
+                    while s.next().await.is_some() {}
+                    // The helper's removal runs after the stream's end.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                })
+            }),
+        ),
+        (
+            "export scratch",
+            Box::new(|k| {
+                Box::pin(async move {
+                    let _ = k.export(ws(), DataKind::Scratch).await;
+                    let _ = k.data_bytes(ws(), DataKind::Scratch).await.unwrap();
                 })
             }),
         ),
@@ -719,7 +735,7 @@ async fn nothing_holdfast_creates_has_owner_references() {
         ))
         .unwrap(),
         serde_json::to_value(manifest::workspace_claim(ws(), org(), None, None)).unwrap(),
-        serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil())).unwrap(),
+        serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil(), None)).unwrap(),
     ];
     for obj in built {
         assert!(obj["metadata"].get("ownerReferences").is_none());
@@ -813,7 +829,7 @@ fn only_the_erase_reaches_the_claim_delete() {
         [
             (
                 "pods.delete(",
-                "delete_pod",
+                "delete_pod_in",
             ),
             (
                 "claims.delete(",
@@ -869,7 +885,8 @@ fn golden_manifests() {
     ));
     expect_test::expect_file!["../../../../deploy/kubernetes/golden/helper-pod.yaml"].assert_eq(
         &yaml(
-            serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil())).unwrap(),
+            serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil(), None))
+                .unwrap(),
         ),
     );
 }
@@ -941,4 +958,212 @@ async fn logs_come_from_the_pod_log_api_tail_and_follow_meeting_exactly() {
     assert_eq!(read_all(follow).await, "second\nthird\n");
     let whole = k.logs(ws(), 1 << 20, false).await.unwrap().unwrap();
     assert_eq!(read_all(whole).await, "first\nsecond\n");
+}
+
+/// A backend whose exec is the fake's in-memory one.
+fn backend_with_exec() -> (KubernetesBackend, Fake, Arc<super::fake::FakeExec>) {
+    let (k, fake) = backend();
+    let exec = super::fake::FakeExec::new(&fake);
+    (k.with_exec(exec.clone()), fake, exec)
+}
+
+fn some_data() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("memory")).unwrap();
+    std::fs::write(dir.path().join("memory/notes.txt"), b"hello").unwrap();
+    std::fs::write(dir.path().join("top"), b"12345678").unwrap();
+    dir
+}
+
+async fn archive_names(stream: ByteStream) -> Vec<String> {
+    let mut bytes = Vec::new();
+    let mut stream = stream;
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    let mut names: Vec<String> = tar
+        .entries()
+        .unwrap()
+        .map(|e| {
+            String::from_utf8_lossy(&e.unwrap().path_bytes())
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The helper Pods in the fake now.
+fn helpers(fake: &Fake) -> Vec<String> {
+    fake.paths()
+        .into_iter()
+        .filter(|p| p.contains("-helper-"))
+        .collect()
+}
+
+async fn until_no_helpers(fake: &Fake) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !helpers(fake).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the helper Pod is removed");
+}
+
+#[tokio::test]
+async fn size_and_export_of_a_stopped_claim_go_through_a_read_only_helper_pod() {
+    let (k, fake, exec) = backend_with_exec();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    k.stop(ws(), None).await.unwrap();
+    let data = some_data();
+    exec.data(&claim_name(ws()), data.path());
+    fake.take_log();
+    assert_eq!(
+        k.data_bytes(ws(), DataKind::Volume).await.unwrap(),
+        Some(13)
+    );
+    let log = short(&fake.take_log());
+    assert_eq!(
+        log[..3],
+        ["GET persistentvolumeclaims/ws-ID", "GET pods", "POST pods"],
+        "{log:?}"
+    );
+    assert!(
+        log.last().unwrap().starts_with("DELETE pods/ws-ID-helper-"),
+        "{log:?}"
+    );
+    assert!(helpers(&fake).is_empty());
+    let names = archive_names(k.export(ws(), DataKind::Volume).await.unwrap()).await;
+    assert_eq!(names, ["memory", "memory/notes.txt", "top"]);
+    until_no_helpers(&fake).await;
+    let calls = exec.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            "helper /opt/holdfast/holdfast census /data",
+            "helper /opt/holdfast/holdfast archive /data",
+        ]
+    );
+    // Each helper mounted the claim read-only, on no node in particular
+    // (nothing else mounted it), with no token.
+    for pod in exec.pods.lock().unwrap().iter() {
+        assert_eq!(pod["metadata"]["labels"]["holdfast.io/kind"], "helper");
+        let vol = &pod["spec"]["volumes"][0]["persistentVolumeClaim"];
+        assert_eq!(vol["claimName"], claim_name(ws()));
+        assert_eq!(vol["readOnly"], true);
+        assert_eq!(
+            pod["spec"]["containers"][0]["volumeMounts"][0]["readOnly"],
+            true
+        );
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+        assert!(pod["spec"].get("nodeName").is_none());
+    }
+    // The workspace's data is still all there.
+    assert!(fake.object(&claim_path()).is_some());
+}
+
+#[tokio::test]
+async fn a_helper_for_a_claim_in_use_goes_to_the_node_of_the_pod_that_mounts_it() {
+    let (k, fake, exec) = backend_with_exec();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let mut pod = fake.object(&pod_path()).unwrap();
+    pod["spec"]["nodeName"] = serde_json::json!("node-a");
+    fake.put(&pod_path(), pod);
+    let data = some_data();
+    exec.data(&claim_name(ws()), data.path());
+    assert_eq!(
+        k.data_bytes(ws(), DataKind::Volume).await.unwrap(),
+        Some(13)
+    );
+    let pods = exec.pods.lock().unwrap().clone();
+    assert_eq!(pods[0]["spec"]["nodeName"], "node-a", "RWO: the same node");
+    // The running workspace Pod was not touched.
+    assert!(fake.object(&pod_path()).is_some());
+    assert!(helpers(&fake).is_empty());
+}
+
+#[tokio::test]
+async fn an_ephemeral_workspace_is_read_in_its_own_pod_and_no_data_is_not_found() {
+    let (k, fake, exec) = backend_with_exec();
+    // No claim, no Pod: nothing to read, and no helper is made.
+    assert_eq!(k.data_bytes(ws(), DataKind::Volume).await.unwrap(), None);
+    let err = k.export(ws(), DataKind::Volume).await.err().unwrap();
+    assert!(matches!(err, CpError::NotFound(_)), "{err}");
+    assert!(!fake.take_log().iter().any(|l| l.starts_with("POST")));
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap();
+    let data = some_data();
+    exec.data(&pod_name(ws()), data.path());
+    fake.take_log();
+    assert_eq!(
+        k.data_bytes(ws(), DataKind::Scratch).await.unwrap(),
+        Some(13)
+    );
+    let names = archive_names(k.export(ws(), DataKind::Scratch).await.unwrap()).await;
+    assert_eq!(names, ["memory", "memory/notes.txt", "top"]);
+    assert_eq!(
+        exec.calls.lock().unwrap()[0],
+        "workspace /opt/holdfast/holdfast census /data"
+    );
+    // The workspace's Pod runs on; no helper was made.
+    assert!(fake.object(&pod_path()).is_some());
+    assert!(
+        !fake
+            .take_log()
+            .iter()
+            .any(|l| l.starts_with("POST") || l.starts_with("DELETE"))
+    );
+}
+
+#[tokio::test]
+async fn what_an_export_cannot_include_is_a_refusal_and_the_helper_goes() {
+    let (k, fake, exec) = backend_with_exec();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let data = some_data();
+    let _sock = std::os::unix::net::UnixListener::bind(data.path().join("agent.sock")).unwrap();
+    exec.data(&claim_name(ws()), data.path());
+    let err = k.export(ws(), DataKind::Volume).await.err().unwrap();
+    assert!(matches!(err, CpError::ExportRefused(_)), "{err}");
+    assert!(err.to_string().contains("agent.sock"), "{err}");
+    until_no_helpers(&fake).await;
+}
+
+#[tokio::test]
+async fn a_helper_that_cannot_be_scheduled_is_removed_and_says_why() {
+    let (k, fake, exec) = backend_with_exec();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    k.stop(ws(), None).await.unwrap();
+    exec.data(&claim_name(ws()), some_data().path());
+    fake.with(|s| {
+        s.unschedulable = Some((
+            "Unschedulable".to_owned(),
+            "0/3 nodes are available: 3 node(s) had volume node affinity conflict.".to_owned(),
+        ))
+    });
+    let err = k.export(ws(), DataKind::Volume).await.err().unwrap();
+    assert!(matches!(err, CpError::Unavailable(_)), "{err}");
+    assert!(
+        err.to_string().contains("volume node affinity conflict"),
+        "{err}"
+    );
+    assert!(helpers(&fake).is_empty());
+    assert!(
+        exec.calls.lock().unwrap().is_empty(),
+        "no exec in a Pod that never ran"
+    );
+    let err = k.data_bytes(ws(), DataKind::Volume).await.unwrap_err();
+    assert!(err.to_string().contains("did not run within"), "{err}");
+    assert!(helpers(&fake).is_empty());
 }
