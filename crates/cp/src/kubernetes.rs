@@ -47,7 +47,9 @@ use futures_util::StreamExt;
 use holdfast_domain::{DataPersistence, ImageRef, failpoint};
 use holdfast_store::VolumeRow;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector;
 use manifest::{
@@ -108,7 +110,14 @@ pub struct KubernetesBackend {
     may_patch_pvs: AtomicBool,
     /// How programs run in a Pod (the API's exec).
     exec: Arc<dyn exec::Exec>,
+    /// Why each workspace's Pod does not run, from the Warning events the
+    /// events watcher saw (cleared once its Pod runs or goes).
+    reasons: Reasons,
 }
+
+/// Readable reasons by workspace, with the uid of the Pod each is about,
+/// shared with the watchers.
+type Reasons = Arc<std::sync::Mutex<std::collections::HashMap<Uuid, (Option<String>, String)>>>;
 
 const POST: PostParams = PostParams {
     dry_run: false,
@@ -330,11 +339,15 @@ impl KubernetesBackend {
     /// The backend over `client`; `watch` starts the Pod watcher.
     pub fn with_client(client: kube::Client, settings: KubernetesSettings, watch: bool) -> Self {
         let (exits, _) = tokio::sync::broadcast::channel(256);
+        let reasons = Reasons::default();
         let cache = watch.then(|| {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
-            observe(pods, exits.clone())
+            let events: Api<CoreEvent> = Api::namespaced(client.clone(), &settings.namespace);
+            observe_events(events, reasons.clone());
+            observe(pods, exits.clone(), reasons.clone())
         });
         KubernetesBackend {
+            reasons,
             exec: Arc::new(exec::KubeExec(client.clone())),
             client,
             settings,
@@ -620,6 +633,28 @@ impl KubernetesBackend {
             .items)
     }
 
+    /// Why the workspace's Pod does not run, readable, from what the
+    /// watchers saw: the latest Warning event about this very Pod (its uid),
+    /// else its own conditions. `None` when it runs, or nothing is known.
+    pub fn why_not_running(&self, workspace_id: Uuid) -> Option<String> {
+        let cache = self.cache.as_ref()?;
+        let key = reflector::ObjectRef::new(&pod_name(workspace_id)).within(self.ns());
+        let pod = cache.get(&key)?;
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            return None;
+        }
+        let seen = self
+            .reasons
+            .lock()
+            .expect("reasons")
+            .get(&workspace_id)
+            .cloned();
+        match seen {
+            Some((uid, why)) if uid.is_none() || uid == pod.metadata.uid => Some(why),
+            _ => pod_reason(&pod),
+        }
+    }
+
     /// Where a workspace's data of `kind` can be read: the ephemeral
     /// workspace's own Pod (an emptyDir lives only there), or a new helper
     /// Pod that mounts the claim read-only. `None`: there is no such data.
@@ -769,7 +804,11 @@ impl KubernetesBackend {
 /// The watcher: a reflector cache of the namespace's workspace Pods, and an
 /// exit notice for each Pod that finishes or is deleted. The watcher
 /// relists by itself after an error (a 410 Gone among them), with backoff.
-fn observe(pods: Api<Pod>, exits: tokio::sync::broadcast::Sender<Uuid>) -> reflector::Store<Pod> {
+fn observe(
+    pods: Api<Pod>,
+    exits: tokio::sync::broadcast::Sender<Uuid>,
+    reasons: Reasons,
+) -> reflector::Store<Pod> {
     use kube::runtime::WatchStreamExt;
     use kube::runtime::watcher::{self, Event};
     let (reader, writer) = reflector::store();
@@ -787,6 +826,12 @@ fn observe(pods: Api<Pod>, exits: tokio::sync::broadcast::Sender<Uuid>) -> refle
                             "a workspace Pod does not run"
                         );
                     }
+                    // A Pod that runs has got past whatever held it.
+                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && let Some(id) = workspace_of(&pod.metadata)
+                    {
+                        reasons.lock().expect("reasons").remove(&id);
+                    }
                     if matches!(pod_state(&pod), ProcessState::Exited(_))
                         && let Some(id) = workspace_of(&pod.metadata)
                     {
@@ -795,6 +840,7 @@ fn observe(pods: Api<Pod>, exits: tokio::sync::broadcast::Sender<Uuid>) -> refle
                 }
                 Ok(Event::Delete(pod)) => {
                     if let Some(id) = workspace_of(&pod.metadata) {
+                        reasons.lock().expect("reasons").remove(&id);
                         let _ = exits.send(id);
                     }
                 }
@@ -804,6 +850,72 @@ fn observe(pods: Api<Pod>, exits: tokio::sync::broadcast::Sender<Uuid>) -> refle
         }
     });
     reader
+}
+
+/// A Warning event about a workspace's Pod, as the workspace it is about
+/// and a sentence its owner can act on: a Pod no node can take
+/// (FailedScheduling, a claim's volume bound to a zone no schedulable node
+/// is in), a claim still attached to another node (Multi-Attach), a volume
+/// that cannot be mounted, an image that cannot be pulled. Events of
+/// helper Pods and of other objects are not a workspace's.
+pub fn event_reason(ev: &CoreEvent) -> Option<(Uuid, String)> {
+    if ev.type_.as_deref() != Some("Warning") || ev.involved_object.kind.as_deref() != Some("Pod") {
+        return None;
+    }
+    let name = ev.involved_object.name.as_deref()?;
+    let id: Uuid = name.strip_prefix("ws-")?.parse().ok()?;
+    let message = ev.message.as_deref().unwrap_or("").trim();
+    let reason = ev.reason.as_deref().unwrap_or("");
+    let sentence = match reason {
+        "FailedScheduling" if message.contains("volume node affinity conflict") => format!(
+            "not scheduled: its claim's volume is bound to a node or zone that no schedulable \
+             node is in (volume node affinity conflict): {message}"
+        ),
+        "FailedScheduling" if message.contains("unbound immediate PersistentVolumeClaims") => {
+            format!("not scheduled: its claim is not bound to a volume yet: {message}")
+        }
+        "FailedScheduling" => format!("not scheduled: no node can take it: {message}"),
+        "FailedAttachVolume" if message.contains("Multi-Attach") => format!(
+            "its claim is still attached to another node (Multi-Attach); it starts once the \
+             other Pod that uses it is gone: {message}"
+        ),
+        "FailedAttachVolume" => format!("its volume cannot be attached: {message}"),
+        "FailedMount" => format!("its volume cannot be mounted: {message}"),
+        "Failed" | "ErrImagePull" | "ImagePullBackOff" | "InspectFailed"
+            if message.contains("image") =>
+        {
+            format!("its image cannot be pulled: {message}")
+        }
+        "" => return None,
+        other => format!("{other}: {message}"),
+    };
+    Some((id, sentence))
+}
+
+/// The events watcher: the Warning events of the namespace's Pods, each
+/// kept as its workspace's latest reason (see [`event_reason`]). It
+/// relists by itself after an error, like the Pod watcher.
+fn observe_events(events: Api<CoreEvent>, reasons: Reasons) {
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let config = watcher::Config::default().fields("involvedObject.kind=Pod,type=Warning");
+    let stream = watcher::watcher(events, config).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(ev) | Event::InitApply(ev)) => {
+                    if let Some((id, why)) = event_reason(&ev) {
+                        tracing::warn!(workspace_id = %id, reason = why, "a workspace Pod does not run");
+                        let uid = ev.involved_object.uid.clone();
+                        reasons.lock().expect("reasons").insert(id, (uid, why));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "watching Pod events (relisting)"),
+            }
+        }
+    });
 }
 
 #[async_trait]
@@ -1023,16 +1135,27 @@ impl Backend for KubernetesBackend {
             container: Some("workspace".to_owned()),
             ..kube::api::LogParams::default()
         };
-        let text = match retry(|| pods.logs(&name, &params)).await {
-            Ok(text) => text,
+        // `seen`: the bytes of the container's own log read so far.
+        let (text, seen) = match retry(|| pods.logs(&name, &params)).await {
+            Ok(text) => {
+                let seen = text.len();
+                (text, seen)
+            }
             Err(e) if code_of(&e) == Some(404) => return Ok(None),
-            // A Pod whose container has not started has no log yet.
-            Err(e) if code_of(&e) == Some(400) => String::new(),
+            // A Pod whose container has not started has no log yet: what
+            // holds it is the one line there is to read.
+            Err(e) if code_of(&e) == Some(400) => match self.why_not_running(workspace_id) {
+                Some(why) => (
+                    format!("holdfast: the workspace's Pod is not running: {why}\n"),
+                    0,
+                ),
+                None => (String::new(), 0),
+            },
             Err(e) => return Err(self.err("reading the workspace's log", e)),
         };
         let tail = usize::try_from(tail.min(crate::logs::MAX_TAIL)).unwrap_or(usize::MAX);
-        let seen = text.len();
-        let head = bytes::Bytes::from(text.into_bytes()).slice(seen.saturating_sub(tail)..);
+        let shown = text.len();
+        let head = bytes::Bytes::from(text.into_bytes()).slice(shown.saturating_sub(tail)..);
         let first = futures_util::stream::once(async move { Ok(head) });
         if !follow {
             return Ok(Some(Box::pin(first)));

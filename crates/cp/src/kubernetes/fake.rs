@@ -64,7 +64,7 @@ pub struct State {
     pub pod_log: String,
     /// What a follow of a Pod's log also gets, after `pod_log`.
     pub pod_log_later: String,
-    /// Whether the next watch answers 410 Gone.
+    /// Whether the next watch of Pods answers 410 Gone.
     pub expire_next_watch: bool,
     /// New Pods stay Pending, unschedulable for this `(reason, message)`.
     pub unschedulable: Option<(String, String)>,
@@ -77,6 +77,7 @@ pub struct Fake {
 }
 
 const COLLECTIONS: &[&str] = &[
+    "events",
     "pods",
     "persistentvolumeclaims",
     "persistentvolumes",
@@ -162,6 +163,13 @@ impl Fake {
                     let (code, text) = server.with(|s| {
                         s.log.push(format!("GET {}", parts.uri.path()));
                         match s.objects.get(&pod) {
+                            Some(p) if p["status"]["phase"] == "Pending" => (
+                                400,
+                                serde_json::to_string(
+                                    &status(400, "BadRequest", "container \"workspace\" in pod is waiting to start: ContainerCreating").1,
+                                )
+                                .expect("JSON"),
+                            ),
                             Some(_) if query.contains("follow=true") => {
                                 (200, format!("{}{}", s.pod_log, s.pod_log_later))
                             }
@@ -186,7 +194,8 @@ impl Fake {
                     // for a while (the watcher then watches again).
                     let expire = server.with(|s| {
                         s.log.push(format!("WATCH {}", parts.uri.path()));
-                        std::mem::take(&mut s.expire_next_watch)
+                        parts.uri.path().ends_with("/pods")
+                            && std::mem::take(&mut s.expire_next_watch)
                     });
                     tokio::spawn(async move {
                         let body = if expire {

@@ -1167,3 +1167,163 @@ async fn a_helper_that_cannot_be_scheduled_is_removed_and_says_why() {
     assert!(err.to_string().contains("did not run within"), "{err}");
     assert!(helpers(&fake).is_empty());
 }
+
+fn warning(pod: &str, uid: &str, reason: &str, message: &str) -> CoreEvent {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": { "name": format!("{pod}.{reason}"), "namespace": NS },
+        "involvedObject": { "kind": "Pod", "name": pod, "namespace": NS, "uid": uid },
+        "type": "Warning", "reason": reason, "message": message,
+    }))
+    .unwrap()
+}
+
+/// Every Warning of the kinds that hold a workspace's Pod becomes a
+/// sentence its owner can act on; other events are not a workspace's.
+#[test]
+fn pod_events_become_readable_reasons() {
+    let pod = pod_name(ws());
+    let cases = [
+        (
+            "FailedScheduling",
+            "0/3 nodes are available: 3 Insufficient memory.",
+            Some(
+                "not scheduled: no node can take it: 0/3 nodes are available: 3 Insufficient memory.",
+            ),
+        ),
+        (
+            "FailedScheduling",
+            "0/3 nodes are available: 3 node(s) had volume node affinity conflict.",
+            Some(
+                "not scheduled: its claim's volume is bound to a node or zone that no schedulable node is in",
+            ),
+        ),
+        (
+            "FailedScheduling",
+            "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+            Some("not scheduled: its claim is not bound to a volume yet"),
+        ),
+        (
+            "FailedAttachVolume",
+            "Multi-Attach error for volume \"pvc-1\" Volume is already exclusively attached to one node and can't be attached to another",
+            Some("its claim is still attached to another node (Multi-Attach)"),
+        ),
+        (
+            "FailedMount",
+            "MountVolume.SetUp failed for volume \"data\"",
+            Some("its volume cannot be mounted: MountVolume.SetUp failed"),
+        ),
+        (
+            "Failed",
+            "Failed to pull image \"localhost/x:1\": not found",
+            Some("its image cannot be pulled: Failed to pull image"),
+        ),
+        (
+            "BackOff",
+            "Back-off restarting failed container",
+            Some("BackOff: Back-off restarting"),
+        ),
+    ];
+    for (reason, message, want) in cases {
+        let got = event_reason(&warning(&pod, "u", reason, message));
+        match want {
+            Some(want) => {
+                let (id, why) = got.unwrap_or_else(|| panic!("{reason}: no reason"));
+                assert_eq!(id, ws());
+                assert!(why.starts_with(want), "{reason}: {why}");
+            }
+            None => assert!(got.is_none()),
+        }
+    }
+    // Not a workspace's: a Normal event, a helper Pod's, another kind's.
+    let mut normal = warning(&pod, "u", "Scheduled", "assigned to node-a");
+    normal.type_ = Some("Normal".to_owned());
+    assert!(event_reason(&normal).is_none());
+    let helper = manifest::helper_name(ws(), Uuid::nil());
+    assert!(event_reason(&warning(&helper, "u", "FailedMount", "x")).is_none());
+    let mut claim = warning(&pod, "u", "ProvisioningFailed", "x");
+    claim.involved_object.kind = Some("PersistentVolumeClaim".to_owned());
+    assert!(event_reason(&claim).is_none());
+}
+
+/// The events watcher keeps the latest reason of each workspace's Pod; a
+/// Pod that does not run says it in its log (the only line it has), and
+/// an event about an older Pod of the same name is not taken for the
+/// current one's.
+#[tokio::test]
+async fn the_events_watcher_gives_a_pending_pod_its_reason_in_the_log() {
+    let (k, fake) = backend();
+    fake.with(|s| {
+        s.unschedulable = Some((
+            "Unschedulable".to_owned(),
+            "0/2 nodes are available: 2 Insufficient cpu.".to_owned(),
+        ))
+    });
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let pod_uid = uid(&fake.object(&pod_path()).unwrap());
+    let multi = warning(
+        &pod_name(ws()),
+        &pod_uid,
+        "FailedAttachVolume",
+        "Multi-Attach error for volume \"pvc-3\" Volume is already used by pod(s) ws-old",
+    );
+    fake.put(
+        &format!("/api/v1/namespaces/{NS}/events/multi"),
+        serde_json::to_value(&multi).unwrap(),
+    );
+    let watching = KubernetesBackend::with_client(fake.client(), settings(), true);
+    let why = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(why) = watching.why_not_running(ws()) {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a reason within 10 s");
+    assert!(
+        why.starts_with("its claim is still attached to another node (Multi-Attach)"),
+        "{why}"
+    );
+    let log = read_all(watching.logs(ws(), 1000, false).await.unwrap().unwrap()).await;
+    assert_eq!(
+        log,
+        format!("holdfast: the workspace's Pod is not running: {why}\n")
+    );
+    // The same name, another Pod: the old event is not its reason; its
+    // own conditions are.
+    let mut pod = fake.object(&pod_path()).unwrap();
+    pod["metadata"]["uid"] = serde_json::json!("uid-newer");
+    fake.put(&pod_path(), pod);
+    fake.with(|s| s.expire_next_watch = true);
+    let stale = warning(
+        &pod_name(ws()),
+        "uid-older",
+        "FailedAttachVolume",
+        "Multi-Attach error",
+    );
+    watching.reasons.lock().unwrap().insert(
+        ws(),
+        (stale.involved_object.uid.clone(), "stale".to_owned()),
+    );
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let key = reflector::ObjectRef::new(&pod_name(ws())).within(NS);
+            let seen = watching.cache.as_ref().unwrap().get(&key);
+            if seen.is_some_and(|p| p.metadata.uid.as_deref() == Some("uid-newer")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the relist sees the newer Pod");
+    let why = watching.why_not_running(ws()).unwrap();
+    assert!(
+        why.starts_with("not scheduled (Unschedulable): 0/2 nodes"),
+        "{why}"
+    );
+}
