@@ -445,15 +445,34 @@ impl KubernetesBackend {
             }
             return Ok(claim);
         }
-        let claim = manifest::workspace_claim(
+        let mut claim = manifest::workspace_claim(
             spec.workspace_id,
             org_id,
             spec.volume_size_gb,
             self.settings.storage_class.as_deref(),
         );
+        // Data safety: a claim deleted outside holdfast left its PV
+        // Released (Retain) with the data on it. A new empty claim would
+        // bind a new disk and the workspace would start without its data:
+        // the new claim is bound to that PV instead.
+        let kept = self.kept_pv(spec.workspace_id).await?;
+        if let Some(pv) = &kept {
+            manifest::bind_to(&mut claim, pv);
+            tracing::warn!(
+                workspace_id = %spec.workspace_id,
+                pv = pv.metadata.name,
+                "the workspace's claim was deleted outside holdfast; a new claim is bound to its \
+                 retained PersistentVolume"
+            );
+        }
         let claims = self.claims();
         match retry(|| claims.create(&POST, &claim)).await {
-            Ok(made) => Ok(made),
+            Ok(made) => {
+                if let Some(pv) = &kept {
+                    self.claim_pv_for(pv, &made).await?;
+                }
+                Ok(made)
+            }
             // Another replica made it meanwhile (or a retried create did).
             Err(e) if code_of(&e) == Some(409) => self
                 .get_claim(spec.workspace_id)
@@ -461,6 +480,43 @@ impl KubernetesBackend {
                 .ok_or_else(|| CpError::Conflict("the workspace's claim vanished".to_owned())),
             Err(e) => Err(self.err("creating the workspace's claim", e)),
         }
+    }
+
+    /// The PV labelled as the workspace's that no claim holds any more
+    /// (Released, or Available after someone cleared its claimRef), if any.
+    async fn kept_pv(&self, workspace_id: Uuid) -> CpResult<Option<PersistentVolume>> {
+        Ok(self
+            .labelled_pvs(&format!("{LABEL_WORKSPACE}={workspace_id}"))
+            .await?
+            .into_iter()
+            .filter(|pv| pv.metadata.deletion_timestamp.is_none())
+            .find(|pv| {
+                matches!(
+                    pv.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Released" | "Available")
+                )
+            }))
+    }
+
+    /// Points a kept PV's claimRef at the new claim, so that the PV
+    /// controller binds the two (and no other claim can take it).
+    async fn claim_pv_for(
+        &self,
+        pv: &PersistentVolume,
+        claim: &PersistentVolumeClaim,
+    ) -> CpResult<()> {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        let patch = json!({ "spec": { "claimRef": {
+            "kind": "PersistentVolumeClaim", "apiVersion": "v1",
+            "namespace": self.ns(), "name": claim.metadata.name,
+            "uid": claim.metadata.uid, "resourceVersion": null,
+        }}});
+        let volumes = self.volumes();
+        let patch = Patch::Merge(&patch);
+        retry(|| volumes.patch(&name, &PATCH, &patch))
+            .await
+            .map_err(|e| self.err("binding the retained PersistentVolume to the new claim", e))?;
+        Ok(())
     }
 
     /// Patches the claim's PV to `Retain` and labels it as the workspace's,
@@ -1248,6 +1304,35 @@ impl Backend for KubernetesBackend {
             self.wait_pv_gone(pv).await?;
         }
         Ok(u64::try_from(v.bytes).unwrap_or(0))
+    }
+
+    /// Released PVs of holdfast's whose claim is gone: each is reported by
+    /// the sweeper (the disk is kept, Retain; a start of its workspace
+    /// binds a new claim to it; its erase reclaims it).
+    async fn volume_notes(&self) -> anyhow::Result<Vec<(Uuid, String)>> {
+        let mut notes = Vec::new();
+        for pv in self.labelled_pvs(&format!("{LABEL_KIND}=data")).await? {
+            let Some(id) = workspace_of(&pv.metadata) else {
+                continue;
+            };
+            if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
+                continue;
+            }
+            if self.get_claim(id).await?.is_some() {
+                continue;
+            }
+            notes.push((
+                id,
+                format!(
+                    "the PersistentVolume {} holds this workspace's data but its claim {} was \
+                     deleted outside holdfast; the disk is kept (Retain): a start of the \
+                     workspace binds a new claim to it, and only its erase reclaims it",
+                    pv.metadata.name.as_deref().unwrap_or_default(),
+                    claim_name(id)
+                ),
+            ));
+        }
+        Ok(notes)
     }
 
     /// The workspaces with a labelled claim, or a labelled PV whose claim

@@ -306,6 +306,21 @@ impl Fake {
                             }]});
                         }
                     },
+                    // A claim that names its PV binds to it (once the PV's
+                    // claimRef points back, which the test checks).
+                    "persistentvolumeclaims"
+                        if obj["spec"]["volumeName"].as_str().is_some_and(|pv| {
+                            s.objects
+                                .contains_key(&format!("/api/v1/persistentvolumes/{pv}"))
+                        }) =>
+                    {
+                        let pv = obj["spec"]["volumeName"].as_str().unwrap_or_default();
+                        let pv_path = format!("/api/v1/persistentvolumes/{pv}");
+                        obj["status"] = json!({ "phase": "Bound" });
+                        if let Some(pv) = s.objects.get_mut(&pv_path) {
+                            pv["status"]["phase"] = json!("Bound");
+                        }
+                    }
                     "persistentvolumeclaims" if s.bind_at_once => {
                         let pv = format!("pvc-{n}");
                         obj["spec"]["volumeName"] = json!(pv);

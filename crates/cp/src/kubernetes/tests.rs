@@ -121,10 +121,11 @@ async fn a_persist_start_makes_the_claim_retains_its_pv_then_runs_the_pod() {
         [
             "POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
             "GET persistentvolumeclaims/ws-ID",
+            "GET persistentvolumes",
             "POST persistentvolumeclaims",
             "POST pods",
-            "GET persistentvolumes/pvc-3",
-            "PATCH persistentvolumes/pvc-3",
+            "GET persistentvolumes/pvc-4",
+            "PATCH persistentvolumes/pvc-4",
         ]
     "#]]
     .assert_debug_eq(&short(&fake.take_log()));
@@ -275,9 +276,9 @@ async fn erase_deletes_the_pod_then_sets_the_pv_to_delete_then_deletes_the_claim
             "GET pods/ws-ID",
             "GET persistentvolumeclaims/ws-ID",
             "GET persistentvolumes",
-            "PATCH persistentvolumes/pvc-3",
+            "PATCH persistentvolumes/pvc-4",
             "DELETE persistentvolumeclaims/ws-ID",
-            "GET persistentvolumes/pvc-3",
+            "GET persistentvolumes/pvc-4",
         ]
     "#]]
     .assert_debug_eq(&short(&fake.take_log()));
@@ -1326,4 +1327,123 @@ async fn the_events_watcher_gives_a_pending_pod_its_reason_in_the_log() {
         why.starts_with("not scheduled (Unschedulable): 0/2 nodes"),
         "{why}"
     );
+}
+
+/// A claim deleted outside holdfast (`kubectl delete pvc`) leaves its PV
+/// Released with the data (Retain): the sweeper reports it, and the next
+/// start binds a new claim to that PV instead of a new, empty disk.
+#[tokio::test]
+async fn a_claim_deleted_outside_holdfast_is_reported_and_its_pv_rebound_at_the_next_start() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let pv = pv_path(&fake);
+    let pv_name = pv.rsplit('/').next().unwrap().to_owned();
+    k.stop(ws(), None).await.unwrap();
+    // Someone deletes the claim by hand; Retain keeps the PV, Released.
+    fake.with(|s| {
+        s.objects.remove(&claim_path());
+        let pv = s.objects.get_mut(&pv).unwrap();
+        pv["status"]["phase"] = serde_json::json!("Released");
+    });
+    let notes = k.volume_notes().await.unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].0, ws());
+    assert!(notes[0].1.contains(&pv_name), "{}", notes[0].1);
+    assert!(notes[0].1.contains("deleted outside holdfast"));
+    // And the workspace is still among those with data (the store knows
+    // it; an unknown one would be adopted `retained`).
+    assert_eq!(k.volume_workspaces().await.unwrap(), vec![ws()]);
+    let pvs_before = fake
+        .paths()
+        .iter()
+        .filter(|p| p.contains("/persistentvolumes/"))
+        .count();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-2"), None)
+        .await
+        .unwrap();
+    let claim = fake.object(&claim_path()).unwrap();
+    assert_eq!(
+        claim["spec"]["volumeName"],
+        pv_name.as_str(),
+        "the kept PV, not a new one"
+    );
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "10Gi");
+    let pv_obj = fake.object(&pv).unwrap();
+    assert_eq!(pv_obj["spec"]["claimRef"]["uid"], claim["metadata"]["uid"]);
+    assert!(pv_obj["spec"]["claimRef"].get("resourceVersion").is_none());
+    assert_eq!(pv_obj["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    let pvs_after = fake
+        .paths()
+        .iter()
+        .filter(|p| p.contains("/persistentvolumes/"))
+        .count();
+    assert_eq!(pvs_after, pvs_before, "no new disk");
+    assert!(
+        k.volume_notes().await.unwrap().is_empty(),
+        "bound again: nothing to report"
+    );
+}
+
+/// The sweeper over this backend, on a real store: a claim no record knows
+/// is adopted `retained` with its size measured by a helper Pod, and once
+/// known, a claim deleted outside holdfast is reported (its PV kept).
+#[tokio::test]
+async fn the_sweeper_adopts_unknown_claims_measured_and_reports_released_pvs() {
+    let (k, fake, exec) = backend_with_exec();
+    let dir = tempfile::tempdir().unwrap();
+    let store = holdfast_store::Store::open_sqlite(&dir.path().join("holdfast.db"))
+        .await
+        .unwrap();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    k.stop(ws(), None).await.unwrap();
+    let data = some_data();
+    exec.data(&claim_name(ws()), data.path());
+    let sweeper = crate::sweep::Sweeper {
+        store: &store,
+        backend: &k,
+        retention_grace: Duration::from_secs(3600),
+        with_workspaces: false,
+    };
+    let report = sweeper.run(false, "sweeper").await.unwrap();
+    let adopted: Vec<_> = report
+        .items
+        .iter()
+        .filter(|i| i.action == holdfast_domain::SweepAction::Adopt)
+        .collect();
+    assert_eq!(adopted.len(), 1, "{report:?}");
+    assert_eq!(adopted[0].workspace_id, ws());
+    assert_eq!(adopted[0].bytes, Some(13), "measured through the helper");
+    assert_eq!(adopted[0].outcome, holdfast_domain::SweepOutcome::Done);
+    let v = store.current_volume(ws()).await.unwrap().unwrap();
+    assert_eq!(v.state, VolumeState::Retained);
+    assert!(helpers(&fake).is_empty());
+    // A second pass: known now, nothing to adopt, nothing to report.
+    let report = sweeper.run(false, "sweeper").await.unwrap();
+    assert!(report.items.is_empty(), "{report:?}");
+    // Someone deletes the claim by hand: the PV is kept, Released, and the
+    // sweeper says so (a dry run too), and never erases it for that.
+    let pv = pv_path(&fake);
+    fake.with(|s| {
+        s.objects.remove(&claim_path());
+        s.objects.get_mut(&pv).unwrap()["status"]["phase"] = serde_json::json!("Released");
+    });
+    for dry_run in [true, false] {
+        let report = sweeper.run(dry_run, "sweeper").await.unwrap();
+        assert_eq!(report.items.len(), 1, "{report:?}");
+        let item = &report.items[0];
+        assert_eq!(item.action, holdfast_domain::SweepAction::ReportOrphan);
+        assert_eq!(item.workspace_id, ws());
+        assert!(
+            item.error
+                .as_deref()
+                .unwrap()
+                .contains("deleted outside holdfast"),
+            "{item:?}"
+        );
+    }
+    assert!(fake.object(&pv).is_some(), "the disk is kept");
 }
