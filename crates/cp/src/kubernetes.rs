@@ -156,8 +156,12 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
-/// Runs `f` up to four times while it fails transiently, backing off
-/// 100, 200, 400 ms.
+/// How long one request may wait for the API server's answer: past it
+/// the attempt counts as failed (and is tried again).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs `f` up to four times while it fails transiently (or does not
+/// answer within [`ATTEMPT_TIMEOUT`]), backing off 100, 200, 400 ms.
 async fn retry<T, F, Fut>(mut f: F) -> kube::Result<T>
 where
     F: FnMut() -> Fut,
@@ -166,7 +170,14 @@ where
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0;
     loop {
-        match f().await {
+        let answer = match tokio::time::timeout(ATTEMPT_TIMEOUT, f()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            )))),
+        };
+        match answer {
             Err(e) if transient(&e) && attempt < 3 => {
                 tracing::debug!(error = %e, attempt, "the API server failed; trying again");
                 attempt += 1;
@@ -210,7 +221,7 @@ fn api_error(what: &str, namespace: &str, e: kube::Error) -> CpError {
         // passing as far as holdfast can tell.
         Some(c) => CpError::Unavailable(format!("{what}: the API server answered {c}: {msg}")),
         None => CpError::Unavailable(format!(
-            "{what}: the Kubernetes API server is unreachable ({msg})"
+            "{what}: the Kubernetes API server is unreachable, tried 4 times ({msg})"
         )),
     }
 }
@@ -1052,8 +1063,17 @@ impl Backend for KubernetesBackend {
                 }
             }
         }
-        if let Some(claim) = claim {
-            self.retain_when_bound(spec.workspace_id, claim).await?;
+        if let Some(claim) = claim
+            && let Err(e) = self.retain_when_bound(spec.workspace_id, claim).await
+        {
+            // Data safety: a workspace whose PV cannot be set to Retain
+            // does not run on it (its claim stays, and a later start, once
+            // the permission is there, retains it).
+            self.may_patch_pvs.store(false, Ordering::Relaxed);
+            if let Ok(Some(pod)) = self.get_pod(&name).await {
+                let _ = self.remove_pod(&pod).await;
+            }
+            return Err(e);
         }
         Ok(self.confinement())
     }

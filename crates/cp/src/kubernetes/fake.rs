@@ -66,6 +66,8 @@ pub struct State {
     pub pod_log_later: String,
     /// Whether the next watch of Pods answers 410 Gone.
     pub expire_next_watch: bool,
+    /// Requests get no answer at all (a hung API server).
+    pub hang: bool,
     /// New Pods stay Pending, unschedulable for this `(reason, message)`.
     pub unschedulable: Option<(String, String)>,
     next: u64,
@@ -211,6 +213,19 @@ impl Fake {
                                 .body(Body::from(body.into_bytes()))
                                 .expect("a response"),
                         );
+                    });
+                    continue;
+                }
+                if server.with(|s| {
+                    if s.hang {
+                        s.log
+                            .push(format!("HUNG {} {}", parts.method, parts.uri.path()));
+                    }
+                    s.hang
+                }) {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                        drop(send);
                     });
                     continue;
                 }

@@ -1447,3 +1447,100 @@ async fn the_sweeper_adopts_unknown_claims_measured_and_reports_released_pvs() {
     }
     assert!(fake.object(&pv).is_some(), "the disk is kept");
 }
+
+/// An API server that never answers: each attempt gives up after its
+/// timeout, four are made, and the start fails as unavailable (503 with
+/// Retry-After at the API), having created nothing.
+#[tokio::test(start_paused = true)]
+async fn an_api_server_that_does_not_answer_is_unavailable_after_four_timeouts() {
+    let (k, fake) = backend();
+    fake.with(|s| s.hang = true);
+    let started = tokio::time::Instant::now();
+    let err = k
+        .spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CpError::Unavailable(_)), "{err}");
+    assert!(
+        err.to_string().contains("unreachable, tried 4 times"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no answer within"), "{err}");
+    assert!(started.elapsed() >= ATTEMPT_TIMEOUT * 4);
+    let hung = fake
+        .take_log()
+        .iter()
+        .filter(|l| l.starts_with("HUNG POST"))
+        .count();
+    assert_eq!(hung, 4);
+    fake.with(|s| s.hang = false);
+    assert!(fake.object(&pod_path()).is_none());
+    // The positive control: answered, the same start succeeds.
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap();
+}
+
+/// The bad inputs of a persist start that the cluster gives: each a clear
+/// error of the right kind, and never a claim deleted.
+#[tokio::test]
+async fn a_persist_start_on_a_bad_cluster_fails_clearly_and_keeps_the_claim() {
+    let cases: Vec<(Fault, &str, &str)> = vec![
+        (
+            Fault::new("POST", "/persistentvolumeclaims", 404, "NotFound")
+                .message("namespaces \"holdfast\" not found"),
+            "Unavailable",
+            "creating the workspace's claim: the namespace \"holdfast\" does not exist",
+        ),
+        (
+            Fault::new("POST", "/persistentvolumeclaims", 403, "Forbidden").message(
+                "persistentvolumeclaims \"ws-x\" is forbidden: exceeded quota: storage, requested: requests.storage=10Gi",
+            ),
+            "Conflict",
+            "creating the workspace's claim: the namespace \"holdfast\" is over its ResourceQuota",
+        ),
+        (
+            Fault::new("POST", "/persistentvolumeclaims", 403, "Forbidden").message(
+                "persistentvolumeclaims is forbidden: User \"system:serviceaccount:holdfast:holdfast\" cannot create resource",
+            ),
+            "Conflict",
+            "creating the workspace's claim: holdfast's service account lacks a permission",
+        ),
+        (
+            Fault::new("POST", "/persistentvolumeclaims", 429, "TooManyRequests").times(10),
+            "Unavailable",
+            "creating the workspace's claim: the Kubernetes API server failed (429), tried 4 times",
+        ),
+        // The review said yes, yet the patch is refused: the Pod is taken
+        // away again rather than run on a disk a Delete class may drop.
+        (
+            Fault::new("PATCH", "/persistentvolumes/", 403, "Forbidden").message(
+                "persistentvolumes \"pvc-1\" is forbidden: User \"system:serviceaccount:holdfast:holdfast\" cannot patch resource",
+            ),
+            "Conflict",
+            "patching the claim's PersistentVolume to Retain: holdfast's service account lacks a permission",
+        ),
+    ];
+    for (fault, kind, want) in cases {
+        let (k, fake) = backend();
+        fake.fault(fault);
+        let err = k
+            .spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+            .await
+            .unwrap_err();
+        let got_kind = match &err {
+            CpError::Unavailable(_) => "Unavailable",
+            CpError::Conflict(_) => "Conflict",
+            _ => "Other",
+        };
+        assert_eq!(got_kind, kind, "{err}");
+        assert!(err.to_string().starts_with(want), "{err}\n  wanted: {want}");
+        assert!(fake.object(&pod_path()).is_none(), "{want}: no Pod runs");
+        let log = fake.take_log();
+        assert!(
+            !log.iter()
+                .any(|l| l.starts_with("DELETE") && l.contains("persistentvolumeclaims")),
+            "{log:?}"
+        );
+    }
+}
