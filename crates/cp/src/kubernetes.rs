@@ -33,8 +33,8 @@
 pub mod exec;
 pub mod manifest;
 
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "fake-k8s"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;
 

@@ -66,11 +66,20 @@ pub struct State {
     pub pod_log_later: String,
     /// Whether the next watch of Pods answers 410 Gone.
     pub expire_next_watch: bool,
+    /// The path of every object created, in order.
+    pub created: Vec<String>,
     /// Requests get no answer at all (a hung API server).
     pub hang: bool,
     /// New Pods stay Pending, unschedulable for this `(reason, message)`.
     pub unschedulable: Option<(String, String)>,
     next: u64,
+}
+
+/// One answer of the fake.
+struct Answer {
+    status: u16,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -156,90 +165,149 @@ impl Fake {
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let body = body.collect_bytes().await.unwrap_or_default();
-                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let query = parts.uri.query().unwrap_or("").to_owned();
-                if parts.uri.path().ends_with("/log") {
-                    // A container log: text, the whole of it; a follow also
-                    // gets what was written after (then ends).
-                    let pod = parts.uri.path().trim_end_matches("/log").to_owned();
-                    let (code, text) = server.with(|s| {
-                        s.log.push(format!("GET {}", parts.uri.path()));
-                        match s.objects.get(&pod) {
-                            Some(p) if p["status"]["phase"] == "Pending" => (
-                                400,
-                                serde_json::to_string(
-                                    &status(400, "BadRequest", "container \"workspace\" in pod is waiting to start: ContainerCreating").1,
-                                )
-                                .expect("JSON"),
-                            ),
-                            Some(_) if query.contains("follow=true") => {
-                                (200, format!("{}{}", s.pod_log, s.pod_log_later))
-                            }
-                            Some(_) => (200, s.pod_log.clone()),
-                            None => (
-                                404,
-                                serde_json::to_string(&status(404, "NotFound", "pod not found").1)
-                                    .expect("JSON"),
-                            ),
-                        }
-                    });
-                    send.send_response(
-                        Response::builder()
-                            .status(code)
-                            .body(Body::from(text.into_bytes()))
-                            .expect("a response"),
-                    );
-                    continue;
-                }
-                if query.contains("watch=true") || query.contains("watch=1") {
-                    // A watch: a 410 Gone once when asked to, else nothing
-                    // for a while (the watcher then watches again).
-                    let expire = server.with(|s| {
-                        s.log.push(format!("WATCH {}", parts.uri.path()));
-                        parts.uri.path().ends_with("/pods")
-                            && std::mem::take(&mut s.expire_next_watch)
-                    });
-                    tokio::spawn(async move {
-                        let body = if expire {
-                            let (_, st) = status(410, "Expired", "too old resource version");
-                            format!("{}\n", json!({ "type": "ERROR", "object": st }))
-                        } else {
-                            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                            String::new()
-                        };
-                        send.send_response(
-                            Response::builder()
-                                .status(200)
-                                .body(Body::from(body.into_bytes()))
-                                .expect("a response"),
-                        );
-                    });
-                    continue;
-                }
-                if server.with(|s| {
-                    if s.hang {
-                        s.log
-                            .push(format!("HUNG {} {}", parts.method, parts.uri.path()));
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let answer = server.respond(&parts.method, &parts.uri, &body).await;
+                    let Some(answer) = answer else {
+                        return;
+                    };
+                    let mut response = Response::builder().status(answer.status);
+                    if let Some(ct) = answer.content_type {
+                        response = response.header("content-type", ct);
                     }
-                    s.hang
-                }) {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-                        drop(send);
-                    });
-                    continue;
-                }
-                let (code, answer) =
-                    server.answer(parts.method.as_str(), parts.uri.path(), &query, body);
-                let response = Response::builder()
-                    .status(StatusCode::from_u16(code).expect("a status code"))
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).expect("JSON")))
-                    .expect("a response");
-                send.send_response(response);
+                    send.send_response(response.body(Body::from(answer.body)).expect("a response"));
+                });
             }
         });
         kube::Client::new(service, "default")
+    }
+
+    /// Serves the fake over plain HTTP on 127.0.0.1 (for a `holdfast serve`
+    /// whose kubeconfig points at it); returns its URL.
+    #[cfg(feature = "fake-k8s")]
+    pub async fn serve_http(&self) -> std::io::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let fake = self.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let fake = fake.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, 64 << 20)
+                    .await
+                    .unwrap_or_default();
+                match fake.respond(&parts.method, &parts.uri, &body).await {
+                    Some(a) => {
+                        let mut r = axum::http::Response::builder().status(a.status);
+                        if let Some(ct) = a.content_type {
+                            r = r.header("content-type", ct);
+                        }
+                        r.body(axum::body::Body::from(a.body)).expect("a response")
+                    }
+                    None => axum::http::Response::builder()
+                        .status(504)
+                        .body(axum::body::Body::empty())
+                        .expect("a response"),
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(url)
+    }
+
+    /// A kubeconfig file for `url` (no credentials: the fake takes all).
+    #[cfg(feature = "fake-k8s")]
+    pub fn kubeconfig(url: &str, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+                 users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+                 current-context: fake\n"
+            ),
+        )
+    }
+
+    /// The fake's answer to one request, whatever carries it; `None`: it
+    /// never answers (a hung API server).
+    async fn respond(&self, method: &http::Method, uri: &http::Uri, body: &[u8]) -> Option<Answer> {
+        let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let query = uri.query().unwrap_or("").to_owned();
+        let path = uri.path().to_owned();
+        if path.ends_with("/log") {
+            // A container log: text, the whole of it; a follow also gets
+            // what was written after (then ends).
+            let pod = path.trim_end_matches("/log").to_owned();
+            let (code, text) = self.with(|s| {
+                s.log.push(format!("GET {path}"));
+                match s.objects.get(&pod) {
+                    Some(p) if p["status"]["phase"] == "Pending" => (
+                        400,
+                        serde_json::to_string(
+                            &status(
+                                400,
+                                "BadRequest",
+                                "container \"workspace\" in pod is waiting to start: ContainerCreating",
+                            )
+                            .1,
+                        )
+                        .expect("JSON"),
+                    ),
+                    Some(_) if query.contains("follow=true") => {
+                        (200, format!("{}{}", s.pod_log, s.pod_log_later))
+                    }
+                    Some(_) => (200, s.pod_log.clone()),
+                    None => (
+                        404,
+                        serde_json::to_string(&status(404, "NotFound", "pod not found").1)
+                            .expect("JSON"),
+                    ),
+                }
+            });
+            return Some(Answer {
+                status: code,
+                content_type: None,
+                body: text.into_bytes(),
+            });
+        }
+        if query.contains("watch=true") || query.contains("watch=1") {
+            // A watch: a 410 Gone once when asked to, else nothing for a
+            // while (the watcher then watches again).
+            let expire = self.with(|s| {
+                s.log.push(format!("WATCH {path}"));
+                path.ends_with("/pods") && std::mem::take(&mut s.expire_next_watch)
+            });
+            let body = if expire {
+                let (_, st) = status(410, "Expired", "too old resource version");
+                format!("{}\n", json!({ "type": "ERROR", "object": st }))
+            } else {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                String::new()
+            };
+            return Some(Answer {
+                status: 200,
+                content_type: None,
+                body: body.into_bytes(),
+            });
+        }
+        let hang = self.with(|s| {
+            if s.hang {
+                s.log.push(format!("HUNG {method} {path}"));
+            }
+            s.hang
+        });
+        if hang {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            return None;
+        }
+        let (code, answer) = self.answer(method.as_str(), &path, &query, body);
+        Some(Answer {
+            status: StatusCode::from_u16(code).expect("a status code").as_u16(),
+            content_type: Some("application/json"),
+            body: serde_json::to_vec(&answer).expect("JSON"),
+        })
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -357,6 +425,7 @@ impl Fake {
                     "persistentvolumeclaims" => obj["status"] = json!({ "phase": "Pending" }),
                     _ => {}
                 }
+                s.created.push(key.clone());
                 s.objects.insert(key, obj.clone());
                 (201, obj)
             }
