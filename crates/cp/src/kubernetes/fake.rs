@@ -66,6 +66,9 @@ pub struct State {
     pub pod_log_later: String,
     /// Whether the next watch of Pods answers 410 Gone.
     pub expire_next_watch: bool,
+    /// The data dir behind each claim (by its name), or each emptyDir (by
+    /// its Pod's name), for the exec's programs.
+    pub data_dirs: BTreeMap<String, std::path::PathBuf>,
     /// The path of every object created, in order.
     pub created: Vec<String>,
     /// Requests get no answer at all (a hung API server).
@@ -183,8 +186,10 @@ impl Fake {
     }
 
     /// Serves the fake over plain HTTP on 127.0.0.1 (for a `holdfast serve`
-    /// whose kubeconfig points at it); returns its URL.
-    #[cfg(feature = "fake-k8s")]
+    /// whose kubeconfig points at it, or a client of [`Self::http_client`]);
+    /// returns its URL. Over HTTP the exec is the real one: a websocket
+    /// upgrade speaking `v4.channel.k8s.io`, whose program runs in this
+    /// process on the data dir the Pod mounts ([`State::data_dirs`]).
     pub async fn serve_http(&self) -> std::io::Result<String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -192,6 +197,9 @@ impl Fake {
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let fake = fake.clone();
             async move {
+                if request.uri().path().ends_with("/exec") {
+                    return fake.exec_upgrade(request);
+                }
                 let (parts, body) = request.into_parts();
                 let body = axum::body::to_bytes(body, 64 << 20)
                     .await
@@ -217,8 +225,116 @@ impl Fake {
         Ok(url)
     }
 
+    /// A client of the fake served over HTTP at `url`.
+    pub fn http_client(url: &str) -> kube::Client {
+        let config = kube::Config::new(url.parse().expect("a URL"));
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    /// The websocket side of an exec: answers 101, then sends the
+    /// program's stdout (channel 1), stderr (2) and exit status (3).
+    fn exec_upgrade(&self, mut request: axum::extract::Request) -> axum::response::Response {
+        use tokio_tungstenite::tungstenite::{
+            Message, handshake::derive_accept_key, protocol::Role,
+        };
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let headers = request.headers();
+        let key = headers
+            .get("sec-websocket-key")
+            .map(|k| derive_accept_key(k.as_bytes()));
+        let offered = headers
+            .get("sec-websocket-protocol")
+            .and_then(|p| p.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        self.with(|s| s.log.push(format!("EXEC {path}")));
+        let (Some(accept), true) = (key, offered.contains("v4.channel.k8s.io")) else {
+            return axum::http::Response::builder()
+                .status(400)
+                .body(axum::body::Body::from("not a websocket exec"))
+                .expect("a response");
+        };
+        let pod_path = path.trim_end_matches("/exec").to_owned();
+        let argv: Vec<String> = query
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("command="))
+            .map(percent_decode)
+            .collect();
+        let (out, err, code) = self.run_in(&pod_path, &argv);
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut ws =
+                tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+            use futures_util::SinkExt;
+            let framed = |channel: u8, data: &[u8]| {
+                let mut v = vec![channel];
+                v.extend_from_slice(data);
+                Message::binary(v)
+            };
+            for chunk in out.chunks(16 * 1024) {
+                if ws.send(framed(1, chunk)).await.is_err() {
+                    return;
+                }
+            }
+            if !err.is_empty() {
+                let _ = ws.send(framed(2, err.as_bytes())).await;
+            }
+            let status = serde_json::to_vec(&exec_status(code)).expect("JSON");
+            let _ = ws.send(framed(3, &status)).await;
+            let _ = ws.close(None).await;
+        });
+        axum::http::Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-accept", accept)
+            .header("sec-websocket-protocol", "v4.channel.k8s.io")
+            .body(axum::body::Body::empty())
+            .expect("a response")
+    }
+
+    /// Runs `holdfast census|archive DIR` as the Pod at `pod_path` would,
+    /// on the data dir of the claim (or emptyDir) it mounts: `(stdout,
+    /// stderr, exit code)`.
+    pub fn run_in(&self, pod_path: &str, argv: &[String]) -> (Vec<u8>, String, i32) {
+        let Some(obj) = self.object(pod_path) else {
+            return (Vec::new(), "no such Pod".to_owned(), 1);
+        };
+        let pod = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = obj["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap_or(&pod)
+            .to_owned();
+        let dir = self.with(|s| s.data_dirs.get(&key).cloned());
+        match (argv.get(1).map(String::as_str), dir) {
+            (_, None) => (Vec::new(), format!("{key}: no data dir in the fake"), 1),
+            (Some("census"), Some(dir)) => match crate::tree::census(&dir) {
+                Ok(c) => (format!("{}\n", c.to_line()).into_bytes(), String::new(), 0),
+                Err(e) => (Vec::new(), e.to_string(), 1),
+            },
+            (Some("archive"), Some(dir)) => match crate::export::check(&dir) {
+                Err(e) => (Vec::new(), e.to_string(), 3),
+                Ok(plan) => {
+                    let mut out = Vec::new();
+                    match crate::export::write_archive(&dir, plan, &mut out) {
+                        Ok(()) => (out, String::new(), 0),
+                        Err(e) => (out, e.to_string(), 1),
+                    }
+                }
+            },
+            _ => (Vec::new(), "sh: not found".to_owned(), 127),
+        }
+    }
+
     /// A kubeconfig file for `url` (no credentials: the fake takes all).
-    #[cfg(feature = "fake-k8s")]
     pub fn kubeconfig(url: &str, path: &std::path::Path) -> std::io::Result<()> {
         std::fs::write(
             path,
@@ -308,6 +424,11 @@ impl Fake {
             content_type: Some("application/json"),
             body: serde_json::to_vec(&answer).expect("JSON"),
         })
+    }
+
+    /// The data dir of the claim (or emptyDir Pod) `name`.
+    pub fn data(&self, name: &str, dir: &std::path::Path) {
+        self.with(|s| s.data_dirs.insert(name.to_owned(), dir.to_owned()));
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -506,8 +627,6 @@ impl Fake {
 /// mounts, answering as the API server's status channel does.
 pub struct FakeExec {
     pub fake: Fake,
-    /// Data dirs by claim name (or, for an emptyDir, by Pod name).
-    pub dirs: Mutex<BTreeMap<String, std::path::PathBuf>>,
     /// `container argv…` of every exec.
     pub calls: Mutex<Vec<String>>,
     /// The Pod each exec ran in, as it was then.
@@ -518,17 +637,13 @@ impl FakeExec {
     pub fn new(fake: &Fake) -> Arc<FakeExec> {
         Arc::new(FakeExec {
             fake: fake.clone(),
-            dirs: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
             pods: Mutex::new(Vec::new()),
         })
     }
 
     pub fn data(&self, name: &str, dir: &std::path::Path) {
-        self.dirs
-            .lock()
-            .expect("dirs")
-            .insert(name.to_owned(), dir.to_owned());
+        self.fake.data(name, dir);
     }
 }
 
@@ -573,29 +688,7 @@ impl super::exec::Exec for FakeExec {
         if obj["status"]["phase"] != "Running" {
             return Err(api_error(400, "BadRequest", "container is not running"));
         }
-        let key = obj["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
-            .as_str()
-            .unwrap_or(pod)
-            .to_owned();
-        let dir = self.dirs.lock().expect("dirs").get(&key).cloned();
-        let (out, err, code) = match (argv.get(1).map(String::as_str), dir) {
-            (_, None) => (Vec::new(), format!("{key}: no data dir in the fake"), 1),
-            (Some("census"), Some(dir)) => match crate::tree::census(&dir) {
-                Ok(c) => (format!("{}\n", c.to_line()).into_bytes(), String::new(), 0),
-                Err(e) => (Vec::new(), e.to_string(), 1),
-            },
-            (Some("archive"), Some(dir)) => match crate::export::check(&dir) {
-                Err(e) => (Vec::new(), e.to_string(), 3),
-                Ok(plan) => {
-                    let mut out = Vec::new();
-                    match crate::export::write_archive(&dir, plan, &mut out) {
-                        Ok(()) => (out, String::new(), 0),
-                        Err(e) => (out, e.to_string(), 1),
-                    }
-                }
-            },
-            _ => (Vec::new(), "sh: not found".to_owned(), 127),
-        };
+        let (out, err, code) = self.fake.run_in(&path, &argv);
         Ok(super::exec::ExecOutput {
             stdout: Box::pin(std::io::Cursor::new(out)),
             stderr: Box::pin(std::io::Cursor::new(err.into_bytes())),
@@ -603,4 +696,24 @@ impl super::exec::Exec for FakeExec {
             keep: Box::new(()),
         })
     }
+}
+
+/// `%2Fopt%2F…` → `/opt/…` (a query value as kube-rs encodes it).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.replace('+', " ").into_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1544,3 +1544,38 @@ async fn a_persist_start_on_a_bad_cluster_fails_clearly_and_keeps_the_claim() {
         );
     }
 }
+
+/// The whole exec path for real, websocket included: the fake served over
+/// HTTP answers the exec's upgrade and speaks `v4.channel.k8s.io`, and the
+/// backend's own transport (kube-rs's `Api::exec`) measures and exports a
+/// claim, and gets a refusal as a refusal.
+#[tokio::test]
+async fn size_and_export_over_a_real_websocket_exec() {
+    let (_, fake) = Fake::start();
+    let url = fake.serve_http().await.unwrap();
+    let k = KubernetesBackend::with_client(Fake::http_client(&url), settings(), false);
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let data = some_data();
+    fake.data(&claim_name(ws()), data.path());
+    assert_eq!(
+        k.data_bytes(ws(), DataKind::Volume).await.unwrap(),
+        Some(13)
+    );
+    let names = archive_names(k.export(ws(), DataKind::Volume).await.unwrap()).await;
+    assert_eq!(names, ["memory", "memory/notes.txt", "top"]);
+    until_no_helpers(&fake).await;
+    let execs: Vec<String> = fake
+        .take_log()
+        .into_iter()
+        .filter(|l| l.starts_with("EXEC"))
+        .collect();
+    assert_eq!(execs.len(), 2, "{execs:?}");
+    assert!(execs.iter().all(|l| l.contains("-helper-")), "{execs:?}");
+    let _sock = std::os::unix::net::UnixListener::bind(data.path().join("agent.sock")).unwrap();
+    let err = k.export(ws(), DataKind::Volume).await.err().unwrap();
+    assert!(matches!(err, CpError::ExportRefused(_)), "{err}");
+    assert!(err.to_string().contains("agent.sock"), "{err}");
+    until_no_helpers(&fake).await;
+}
