@@ -1360,6 +1360,16 @@ impl Backend for KubernetesBackend {
     /// PV is not yet `Retain` are patched here too (a start that did not
     /// see its claim bind leaves it to this pass).
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>> {
+        // Helpers a crashed read left behind end by their deadline
+        // (activeDeadlineSeconds): the finished ones are removed here. A
+        // running one may be serving a read and is left alone.
+        for helper in self.list_pods(&format!("{LABEL_KIND}=helper")).await? {
+            let phase = helper.status.as_ref().and_then(|s| s.phase.as_deref());
+            if matches!(phase, Some("Succeeded" | "Failed")) {
+                let name = helper.metadata.name.clone().unwrap_or_default();
+                self.delete_pod(&name, helper.metadata.uid.clone()).await?;
+            }
+        }
         let claims = self.claims();
         let lp = ListParams::default().labels(&format!("{LABEL_KIND}=data"));
         let list = retry(|| claims.list(&lp))

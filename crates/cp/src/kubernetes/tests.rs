@@ -1579,3 +1579,35 @@ async fn size_and_export_over_a_real_websocket_exec() {
     assert!(err.to_string().contains("agent.sock"), "{err}");
     until_no_helpers(&fake).await;
 }
+
+/// A helper that a crashed read left behind ends at its deadline; the
+/// sweep's listing removes the finished ones and leaves a running one (a
+/// read in progress) alone.
+#[tokio::test]
+async fn finished_helpers_are_removed_by_the_sweep_and_running_ones_kept() {
+    let (k, fake) = backend();
+    let image = ImageRef::parse("localhost/x:1").unwrap();
+    let mut paths = Vec::new();
+    for (n, phase) in [(1u128, "Failed"), (2, "Running"), (3, "Succeeded")] {
+        let mut pod = serde_json::to_value(manifest::helper_pod(
+            ws(),
+            org(),
+            &image,
+            Uuid::from_u128(n << 100),
+            None,
+        ))
+        .unwrap();
+        pod["metadata"]["uid"] = serde_json::json!(format!("h-{n}"));
+        pod["status"] = serde_json::json!({ "phase": phase });
+        let path = format!(
+            "/api/v1/namespaces/{NS}/pods/{}",
+            pod["metadata"]["name"].as_str().unwrap()
+        );
+        fake.put(&path, pod);
+        paths.push(path);
+    }
+    k.volume_workspaces().await.unwrap();
+    assert!(fake.object(&paths[0]).is_none(), "Failed: removed");
+    assert!(fake.object(&paths[1]).is_some(), "Running: kept");
+    assert!(fake.object(&paths[2]).is_none(), "Succeeded: removed");
+}
