@@ -912,7 +912,10 @@ impl Controller {
 fn failure_sentence(e: &holdfast_cp::CpError) -> String {
     use holdfast_cp::CpError;
     match e {
-        CpError::ImageMissing(m) | CpError::BadRequest(m) => m.clone(),
+        // Written by holdfast for the user: a missing image, a refused start
+        // (a Kubernetes quota, a missing permission, a persist workspace on a
+        // Delete StorageClass).
+        CpError::ImageMissing(m) | CpError::BadRequest(m) | CpError::Conflict(m) => m.clone(),
         CpError::Unavailable(_) => {
             "the container engine is unreachable; the start is tried again".to_owned()
         }
