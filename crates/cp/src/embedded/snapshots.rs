@@ -97,6 +97,15 @@ impl EmbeddedCp {
             ));
         }
         let repo = self.org_repo(req.org_id).await?;
+        // The parent: the newest snapshot of the workspace that is still
+        // kept, whose unchanged files the capture need not read again.
+        let parent = self
+            .store
+            .list_snapshots(req.workspace_id)
+            .await?
+            .into_iter()
+            .find(|s| matches!(s.state, SnapshotState::Ready | SnapshotState::ErasePending))
+            .map(|s| s.id);
         let id = Uuid::new_v4();
         // Ordering: the record exists (`capturing`) before any chunk, so
         // repository data is always known or an orphan to report.
@@ -117,39 +126,53 @@ impl EmbeddedCp {
         let thaw: Arc<Mutex<Option<Box<dyn Send>>>> = Arc::new(Mutex::new(frozen));
         let over = Arc::new(AtomicBool::new(false));
         let frozen_ms = Arc::new(Mutex::new(None::<i64>));
+        // Drops the freeze once (whoever comes first: the bound, the end
+        // of the read, the end of the capture) and notes how long it held.
+        let thaw_now = {
+            let thaw = thaw.clone();
+            let frozen_ms = frozen_ms.clone();
+            move || {
+                if let Some(g) = thaw.lock().expect("thaw").take() {
+                    drop(g);
+                    *frozen_ms.lock().expect("frozen_ms") =
+                        Some(frozen_at.elapsed().as_millis() as i64);
+                    true
+                } else {
+                    false
+                }
+            }
+        };
         // The bound: past it the workspace runs again and the capture goes
         // on, crash-consistent.
         let timer = {
-            let thaw = thaw.clone();
+            let thaw_now = thaw_now.clone();
             let over = over.clone();
-            let frozen_ms = frozen_ms.clone();
             let max = self.policy.snapshot_freeze_max;
             tokio::spawn(async move {
                 tokio::time::sleep(max).await;
-                if let Some(g) = thaw.lock().expect("thaw").take() {
-                    drop(g);
+                if thaw_now() {
                     over.store(true, Ordering::SeqCst);
-                    *frozen_ms.lock().expect("frozen_ms") =
-                        Some(frozen_at.elapsed().as_millis() as i64);
                 }
             })
         };
         // The capture runs to its end even if the client goes away: the
-        // thaw below must happen, and the record must be settled.
+        // thaw below must happen, and the record must be settled. The
+        // workspace is thawed as soon as its data has been read, before
+        // the repository is synced.
         let captured = {
             let repo = repo.clone();
+            let thaw_now = thaw_now.clone();
             tokio::task::spawn_blocking(move || {
-                let out = repo.capture(&path, id);
+                let out = repo.capture(&path, id, parent, &mut || {
+                    thaw_now();
+                });
                 drop(guard);
                 out
             })
         };
         let captured = captured.await;
         // Always thawed, whatever the capture's outcome.
-        if let Some(g) = thaw.lock().expect("thaw").take() {
-            drop(g);
-            *frozen_ms.lock().expect("frozen_ms") = Some(frozen_at.elapsed().as_millis() as i64);
-        }
+        thaw_now();
         timer.abort();
         let stats = match captured {
             Ok(Ok(stats)) => stats,
