@@ -252,6 +252,11 @@ impl App {
         reason: String,
     ) -> ApiResult<WorkspaceRow> {
         let ws = self.load_managed(caller, id).await?;
+        // Ordering: the control plane that keeps the volumes holds them
+        // before the hold shows here (a failure leaves more held, never less).
+        self.cp
+            .set_hold(ws.id, Some(&reason), &caller.actor())
+            .await?;
         self.store
             .place_hold(ws.id, &reason, &caller.actor(), now_millis())
             .await?;
@@ -263,11 +268,23 @@ impl App {
 
     pub async fn release_hold(&self, caller: &Caller, id: Uuid) -> ApiResult<WorkspaceRow> {
         let ws = self.load_managed(caller, id).await?;
-        if !self
+        if ws.hold_at.is_some() {
+            self.cp.set_hold(ws.id, None, &caller.actor()).await?;
+        }
+        let released = match self
             .store
             .release_hold(ws.id, &caller.actor(), now_millis())
-            .await?
+            .await
         {
+            Ok(r) => r,
+            Err(e) => {
+                // Held here still: held there again (best effort).
+                let reason = ws.hold_reason.as_deref().unwrap_or("held");
+                let _ = self.cp.set_hold(ws.id, Some(reason), &caller.actor()).await;
+                return Err(e.into());
+            }
+        };
+        if !released {
             return Err(ApiError::conflict(
                 "not_held",
                 "the workspace is not under a legal hold",
