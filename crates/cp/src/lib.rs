@@ -387,6 +387,13 @@ pub trait ControlPlane: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether a snapshot can be restored here (a rollback, a clone):
+    /// `SnapshotsUnavailable` saying why not, checked before anything is
+    /// written (a rollback's `before-rollback` snapshot, a clone's record).
+    async fn check_restore(&self) -> CpResult<()> {
+        Ok(())
+    }
+
     /// Takes a snapshot of the workspace's volume (frozen while it runs).
     async fn create_snapshot(&self, _req: SnapshotRequest) -> CpResult<SnapshotInfo> {
         Err(snapshots_unavailable())

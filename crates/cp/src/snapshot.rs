@@ -559,7 +559,17 @@ impl OrgRepo {
                 )));
             }
         }
-        let body = encode_manifest(started, &cap.entries);
+        self.write_manifest(snapshot, started, &cap.entries)?;
+        Ok(cap.stats)
+    }
+
+    fn write_manifest(
+        &self,
+        snapshot: Uuid,
+        started: (i64, u32),
+        entries: &[Entry],
+    ) -> Result<(), RepoError> {
+        let body = encode_manifest(started, entries);
         let packed = zstd::bulk::compress(&body, ZSTD_LEVEL)?;
         let len = (body.len() as u64).to_le_bytes();
         // Ordering: every chunk is on disk before the manifest that names
@@ -568,7 +578,144 @@ impl OrgRepo {
         failpoint_full("snapshot.manifest_enospc")?;
         self.write_atomically(&self.manifest_path(snapshot), &[&len, &packed], true)?;
         sync_dir(&self.dir.join("manifests"))?;
-        Ok(cap.stats)
+        Ok(())
+    }
+
+    /// Captures a volume that is not a directory of this host from the
+    /// engine's tar of it (its first entry is the volume's root). Every
+    /// path is checked to stay inside the volume; sockets and devices are
+    /// left out as in [`Self::capture`]; hard links stay links. A tar holds
+    /// no inode or change time, so nothing is reused from a parent: every
+    /// file is read. An archive of fewer than `expected` entries (what a
+    /// count of the volume found) fails the capture: the engine left some
+    /// out, and a snapshot must not look whole when it is not.
+    pub fn capture_tar(
+        &self,
+        reader: impl Read,
+        snapshot: Uuid,
+        expected: u64,
+        walked: &mut dyn FnMut(),
+    ) -> Result<CaptureStats, RepoError> {
+        std::fs::create_dir_all(self.dir.join("chunks"))?;
+        let started = wall_now();
+        let read = self.read_tar(reader);
+        walked();
+        let (mut entries, stats, seen) = read?;
+        if seen < expected {
+            return Err(RepoError::Io(io::Error::other(format!(
+                "the engine's archive held {seen} of the {expected} entries of the data; the \
+                 snapshot is incomplete and was not kept"
+            ))));
+        }
+        order_entries(&mut entries)?;
+        self.write_manifest(snapshot, started, &entries)?;
+        Ok(stats)
+    }
+
+    fn read_tar(&self, reader: impl Read) -> Result<(Vec<Entry>, CaptureStats, u64), RepoError> {
+        let refused =
+            |what: &str, p: &[u8]| RepoError::Refused(format!("{}: {what}", tree::display_path(p)));
+        let mut archive = tar::Archive::new(reader);
+        let mut root: Option<Vec<u8>> = None;
+        let mut entries = Vec::new();
+        let mut stats = CaptureStats::default();
+        let mut seen = 0u64;
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let raw = entry.path_bytes().into_owned();
+            let Some(root) = root.as_deref() else {
+                let mut r = raw.clone();
+                if !r.ends_with(b"/") {
+                    r.push(b'/');
+                }
+                root = Some(if r == b"/" || r == b"./" {
+                    Vec::new()
+                } else {
+                    r
+                });
+                continue;
+            };
+            let rel = tar_relative(&raw, root);
+            if rel.is_empty() {
+                continue;
+            }
+            seen += 1;
+            if !valid_path(&rel) {
+                return Err(refused(
+                    "a path of the engine's archive that leads outside the data",
+                    &raw,
+                ));
+            }
+            let h = entry.header();
+            let mode = h.mode().unwrap_or(0o600) & 0o1777;
+            let mtime = (i64::try_from(h.mtime().unwrap_or(0)).unwrap_or(0), 0);
+            let kind = h.entry_type();
+            let kind = if kind.is_dir() {
+                Kind::Dir
+            } else if kind.is_symlink() {
+                Kind::Symlink(
+                    entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default(),
+                )
+            } else if kind.is_hard_link() {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target = tar_relative(&target, root);
+                if !valid_path(&target) {
+                    return Err(refused(
+                        "a hard link of the engine's archive to outside the data",
+                        &raw,
+                    ));
+                }
+                stats.files += 1;
+                Kind::HardLink(target)
+            } else if kind.is_fifo() {
+                Kind::Fifo
+            } else if kind.is_file() || kind == tar::EntryType::Continuous {
+                let size = entry.size();
+                let mut chunks = Vec::new();
+                let mut read = 0u64;
+                for chunk in
+                    fastcdc::v2020::StreamCDC::new(&mut entry, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+                {
+                    let chunk = chunk.map_err(|e| match e {
+                        fastcdc::v2020::Error::IoError(e) => RepoError::Io(e),
+                        other => RepoError::Io(io::Error::other(other.to_string())),
+                    })?;
+                    let (id, added) = self.put_chunk(&chunk.data)?;
+                    stats.new_bytes += added;
+                    read += chunk.data.len() as u64;
+                    chunks.push((id, chunk.data.len() as u32));
+                }
+                if read != size {
+                    return Err(RepoError::Io(io::Error::other(format!(
+                        "{}: the engine's archive ended inside it",
+                        tree::display_path(&raw)
+                    ))));
+                }
+                stats.files += 1;
+                stats.bytes += read;
+                Kind::File {
+                    size,
+                    chunks,
+                    meta: None,
+                }
+            } else {
+                stats.skipped += 1;
+                continue;
+            };
+            entries.push(Entry {
+                path: rel,
+                mode,
+                mtime,
+                kind,
+            });
+        }
+        Ok((entries, stats, seen))
     }
 
     /// The files of a parent snapshot that a capture may reuse, by path;
@@ -796,6 +943,68 @@ impl FromBytesCompat for std::ffi::OsStr {
     fn from_bytes_compat(b: &[u8]) -> &Self {
         std::os::unix::ffi::OsStrExt::from_bytes(b)
     }
+}
+
+/// An archive path relative to the volume's root: the engine names the
+/// root `/` (Podman) or `data/` (Docker); a trailing `/` goes too.
+fn tar_relative(path: &[u8], root: &[u8]) -> Vec<u8> {
+    let rest = path.strip_prefix(root).unwrap_or(path);
+    let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+    let rest = rest.strip_prefix(b"./").unwrap_or(rest);
+    rest.strip_suffix(b"/").unwrap_or(rest).to_vec()
+}
+
+/// Puts entries read from an archive in the order a restore needs (every
+/// directory before what is in it, a directory's content together), and
+/// makes the first name of each hard-linked file, in that order, the one
+/// that holds its chunks. Refuses a link to what is not a file of the
+/// archive, and a name given twice.
+fn order_entries(entries: &mut [Entry]) -> Result<(), RepoError> {
+    entries.sort_by(|a, b| {
+        a.path
+            .split(|c| *c == b'/')
+            .cmp(b.path.split(|c| *c == b'/'))
+    });
+    let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if at.insert(e.path.clone(), i).is_some() {
+            return Err(RepoError::Refused(format!(
+                "{}: given twice in the engine's archive",
+                tree::display_path(&e.path)
+            )));
+        }
+    }
+    // target index → the indices of its links
+    let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Kind::HardLink(t) = &e.kind {
+            match at.get(t) {
+                Some(&ti) if matches!(entries[ti].kind, Kind::File { .. }) => {
+                    groups.entry(ti).or_default().push(i);
+                }
+                _ => {
+                    return Err(RepoError::Refused(format!(
+                        "{}: a hard link to what is not a file of the archive",
+                        tree::display_path(&e.path)
+                    )));
+                }
+            }
+        }
+    }
+    for (target, links) in groups {
+        let first = links.iter().copied().chain([target]).min().expect("one");
+        if first != target {
+            let file = std::mem::replace(&mut entries[target].kind, Kind::Fifo);
+            entries[first].kind = file;
+        }
+        let name = entries[first].path.clone();
+        for i in links.into_iter().chain([target]) {
+            if i != first {
+                entries[i].kind = Kind::HardLink(name.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A failpoint that makes a repository write fail as a full disk does
@@ -1601,5 +1810,93 @@ mod tests {
         assert_eq!(std::fs::read(out.join("f")).unwrap(), b"old format");
         // And as a parent it offers nothing to reuse.
         assert!(repo.parent_files(s).is_empty());
+    }
+
+    fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "data/", io::empty()).unwrap();
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn add(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        path: &str,
+        body: &[u8],
+        link: &str,
+    ) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(body.len() as u64);
+        if link.is_empty() {
+            b.append_data(&mut h, path, body).unwrap();
+        } else {
+            b.append_link(&mut h, path, link).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_engine_archive_is_captured_in_restore_order_with_its_hard_links() {
+        use std::os::unix::fs::MetadataExt;
+        use tar::EntryType as T;
+        let top = tempfile::tempdir().unwrap();
+        let repo = repo(top.path());
+        // Out of order (a file before its directory, a link before the
+        // name the archive calls its target), as an engine may write.
+        let raw = tar_of(|b| {
+            add(b, T::Regular, "data/z/late", b"zzz", "");
+            add(b, T::Directory, "data/z", b"", "");
+            add(b, T::Regular, "data/b", b"linked bytes", "");
+            add(b, T::Link, "data/a", b"", "data/b");
+            add(b, T::Symlink, "data/l", b"", "/etc/passwd");
+            add(b, T::Char, "data/dev", b"", "");
+        });
+        let s = Uuid::new_v4();
+        let st = repo.capture_tar(&raw[..], s, 6, &mut || {}).unwrap();
+        assert_eq!((st.files, st.bytes, st.skipped), (3, 15, 1));
+        let out = stage(&repo, &top.path().join("staging"), s, "r").unwrap();
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"linked bytes");
+        let ino = |p: &str| std::fs::metadata(out.join(p)).unwrap().ino();
+        assert_eq!(ino("a"), ino("b"));
+        assert_eq!(std::fs::read(out.join("z/late")).unwrap(), b"zzz");
+        assert_eq!(
+            std::fs::read_link(out.join("l")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        // Fewer entries than the count found: not kept.
+        let s2 = Uuid::new_v4();
+        assert!(repo.capture_tar(&raw[..], s2, 7, &mut || {}).is_err());
+        assert!(!repo.has_manifest(s2));
+    }
+
+    #[test]
+    fn an_engine_archive_leading_outside_is_refused() {
+        use tar::EntryType as T;
+        let top = tempfile::tempdir().unwrap();
+        let repo = repo(top.path());
+        for bad in [
+            tar_of(|b| add(b, T::Link, "data/x", b"", "data/../../etc/passwd")),
+            tar_of(|b| add(b, T::Link, "data/x", b"", "data/missing")),
+        ] {
+            let s = Uuid::new_v4();
+            assert!(matches!(
+                repo.capture_tar(&bad[..], s, 0, &mut || {}),
+                Err(RepoError::Refused(_))
+            ));
+            assert!(!repo.has_manifest(s));
+        }
+        // Positive control: the same archive with a sound link is kept.
+        let good = tar_of(|b| {
+            add(b, T::Regular, "data/missing", b"here", "");
+            add(b, T::Link, "data/x", b"", "data/missing");
+        });
+        repo.capture_tar(&good[..], Uuid::new_v4(), 2, &mut || {})
+            .unwrap();
     }
 }

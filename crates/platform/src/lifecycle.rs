@@ -124,6 +124,7 @@ impl App {
                     .with("field", "from_snapshot"));
                 }
             };
+            self.cp.check_restore().await?;
             if snap.state != holdfast_domain::SnapshotState::Ready {
                 return Err(ApiError::conflict(
                     "snapshot_unavailable",

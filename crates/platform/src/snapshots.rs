@@ -148,6 +148,7 @@ impl App {
                 ),
             ));
         }
+        self.cp.check_restore().await?;
         let actor = caller.actor();
         // Ordering: nothing is lost: the data as it is now is a snapshot
         // before anything replaces it.

@@ -1245,3 +1245,90 @@ async fn a_legal_hold_keeps_the_volume_on_either_control_plane() {
         .await;
     }
 }
+
+/// On the container backend a snapshot goes through the engine: the
+/// container is paused (frozen), the volume read through the engine's
+/// archive API by a helper container (holdfast never assumes the engine's
+/// volume directory is on its host; the test reads it there only to plant
+/// data), hard links kept as links. Listing, export and delete work as on
+/// processes; a rollback answers 409 `snapshots_unavailable`, and says why.
+#[tokio::test]
+async fn on_the_container_backend_snapshots_are_taken_through_the_engine() {
+    if !crate::helpers::container_mode() {
+        eprintln!("skipping: needs the container backend (HOLDFAST_TEST_BACKEND=container)");
+        return;
+    }
+    if skip_in_remote_mode("snapshots need the embedded control plane") {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let (id, _) = app.running_persist_workspace("boxed").await;
+    let volume = app.volume_dir(&id);
+    let planted = plant_files(&volume, "boxed");
+    std::fs::create_dir_all(volume.join("sub")).unwrap();
+    std::fs::write(volume.join("sub/a"), b"linked bytes").unwrap();
+    std::fs::hard_link(volume.join("sub/a"), volume.join("b")).unwrap();
+    let first = snap(&app, &id, Some("engine")).await;
+    assert_eq!(first["consistency"], "frozen", "paused while read: {first}");
+    assert_eq!(first["label"], "engine");
+    let sid = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.workspace(&id).await["status"], "online");
+    let files = exported_files(&app, &sid).await;
+    for (path, content) in &planted {
+        assert_eq!(files.get(path), Some(content), "{path} in the snapshot");
+    }
+    let entries = export(&app, &sid).await.expect_archive();
+    let linked: Vec<_> = entries
+        .iter()
+        .filter(|e| e.path == "b" || e.path == "sub/a")
+        .collect();
+    assert_eq!(linked.len(), 2, "{entries:?}");
+    assert!(
+        linked
+            .iter()
+            .any(|e| e.kind == crate::helpers::EntryKind::File && e.content == b"linked bytes"),
+        "{linked:?}"
+    );
+
+    std::fs::write(volume.join("new.txt"), b"new").unwrap();
+    let second = snap(&app, &id, None).await;
+    // Unpaused after the first: paused again for the second.
+    assert_eq!(second["consistency"], "frozen", "{second}");
+    assert_eq!(
+        second["files"].as_i64().unwrap(),
+        first["files"].as_i64().unwrap() + 1,
+        "{first} {second}"
+    );
+    assert!(
+        second["new_bytes"].as_i64().unwrap() < first["new_bytes"].as_i64().unwrap(),
+        "unchanged data costs nothing: {first} {second}"
+    );
+    let listed = snapshots(&app, &id).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+
+    let refused = rollback(&app, &id, &sid)
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("process backend"),
+        "{refused}"
+    );
+    assert_eq!(
+        snapshots(&app, &id).await.len(),
+        2,
+        "refused before anything was written (no before-rollback snapshot)"
+    );
+    // A clone likewise: refused at create, nothing made.
+    let mut body = crate::helpers::workspace_body_with_persistence("boxed-clone", "persist");
+    body["from_snapshot"] = json!(sid);
+    app.post_json("/workspaces", &body)
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    delete_snapshot(&app, &sid, Some("boxed"))
+        .await
+        .expect_status(200);
+    assert_eq!(snapshots(&app, &id).await.len(), 1);
+}
