@@ -7,7 +7,7 @@ use holdfast_cp::kubernetes::KubernetesSettings;
 use holdfast_cp::process::{Layout, Sandbox};
 use holdfast_cp::{BackendChoice, ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
 use holdfast_domain::{DataPersistence, DurationArg, ImageRef};
-use holdfast_platform::{App, ReconcilerSettings, Secret, generate_token};
+use holdfast_platform::{App, Controller, ReconcilerSettings, Secret, Settings, generate_token};
 use holdfast_store::Store;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -382,19 +382,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         resync: args.resync_interval.0,
         ..ReconcilerSettings::default()
     };
-    let app = App::new(
+    let ctl = Controller::new(
         store,
         cp,
-        &token,
-        url.clone(),
-        reconciler,
-        replica_id(&data_dir)?,
-        args.session_ttl.0,
+        Settings {
+            admin_token: token.clone(),
+            public_url: url.clone(),
+            reconciler,
+            replica_id: replica_id(&data_dir)?,
+            session_ttl: args.session_ttl.0,
+        },
     )
     .await?;
-    let background = app.spawn_background();
-    let sweeper = app.spawn_sweeper(args.sweep_interval.0);
-    let quotas = app.spawn_quota_watch();
+    let background = ctl.spawn_background();
+    let sweeper = ctl.spawn_sweeper(args.sweep_interval.0);
+    let quotas = ctl.spawn_quota_watch();
+    let app = App::new(Arc::clone(&ctl))?;
     let usage = embedded.as_ref().map(|cp| cp.spawn_usage());
 
     let mut out = std::io::stdout().lock();
@@ -410,7 +413,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
-    let closing = Arc::clone(&app);
+    let closing = Arc::clone(&ctl);
     holdfast_platform::server::serve(
         listener,
         holdfast_platform::router(Arc::clone(&app)),
