@@ -1332,3 +1332,29 @@ async fn on_the_container_backend_snapshots_are_taken_through_the_engine() {
         .expect_status(200);
     assert_eq!(snapshots(&app, &id).await.len(), 1);
 }
+
+/// Through a remote control plane, snapshots answer 409
+/// `snapshots_unavailable`, and nothing is made: no snapshot, no clone.
+#[tokio::test]
+async fn through_a_remote_control_plane_snapshots_are_unavailable_and_change_nothing() {
+    if !remote_mode() {
+        eprintln!("skipping: needs a remote control plane (HOLDFAST_TEST_CP=remote)");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let (id, _) = app.running_persist_workspace("far").await;
+    app.post_json(&format!("/workspaces/{id}/snapshots"), &json!({}))
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    app.get(&format!("/workspaces/{id}/snapshots"))
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    let before = app.get("/workspaces").await.expect_status(200);
+    let mut body = crate::helpers::workspace_body_with_persistence("far-clone", "persist");
+    body["from_snapshot"] = json!(uuid::Uuid::new_v4().to_string());
+    app.post_json("/workspaces", &body)
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    assert_eq!(app.get("/workspaces").await.expect_status(200), before);
+    assert_eq!(app.workspace(&id).await["status"], "online");
+}
