@@ -15,6 +15,7 @@ mod failpoints;
 mod hardening;
 mod helpers;
 mod isolation;
+mod kubernetes;
 mod logs;
 mod misc;
 mod org;
