@@ -155,6 +155,7 @@ impl Controller {
                     });
                 }
             };
+            self.cp.check_restore().await?;
             if snap.state != holdfast_domain::SnapshotState::Ready {
                 return Err(Error::SnapshotNotReady {
                     state: snap.state,

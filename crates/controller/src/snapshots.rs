@@ -129,6 +129,7 @@ impl Controller {
                 use_: "rolled back to",
             });
         }
+        self.cp.check_restore().await?;
         let actor = caller.actor();
         // Ordering: nothing is lost: the data as it is now is a snapshot
         // before anything replaces it.
@@ -229,6 +230,11 @@ impl Controller {
             return Err(Error::NotFound(Resource::Route));
         }
         let ws = self.load_managed(caller, id).await?;
+        // Ordering: the control plane that keeps the volumes holds them
+        // before the hold shows here (a failure leaves more held, never less).
+        self.cp
+            .set_hold(ws.id, Some(&reason), &caller.actor())
+            .await?;
         self.store
             .place_hold(ws.id, &reason, &caller.actor(), now_millis())
             .await?;
@@ -243,11 +249,23 @@ impl Controller {
             return Err(Error::NotFound(Resource::Route));
         }
         let ws = self.load_managed(caller, id).await?;
-        if !self
+        if ws.hold_at.is_some() {
+            self.cp.set_hold(ws.id, None, &caller.actor()).await?;
+        }
+        let released = match self
             .store
             .release_hold(ws.id, &caller.actor(), now_millis())
-            .await?
+            .await
         {
+            Ok(r) => r,
+            Err(e) => {
+                // Held here still: held there again (best effort).
+                let reason = ws.hold_reason.as_deref().unwrap_or("held");
+                let _ = self.cp.set_hold(ws.id, Some(reason), &caller.actor()).await;
+                return Err(e.into());
+            }
+        };
+        if !released {
             return Err(Error::NotHeld);
         }
         self.store

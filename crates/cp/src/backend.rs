@@ -126,11 +126,36 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Whether snapshots of this backend's volumes, which are not
+    /// directories of this host (a container engine's named volumes), are
+    /// taken from [`Self::volume_archive`]: the volume as the engine's tar
+    /// of it. `None` when the workspace has
+    /// no volume; `Err(SnapshotsUnavailable)` where the backend cannot.
+    fn snapshots_by_archive(&self) -> bool {
+        false
+    }
+
+    /// See [`Self::snapshots_by_archive`].
+    async fn volume_archive(&self, _workspace_id: Uuid) -> CpResult<Option<VolumeArchive>> {
+        Err(CpError::SnapshotsUnavailable(
+            "this backend cannot read its volumes for a snapshot".to_owned(),
+        ))
+    }
+
     /// Freezes the running instance's processes for a snapshot; dropping
     /// the guard thaws them. `None` when nothing runs.
     async fn freeze(&self, _workspace_id: Uuid) -> Option<Box<dyn Send>> {
         None
     }
+}
+
+/// A volume read through its engine: a tar of it (its first entry the
+/// volume's root), to read on a blocking thread, how many entries a count
+/// of the volume found, and what to undo once it has been read.
+pub struct VolumeArchive {
+    pub reader: Box<dyn std::io::Read + Send>,
+    pub expected: u64,
+    pub done: futures_util::future::BoxFuture<'static, ()>,
 }
 
 /// The directory that holds a volume directory.

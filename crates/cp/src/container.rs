@@ -765,6 +765,38 @@ fn scope_id(data_dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// A paused container: unpaused when dropped (from any thread).
+struct Paused {
+    docker: Docker,
+    name: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let docker = self.docker.clone();
+        let name = std::mem::take(&mut self.name);
+        let unpause = async move {
+            if let Err(e) = docker.unpause_container(&name).await {
+                tracing::warn!(name, error = %e, "unpausing the container after a snapshot failed");
+            }
+        };
+        // Waited for, so that "thawed" holds once the guard is gone (on a
+        // single-threaded runtime, which cannot block, it runs as a task).
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            // A worker (or a blocking thread) of the server's runtime.
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                let runtime = self.runtime.clone();
+                tokio::task::block_in_place(move || runtime.block_on(unpause));
+            }
+            Ok(_) => {
+                self.runtime.spawn(unpause);
+            }
+            Err(_) => self.runtime.block_on(unpause),
+        }
+    }
+}
+
 #[async_trait]
 impl Backend for ContainerBackend {
     fn confinement(&self) -> Confinement {
@@ -993,6 +1025,63 @@ impl Backend for ContainerBackend {
             });
         }
         Ok(stream)
+    }
+
+    fn snapshots_by_archive(&self) -> bool {
+        true
+    }
+
+    async fn volume_archive(
+        &self,
+        workspace_id: Uuid,
+    ) -> CpResult<Option<crate::backend::VolumeArchive>> {
+        let Some(volume) = self.data_volume(workspace_id, DataKind::Volume).await? else {
+            return Ok(None);
+        };
+        // Counted first (what the archive must hold), through the same
+        // read-only helper as an export.
+        let census = self.census(workspace_id, &volume).await?;
+        check_archivable(&census)?;
+        let helper = self.helper(workspace_id, &volume).await?;
+        let reader = blocking_reader(self.archive(&helper));
+        let docker = self.docker.clone();
+        Ok(Some(crate::backend::VolumeArchive {
+            reader: Box::new(reader),
+            expected: census.entries,
+            done: Box::pin(async move {
+                let _ = docker
+                    .remove_container(
+                        &helper,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+            }),
+        }))
+    }
+
+    /// Pauses the workspace's container (the engine's freezer) while it
+    /// runs; the guard unpauses it when dropped.
+    async fn freeze(&self, workspace_id: Uuid) -> Option<Box<dyn Send>> {
+        let name = container_name(workspace_id);
+        let running = self
+            .docker
+            .inspect_container(&name, None)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .is_some_and(|s| s.running == Some(true) && s.paused != Some(true));
+        if !running {
+            return None;
+        }
+        if let Err(e) = self.docker.pause_container(&name).await {
+            tracing::warn!(%workspace_id, error = %e, "could not pause the container for a snapshot; capturing it running");
+            return None;
+        }
+        Some(Box::new(Paused {
+            docker: self.docker.clone(),
+            name,
+            runtime: tokio::runtime::Handle::current(),
+        }))
     }
 
     async fn erase_volume(&self, v: &VolumeRow) -> anyhow::Result<u64> {

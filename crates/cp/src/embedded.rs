@@ -678,6 +678,12 @@ impl ControlPlane for EmbeddedCp {
         Ok(report)
     }
 
+    async fn check_restore(&self) -> CpResult<()> {
+        // Restores go into a fresh directory swapped in by a rename: a
+        // backend whose volumes are not directories here cannot.
+        self.volume_path(Uuid::nil()).map(|_| ())
+    }
+
     async fn create_snapshot(&self, req: crate::SnapshotRequest) -> CpResult<crate::SnapshotInfo> {
         self.take_snapshot(req).await
     }

@@ -10,9 +10,9 @@
 use crate::export::ByteStream;
 use crate::sweep::SweepReport;
 use crate::wire::{
-    ActorBody, AuditAnswer, AuditQuery, ErrorAnswer, HistoryAnswer, LogsQuery, PAGE, StatusAnswer,
-    StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer, VolumesAnswer, VolumesQuery,
-    route,
+    ActorBody, AuditAnswer, AuditQuery, ErrorAnswer, HistoryAnswer, HoldAnswer, HoldBody,
+    LogsQuery, PAGE, StatusAnswer, StatusQuery, StopAnswer, StopQuery, SweepBody, VolumeAnswer,
+    VolumesAnswer, VolumesQuery, route,
 };
 use crate::{
     Actor, ControlPlane, CpError, CpResult, InstanceState, ProvisionRequest, Provisioned,
@@ -247,6 +247,33 @@ impl ControlPlane for HttpCp {
             Err(CpError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn set_hold(
+        &self,
+        workspace_id: Uuid,
+        reason: Option<&str>,
+        actor: Actor<'_>,
+    ) -> CpResult<()> {
+        let method = if reason.is_some() {
+            Method::PUT
+        } else {
+            Method::DELETE
+        };
+        let rb = self
+            .request(method, &route::hold(workspace_id))
+            .json(&HoldBody {
+                actor: actor.to_owned(),
+                reason: reason.map(str::to_owned),
+            });
+        let answer: HoldAnswer = self.get("hold", rb).await?;
+        if answer.held != reason.is_some() {
+            return Err(CpError::Other(anyhow::anyhow!(
+                "the control plane answered a hold call with held={}",
+                answer.held
+            )));
+        }
+        Ok(())
     }
 
     async fn volume(&self, workspace_id: Uuid) -> CpResult<Option<VolumeInfo>> {

@@ -10,9 +10,9 @@
 
 use crate::sweep::SweepReport;
 use crate::wire::{
-    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, ImageAnswer,
-    ImageQuery, LogsQuery, PAGE, StatusAnswer, StatusQuery, StopAnswer, StopQuery, SweepBody,
-    VolumeAnswer, VolumesAnswer, VolumesQuery, route,
+    ActorBody, AuditAnswer, AuditEntry, AuditQuery, ErrorAnswer, HistoryAnswer, HoldAnswer,
+    HoldBody, ImageAnswer, ImageQuery, LogsQuery, PAGE, StatusAnswer, StatusQuery, StopAnswer,
+    StopQuery, SweepBody, VolumeAnswer, VolumesAnswer, VolumesQuery, route,
 };
 use crate::{ControlPlane, CpError, EmbeddedCp, ProvisionRequest};
 use axum::body::Body;
@@ -385,6 +385,45 @@ async fn retain(
     }))
 }
 
+/// `PUT`: the platform placed a legal hold; kept here (the workspace is
+/// claimed for the tenant if it never ran here yet, so that it is held
+/// from its first start). `DELETE`: released, the grace deadlines moved on.
+async fn hold(
+    State(svc): State<Arc<CpService>>,
+    tenant: TenantCtx,
+    method: axum::http::Method,
+    Path(raw): Path<String>,
+    body: Body,
+) -> CpResult<Json<HoldAnswer>> {
+    let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
+    let b: HoldBody = typed_body(body).await?;
+    if method == axum::http::Method::PUT {
+        let Some(reason) = b.reason.filter(|r| !r.trim().is_empty()) else {
+            return Err(bad(FieldError::new(
+                "reason",
+                "is required to place a hold",
+            )));
+        };
+        let owner = svc
+            .store
+            .claim_workspace(id, tenant.id, now_millis())
+            .await?;
+        if owner != tenant.id {
+            return Err(not_found());
+        }
+        svc.store
+            .place_volume_hold(id, &reason, &b.actor, now_millis())
+            .await?;
+        tracing::info!(workspace_id = %id, actor = %b.actor, "legal hold placed");
+        Ok(Json(HoldAnswer { held: true }))
+    } else {
+        let id = svc.owned(&tenant, &raw).await?;
+        svc.store.release_volume_hold(id, now_millis()).await?;
+        tracing::info!(workspace_id = %id, actor = %b.actor, "legal hold released");
+        Ok(Json(HoldAnswer { held: false }))
+    }
+}
+
 async fn restore(
     State(svc): State<Arc<CpService>>,
     tenant: TenantCtx,
@@ -532,6 +571,10 @@ pub fn router(svc: Arc<CpService>) -> Router {
         .route("/cp/workspaces/{id}/status", get(status))
         .route("/cp/workspaces/{id}/volume", get(volume))
         .route("/cp/workspaces/{id}/volume/retain", post(retain))
+        .route(
+            "/cp/workspaces/{id}/hold",
+            axum::routing::put(hold).delete(hold),
+        )
         .route("/cp/workspaces/{id}/volume/restore", post(restore))
         .route("/cp/workspaces/{id}/volume/export", get(export))
         .route("/cp/workspaces/{id}/logs", get(logs))

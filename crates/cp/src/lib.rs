@@ -374,6 +374,27 @@ pub trait ControlPlane: Send + Sync + 'static {
         Ok(stats.into_iter().map(|(s, (n, b))| (s, n, b)).collect())
     }
 
+    /// Places (`Some(reason)`) or releases (`None`) a legal hold on the
+    /// workspace's volumes where this control plane keeps them: while held
+    /// none is erased and their grace clocks stand still. The embedded
+    /// control plane shares the platform's store, whose workspace row holds
+    /// the hold already; a remote one keeps its own record.
+    async fn set_hold(
+        &self,
+        _workspace_id: Uuid,
+        _reason: Option<&str>,
+        _actor: Actor<'_>,
+    ) -> CpResult<()> {
+        Ok(())
+    }
+
+    /// Whether a snapshot can be restored here (a rollback, a clone):
+    /// `SnapshotsUnavailable` saying why not, checked before anything is
+    /// written (a rollback's `before-rollback` snapshot, a clone's record).
+    async fn check_restore(&self) -> CpResult<()> {
+        Ok(())
+    }
+
     /// Takes a snapshot of the workspace's volume (frozen while it runs).
     async fn create_snapshot(&self, _req: SnapshotRequest) -> CpResult<SnapshotInfo> {
         Err(snapshots_unavailable())

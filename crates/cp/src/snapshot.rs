@@ -35,7 +35,16 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-const MAGIC: &[u8; 8] = b"HFSNAP01";
+/// The first manifest format: no file identities, no hard links.
+const MAGIC_V1: &[u8; 8] = b"HFSNAP01";
+/// The current one: the capture's start time, each file's identity
+/// (device, inode, change time) for the next capture's parent check, and
+/// hard links.
+const MAGIC: &[u8; 8] = b"HFSNAP02";
+/// A file changed this close to its parent capture's start is read again
+/// even if its identity matches: timestamps may be as coarse as a clock
+/// tick, so a change in the same tick as the parent's read would not show.
+const RACY_NANOS: i128 = 2_000_000_000;
 /// FastCDC sizes: restic's average (1 MiB), a smaller minimum so that
 /// small edits of mid-sized files cost less.
 const MIN_CHUNK: u32 = 256 * 1024;
@@ -168,9 +177,46 @@ pub enum Kind {
     File {
         size: u64,
         chunks: Vec<(ChunkId, u32)>,
+        /// What the file was when it was read (`None` in a first-format
+        /// manifest): the next capture reuses the chunks of a file whose
+        /// identity still matches instead of reading it again.
+        meta: Option<FileMeta>,
     },
+    /// Another name of a file earlier in the same manifest (its path):
+    /// restored as a link inside the restored tree.
+    HardLink(Vec<u8>),
     Symlink(Vec<u8>),
     Fifo,
+}
+
+/// A file's identity when it was captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime: (i64, u32),
+}
+
+impl FileMeta {
+    fn of(st: &Stat) -> FileMeta {
+        FileMeta {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            ctime: (st.st_ctime, u32::try_from(st.st_ctime_nsec).unwrap_or(0)),
+        }
+    }
+}
+
+/// A manifest: when its capture started (wall clock, as file times are
+/// kept; `None` in a first-format manifest) and its entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub started: Option<(i64, u32)>,
+    pub entries: Vec<Entry>,
+}
+
+fn nanos(t: (i64, u32)) -> i128 {
+    i128::from(t.0) * 1_000_000_000 + i128::from(t.1)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +239,9 @@ pub struct CaptureStats {
     /// Sockets and device nodes, which are not captured: a restore could
     /// not recreate them safely.
     pub skipped: u64,
+    /// Files whose chunks were taken from the parent snapshot unread
+    /// (their size, times, device and inode matched).
+    pub reused: u64,
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -213,6 +262,7 @@ fn encode(entry: &Entry, out: &mut Vec<u8>) {
     let tag = match &entry.kind {
         Kind::Dir => b'd',
         Kind::File { .. } => b'f',
+        Kind::HardLink(_) => b'h',
         Kind::Symlink(_) => b'l',
         Kind::Fifo => b'p',
     };
@@ -222,15 +272,24 @@ fn encode(entry: &Entry, out: &mut Vec<u8>) {
     put_u32(out, entry.mtime.1);
     put_bytes(out, &entry.path);
     match &entry.kind {
-        Kind::File { size, chunks } => {
+        Kind::File { size, chunks, meta } => {
             put_u64(out, *size);
+            let meta = meta.unwrap_or(FileMeta {
+                dev: 0,
+                ino: 0,
+                ctime: (0, u32::MAX),
+            });
+            put_u64(out, meta.dev);
+            put_u64(out, meta.ino);
+            out.extend_from_slice(&meta.ctime.0.to_le_bytes());
+            put_u32(out, meta.ctime.1);
             put_u32(out, u32::try_from(chunks.len()).unwrap_or(u32::MAX));
             for (id, len) in chunks {
                 out.extend_from_slice(id);
                 put_u32(out, *len);
             }
         }
-        Kind::Symlink(target) => put_bytes(out, target),
+        Kind::Symlink(target) | Kind::HardLink(target) => put_bytes(out, target),
         Kind::Dir | Kind::Fifo => {}
     }
 }
@@ -272,7 +331,18 @@ fn valid_path(path: &[u8]) -> bool {
             .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0))
 }
 
-pub fn decode(data: &[u8]) -> io::Result<Vec<Entry>> {
+fn encode_manifest(started: (i64, u32), entries: &[Entry]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64 + entries.len() * 96);
+    body.extend_from_slice(MAGIC);
+    body.extend_from_slice(&started.0.to_le_bytes());
+    put_u32(&mut body, started.1);
+    for e in entries {
+        encode(e, &mut body);
+    }
+    body
+}
+
+pub fn decode(data: &[u8]) -> io::Result<Manifest> {
     let bad = |why: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -280,9 +350,17 @@ pub fn decode(data: &[u8]) -> io::Result<Vec<Entry>> {
         )
     };
     let mut c = Cursor(data);
-    if c.take(8)? != MAGIC {
-        return Err(bad("wrong magic"));
-    }
+    let v2 = match c.take(8)? {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V1 => false,
+        _ => return Err(bad("wrong magic")),
+    };
+    let started = if v2 {
+        let secs = i64::from_le_bytes(c.take(8)?.try_into().expect("8 bytes"));
+        Some((secs, c.u32()?))
+    } else {
+        None
+    };
     let mut out = Vec::new();
     while !c.0.is_empty() {
         let tag = c.take(1)?[0];
@@ -297,15 +375,36 @@ pub fn decode(data: &[u8]) -> io::Result<Vec<Entry>> {
             b'd' => Kind::Dir,
             b'p' => Kind::Fifo,
             b'l' => Kind::Symlink(c.bytes()?),
+            b'h' if v2 => {
+                let target = c.bytes()?;
+                if !valid_path(&target) {
+                    return Err(bad("a hard link's target"));
+                }
+                Kind::HardLink(target)
+            }
             b'f' => {
                 let size = c.u64()?;
+                let meta = if v2 {
+                    let dev = c.u64()?;
+                    let ino = c.u64()?;
+                    let secs = i64::from_le_bytes(c.take(8)?.try_into().expect("8 bytes"));
+                    let nsec = c.u32()?;
+                    // A nanosecond past a second: written for "unknown".
+                    (nsec < 1_000_000_000).then_some(FileMeta {
+                        dev,
+                        ino,
+                        ctime: (secs, nsec),
+                    })
+                } else {
+                    None
+                };
                 let n = c.u32()?;
                 let mut chunks = Vec::with_capacity(n.min(1 << 16) as usize);
                 for _ in 0..n {
                     let id: ChunkId = c.take(32)?.try_into().expect("32 bytes");
                     chunks.push((id, c.u32()?));
                 }
-                Kind::File { size, chunks }
+                Kind::File { size, chunks, meta }
             }
             _ => return Err(bad("an unknown entry kind")),
         };
@@ -316,7 +415,10 @@ pub fn decode(data: &[u8]) -> io::Result<Vec<Entry>> {
             kind,
         });
     }
-    Ok(out)
+    Ok(Manifest {
+        started,
+        entries: out,
+    })
 }
 
 fn mtime_of(st: &Stat) -> (i64, u32) {
@@ -377,6 +479,7 @@ impl OrgRepo {
         if std::fs::symlink_metadata(&path).is_ok() {
             return Ok((id, 0));
         }
+        failpoint_full("snapshot.chunk_enospc")?;
         let packed = zstd::bulk::compress(data, ZSTD_LEVEL)?;
         let (codec, body): (&[u8], &[u8]) = if packed.len() < data.len() {
             (b"z", &packed)
@@ -415,20 +518,38 @@ impl OrgRepo {
     /// Captures the tree under `root` into a manifest for `snapshot`. The
     /// manifest is durable when this returns; nothing refers to the
     /// chunks written before a failure.
-    pub fn capture(&self, root: &Path, snapshot: Uuid) -> Result<CaptureStats, RepoError> {
+    ///
+    /// `parent` (the workspace's previous snapshot) lets unchanged files
+    /// go unread: a file whose size, modification and change times, device
+    /// and inode are what the parent recorded, changed well before the
+    /// parent's capture started, and whose chunks are all still stored,
+    /// keeps the parent's chunk list. Any doubt reads the file.
+    /// `walked` is called once everything has been read from `root`,
+    /// before the repository is synced (the workspace can be thawed then).
+    pub fn capture(
+        &self,
+        root: &Path,
+        snapshot: Uuid,
+        parent: Option<Uuid>,
+        walked: &mut dyn FnMut(),
+    ) -> Result<CaptureStats, RepoError> {
         std::fs::create_dir_all(self.dir.join("chunks"))?;
+        let started = wall_now();
+        let parent = parent.map(|p| self.parent_files(p)).unwrap_or_default();
         let mut cap = Capture {
             repo: self,
             entries: Vec::new(),
             stats: CaptureStats::default(),
             links: HashMap::new(),
+            parent,
             failed: None,
         };
-        let walked = tree::walk(tree::open_root(root)?, &mut cap);
+        let walked_ok = tree::walk(tree::open_root(root)?, &mut cap);
+        walked();
         if let Some(e) = cap.failed.take() {
             return Err(e);
         }
-        walked?;
+        walked_ok?;
         for (nlink, inside, path) in cap.links.values() {
             if inside < nlink {
                 return Err(RepoError::Refused(format!(
@@ -438,26 +559,208 @@ impl OrgRepo {
                 )));
             }
         }
-        let mut body = Vec::with_capacity(64 + cap.entries.len() * 64);
-        body.extend_from_slice(MAGIC);
-        for e in &cap.entries {
-            encode(e, &mut body);
-        }
+        self.write_manifest(snapshot, started, &cap.entries)?;
+        Ok(cap.stats)
+    }
+
+    fn write_manifest(
+        &self,
+        snapshot: Uuid,
+        started: (i64, u32),
+        entries: &[Entry],
+    ) -> Result<(), RepoError> {
+        let body = encode_manifest(started, entries);
         let packed = zstd::bulk::compress(&body, ZSTD_LEVEL)?;
         let len = (body.len() as u64).to_le_bytes();
         // Ordering: every chunk is on disk before the manifest that names
         // them, and the manifest before the record says `ready`.
         rustix::fs::syncfs(tree::open_root(&self.dir)?).map_err(io::Error::from)?;
+        failpoint_full("snapshot.manifest_enospc")?;
         self.write_atomically(&self.manifest_path(snapshot), &[&len, &packed], true)?;
         sync_dir(&self.dir.join("manifests"))?;
-        Ok(cap.stats)
+        Ok(())
+    }
+
+    /// Captures a volume that is not a directory of this host from the
+    /// engine's tar of it (its first entry is the volume's root). Every
+    /// path is checked to stay inside the volume; sockets and devices are
+    /// left out as in [`Self::capture`]; hard links stay links. A tar holds
+    /// no inode or change time, so nothing is reused from a parent: every
+    /// file is read. An archive of fewer than `expected` entries (what a
+    /// count of the volume found) fails the capture: the engine left some
+    /// out, and a snapshot must not look whole when it is not.
+    pub fn capture_tar(
+        &self,
+        reader: impl Read,
+        snapshot: Uuid,
+        expected: u64,
+        walked: &mut dyn FnMut(),
+    ) -> Result<CaptureStats, RepoError> {
+        std::fs::create_dir_all(self.dir.join("chunks"))?;
+        let started = wall_now();
+        let read = self.read_tar(reader);
+        walked();
+        let (mut entries, stats, seen) = read?;
+        if seen < expected {
+            return Err(RepoError::Io(io::Error::other(format!(
+                "the engine's archive held {seen} of the {expected} entries of the data; the \
+                 snapshot is incomplete and was not kept"
+            ))));
+        }
+        order_entries(&mut entries)?;
+        self.write_manifest(snapshot, started, &entries)?;
+        Ok(stats)
+    }
+
+    fn read_tar(&self, reader: impl Read) -> Result<(Vec<Entry>, CaptureStats, u64), RepoError> {
+        let refused =
+            |what: &str, p: &[u8]| RepoError::Refused(format!("{}: {what}", tree::display_path(p)));
+        let mut archive = tar::Archive::new(reader);
+        let mut root: Option<Vec<u8>> = None;
+        let mut entries = Vec::new();
+        let mut stats = CaptureStats::default();
+        let mut seen = 0u64;
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let raw = entry.path_bytes().into_owned();
+            let Some(root) = root.as_deref() else {
+                let mut r = raw.clone();
+                if !r.ends_with(b"/") {
+                    r.push(b'/');
+                }
+                root = Some(if r == b"/" || r == b"./" {
+                    Vec::new()
+                } else {
+                    r
+                });
+                continue;
+            };
+            let rel = tar_relative(&raw, root);
+            if rel.is_empty() {
+                continue;
+            }
+            seen += 1;
+            if !valid_path(&rel) {
+                return Err(refused(
+                    "a path of the engine's archive that leads outside the data",
+                    &raw,
+                ));
+            }
+            let h = entry.header();
+            let mode = h.mode().unwrap_or(0o600) & 0o1777;
+            let mtime = (i64::try_from(h.mtime().unwrap_or(0)).unwrap_or(0), 0);
+            let kind = h.entry_type();
+            let kind = if kind.is_dir() {
+                Kind::Dir
+            } else if kind.is_symlink() {
+                Kind::Symlink(
+                    entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default(),
+                )
+            } else if kind.is_hard_link() {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target = tar_relative(&target, root);
+                if !valid_path(&target) {
+                    return Err(refused(
+                        "a hard link of the engine's archive to outside the data",
+                        &raw,
+                    ));
+                }
+                stats.files += 1;
+                Kind::HardLink(target)
+            } else if kind.is_fifo() {
+                Kind::Fifo
+            } else if kind.is_file() || kind == tar::EntryType::Continuous {
+                let size = entry.size();
+                let mut chunks = Vec::new();
+                let mut read = 0u64;
+                for chunk in
+                    fastcdc::v2020::StreamCDC::new(&mut entry, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+                {
+                    let chunk = chunk.map_err(|e| match e {
+                        fastcdc::v2020::Error::IoError(e) => RepoError::Io(e),
+                        other => RepoError::Io(io::Error::other(other.to_string())),
+                    })?;
+                    let (id, added) = self.put_chunk(&chunk.data)?;
+                    stats.new_bytes += added;
+                    read += chunk.data.len() as u64;
+                    chunks.push((id, chunk.data.len() as u32));
+                }
+                if read != size {
+                    return Err(RepoError::Io(io::Error::other(format!(
+                        "{}: the engine's archive ended inside it",
+                        tree::display_path(&raw)
+                    ))));
+                }
+                stats.files += 1;
+                stats.bytes += read;
+                Kind::File {
+                    size,
+                    chunks,
+                    meta: None,
+                }
+            } else {
+                stats.skipped += 1;
+                continue;
+            };
+            entries.push(Entry {
+                path: rel,
+                mode,
+                mtime,
+                kind,
+            });
+        }
+        Ok((entries, stats, seen))
+    }
+
+    /// The files of a parent snapshot that a capture may reuse, by path;
+    /// empty when the parent's manifest is gone, damaged, or of the first
+    /// format (it recorded no identities).
+    fn parent_files(&self, parent: Uuid) -> HashMap<Vec<u8>, ParentFile> {
+        let manifest = match self.manifest(parent) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%parent, error = %e, "no parent manifest: every file is read");
+                return HashMap::new();
+            }
+        };
+        let Some(started) = manifest.started else {
+            return HashMap::new();
+        };
+        let mut out = HashMap::new();
+        for e in manifest.entries {
+            if let Kind::File {
+                size,
+                chunks,
+                meta: Some(meta),
+            } = e.kind
+                && nanos(meta.ctime) + RACY_NANOS < nanos(started)
+                && chunks.iter().map(|(_, n)| u64::from(*n)).sum::<u64>() == size
+            {
+                out.insert(
+                    e.path,
+                    ParentFile {
+                        size,
+                        mtime: e.mtime,
+                        meta,
+                        chunks,
+                    },
+                );
+            }
+        }
+        out
     }
 
     pub fn has_manifest(&self, snapshot: Uuid) -> bool {
         self.manifest_path(snapshot).exists()
     }
 
-    pub fn manifest(&self, snapshot: Uuid) -> io::Result<Vec<Entry>> {
+    pub fn manifest(&self, snapshot: Uuid) -> io::Result<Manifest> {
         let raw = std::fs::read(self.manifest_path(snapshot))?;
         if raw.len() < 8 {
             return Err(io::Error::new(
@@ -492,7 +795,7 @@ impl OrgRepo {
                 let Some(id) = e.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()) else {
                     continue;
                 };
-                for entry in self.manifest(id)? {
+                for entry in self.manifest(id)?.entries {
                     if let Kind::File { chunks, .. } = entry.kind {
                         referenced.extend(chunks.into_iter().map(|(c, _)| c));
                     }
@@ -551,7 +854,7 @@ impl OrgRepo {
     /// fresh, filled, synced. Nothing else writes there (it is under
     /// `staging/`), and it is reached through handles all the same.
     pub fn restore(&self, snapshot: Uuid, parent: &Path, name: &str) -> io::Result<()> {
-        let entries = self.manifest(snapshot)?;
+        let entries = self.manifest(snapshot)?.entries;
         std::fs::create_dir_all(parent)?;
         let parent_fd = tree::open_root(parent)?;
         let cname = CString::new(name).map_err(io::Error::other)?;
@@ -566,6 +869,7 @@ impl OrgRepo {
                 mtime: None,
             }],
             path: Vec::new(),
+            files: HashSet::new(),
         };
         for e in &entries {
             w.place(self, e)?;
@@ -577,7 +881,7 @@ impl OrgRepo {
 
     /// Writes the snapshot as a `.tar.gz` to `out`.
     pub fn write_tar(&self, snapshot: Uuid, out: &mut dyn Write) -> io::Result<()> {
-        let entries = self.manifest(snapshot)?;
+        let entries = self.manifest(snapshot)?.entries;
         let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
         for e in &entries {
@@ -605,7 +909,16 @@ impl OrgRepo {
                         std::path::Path::new(std::ffi::OsStr::from_bytes_compat(target)),
                     )?;
                 }
-                Kind::File { size, chunks } => {
+                Kind::HardLink(target) => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    tar.append_link(
+                        &mut h,
+                        path,
+                        std::path::Path::new(std::ffi::OsStr::from_bytes_compat(target)),
+                    )?;
+                }
+                Kind::File { size, chunks, .. } => {
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_size(*size);
                     let reader = ChunkReader {
@@ -630,6 +943,90 @@ impl FromBytesCompat for std::ffi::OsStr {
     fn from_bytes_compat(b: &[u8]) -> &Self {
         std::os::unix::ffi::OsStrExt::from_bytes(b)
     }
+}
+
+/// An archive path relative to the volume's root: the engine names the
+/// root `/` (Podman) or `data/` (Docker); a trailing `/` goes too.
+fn tar_relative(path: &[u8], root: &[u8]) -> Vec<u8> {
+    let rest = path.strip_prefix(root).unwrap_or(path);
+    let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+    let rest = rest.strip_prefix(b"./").unwrap_or(rest);
+    rest.strip_suffix(b"/").unwrap_or(rest).to_vec()
+}
+
+/// Puts entries read from an archive in the order a restore needs (every
+/// directory before what is in it, a directory's content together), and
+/// makes the first name of each hard-linked file, in that order, the one
+/// that holds its chunks. Refuses a link to what is not a file of the
+/// archive, and a name given twice.
+fn order_entries(entries: &mut [Entry]) -> Result<(), RepoError> {
+    entries.sort_by(|a, b| {
+        a.path
+            .split(|c| *c == b'/')
+            .cmp(b.path.split(|c| *c == b'/'))
+    });
+    let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if at.insert(e.path.clone(), i).is_some() {
+            return Err(RepoError::Refused(format!(
+                "{}: given twice in the engine's archive",
+                tree::display_path(&e.path)
+            )));
+        }
+    }
+    // target index → the indices of its links
+    let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Kind::HardLink(t) = &e.kind {
+            match at.get(t) {
+                Some(&ti) if matches!(entries[ti].kind, Kind::File { .. }) => {
+                    groups.entry(ti).or_default().push(i);
+                }
+                _ => {
+                    return Err(RepoError::Refused(format!(
+                        "{}: a hard link to what is not a file of the archive",
+                        tree::display_path(&e.path)
+                    )));
+                }
+            }
+        }
+    }
+    for (target, links) in groups {
+        let first = links.iter().copied().chain([target]).min().expect("one");
+        if first != target {
+            let file = std::mem::replace(&mut entries[target].kind, Kind::Fifo);
+            entries[first].kind = file;
+        }
+        let name = entries[first].path.clone();
+        for i in links.into_iter().chain([target]) {
+            if i != first {
+                entries[i].kind = Kind::HardLink(name.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A failpoint that makes a repository write fail as a full disk does
+/// (`ENOSPC`), for the tests of a capture on a full disk where no small
+/// filesystem can be mounted.
+fn failpoint_full(name: &str) -> io::Result<()> {
+    if holdfast_domain::failpoint::active(name) {
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::NOSPC.raw_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn wall_now() -> (i64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        d.subsec_nanos(),
+    )
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -660,19 +1057,30 @@ impl<'a, I: Iterator<Item = &'a (ChunkId, u32)>> Read for ChunkReader<'a, I> {
     }
 }
 
+/// A file of the parent snapshot, as it recorded it.
+struct ParentFile {
+    size: u64,
+    mtime: (i64, u32),
+    meta: FileMeta,
+    chunks: Vec<(ChunkId, u32)>,
+}
+
 struct Capture<'a> {
     repo: &'a OrgRepo,
     entries: Vec<Entry>,
     stats: CaptureStats,
-    /// Files with more than one link: (links, links seen inside, a path).
+    /// Files with more than one link: (links, links seen inside, the path
+    /// of the one captured; the others are recorded as links to it).
     links: HashMap<FileId, (u64, u64, Vec<u8>)>,
+    parent: HashMap<Vec<u8>, ParentFile>,
     /// A repository failure (a full disk) kept apart from the walk's own
     /// errors, so that it is answered as what it is.
     failed: Option<RepoError>,
 }
 
 impl Capture<'_> {
-    fn file(&mut self, fd: OwnedFd, path: &[u8], st: &Stat) -> io::Result<()> {
+    /// Counts a link of a file captured at `path`.
+    fn note_link(&mut self, st: &Stat, path: &[u8]) {
         if st.st_nlink > 1 {
             let e = self
                 .links
@@ -680,6 +1088,62 @@ impl Capture<'_> {
                 .or_insert((st.st_nlink, 0, path.to_vec()));
             e.1 += 1;
         }
+    }
+
+    /// Another name of a file already captured: recorded as a link to it.
+    fn hard_link(&mut self, path: &[u8], st: &Stat) -> bool {
+        if st.st_nlink <= 1 {
+            return false;
+        }
+        let Some(e) = self.links.get_mut(&tree::file_id(st)) else {
+            return false;
+        };
+        e.1 += 1;
+        let target = e.2.clone();
+        self.stats.files += 1;
+        self.entries.push(Entry {
+            path: path.to_vec(),
+            mode: perm(st),
+            mtime: mtime_of(st),
+            kind: Kind::HardLink(target),
+        });
+        true
+    }
+
+    /// The parent's chunk list of this file, when nothing says it changed.
+    fn reuse(&mut self, path: &[u8], st: &Stat) -> bool {
+        let Some(p) = self.parent.get(path) else {
+            return false;
+        };
+        let same = u64::try_from(st.st_size).ok() == Some(p.size)
+            && mtime_of(st) == p.mtime
+            && FileMeta::of(st) == p.meta
+            && p.chunks
+                .iter()
+                .all(|(id, _)| std::fs::symlink_metadata(self.repo.chunk_path(id)).is_ok());
+        if !same {
+            return false;
+        }
+        let p = self.parent.remove(path).expect("just found");
+        self.note_link(st, path);
+        self.stats.files += 1;
+        self.stats.bytes += p.size;
+        self.stats.reused += 1;
+        self.entries.push(Entry {
+            path: path.to_vec(),
+            mode: perm(st),
+            mtime: mtime_of(st),
+            kind: Kind::File {
+                size: p.size,
+                chunks: p.chunks,
+                meta: Some(p.meta),
+            },
+        });
+        true
+    }
+
+    fn file(&mut self, fd: OwnedFd, path: &[u8], st: &Stat) -> io::Result<()> {
+        self.note_link(st, path);
         let size = u64::try_from(st.st_size).unwrap_or(0);
         let file = File::from(fd).take(size);
         let mut chunks = Vec::new();
@@ -704,15 +1168,22 @@ impl Capture<'_> {
         }
         self.stats.files += 1;
         self.stats.bytes += read;
+        // The identity is the one from before the read: a change during
+        // the read moves the change time past it, and the next capture
+        // reads the file again.
+        let meta = (read == size).then(|| FileMeta::of(st));
         self.entries.push(Entry {
             path: path.to_vec(),
             mode: perm(st),
             mtime: mtime_of(st),
-            kind: Kind::File { size: read, chunks },
+            kind: Kind::File {
+                size: read,
+                chunks,
+                meta,
+            },
         });
         Ok(())
     }
-
     fn special(
         &mut self,
         parent: BorrowedFd<'_>,
@@ -723,7 +1194,13 @@ impl Capture<'_> {
         let kind = match tree::file_type(st) {
             FileType::Symlink => match rustix::fs::readlinkat(parent, name, Vec::new()) {
                 Ok(t) => Kind::Symlink(t.into_bytes()),
-                Err(rustix::io::Errno::NOENT) => return Ok(()),
+                // Gone, or no longer a link (EINVAL: swapped for a file or
+                // a directory since it was listed): the name changed while
+                // it was read, and the snapshot has it as neither.
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::INVAL) => {
+                    tracing::debug!(path = %tree::display_path(path), "changed while it was read");
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             },
             FileType::Fifo => Kind::Fifo,
@@ -764,6 +1241,12 @@ impl Visitor for Capture<'_> {
         if tree::file_type(st) != FileType::RegularFile {
             return self.special(parent, name, path, st);
         }
+        // Neither costs a read, nor can bring in bytes from outside: a
+        // link names a file this capture already holds, a reused file
+        // holds chunks the parent read from the workspace.
+        if self.hard_link(path, st) || self.reuse(path, st) {
+            return Ok(());
+        }
         // Re-checked on the opened handle: the entry may have been swapped
         // for a link, a FIFO or a device since it was listed.
         let (fd, st) = match tree::open_file_beneath(parent, name) {
@@ -795,6 +1278,9 @@ struct WFrame {
 struct Writer {
     frames: Vec<WFrame>,
     path: Vec<u8>,
+    /// Regular files written so far: the only things a hard link of the
+    /// manifest may name.
+    files: HashSet<Vec<u8>>,
 }
 
 fn times(mtime: (i64, u32)) -> Timestamps {
@@ -910,6 +1396,29 @@ impl Writer {
                 }
                 rustix::fs::futimens(&file, &times(e.mtime))?;
                 rustix::fs::fchmod(&file, Mode::from_raw_mode(e.mode & 0o1777))?;
+                self.files.insert(e.path.clone());
+            }
+            Kind::HardLink(target) => {
+                if !self.files.contains(target) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a manifest links to what is not a file written before it",
+                    ));
+                }
+                // The target's directory, opened from the restored root a
+                // component at a time (never through a link): a link is
+                // made inside the restored tree only.
+                let (tdir, tname) = match target.iter().rposition(|b| *b == b'/') {
+                    Some(i) => (&target[..i], &target[i + 1..]),
+                    None => (&target[..0], &target[..]),
+                };
+                let mut fd = self.fd(0)?.try_clone_to_owned()?;
+                for c in tdir.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+                    let c = CString::new(c).map_err(io::Error::other)?;
+                    fd = tree::open_dir_beneath(fd.as_fd(), &c)?;
+                }
+                let tname = CString::new(tname).map_err(io::Error::other)?;
+                rustix::fs::linkat(&fd, &tname, &dir, &name, rustix::fs::AtFlags::empty())?;
             }
             Kind::Symlink(target) => {
                 let target = CString::new(target.clone()).map_err(io::Error::other)?;
@@ -989,11 +1498,13 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", vol.join("link")).unwrap();
         let repo = repo(top.path());
         let s1 = Uuid::new_v4();
-        let st = repo.capture(&vol, s1).unwrap();
+        let st = repo.capture(&vol, s1, None, &mut || {}).unwrap();
         assert_eq!(st.files, 2);
         assert_eq!(st.bytes, 3 * 1024 * 1024 + 5);
         assert!(st.new_bytes > 0);
-        let again = repo.capture(&vol, Uuid::new_v4()).unwrap();
+        let again = repo
+            .capture(&vol, Uuid::new_v4(), None, &mut || {})
+            .unwrap();
         assert_eq!(again.new_bytes, 0, "unchanged data costs nothing");
         let staging = top.path().join("staging");
         let out = stage(&repo, &staging, s1, "new").unwrap();
@@ -1024,7 +1535,7 @@ mod tests {
         }
         let repo = repo(top.path());
         let s = Uuid::new_v4();
-        let st = repo.capture(&vol, s).unwrap();
+        let st = repo.capture(&vol, s, None, &mut || {}).unwrap();
         assert_eq!(st.files, tree::FD_BUDGET as u64 * 3);
         stage(&repo, &top.path().join("staging"), s, "r").unwrap();
         assert_eq!(
@@ -1041,10 +1552,10 @@ mod tests {
         std::fs::write(vol.join("f"), vec![1u8; 1000]).unwrap();
         let repo = repo(top.path());
         let s1 = Uuid::new_v4();
-        repo.capture(&vol, s1).unwrap();
+        repo.capture(&vol, s1, None, &mut || {}).unwrap();
         std::fs::write(vol.join("f"), vec![2u8; 1000]).unwrap();
         let s2 = Uuid::new_v4();
-        repo.capture(&vol, s2).unwrap();
+        repo.capture(&vol, s2, None, &mut || {}).unwrap();
         assert_eq!(repo.collect_garbage().unwrap(), 0);
         repo.remove_manifest(s1).unwrap();
         assert!(repo.collect_garbage().unwrap() > 0);
@@ -1067,7 +1578,7 @@ mod tests {
         assert_eq!(mode(&vol.join("tool")), 0o6755);
         let repo = repo(top.path());
         let s = Uuid::new_v4();
-        repo.capture(&vol, s).unwrap();
+        repo.capture(&vol, s, None, &mut || {}).unwrap();
         let out = stage(&repo, &top.path().join("staging"), s, "r").unwrap();
         assert_eq!(mode(&out.join("tool")), 0o755);
     }
@@ -1081,8 +1592,311 @@ mod tests {
         std::fs::hard_link(top.path().join("secret"), vol.join("in")).unwrap();
         let repo = repo(top.path());
         assert!(matches!(
-            repo.capture(&vol, Uuid::new_v4()),
+            repo.capture(&vol, Uuid::new_v4(), None, &mut || {}),
             Err(RepoError::Refused(_))
         ));
+    }
+
+    fn set_mtime(path: &Path, t: std::time::SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[test]
+    fn unchanged_files_are_reused_from_the_parent_and_any_doubt_reads_again() {
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir_all(vol.join("d")).unwrap();
+        for i in 0..5u8 {
+            std::fs::write(vol.join(format!("d/f{i}")), vec![i; 300_000]).unwrap();
+        }
+        std::fs::write(vol.join("same"), b"kept as it was").unwrap();
+        std::fs::write(vol.join("touched"), b"old content").unwrap();
+        std::fs::write(vol.join("replaced"), b"first").unwrap();
+        // Older than the racy window of the first capture.
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        // Changed just before the parent's capture: too close to trust.
+        std::fs::write(vol.join("racy"), b"racy").unwrap();
+        let repo = repo(top.path());
+        let s1 = Uuid::new_v4();
+        let first = repo.capture(&vol, s1, None, &mut || {}).unwrap();
+        assert_eq!((first.files, first.reused), (9, 0));
+
+        let s2 = Uuid::new_v4();
+        let second = repo.capture(&vol, s2, Some(s1), &mut || {}).unwrap();
+        // Every file but the racy one came from the parent unread.
+        assert_eq!((second.files, second.reused, second.new_bytes), (9, 8, 0));
+        assert_eq!(second.bytes, first.bytes);
+
+        // Same size, same modification time, new bytes: the change time
+        // tells. A file deleted and made again with the same size and time
+        // is a new inode or a new change time.
+        let mtime = std::fs::metadata(vol.join("touched"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::write(vol.join("touched"), b"new content").unwrap();
+        set_mtime(&vol.join("touched"), mtime);
+        let mtime = std::fs::metadata(vol.join("replaced"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::remove_file(vol.join("replaced")).unwrap();
+        std::fs::write(vol.join("replaced"), b"again").unwrap();
+        set_mtime(&vol.join("replaced"), mtime);
+        let s3 = Uuid::new_v4();
+        let third = repo.capture(&vol, s3, Some(s2), &mut || {}).unwrap();
+        assert_eq!(third.files, 9);
+        // f0..f4 and same; not touched nor replaced, nor racy (the second
+        // capture started within the window of its change too).
+        assert_eq!(third.reused, 6);
+        let out = stage(&repo, &top.path().join("staging"), s3, "r").unwrap();
+        assert_eq!(files(&out), files(&vol));
+        assert_eq!(std::fs::read(out.join("touched")).unwrap(), b"new content");
+
+        // A parent whose manifest is gone: everything is read.
+        repo.remove_manifest(s3).unwrap();
+        let fourth = repo
+            .capture(&vol, Uuid::new_v4(), Some(s3), &mut || {})
+            .unwrap();
+        assert_eq!(fourth.reused, 0);
+    }
+
+    #[test]
+    fn a_reused_file_whose_chunk_is_missing_is_read_again() {
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(vol.join("f"), vec![3u8; 10_000]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        let repo = repo(top.path());
+        let s1 = Uuid::new_v4();
+        repo.capture(&vol, s1, None, &mut || {}).unwrap();
+        let control = repo
+            .capture(&vol, Uuid::new_v4(), Some(s1), &mut || {})
+            .unwrap();
+        assert_eq!(control.reused, 1);
+        let Kind::File { chunks, .. } = &repo.manifest(s1).unwrap().entries[0].kind else {
+            panic!("a file entry");
+        };
+        std::fs::remove_file(repo.chunk_path(&chunks[0].0)).unwrap();
+        let st = repo
+            .capture(&vol, Uuid::new_v4(), Some(s1), &mut || {})
+            .unwrap();
+        assert_eq!(st.reused, 0);
+        assert!(st.new_bytes > 0, "the chunk is stored again");
+    }
+
+    #[test]
+    fn hard_links_are_stored_once_and_restored_as_links_inside_the_tree() {
+        use std::os::unix::fs::MetadataExt;
+        let top = tempfile::tempdir().unwrap();
+        let vol = top.path().join("vol");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        std::fs::write(vol.join("orig"), vec![9u8; 200_000]).unwrap();
+        std::fs::hard_link(vol.join("orig"), vol.join("sub/second")).unwrap();
+        std::fs::hard_link(vol.join("orig"), vol.join("third")).unwrap();
+        std::fs::write(vol.join("alone"), b"alone").unwrap();
+        let repo = repo(top.path());
+        let s = Uuid::new_v4();
+        let st = repo.capture(&vol, s, None, &mut || {}).unwrap();
+        assert_eq!(st.files, 4);
+        assert_eq!(st.bytes, 200_000 + 5, "the linked bytes count once");
+        let entries = repo.manifest(s).unwrap().entries;
+        let links = entries
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::HardLink(_)))
+            .count();
+        assert_eq!(links, 2);
+        let out = stage(&repo, &top.path().join("staging"), s, "r").unwrap();
+        assert_eq!(files(&out), files(&vol));
+        let ino = |p: &str| std::fs::metadata(out.join(p)).unwrap().ino();
+        assert_eq!(ino("orig"), ino("sub/second"));
+        assert_eq!(ino("orig"), ino("third"));
+        assert_ne!(ino("orig"), ino("alone"));
+        assert_eq!(std::fs::metadata(out.join("orig")).unwrap().nlink(), 3);
+        // The export says the same: one file, two links to it.
+        let mut tgz = Vec::new();
+        repo.write_tar(s, &mut tgz).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&tgz[..]));
+        let kinds: Vec<(String, tar::EntryType)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    e.header().entry_type(),
+                )
+            })
+            .filter(|(_, t)| *t != tar::EntryType::Directory)
+            .collect();
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|(_, t)| *t == tar::EntryType::Link)
+                .count(),
+            2,
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_linking_to_what_it_has_not_written_restores_nothing() {
+        let top = tempfile::tempdir().unwrap();
+        let repo = repo(top.path());
+        std::fs::write(top.path().join("outside"), b"secret").unwrap();
+        let s = Uuid::new_v4();
+        let entries = vec![
+            Entry {
+                path: b"d".to_vec(),
+                mode: 0o755,
+                mtime: (0, 0),
+                kind: Kind::Symlink(b"..".to_vec()),
+            },
+            Entry {
+                path: b"l".to_vec(),
+                mode: 0o644,
+                mtime: (0, 0),
+                kind: Kind::HardLink(b"d/outside".to_vec()),
+            },
+        ];
+        let body = encode_manifest((0, 0), &entries);
+        let packed = zstd::bulk::compress(&body, 3).unwrap();
+        std::fs::create_dir_all(repo.dir.join("manifests")).unwrap();
+        repo.write_atomically(
+            &repo.manifest_path(s),
+            &[&(body.len() as u64).to_le_bytes(), &packed],
+            true,
+        )
+        .unwrap();
+        let err = stage(&repo, &top.path().join("staging"), s, "r").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn a_first_format_manifest_still_restores() {
+        let top = tempfile::tempdir().unwrap();
+        let repo = repo(top.path());
+        let (id, _) = repo.put_chunk(b"old format").unwrap();
+        // Magic, then one file entry as the first format wrote it.
+        let mut body = MAGIC_V1.to_vec();
+        body.push(b'f');
+        put_u32(&mut body, 0o644);
+        body.extend_from_slice(&0i64.to_le_bytes());
+        put_u32(&mut body, 0);
+        put_bytes(&mut body, b"f");
+        put_u64(&mut body, 10);
+        put_u32(&mut body, 1);
+        body.extend_from_slice(&id);
+        put_u32(&mut body, 10);
+        let m = decode(&body).unwrap();
+        assert_eq!(m.started, None);
+        assert!(matches!(&m.entries[0].kind, Kind::File { meta: None, .. }));
+        let s = Uuid::new_v4();
+        let packed = zstd::bulk::compress(&body, 3).unwrap();
+        std::fs::create_dir_all(repo.dir.join("manifests")).unwrap();
+        repo.write_atomically(
+            &repo.manifest_path(s),
+            &[&(body.len() as u64).to_le_bytes(), &packed],
+            true,
+        )
+        .unwrap();
+        let out = stage(&repo, &top.path().join("staging"), s, "r").unwrap();
+        assert_eq!(std::fs::read(out.join("f")).unwrap(), b"old format");
+        // And as a parent it offers nothing to reuse.
+        assert!(repo.parent_files(s).is_empty());
+    }
+
+    fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "data/", io::empty()).unwrap();
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn add(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        path: &str,
+        body: &[u8],
+        link: &str,
+    ) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(body.len() as u64);
+        if link.is_empty() {
+            b.append_data(&mut h, path, body).unwrap();
+        } else {
+            b.append_link(&mut h, path, link).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_engine_archive_is_captured_in_restore_order_with_its_hard_links() {
+        use std::os::unix::fs::MetadataExt;
+        use tar::EntryType as T;
+        let top = tempfile::tempdir().unwrap();
+        let repo = repo(top.path());
+        // Out of order (a file before its directory, a link before the
+        // name the archive calls its target), as an engine may write.
+        let raw = tar_of(|b| {
+            add(b, T::Regular, "data/z/late", b"zzz", "");
+            add(b, T::Directory, "data/z", b"", "");
+            add(b, T::Regular, "data/b", b"linked bytes", "");
+            add(b, T::Link, "data/a", b"", "data/b");
+            add(b, T::Symlink, "data/l", b"", "/etc/passwd");
+            add(b, T::Char, "data/dev", b"", "");
+        });
+        let s = Uuid::new_v4();
+        let st = repo.capture_tar(&raw[..], s, 6, &mut || {}).unwrap();
+        assert_eq!((st.files, st.bytes, st.skipped), (3, 15, 1));
+        let out = stage(&repo, &top.path().join("staging"), s, "r").unwrap();
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"linked bytes");
+        let ino = |p: &str| std::fs::metadata(out.join(p)).unwrap().ino();
+        assert_eq!(ino("a"), ino("b"));
+        assert_eq!(std::fs::read(out.join("z/late")).unwrap(), b"zzz");
+        assert_eq!(
+            std::fs::read_link(out.join("l")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        // Fewer entries than the count found: not kept.
+        let s2 = Uuid::new_v4();
+        assert!(repo.capture_tar(&raw[..], s2, 7, &mut || {}).is_err());
+        assert!(!repo.has_manifest(s2));
+    }
+
+    #[test]
+    fn an_engine_archive_leading_outside_is_refused() {
+        use tar::EntryType as T;
+        let top = tempfile::tempdir().unwrap();
+        let repo = repo(top.path());
+        for bad in [
+            tar_of(|b| add(b, T::Link, "data/x", b"", "data/../../etc/passwd")),
+            tar_of(|b| add(b, T::Link, "data/x", b"", "data/missing")),
+        ] {
+            let s = Uuid::new_v4();
+            assert!(matches!(
+                repo.capture_tar(&bad[..], s, 0, &mut || {}),
+                Err(RepoError::Refused(_))
+            ));
+            assert!(!repo.has_manifest(s));
+        }
+        // Positive control: the same archive with a sound link is kept.
+        let good = tar_of(|b| {
+            add(b, T::Regular, "data/missing", b"here", "");
+            add(b, T::Link, "data/x", b"", "data/missing");
+        });
+        repo.capture_tar(&good[..], Uuid::new_v4(), 2, &mut || {})
+            .unwrap();
     }
 }

@@ -36,6 +36,12 @@ pub mod route {
         format!("/cp/workspaces/{id}/volume")
     }
 
+    /// `PUT` `{reason, actor}` / `DELETE` `{actor}`: a legal hold placed on
+    /// or released from the workspace's volumes.
+    pub fn hold(id: Uuid) -> String {
+        format!("/cp/workspaces/{id}/hold")
+    }
+
     pub fn retain(id: Uuid) -> String {
         format!("/cp/workspaces/{id}/volume/retain")
     }
@@ -98,6 +104,22 @@ pub struct ActorBody {
     pub actor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<VolumeReason>,
+}
+
+/// A legal hold placed (`reason`) or released (none) on a remote control
+/// plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBody {
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HoldAnswer {
+    /// Whether the workspace is held after the call.
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

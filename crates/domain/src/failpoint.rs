@@ -24,3 +24,9 @@ pub fn hit(name: &str) {
         std::process::abort();
     }
 }
+
+/// Whether the failpoint `name` is enabled, for the failpoints that do not
+/// abort but make an operation fail as the outside world can (a full disk).
+pub fn active(name: &str) -> bool {
+    enabled().iter().any(|p| p == name)
+}

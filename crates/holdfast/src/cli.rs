@@ -354,6 +354,59 @@ pub async fn snap(conn: Conn, cmd: SnapCommand) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum HoldCommand {
+    /// Place a legal hold (admin token): nothing of the workspace's data or
+    /// snapshots can be erased, and its grace clocks stop, until released.
+    Put {
+        /// The workspace's id or name.
+        workspace: String,
+        /// Why (recorded in the audit log and shown in `data.hold`).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a workspace's legal hold (admin token); its grace clocks run
+    /// on from where they stood.
+    Rm {
+        /// The workspace's id or name.
+        workspace: String,
+    },
+}
+
+pub async fn hold(conn: Conn, cmd: HoldCommand) -> anyhow::Result<()> {
+    let c = Client::new(&conn)?;
+    let v = match cmd {
+        HoldCommand::Put { workspace, reason } => {
+            let id = c.resolve(&workspace).await?;
+            c.call(
+                c.req(reqwest::Method::PUT, &format!("/workspaces/{id}/hold"))
+                    .json(&json!({ "reason": reason })),
+            )
+            .await?
+        }
+        HoldCommand::Rm { workspace } => {
+            let id = c.resolve(&workspace).await?;
+            c.call(c.req(reqwest::Method::DELETE, &format!("/workspaces/{id}/hold")))
+                .await?
+        }
+    };
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        let name = v["name"].as_str().unwrap_or_default();
+        match v["data"]["hold"].as_object() {
+            Some(h) => println!(
+                "{name}: under a legal hold since {} by {} ({})",
+                h.get("since").and_then(Value::as_str).unwrap_or("?"),
+                h.get("by").and_then(Value::as_str).unwrap_or("?"),
+                h.get("reason").and_then(Value::as_str).unwrap_or("")
+            ),
+            None => println!("{name}: not under a legal hold"),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
 pub enum VolumesCommand {
     /// List volume records.
     List {

@@ -48,6 +48,13 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::SnapCommand,
     },
+    /// Legal holds: put and rm (a client of the API; admin token).
+    Hold {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::HoldCommand,
+    },
     /// Volume records (a client of the API).
     Volumes {
         #[command(flatten)]
@@ -120,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ws { conn, cmd } => rt.block_on(cli::ws(conn, cmd)),
         Command::Volumes { conn, cmd } => rt.block_on(cli::volumes(conn, cmd)),
         Command::Snap { conn, cmd } => rt.block_on(cli::snap(conn, cmd)),
+        Command::Hold { conn, cmd } => rt.block_on(cli::hold(conn, cmd)),
         Command::Org { conn, cmd } => rt.block_on(cli::org(conn, cmd)),
         Command::Sweep { conn, dry_run } => rt.block_on(cli::sweep(conn, dry_run)),
         Command::Cp { cmd } => rt.block_on(cp_cmd::run(cmd)),

@@ -476,4 +476,60 @@ impl Store {
             None => false,
         })
     }
+
+    /// A control plane's record of a legal hold the platform placed
+    /// (`cp_volume_holds`): while it exists no volume of the workspace is
+    /// erased. Placing it again changes the reason and keeps the time.
+    pub async fn place_volume_hold(
+        &self,
+        workspace_id: Uuid,
+        reason: &str,
+        actor: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cp_volume_holds (workspace_id, reason, held_by, held_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (workspace_id) DO UPDATE SET reason = excluded.reason, \
+             held_by = excluded.held_by",
+        )
+        .bind(workspace_id.to_string())
+        .bind(reason.to_owned())
+        .bind(actor.to_owned())
+        .bind(now)
+        .execute(&*self.write())
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a control plane's hold record, moving the grace deadlines of
+    /// the workspace's volumes on by the time held (the clocks stood still).
+    /// Returns false when there was none.
+    pub async fn release_volume_hold(&self, workspace_id: Uuid, now: Millis) -> StoreResult<bool> {
+        let written = self.write();
+        let mut tx = written.begin().await?;
+        let row = sqlx::query("SELECT held_at FROM cp_volume_holds WHERE workspace_id = $1")
+            .bind(workspace_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let since: Millis = row.try_get("held_at")?;
+        let held = now.saturating_sub(since).max(0);
+        sqlx::query("DELETE FROM cp_volume_holds WHERE workspace_id = $1")
+            .bind(workspace_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE volumes SET retain_until = retain_until + $2, erase_after = erase_after + $2 \
+             WHERE workspace_id = $1 AND state IN ('retained', 'erase_pending')",
+        )
+        .bind(workspace_id.to_string())
+        .bind(held)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 }

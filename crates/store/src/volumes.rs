@@ -351,15 +351,19 @@ impl Store {
             .join(", ");
         // A legal hold (a workspace row with `hold_at`) keeps every volume
         // of it out of the pass, but an erasure already begun finishes.
+        // A control plane's own hold record (`cp_volume_holds`, what a
+        // remote one has instead of workspace rows) counts the same.
         let due = "v.state = 'erasing' \
-                   OR (v.state = 'erase_pending' AND v.erase_after <= $1) \
-                   OR (v.state = 'retained' AND v.retain_until <= $1)";
+                   OR (NOT EXISTS (SELECT 1 FROM cp_volume_holds h WHERE h.workspace_id = v.workspace_id) \
+                       AND ((v.state = 'erase_pending' AND v.erase_after <= $1) \
+                            OR (v.state = 'retained' AND v.retain_until <= $1)))";
         let sql = if with_workspaces {
             format!(
                 "SELECT {cols}, w.id AS ws_id, w.removed_at AS ws_removed_at, w.resolved_mode AS ws_mode \
                  FROM volumes v LEFT JOIN workspaces w ON w.id = v.workspace_id \
                  WHERE v.state = 'erasing' \
-                    OR (w.hold_at IS NULL AND ({due} OR (v.state = 'active' AND w.id IS NULL)))"
+                    OR (w.hold_at IS NULL AND ({due} OR (v.state = 'active' AND w.id IS NULL \
+                        AND NOT EXISTS (SELECT 1 FROM cp_volume_holds h WHERE h.workspace_id = v.workspace_id))))"
             )
         } else {
             format!(
@@ -399,7 +403,8 @@ impl Store {
 
     /// Step one of an erasure: a compare-and-set to `erasing`, before any file
     /// is touched. Fails with `Conflict` if the volume left `from` meanwhile
-    /// (restored, reattached, or taken by another sweeper).
+    /// (restored, reattached, or taken by another sweeper) or its workspace
+    /// is under a legal hold (placed after the sweeper listed it).
     #[tracing::instrument(skip_all, name = "store.begin_erase", fields(volume_id = %volume_id))]
     pub async fn begin_erase(
         &self,
@@ -413,7 +418,9 @@ impl Store {
         let mut tx = written.begin().await?;
         let done = sqlx::query(
             "UPDATE volumes SET state = 'erasing', erased_by = COALESCE(erased_by, $3), reason = $4, updated_at = $5 \
-             WHERE id = $1 AND state = $2",
+             WHERE id = $1 AND state = $2 \
+             AND NOT EXISTS (SELECT 1 FROM cp_volume_holds h WHERE h.workspace_id = volumes.workspace_id) \
+             AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = volumes.workspace_id AND w.hold_at IS NOT NULL)",
         )
         .bind(volume_id.to_string())
         .bind(from.as_str())

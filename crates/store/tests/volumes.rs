@@ -91,3 +91,81 @@ async fn check_transitions(store: Store) {
         .collect();
     assert_eq!(history, ["active", "erase_pending", "erasing", "erased"]);
 }
+
+/// A control plane's own hold record (`cp_volume_holds`): the sweeper's
+/// candidates leave the volume out, the compare-and-set to `erasing`
+/// refuses it (a hold placed after the pass listed it), and release moves
+/// the grace deadline on by the time held. Positive control: without the
+/// hold the same volume is a candidate and erasing begins.
+#[tokio::test]
+async fn a_control_plane_hold_keeps_the_volume_out_of_every_erasure() {
+    for (_dir, store) in stores().await {
+        let ws = Uuid::new_v4();
+        let v = store.insert_volume(ws, None, "test", 1).await.unwrap();
+        store
+            .transition_volume(
+                VolumeTransition {
+                    volume_id: v.id,
+                    from: &[VolumeState::Active],
+                    to: VolumeState::ErasePending,
+                    retain_until: None,
+                    erase_after: Some(100),
+                    actor: "alice",
+                    reason: Some(VolumeReason::EraseRequested),
+                },
+                2,
+            )
+            .await
+            .unwrap();
+        let listed = |store: Store, now: i64| async move {
+            store
+                .sweep_candidates(now, false)
+                .await
+                .unwrap()
+                .iter()
+                .any(|c| c.volume.id == v.id)
+        };
+        assert!(listed(store.clone(), 1_000).await, "due without a hold");
+        store
+            .place_volume_hold(ws, "case 1", "admin", 200)
+            .await
+            .unwrap();
+        assert!(!listed(store.clone(), 1_000).await, "held: not a candidate");
+        let refused = store
+            .begin_erase(
+                v.id,
+                VolumeState::ErasePending,
+                "sweeper",
+                VolumeReason::EraseRequested,
+                300,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::VolumeMoved { .. })),
+            "{refused:?}"
+        );
+        assert!(store.release_volume_hold(ws, 700).await.unwrap());
+        assert!(!store.release_volume_hold(ws, 800).await.unwrap());
+        let moved = store.get_volume(v.id).await.unwrap().unwrap();
+        assert_eq!(
+            moved.erase_after,
+            Some(100 + 500),
+            "moved on by the time held"
+        );
+        assert!(
+            !listed(store.clone(), 550).await,
+            "not due until the moved deadline"
+        );
+        assert!(listed(store.clone(), 1_000).await, "due after it");
+        store
+            .begin_erase(
+                v.id,
+                VolumeState::ErasePending,
+                "sweeper",
+                VolumeReason::EraseRequested,
+                900,
+            )
+            .await
+            .unwrap();
+    }
+}

@@ -3,6 +3,7 @@
 //! and their part of the sweeper pass.
 
 use super::EmbeddedCp;
+use crate::backend::DataKind;
 use crate::snapshot::{self, OrgRepo, RepoError};
 use crate::sweep::SweepItem;
 use crate::{CpError, CpResult, SnapshotInfo, SnapshotRemoval, SnapshotRequest};
@@ -78,25 +79,57 @@ impl EmbeddedCp {
         Ok(Arc::new(self.repo.org(org, &key).map_err(io_error)?))
     }
 
-    fn volume_path(&self, workspace_id: Uuid) -> CpResult<PathBuf> {
+    pub(super) fn volume_path(&self, workspace_id: Uuid) -> CpResult<PathBuf> {
         self.backend.volume_path(workspace_id).ok_or_else(|| {
             CpError::SnapshotsUnavailable(
-                "this backend's volumes are not directories of this host; snapshots need the \
-                 process backend"
+                "this backend's volumes are not directories of this host: snapshots of them can \
+                 be taken, listed, exported and deleted, but rolling back to one or cloning from \
+                 one needs the process backend"
                     .to_owned(),
             )
         })
     }
 
     pub(super) async fn take_snapshot(&self, req: SnapshotRequest) -> CpResult<SnapshotInfo> {
-        let path = self.volume_path(req.workspace_id)?;
-        if inode(&path).is_none() {
-            return Err(CpError::Conflict(
+        let no_data = || {
+            CpError::Conflict(
                 "the workspace has no data yet (it has never started with a persist volume)"
                     .to_owned(),
-            ));
+            )
+        };
+        // A host directory, read through the handle walk; or else (a
+        // container engine's volume) the engine's archive of it.
+        let path = self.backend.volume_path(req.workspace_id);
+        match &path {
+            Some(p) if inode(p).is_none() => return Err(no_data()),
+            Some(_) => {}
+            None => {
+                if !self.backend.snapshots_by_archive() {
+                    return Err(CpError::SnapshotsUnavailable(
+                        "this backend's volumes cannot be read for a snapshot (on Kubernetes, \
+                         snapshots need a VolumeSnapshotClass, which holdfast does not use yet)"
+                            .to_owned(),
+                    ));
+                }
+                if !self
+                    .backend
+                    .has_data(req.workspace_id, DataKind::Volume)
+                    .await
+                {
+                    return Err(no_data());
+                }
+            }
         }
         let repo = self.org_repo(req.org_id).await?;
+        // The parent: the newest snapshot of the workspace that is still
+        // kept, whose unchanged files the capture need not read again.
+        let parent = self
+            .store
+            .list_snapshots(req.workspace_id)
+            .await?
+            .into_iter()
+            .find(|s| matches!(s.state, SnapshotState::Ready | SnapshotState::ErasePending))
+            .map(|s| s.id);
         let id = Uuid::new_v4();
         // Ordering: the record exists (`capturing`) before any chunk, so
         // repository data is always known or an orphan to report.
@@ -117,39 +150,82 @@ impl EmbeddedCp {
         let thaw: Arc<Mutex<Option<Box<dyn Send>>>> = Arc::new(Mutex::new(frozen));
         let over = Arc::new(AtomicBool::new(false));
         let frozen_ms = Arc::new(Mutex::new(None::<i64>));
+        // Drops the freeze once (whoever comes first: the bound, the end
+        // of the read, the end of the capture) and notes how long it held.
+        let thaw_now = {
+            let thaw = thaw.clone();
+            let frozen_ms = frozen_ms.clone();
+            move || {
+                if let Some(g) = thaw.lock().expect("thaw").take() {
+                    drop(g);
+                    *frozen_ms.lock().expect("frozen_ms") =
+                        Some(frozen_at.elapsed().as_millis() as i64);
+                    true
+                } else {
+                    false
+                }
+            }
+        };
         // The bound: past it the workspace runs again and the capture goes
         // on, crash-consistent.
         let timer = {
-            let thaw = thaw.clone();
+            let thaw_now = thaw_now.clone();
             let over = over.clone();
-            let frozen_ms = frozen_ms.clone();
             let max = self.policy.snapshot_freeze_max;
             tokio::spawn(async move {
                 tokio::time::sleep(max).await;
-                if let Some(g) = thaw.lock().expect("thaw").take() {
-                    drop(g);
+                if thaw_now() {
                     over.store(true, Ordering::SeqCst);
-                    *frozen_ms.lock().expect("frozen_ms") =
-                        Some(frozen_at.elapsed().as_millis() as i64);
                 }
             })
         };
         // The capture runs to its end even if the client goes away: the
-        // thaw below must happen, and the record must be settled.
+        // thaw below must happen, and the record must be settled. The
+        // workspace is thawed as soon as its data has been read, before
+        // the repository is synced.
+        let archive = match path {
+            Some(_) => Ok(None),
+            None => self.backend.volume_archive(req.workspace_id).await,
+        };
+        let archive = match archive {
+            Ok(a) => a,
+            Err(e) => {
+                thaw_now();
+                timer.abort();
+                self.store.forget_capture(id).await?;
+                return Err(e);
+            }
+        };
+        let (reader, done) = match archive {
+            Some(a) => (Some((a.reader, a.expected)), Some(a.done)),
+            None => (None, None),
+        };
         let captured = {
             let repo = repo.clone();
+            let thaw_now = thaw_now.clone();
             tokio::task::spawn_blocking(move || {
-                let out = repo.capture(&path, id);
+                let mut walked = || {
+                    thaw_now();
+                };
+                let out = match (path, reader) {
+                    (Some(path), _) => repo.capture(&path, id, parent, &mut walked),
+                    (None, Some((reader, expected))) => {
+                        repo.capture_tar(reader, id, expected, &mut walked)
+                    }
+                    (None, None) => Err(RepoError::Io(std::io::Error::other(
+                        "the workspace's volume vanished before its snapshot",
+                    ))),
+                };
                 drop(guard);
                 out
             })
         };
         let captured = captured.await;
-        // Always thawed, whatever the capture's outcome.
-        if let Some(g) = thaw.lock().expect("thaw").take() {
-            drop(g);
-            *frozen_ms.lock().expect("frozen_ms") = Some(frozen_at.elapsed().as_millis() as i64);
+        if let Some(done) = done {
+            done.await;
         }
+        // Always thawed, whatever the capture's outcome.
+        thaw_now();
         timer.abort();
         let stats = match captured {
             Ok(Ok(stats)) => stats,

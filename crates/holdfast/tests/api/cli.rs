@@ -165,3 +165,114 @@ fn completions_are_printed_for_each_shell() {
         );
     }
 }
+
+/// `holdfast snap` and `holdfast hold` exist with help text, and do what
+/// the API does: create, list, export, delete a snapshot; clone from one
+/// with `ws create --from-snapshot`; put and release a legal hold.
+#[tokio::test]
+async fn snap_and_hold_commands_work_against_the_api() {
+    let app = TestApp::spawn().await;
+    for (args, words) in [
+        (
+            &["snap", "--help"][..],
+            &["create", "list", "rollback", "export", "rm"][..],
+        ),
+        (&["hold", "--help"][..], &["put", "rm"][..]),
+        (&["ws", "create", "--help"][..], &["--from-snapshot"][..]),
+    ] {
+        let help = ok(&app, args);
+        for w in words {
+            assert!(help.contains(w), "{args:?} lists {w}: {help}");
+        }
+    }
+    let (id, _) = app.running_persist_workspace("cli-held").await;
+
+    // The hold works on every backend and either control plane.
+    let held: serde_json::Value = serde_json::from_str(&ok(
+        &app,
+        &["hold", "put", "cli-held", "--reason", "case 7", "--json"],
+    ))
+    .expect("JSON");
+    assert_eq!(held["data"]["hold"]["reason"], "case 7", "{held}");
+    let shown = ok(&app, &["hold", "put", &id, "--reason", "case 8"]);
+    assert!(
+        shown.contains("under a legal hold") && shown.contains("case 8"),
+        "{shown}"
+    );
+    let (success, _, stderr) = holdfast(&app, &["hold", "put", "cli-held"]);
+    assert!(!success && stderr.contains("--reason"), "{stderr}");
+    let released = ok(&app, &["hold", "rm", "cli-held"]);
+    assert!(released.contains("not under a legal hold"), "{released}");
+    let (success, _, stderr) = holdfast(&app, &["hold", "rm", "cli-held"]);
+    assert!(!success && stderr.contains("not_held"), "{stderr}");
+    let ws = app.workspace(&id).await;
+    assert!(ws["data"]["hold"].is_null(), "{ws}");
+
+    if crate::helpers::skip_in_remote_mode("snapshots need the embedded control plane")
+        || crate::helpers::skip_on_container_backend("snapshots need the process backend")
+    {
+        return;
+    }
+    std::fs::write(app.volume_dir(&id).join("note.txt"), b"from the cli").unwrap();
+    let created: serde_json::Value = serde_json::from_str(&ok(
+        &app,
+        &["snap", "create", "cli-held", "--label", "by-cli", "--json"],
+    ))
+    .expect("JSON");
+    assert_eq!(created["label"], "by-cli", "{created}");
+    assert_eq!(created["state"], "ready", "{created}");
+    let sid = created["id"].as_str().unwrap().to_owned();
+    let listed = ok(&app, &["snap", "list", "cli-held"]);
+    assert!(
+        listed.contains(&sid) && listed.contains("by-cli"),
+        "{listed}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.tar.gz");
+    ok(&app, &["snap", "export", &sid, "-O", out.to_str().unwrap()]);
+    let mut found = false;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(&out).unwrap(),
+    ));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy().trim_start_matches("./") == "note.txt" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+            assert_eq!(s, "from the cli");
+            found = true;
+        }
+    }
+    assert!(found, "the export holds the file");
+
+    let clone: serde_json::Value = serde_json::from_str(&ok(
+        &app,
+        &[
+            "ws",
+            "create",
+            "cli-clone",
+            "--data",
+            "persist",
+            "--from-snapshot",
+            &sid,
+            "--json",
+        ],
+    ))
+    .expect("JSON");
+    let clone_id = id_of(&clone);
+    app.wait_online(&clone_id).await;
+    assert_eq!(
+        std::fs::read(app.volume_dir(&clone_id).join("note.txt")).unwrap(),
+        b"from the cli"
+    );
+
+    let (success, _, stderr) = holdfast(&app, &["snap", "rm", &sid]);
+    assert!(
+        !success && stderr.contains("--yes"),
+        "no prompt without a terminal: {stderr}"
+    );
+    let removed = ok(&app, &["snap", "rm", &sid, "--yes", "cli-held", "--json"]);
+    assert!(removed.contains("erased"), "{removed}");
+    assert!(!ok(&app, &["snap", "list", "cli-held"]).contains(&sid));
+}

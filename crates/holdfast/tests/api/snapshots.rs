@@ -1034,6 +1034,67 @@ async fn a_full_disk_fails_the_snapshot_clearly_and_the_workspace_runs_on() {
     );
 }
 
+/// A full disk simulated where no small filesystem can be mounted: the
+/// failpoints `snapshot.chunk_enospc` (every chunk write fails with
+/// `ENOSPC`, as on a full disk) and `snapshot.manifest_enospc` (the chunks
+/// are written, the manifest is not). Either way: a clear 507, the
+/// workspace thawed and answering, no snapshot recorded, nothing of the
+/// failed capture referenced; and once the disk has room again a snapshot
+/// is taken as usual and the sweeper finds nothing orphaned.
+#[tokio::test]
+async fn a_capture_failing_for_a_full_disk_keeps_the_workspace_and_repository_sound() {
+    if skip() {
+        return;
+    }
+    for failpoint in ["snapshot.chunk_enospc", "snapshot.manifest_enospc"] {
+        let mut app = TestApp::spawn().await;
+        let ws = app.create_online_workspace(&builtin_body("filler")).await;
+        let id = id_of(&ws);
+        std::fs::write(app.volume_dir(&id).join("data.bin"), vec![5u8; 3 << 20]).unwrap();
+        app.crash_and_restart_server_with_env(&[("HOLDFAST_FAILPOINTS", failpoint)])
+            .await;
+        app.wait_online(&id).await;
+        app.say(&id, "before").await;
+        let answer = app
+            .post_json(&format!("/workspaces/{id}/snapshots"), &json!({}))
+            .await;
+        let body = answer.expect_error(507, "insufficient_storage");
+        assert!(
+            body["error"].as_str().unwrap().contains("full"),
+            "{failpoint}: {body}"
+        );
+        // Thawed: it answers; nothing recorded; no manifest on disk.
+        app.say(&id, "still answering").await;
+        assert!(snapshots(&app, &id).await.is_empty(), "{failpoint}");
+        let manifests = std::fs::read_dir(app.cp_data_dir().join("snapshots"))
+            .unwrap()
+            .flatten()
+            .filter_map(|org| std::fs::read_dir(org.path().join("manifests")).ok())
+            .flat_map(|d| d.flatten())
+            .count();
+        assert_eq!(
+            manifests, 0,
+            "{failpoint}: no manifest of the failed capture"
+        );
+
+        app.crash_and_restart_server_with_env(&[]).await;
+        app.wait_online(&id).await;
+        let ok = snap(&app, &id, None).await;
+        assert_eq!(ok["state"], "ready", "{failpoint}: {ok}");
+        let sweep = app.sweep().await;
+        assert!(
+            !sweep["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["action"] == "report_orphan"),
+            "{failpoint}: no orphan is left by the failed capture: {sweep}"
+        );
+        let files = exported_files(&app, ok["id"].as_str().unwrap()).await;
+        assert_eq!(files.get("data.bin").map(Vec::len), Some(3 << 20));
+    }
+}
+
 /// What the sweeper reports of repository data no record knows, and does
 /// not delete.
 #[tokio::test]
@@ -1071,4 +1132,229 @@ async fn orphaned_repository_data_is_reported_never_deleted() {
         assert_eq!(items[0]["snapshot_id"], stray.as_str());
         assert!(manifests.join(&stray).exists(), "reported, never deleted");
     }
+}
+
+/// Waits until `deadline` (a grace's end) has passed by a margin.
+async fn wait_past(deadline: std::time::SystemTime) {
+    while std::time::SystemTime::now() < deadline + std::time::Duration::from_millis(300) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A legal hold keeps a workspace's volume whichever control plane keeps
+/// it (the embedded one, or a remote `holdfast cp serve`, which learns of
+/// the hold from the platform): past its retention grace, and past the
+/// erase grace of a delete with erase made before the hold, the sweeper
+/// erases nothing; released, the clocks run on from where they stood and
+/// the data goes once the moved grace passes (the positive control: the
+/// same sweeper does erase it).
+#[tokio::test]
+async fn a_legal_hold_keeps_the_volume_on_either_control_plane() {
+    if skip_on_container_backend("reads the volume's files on this host") {
+        return;
+    }
+    let app = TestApp::spawn_with_short_graces().await;
+    let hold = |id: &str| format!("/workspaces/{id}/hold");
+
+    // Held, then deleted without erase: retained past its grace.
+    let (kept, _) = app.running_persist_workspace("kept-for-court").await;
+    let planted = plant_files(&app.volume_dir(&kept), "kept-for-court");
+    app.send(
+        app.authed(Method::PUT, &hold(&kept))
+            .json(&json!({"reason": "case 9"})),
+    )
+    .await
+    .expect_status(200);
+    app.delete_workspace(&kept)
+        .confirm_name("kept-for-court")
+        .erase_data()
+        .send()
+        .await
+        .expect_error(409, "legal_hold");
+    app.delete_workspace(&kept)
+        .confirm_name("kept-for-court")
+        .send()
+        .await
+        .expect_status(200);
+    let retained = app.workspace_data(&kept).await.expect_status(200);
+    assert_eq!(retained["state"], "retained", "{retained}");
+    let kept_until = crate::helpers::parse_time(&retained["retain_until"]);
+
+    // Deleted with erase first, held during its erase grace.
+    let (late, _) = app.running_persist_workspace("held-late").await;
+    let late_planted = plant_files(&app.volume_dir(&late), "held-late");
+    app.delete_workspace(&late)
+        .confirm_name("held-late")
+        .erase_data()
+        .send()
+        .await
+        .expect_status(200);
+    app.send(
+        app.authed(Method::PUT, &hold(&late))
+            .json(&json!({"reason": "case 10"})),
+    )
+    .await
+    .expect_status(200);
+    let pending = app.workspace_data(&late).await.expect_status(200);
+    assert_eq!(pending["state"], "erase_pending", "{pending}");
+    let late_after = crate::helpers::parse_time(&pending["erase_after"]);
+
+    wait_past(kept_until.max(late_after)).await;
+    let report = app.sweep().await;
+    for id in [&kept, &late] {
+        assert!(
+            !report["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["workspace_id"] == id.as_str()),
+            "nothing of a held workspace is in the pass: {report}"
+        );
+    }
+    assert_eq!(
+        app.workspace_data(&kept).await.expect_status(200)["state"],
+        "retained"
+    );
+    assert_eq!(
+        app.workspace_data(&late).await.expect_status(200)["state"],
+        "erase_pending"
+    );
+    crate::helpers::assert_files_intact(&app.volume_dir(&kept), &planted);
+    crate::helpers::assert_files_intact(&app.volume_dir(&late), &late_planted);
+
+    // Released: the deadlines moved on by the time held, then the data goes.
+    for (id, field, before) in [
+        (&kept, "retain_until", kept_until),
+        (&late, "erase_after", late_after),
+    ] {
+        let released = app
+            .send(app.authed(Method::DELETE, &hold(id)))
+            .await
+            .expect_status(200);
+        assert!(released["data"]["hold"].is_null(), "{released}");
+        let after = app.workspace_data(id).await.expect_status(200);
+        let moved = crate::helpers::parse_time(&after[field]);
+        assert!(moved > before, "{field} moved on by the time held: {after}");
+        assert!(moved > std::time::SystemTime::now(), "{after}");
+    }
+    for id in [&kept, &late] {
+        eventually("the volume erased once the moved grace passes", || async {
+            app.sweep().await;
+            (app.workspace_data(id).await.expect_status(200)["state"] == "erased").then_some(())
+        })
+        .await;
+    }
+}
+
+/// On the container backend a snapshot goes through the engine: the
+/// container is paused (frozen), the volume read through the engine's
+/// archive API by a helper container (holdfast never assumes the engine's
+/// volume directory is on its host; the test reads it there only to plant
+/// data), hard links kept as links. Listing, export and delete work as on
+/// processes; a rollback answers 409 `snapshots_unavailable`, and says why.
+#[tokio::test]
+async fn on_the_container_backend_snapshots_are_taken_through_the_engine() {
+    if !crate::helpers::container_mode() {
+        eprintln!("skipping: needs the container backend (HOLDFAST_TEST_BACKEND=container)");
+        return;
+    }
+    if skip_in_remote_mode("snapshots need the embedded control plane") {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let (id, _) = app.running_persist_workspace("boxed").await;
+    let volume = app.volume_dir(&id);
+    let planted = plant_files(&volume, "boxed");
+    std::fs::create_dir_all(volume.join("sub")).unwrap();
+    std::fs::write(volume.join("sub/a"), b"linked bytes").unwrap();
+    std::fs::hard_link(volume.join("sub/a"), volume.join("b")).unwrap();
+    let first = snap(&app, &id, Some("engine")).await;
+    assert_eq!(first["consistency"], "frozen", "paused while read: {first}");
+    assert_eq!(first["label"], "engine");
+    let sid = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.workspace(&id).await["status"], "online");
+    let files = exported_files(&app, &sid).await;
+    for (path, content) in &planted {
+        assert_eq!(files.get(path), Some(content), "{path} in the snapshot");
+    }
+    let entries = export(&app, &sid).await.expect_archive();
+    let linked: Vec<_> = entries
+        .iter()
+        .filter(|e| e.path == "b" || e.path == "sub/a")
+        .collect();
+    assert_eq!(linked.len(), 2, "{entries:?}");
+    assert!(
+        linked
+            .iter()
+            .any(|e| e.kind == crate::helpers::EntryKind::File && e.content == b"linked bytes"),
+        "{linked:?}"
+    );
+
+    std::fs::write(volume.join("new.txt"), b"new").unwrap();
+    let second = snap(&app, &id, None).await;
+    // Unpaused after the first: paused again for the second.
+    assert_eq!(second["consistency"], "frozen", "{second}");
+    assert_eq!(
+        second["files"].as_i64().unwrap(),
+        first["files"].as_i64().unwrap() + 1,
+        "{first} {second}"
+    );
+    assert!(
+        second["new_bytes"].as_i64().unwrap() < first["new_bytes"].as_i64().unwrap(),
+        "unchanged data costs nothing: {first} {second}"
+    );
+    let listed = snapshots(&app, &id).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+
+    let refused = rollback(&app, &id, &sid)
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("process backend"),
+        "{refused}"
+    );
+    assert_eq!(
+        snapshots(&app, &id).await.len(),
+        2,
+        "refused before anything was written (no before-rollback snapshot)"
+    );
+    // A clone likewise: refused at create, nothing made.
+    let mut body = crate::helpers::workspace_body_with_persistence("boxed-clone", "persist");
+    body["from_snapshot"] = json!(sid);
+    app.post_json("/workspaces", &body)
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    delete_snapshot(&app, &sid, Some("boxed"))
+        .await
+        .expect_status(200);
+    assert_eq!(snapshots(&app, &id).await.len(), 1);
+}
+
+/// Through a remote control plane, snapshots answer 409
+/// `snapshots_unavailable`, and nothing is made: no snapshot, no clone.
+#[tokio::test]
+async fn through_a_remote_control_plane_snapshots_are_unavailable_and_change_nothing() {
+    if !remote_mode() {
+        eprintln!("skipping: needs a remote control plane (HOLDFAST_TEST_CP=remote)");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let (id, _) = app.running_persist_workspace("far").await;
+    app.post_json(&format!("/workspaces/{id}/snapshots"), &json!({}))
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    app.get(&format!("/workspaces/{id}/snapshots"))
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    let before = app.get("/workspaces").await.expect_status(200);
+    let mut body = crate::helpers::workspace_body_with_persistence("far-clone", "persist");
+    body["from_snapshot"] = json!(uuid::Uuid::new_v4().to_string());
+    app.post_json("/workspaces", &body)
+        .await
+        .expect_error(409, "snapshots_unavailable");
+    assert_eq!(app.get("/workspaces").await.expect_status(200), before);
+    assert_eq!(app.workspace(&id).await["status"], "online");
 }
