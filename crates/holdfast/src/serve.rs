@@ -392,6 +392,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.session_ttl.0,
     )
     .await?;
+    if embedded.is_some() {
+        // The canvas dates a delete's outcome by these (a remote control
+        // plane's own settings are not known here).
+        app.set_graces(holdfast_platform::Graces {
+            retention: args.policy.retention_grace.0,
+            erase: args.policy.erase_grace.0,
+        });
+    }
     let background = app.spawn_background();
     let sweeper = app.spawn_sweeper(args.sweep_interval.0);
     let quotas = app.spawn_quota_watch();

@@ -13,6 +13,7 @@ mod delete;
 pub mod dto;
 pub mod error;
 mod events;
+mod files;
 mod lifecycle;
 mod logs;
 mod messages;
@@ -27,6 +28,7 @@ pub mod server;
 mod snapshots;
 
 pub use auth::{Secret, generate_token, hash_token};
+pub use canvas::Graces;
 pub use openapi::ApiDoc;
 pub use reconciler::ReconcilerSettings;
 
@@ -84,6 +86,9 @@ pub struct App {
     wakes: Mutex<reconciler::Wakes>,
     /// Tells the reconciler loop that the earliest wake moved.
     wakes_changed: tokio::sync::Notify,
+    /// The graces the canvas's delete dialog dates its outcome by, when
+    /// known (an embedded control plane's; see `App::set_graces`).
+    pub(crate) graces: std::sync::OnceLock<canvas::Graces>,
 }
 
 impl App {
@@ -131,6 +136,7 @@ impl App {
             last_known: Mutex::new(HashMap::new()),
             wakes: Mutex::new(reconciler::Wakes::default()),
             wakes_changed: tokio::sync::Notify::new(),
+            graces: std::sync::OnceLock::new(),
         }))
     }
 
@@ -236,6 +242,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/workspaces/{id}/restore", post(data::restore_workspace))
         .route("/workspaces/{id}/data/export", get(data::export_data))
         .route("/workspaces/{id}/logs", get(logs::get_logs))
+        .route("/workspaces/{id}/data/files", get(files::list_files))
+        .route("/workspaces/{id}/data/file", get(files::get_file))
         .route("/admin/sweep", post(data::admin_sweep))
         .route("/audit", get(data::list_audit))
         .route("/metrics", get(metrics::metrics))

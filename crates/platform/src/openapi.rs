@@ -35,6 +35,8 @@ mod strict;
         crate::data::restore_workspace,
         crate::data::export_data,
         crate::logs::get_logs,
+        crate::files::list_files,
+        crate::files::get_file,
         crate::data::admin_sweep,
         crate::data::list_audit,
         crate::metrics::metrics,
@@ -65,7 +67,7 @@ mod strict;
         crate::org::UpdatedItem, crate::org::RemovedItem,
         dto::SnapshotView, dto::CreateSnapshotRequest, dto::RollbackRequest, dto::RollbackResponse,
         dto::SnapshotDeleted, dto::HoldRequest, dto::HoldView, dto::SnapshotScheduleSchema,
-        dto::SnapshotKeepSchema,
+        dto::SnapshotKeepSchema, crate::files::FileListing, crate::files::FileEntry,
     )),
     modifiers(&BearerAuth)
 )]
