@@ -250,7 +250,9 @@ fn browser(root: &Path) -> anyhow::Result<()> {
         }
     }
     let dir = root.join("tests/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
+    if !dir.join("node_modules/playwright-core").exists()
+        || !dir.join("node_modules/axe-core").exists()
+    {
         run(
             &dir,
             "browser test dependencies",

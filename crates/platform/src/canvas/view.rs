@@ -126,14 +126,18 @@ impl Countdown {
 
 /// What a tier gives (SPEC's limits table), for a tooltip.
 pub(super) fn tier_title(tier: u8) -> String {
-    let (mem, procs, cpu) = match tier {
+    format!("Tier {tier}: {}", tier_limits(&tier))
+}
+
+pub(super) fn tier_limits(tier: &u8) -> String {
+    let (mem, procs, cpu) = match *tier {
         1 => ("256 MiB", 64, 50),
         2 => ("512 MiB", 128, 100),
         3 => ("1 GiB", 256, 200),
         _ => ("2 GiB", 512, 400),
     };
     format!(
-        "Tier {tier}: up to {mem} of memory, {procs} processes, CPU weight {cpu} (where the host enforces limits)"
+        "up to {mem} of memory, {procs} processes, CPU weight {cpu} (where the host enforces limits)"
     )
 }
 
