@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use holdfast_cp::export::ByteStream;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +36,9 @@ use utoipa::ToSchema;
 /// At most this many entries of one directory are listed (`truncated` says
 /// when there were more).
 pub const MAX_LISTED: usize = 1000;
+
+/// How many file sizes a listing remembers for the hard links it meets.
+const MAX_SIZES: usize = 100_000;
 
 /// One entry of a directory.
 #[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
@@ -46,7 +49,8 @@ pub struct FileEntry {
     pub path: String,
     /// `dir`, `file`, `symlink`, `hardlink` or `other` (a FIFO or device).
     pub kind: String,
-    /// Bytes of a regular file; 0 for the rest.
+    /// Bytes of a regular file (or of the file a hard link shares content
+    /// with); 0 for the rest.
     pub size: u64,
     /// What a symbolic link points to (never followed), or the path a hard
     /// link shares its content with.
@@ -119,21 +123,28 @@ fn archive(stream: ByteStream) -> tar::Archive<impl Read> {
     tar::Archive::new(flate2::read::GzDecoder::new(reader))
 }
 
-/// Lists the entries one level under `dir`. `None` when no entry of the
-/// archive is `dir` or under it; `Err(kind)` when `dir` is not a directory.
-fn scan_dir(
-    stream: ByteStream,
-    dir: &[String],
-) -> io::Result<Result<Option<(Vec<FileEntry>, bool)>, &'static str>> {
+/// What a scan of one directory found: its entries and whether there were
+/// more than `MAX_LISTED`; `None` when no entry of the archive is the
+/// directory or under it; `Err(kind)` when it is not a directory.
+type Scanned = Result<Option<(Vec<FileEntry>, bool)>, &'static str>;
+
+/// Lists the entries one level under `dir`.
+fn scan_dir(stream: ByteStream, dir: &[String]) -> io::Result<Scanned> {
     let want: Vec<&[u8]> = dir.iter().map(|c| c.as_bytes()).collect();
     let mut seen = dir.is_empty();
     let mut children: BTreeMap<Vec<u8>, FileEntry> = BTreeMap::new();
     let mut more = false;
+    // Regular files' sizes by path, so that a hard link (archived after the
+    // name it shares content with) shows its size; bounded.
+    let mut sizes: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut ar = archive(stream);
     for entry in ar.entries()? {
         let entry = entry?;
         let path = components(&entry.path_bytes());
         let head = entry.header();
+        if kind_of(head.entry_type()) == "file" && sizes.len() < MAX_SIZES {
+            sizes.insert(path.join(&b'/'), head.size()?);
+        }
         if path.len() < want.len() || path.iter().zip(&want).any(|(a, b)| a.as_slice() != *b) {
             continue;
         }
@@ -165,7 +176,14 @@ fn scan_dir(
         }
         let (kind, size, target) = if direct {
             let kind = kind_of(head.entry_type());
-            let size = if kind == "file" { head.size()? } else { 0 };
+            let size = match kind {
+                "file" => head.size()?,
+                "hardlink" => entry
+                    .link_name_bytes()
+                    .and_then(|t| sizes.get(&components(&t).join(&b'/')).copied())
+                    .unwrap_or(0),
+                _ => 0,
+            };
             let target = match kind {
                 "symlink" | "hardlink" => entry.link_name_bytes().map(|t| lossy(&t)),
                 _ => None,
@@ -521,7 +539,7 @@ mod tests {
         })
     }
 
-    fn scan(dir: &[&str]) -> Result<Option<(Vec<FileEntry>, bool)>, &'static str> {
+    fn scan(dir: &[&str]) -> Scanned {
         let dir: Vec<String> = dir.iter().map(|s| s.to_string()).collect();
         scan_dir(sample(), &dir).unwrap()
     }
