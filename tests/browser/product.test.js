@@ -73,6 +73,7 @@ test('countdowns read right: "Data erased in 2 min", "Data kept until 9 Dec 14:0
   assert.match(await doomed.innerText(), /^Data erased in (2 min|1 min|\d{1,2} s)$/);
   const body = await page.locator('body').innerText();
   assert.ok(!body.includes('any moment now'), 'no "any moment now" anywhere');
+  await screenshot(page, 'canvas-deleted.png');
 });
 
 test('new workspace: the open workspace is not preselected as parent; any workspace can be chosen', async () => {
@@ -292,6 +293,7 @@ test('logs: the tail, live follow and download', async () => {
   const count = async () => (await view.innerText()).split('\n').filter(l => l.startsWith('tick')).length;
   const first = await server.waitFor('ticks to stream in', async () => { const c = await count(); return c > 0 ? c : null; });
   await server.waitFor('more ticks, live', async () => (await count()) > first + 2);
+  await screenshot(page, 'canvas-logs.png');
   const [download] = await Promise.all([
     page.waitForEvent('download'),
     logs.getByRole('link', { name: 'Download log' }).click(),
@@ -327,6 +329,7 @@ test('files: browse the data read-only, download a file, links shown and never f
   ]);
   assert.equal(download.suggestedFilename(), 'diary.txt');
   assert.equal(require('node:fs').readFileSync(await download.path(), 'utf8'), 'dear diary\n');
+  await screenshot(page, 'canvas-files.png');
   await files.getByRole('navigation', { name: 'Folder' }).getByRole('button', { name: 'data' }).click();
   await files.getByText('escape').waitFor();
 
