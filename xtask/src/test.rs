@@ -174,6 +174,8 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     crate::kubernetes::run(root, ci)?;
     // The OpenAPI document against the server it describes.
     crate::schemathesis::run(root, ci)?;
+    // What an SDK generator makes of it, driven against the server.
+    crate::sdk::run(root, ci)?;
     browser(root)
 }
 

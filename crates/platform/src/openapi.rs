@@ -268,7 +268,8 @@ mod tests {
             workspaces post /workspaces/{id}/restart restart_workspace
             workspaces post /workspaces/{id}/restore restore_workspace
             workspaces post /workspaces/{id}/resume resume_workspace
-            workspaces post /workspaces/{id}/wake wake_workspace"#]].assert_eq(&ids.join("\n"));
+            workspaces post /workspaces/{id}/wake wake_workspace"#]]
+        .assert_eq(&ids.join("\n"));
     }
 
     /// A route named in `ENGINE_ROUTES` that the document does not have
