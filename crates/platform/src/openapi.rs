@@ -146,6 +146,25 @@ fn resource_of(path: &str) -> &'static str {
     }
 }
 
+/// One component of a data path: not empty, `.` or `..`, no `/` or NUL.
+const PATH_COMPONENT: &str = r"([^/\x00.][^/\x00]*|\.[^/\x00.][^/\x00]*|\.\.[^/\x00]+)";
+
+/// The files routes' `path` as the parser takes it: relative, of
+/// components (a directory may end in `/` or be empty for the root).
+fn files_path_patterns(doc: &mut serde_json::Value) {
+    let c = PATH_COMPONENT;
+    for (route, pattern) in [
+        ("/workspaces/{id}/data/files", format!("^({c}(/{c})*/?)?$")),
+        ("/workspaces/{id}/data/file", format!("^{c}(/{c})*$")),
+    ] {
+        if let Some(params) = doc["paths"][route]["get"]["parameters"].as_array_mut() {
+            for p in params.iter_mut().filter(|p| p["name"] == "path") {
+                p["schema"]["pattern"] = serde_json::Value::String(pattern.clone());
+            }
+        }
+    }
+}
+
 /// Tags every operation with its resource (instead of the Rust module
 /// utoipa would name), keeps its `operationId` (the handler's name, stable:
 /// a test pins them), and types the archive downloads as binary strings.
@@ -176,6 +195,7 @@ fn tag_by_resource(doc: &mut serde_json::Value) {
             }
         }
     }
+    files_path_patterns(doc);
     doc["tags"] = TAGS
         .iter()
         .map(|(name, description)| json!({"name": name, "description": description}))
