@@ -238,12 +238,18 @@ fn parse_provision(body: &Value) -> Result<ProvisionRequest, FieldError> {
     })
 }
 
-const MAX_BODY: usize = 1024 * 1024;
-
 async fn json_body(body: Body) -> CpResult<Value> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
+    let bytes = crate::body::read_limited(body, crate::body::MAX_BODY_BYTES)
         .await
-        .map_err(|_| CpError::TooLarge)?;
+        .map_err(|e| match e {
+            crate::body::BodyError::TooLarge => CpError::TooLarge,
+            crate::body::BodyError::TimedOut => {
+                CpError::BadRequest("the request body did not arrive in time".to_owned())
+            }
+            crate::body::BodyError::Unreadable => {
+                CpError::BadRequest("the request body could not be read".to_owned())
+            }
+        })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }

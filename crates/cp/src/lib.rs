@@ -11,6 +11,7 @@
 //! function with a flag, and a test pins the prune path's single caller.
 
 pub mod backend;
+pub mod body;
 pub mod cgroup;
 pub mod container;
 mod embedded;

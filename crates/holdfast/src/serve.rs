@@ -7,7 +7,7 @@ use holdfast_cp::kubernetes::KubernetesSettings;
 use holdfast_cp::process::{Layout, Sandbox};
 use holdfast_cp::{BackendChoice, ControlPlane, CpPolicy, EmbeddedCp, HttpCp};
 use holdfast_domain::{DataPersistence, DurationArg, ImageRef};
-use holdfast_platform::{App, ReconcilerSettings, Secret, generate_token};
+use holdfast_platform::{App, Controller, ReconcilerSettings, Secret, Settings, generate_token};
 use holdfast_store::Store;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -382,16 +382,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         resync: args.resync_interval.0,
         ..ReconcilerSettings::default()
     };
-    let app = App::new(
+    let ctl = Controller::new(
         store,
         cp,
-        &token,
-        url.clone(),
-        reconciler,
-        replica_id(&data_dir)?,
-        args.session_ttl.0,
+        Settings {
+            admin_token: token.clone(),
+            public_url: url.clone(),
+            reconciler,
+            replica_id: replica_id(&data_dir)?,
+            session_ttl: args.session_ttl.0,
+        },
     )
     .await?;
+    let background = ctl.spawn_background();
+    let sweeper = ctl.spawn_sweeper(args.sweep_interval.0);
+    let quotas = ctl.spawn_quota_watch();
+    let app = App::new(Arc::clone(&ctl))?;
     if embedded.is_some() {
         // The canvas dates a delete's outcome by these (a remote control
         // plane's own settings are not known here).
@@ -400,9 +406,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             erase: args.policy.erase_grace.0,
         });
     }
-    let background = app.spawn_background();
-    let sweeper = app.spawn_sweeper(args.sweep_interval.0);
-    let quotas = app.spawn_quota_watch();
     let usage = embedded.as_ref().map(|cp| cp.spawn_usage());
 
     let mut out = std::io::stdout().lock();
@@ -418,7 +421,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
-    let closing = Arc::clone(&app);
+    let closing = Arc::clone(&ctl);
     holdfast_platform::server::serve(
         listener,
         holdfast_platform::router(Arc::clone(&app)),

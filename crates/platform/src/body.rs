@@ -15,7 +15,8 @@ use std::cell::RefCell;
 use std::fmt;
 use std::time::Duration;
 
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub use holdfast_cp::body::MAX_BODY_BYTES;
+use holdfast_cp::body::{BodyDeadline, BodyError, read_limited};
 
 /// A JSON body deserialized into `T` with precise errors: 413 when too big,
 /// 408 when it did not arrive in time, `malformed_json` when not JSON,
@@ -32,55 +33,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Reads a whole body of at most [`MAX_BODY_BYTES`].
+/// Reads a whole body of at most [`MAX_BODY_BYTES`] (the one limiter both
+/// edges share, `holdfast_cp::body`).
 pub async fn read(body: Body) -> Result<Bytes, ApiError> {
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if is_deadline(&e) {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    "the request body did not arrive in time",
-                )
-            } else {
+    read_limited(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::TimedOut => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            ),
+            BodyError::Unreadable => {
                 ApiError::bad_request("unreadable_body", "the request body could not be read")
             }
-        })?;
-        if buf.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ApiError::new(
+            BodyError::TooLarge => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            ));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
-}
-
-/// The error a body gives once its deadline has passed.
-#[derive(Debug)]
-struct BodyDeadline;
-
-impl fmt::Display for BodyDeadline {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the request body did not arrive within the body timeout")
-    }
-}
-
-impl std::error::Error for BodyDeadline {}
-
-fn is_deadline(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cursor = Some(e);
-    while let Some(e) = cursor {
-        if e.is::<BodyDeadline>() {
-            return true;
-        }
-        cursor = e.source();
-    }
-    false
+            ),
+        })
 }
 
 /// Middleware: the whole body of a request must arrive within `limit` of
@@ -319,12 +291,5 @@ mod tests {
         );
         // The same key in sibling objects is no duplicate.
         assert_eq!(code(br#"{"name":"a","extra":[{"x":1},{"x":2}]}"#), "ok");
-    }
-
-    #[test]
-    fn a_deadline_is_told_apart_through_wrapping() {
-        let wrapped = axum::Error::new(BodyDeadline);
-        assert!(is_deadline(&wrapped));
-        assert!(!is_deadline(&axum::Error::new(std::io::Error::other("x"))));
     }
 }

@@ -88,30 +88,26 @@ impl FromRequestParts<Arc<App>> for CanvasCaller {
 /// canvas with it. A store failure reads as signed out (and is logged).
 async fn session_caller(app: &Arc<App>, headers: &HeaderMap) -> Option<Caller> {
     let session = auth::session_cookie(headers)?;
-    match app.session_caller(&session).await {
+    match app.ctl.session_caller(&session).await {
         Ok(Some(c @ (Caller::Admin | Caller::Org(_)))) => Some(c),
         Ok(_) => None,
         Err(e) => {
-            tracing::warn!(error = %e.message, "reading a canvas session failed");
+            tracing::warn!(error = %e, "reading a canvas session failed");
             None
         }
     }
 }
 
-/// The caller a token stands for, found exactly as the API finds it (the
-/// same extractor, fed the token as a bearer), if it may use the canvas.
+/// The caller a token stands for, found exactly as the API finds a bearer,
+/// if it may use the canvas.
 async fn caller_for_token(app: &Arc<App>, token: &str) -> Option<Caller> {
-    let request = axum::http::Request::builder()
-        .header(
-            axum::http::header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {token}")).ok()?,
-        )
-        .body(())
-        .ok()?;
-    let (mut parts, ()) = request.into_parts();
-    match Caller::from_request_parts(&mut parts, app).await {
-        Ok(c @ (Caller::Admin | Caller::Org(_))) => Some(c),
-        _ => None,
+    match app.ctl.caller_for_bearer(token).await {
+        Ok(Some(c @ (Caller::Admin | Caller::Org(_)))) => Some(c),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "checking a sign-in token failed");
+            None
+        }
     }
 }
 
@@ -182,14 +178,17 @@ async fn login(State(app): AppState, headers: HeaderMap, body: Body) -> Response
             "That token was not accepted. Use the admin token (in <data-dir>/admin-token) or an org token.",
         );
     };
-    let session = match app.open_session(caller, token).await {
+    let session = match app.ctl.open_session(caller, token).await {
         Ok(s) => s,
-        Err(e) => return login_error(e.status, "Signing in failed; see the server log."),
+        Err(e) => {
+            let e = ApiError::from(e);
+            return login_error(e.status, "Signing in failed; see the server log.");
+        }
     };
     let cookie = format!(
         "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         session.expose(),
-        app.session_ttl.as_secs()
+        app.ctl.session_ttl().as_secs()
     );
     let mut r = Redirect::to("/canvas").into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
@@ -206,8 +205,9 @@ async fn logout(State(app): AppState, headers: HeaderMap) -> Response {
     // Revoked in the store, so that a copy of the cookie kept elsewhere
     // stops working too, not only the browser's.
     if let Some(session) = auth::session_cookie(&headers)
-        && let Err(e) = app.close_session(&session).await
+        && let Err(e) = app.ctl.close_session(&session).await
     {
+        let e = ApiError::from(e);
         return login_error(e.status, "Signing out failed; see the server log.");
     }
     let mut r = StatusCode::SEE_OTHER.into_response();
@@ -259,37 +259,22 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Everything the board shows, read through the API's own handlers so the
-/// canvas sees exactly what the caller may see.
+/// Everything the board shows, read through the controller as the API
+/// reads it, so the canvas sees exactly what the caller may see.
 async fn load_board(
     app: &Arc<App>,
     caller: Caller,
     query: view::BoardQuery,
 ) -> Result<view::Board, ApiError> {
-    let all = routes::list_workspaces(
-        State(app.clone()),
-        caller,
-        Uri::from_static("/workspaces?include_removed=true"),
-    )
-    .await?
-    .0;
-    let orgs: HashMap<Uuid, String> = match caller {
-        Caller::Admin => app
-            .store
-            .list_orgs()
-            .await?
-            .into_iter()
-            .map(|o| (o.id, o.name))
-            .collect(),
-        Caller::Org(id) => app
-            .store
-            .get_org(id)
-            .await?
-            .into_iter()
-            .map(|o| (o.id, o.name))
-            .collect(),
-        Caller::Workspace { .. } => HashMap::new(),
-    };
+    let rows = app.ctl.workspaces(&caller, None, true).await?;
+    let all = app.views(&rows).await?;
+    let orgs: HashMap<Uuid, String> = app
+        .ctl
+        .visible_orgs(&caller)
+        .await?
+        .into_iter()
+        .map(|o| (o.id, o.name))
+        .collect();
     Ok(view::Board::new(all, &orgs, query))
 }
 
@@ -316,18 +301,15 @@ async fn load_panel(
     id: Uuid,
     tab: Option<&str>,
 ) -> Result<PanelFragment, ApiError> {
-    let ws = routes::get_workspace(State(app.clone()), caller, Path(id.to_string()))
+    let row = app.ctl.workspace(&caller, id).await?;
+    let ws = app.view(&row).await?;
+    let audit = app
+        .ctl
+        .audit(&caller, Some(id), 200)
         .await?
-        .0;
-    let audit = crate::data::list_audit(
-        State(app.clone()),
-        caller,
-        format!("/audit?workspace_id={id}&limit=200")
-            .parse()
-            .unwrap_or_default(),
-    )
-    .await?
-    .0;
+        .into_iter()
+        .map(crate::data::AuditView::from)
+        .collect();
     Ok(view::PanelFragment::new(
         ws,
         board,

@@ -2,13 +2,14 @@
 //! and response bodies. They carry the OpenAPI schemas.
 
 use crate::error::{ApiError, ApiResult};
+use holdfast_controller::{CreateRequest, Deleted};
 use holdfast_cp::process::Confinement;
 use holdfast_cp::{VolumeHistoryEntry, VolumeInfo};
 use holdfast_domain::{
     Compute, DataPersistence, Env, FieldError, Role, Runtime, Status, Tier, VolumeReason,
     VolumeState, WorkspaceName, format_millis,
 };
-use holdfast_store::{NewWorkspace, WorkspacePatch, WorkspaceRow};
+use holdfast_store::{WorkspacePatch, WorkspaceRow};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -173,26 +174,12 @@ fn parse_name(v: &Value) -> Result<WorkspaceName, FieldError> {
     }
 }
 
-/// A create request parsed into domain types (org and parent not yet
-/// checked against the store).
-pub struct ParsedCreate {
-    pub name: WorkspaceName,
-    pub role: Option<Role>,
-    pub parent_id: Option<Uuid>,
-    pub tier: Tier,
-    pub runtime: Runtime,
-    pub env: Env,
-    pub compute: Compute,
-    pub org_id: Option<Uuid>,
-    pub from_snapshot: Option<Uuid>,
-}
-
-impl TryFrom<CreateWorkspaceRequest> for ParsedCreate {
+impl TryFrom<CreateWorkspaceRequest> for CreateRequest {
     type Error = ApiError;
 
     fn try_from(r: CreateWorkspaceRequest) -> ApiResult<Self> {
         let opt = |v: &Option<Value>| v.clone().unwrap_or(Value::Null);
-        Ok(ParsedCreate {
+        Ok(CreateRequest {
             name: parse_name(&r.name)?,
             role: parse_role(&opt(&r.role))?,
             parent_id: parse_uuid_field("parent_id", &opt(&r.parent_id))?,
@@ -206,23 +193,6 @@ impl TryFrom<CreateWorkspaceRequest> for ParsedCreate {
             org_id: parse_uuid_field("org_id", &opt(&r.org_id))?,
             from_snapshot: parse_uuid_field("from_snapshot", &opt(&r.from_snapshot))?,
         })
-    }
-}
-
-impl ParsedCreate {
-    pub fn into_new(self, id: Uuid, org_id: Uuid) -> NewWorkspace {
-        NewWorkspace {
-            id,
-            org_id,
-            name: self.name.as_str().to_owned(),
-            role: self.role.map(|r| r.as_str().to_owned()),
-            parent_id: self.parent_id,
-            tier: self.tier,
-            runtime: self.runtime,
-            env: self.env,
-            compute: self.compute,
-            seed_snapshot_id: self.from_snapshot,
-        }
     }
 }
 
@@ -551,6 +521,17 @@ pub struct DeleteResponse {
     pub data: String,
     /// Until when a restore brings the data back.
     pub restore_until: Option<String>,
+}
+
+impl From<Deleted> for DeleteResponse {
+    fn from(d: Deleted) -> Self {
+        DeleteResponse {
+            status: "removed".to_owned(),
+            cascade_deleted: d.cascade_deleted,
+            data: d.data.as_str().to_owned(),
+            restore_until: d.restore_until.map(format_millis),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -168,6 +168,86 @@ impl From<holdfast_cp::CpError> for ApiError {
     }
 }
 
+impl From<holdfast_controller::Error> for ApiError {
+    fn from(e: holdfast_controller::Error) -> Self {
+        use holdfast_controller::Error as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound(what) => ApiError::not_found(what.as_str()),
+            E::InvalidField { field, .. } => {
+                ApiError::bad_request("invalid_field", message).with("field", field)
+            }
+            E::WorkspaceRemoved | E::AlreadyRemoved => {
+                ApiError::new(StatusCode::GONE, "workspace_removed", message)
+            }
+            E::NotRemoved => ApiError::conflict("not_removed", message),
+            E::NameNotConfirmed {
+                name, child_count, ..
+            } => {
+                let mut err =
+                    ApiError::bad_request("destructive_action_requires_confirmation", message)
+                        .with("workspace_name", name);
+                if let Some(n) = child_count {
+                    err = err.with("child_count", n);
+                }
+                err
+            }
+            E::ChildrenNotConfirmed { children, .. } => {
+                let count = children.len();
+                let list: Vec<Value> = children
+                    .into_iter()
+                    .map(|(id, name)| json!({"id": id, "name": name}))
+                    .collect();
+                ApiError::conflict("confirmation_required", message)
+                    .with("children", list)
+                    .with("children_count", count)
+            }
+            E::PausedAncestor { id, .. } => {
+                ApiError::conflict("paused_ancestor", message).with("ancestor_id", id.to_string())
+            }
+            E::LegalHold { id, .. } => {
+                ApiError::conflict("legal_hold", message).with("workspace_id", id.to_string())
+            }
+            E::ParentRemoved(parent) => {
+                ApiError::conflict("parent_removed", message).with("parent_id", parent.to_string())
+            }
+            E::StopFailed {
+                removed,
+                failures,
+                unavailable,
+            } => {
+                // A control plane that does not answer (or another replica
+                // that holds a workspace) is a passing state: 503 with
+                // Retry-After.
+                let status = if unavailable {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                ApiError::new(status, "stop_failed", message)
+                    .with("removed_count", removed)
+                    .with(
+                        "stop_failures",
+                        serde_json::to_value(&failures).unwrap_or_default(),
+                    )
+            }
+            E::SweepInProgress => ApiError::conflict("sweep_in_progress", message),
+            E::NoDurableData => ApiError::conflict("no_durable_data", message),
+            E::SnapshotNotReady { .. } => ApiError::conflict("snapshot_unavailable", message),
+            E::SnapshotDeleted => ApiError::new(StatusCode::GONE, "snapshot_deleted", message),
+            E::NotHeld => ApiError::conflict("not_held", message),
+            E::RuntimeHasNoMessages => ApiError::conflict("runtime_has_no_messages", message),
+            E::WorkspaceNotRunning(_) => ApiError::conflict("workspace_not_running", message),
+            E::RuntimeNotReady => ApiError::conflict("runtime_not_ready", message),
+            E::OrgChanged(_) => ApiError::conflict("org_changed", message),
+            E::OrgExists(_) => ApiError::conflict("org_exists", message),
+            E::Busy => ApiError::busy(),
+            E::Store(e) => e.into(),
+            E::ControlPlane(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = Map::new();

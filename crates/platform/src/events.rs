@@ -1,12 +1,11 @@
-//! Status-change events, fanned out to `GET /events` subscribers as
-//! server-sent events.
+//! `GET /events`: the controller's status-change events as server-sent
+//! events, each only to callers who may read its workspace.
 
 use crate::App;
-use crate::auth::Caller;
+use crate::auth::Auth;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::Stream;
-use holdfast_domain::{Status, format_millis, now_millis};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,84 +14,26 @@ use uuid::Uuid;
 
 /// One event, as sent to clients.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Event {
+pub struct EventView {
     /// `WORKSPACE_ONLINE`, `WORKSPACE_OFFLINE`, …, `VOLUME_OVER_QUOTA`,
     /// `VOLUME_WITHIN_QUOTA`.
     #[serde(rename = "type")]
     pub kind: String,
     pub workspace_id: Uuid,
     pub at: String,
-    /// Used to filter per org; not sent.
-    #[serde(skip)]
-    pub org_id: Uuid,
-}
-
-impl Event {
-    /// An event that is not a status change (`VOLUME_OVER_QUOTA`, …).
-    pub fn new(kind: &str, workspace_id: Uuid, org_id: Uuid) -> Self {
-        Event {
-            kind: kind.to_owned(),
-            workspace_id,
-            at: format_millis(now_millis()),
-            org_id,
-        }
-    }
-
-    pub fn status(status: Status, workspace_id: Uuid, org_id: Uuid) -> Self {
-        Event {
-            kind: format!("WORKSPACE_{}", status.as_str().to_ascii_uppercase()),
-            workspace_id,
-            at: format_millis(now_millis()),
-            org_id,
-        }
-    }
-}
-
-pub struct EventBus {
-    tx: broadcast::Sender<Event>,
-    closing: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for EventBus {
-    fn default() -> Self {
-        EventBus {
-            tx: broadcast::channel(1024).0,
-            closing: tokio::sync::watch::channel(false).0,
-        }
-    }
-}
-
-impl EventBus {
-    /// Ends every open event stream (at shutdown).
-    pub fn close(&self) {
-        self.closing.send_replace(true);
-    }
-
-    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.closing.subscribe()
-    }
-
-    pub fn publish(&self, ev: Event) {
-        // No subscriber is not an error.
-        let _ = self.tx.send(ev);
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.tx.subscribe()
-    }
 }
 
 #[utoipa::path(
     get, path = "/events",
-    responses((status = 200, description = "text/event-stream of status changes", body = Event)),
+    responses((status = 200, description = "text/event-stream of status changes", body = EventView)),
     security(("bearer" = []))
 )]
 pub async fn events(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = app.events.subscribe();
-    let closing = app.events.closing();
+    let rx = app.ctl.events().subscribe();
+    let closing = app.ctl.events().closing();
     let stream = futures_util::stream::unfold(
         (rx, caller, closing),
         |(mut rx, caller, mut closing)| async move {
@@ -105,8 +46,13 @@ pub async fn events(
                 };
                 match received {
                     Ok(ev) if caller.can_read(ev.workspace_id, ev.org_id) => {
-                        let data = serde_json::to_string(&ev).unwrap_or_default();
-                        let sse = SseEvent::default().event(ev.kind.clone()).data(data);
+                        let view = EventView {
+                            kind: ev.kind,
+                            workspace_id: ev.workspace_id,
+                            at: ev.at,
+                        };
+                        let data = serde_json::to_string(&view).unwrap_or_default();
+                        let sse = SseEvent::default().event(view.kind.clone()).data(data);
                         return Some((Ok(sse), (rx, caller, closing)));
                     }
                     Ok(_) => continue,

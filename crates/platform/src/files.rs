@@ -15,7 +15,7 @@
 //! remote control plane.
 
 use crate::App;
-use crate::auth::Caller;
+use crate::auth::Auth;
 use crate::dto::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::{parse_id, parse_query};
@@ -333,14 +333,13 @@ fn path_param(uri: &Uri) -> ApiResult<Vec<String>> {
 )]
 pub async fn list_files(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     uri: Uri,
 ) -> ApiResult<Json<FileListing>> {
     let id = parse_id(&raw)?;
     let dir = path_param(&uri)?;
-    app.load_managed(&caller, id).await?;
-    let stream = app.cp.export(id).await?;
+    let (_, stream) = app.ctl.export(&caller, id).await?;
     let want = dir.clone();
     let scanned = tokio::task::spawn_blocking(move || scan_dir(stream, &want))
         .await
@@ -383,7 +382,7 @@ pub async fn list_files(
 )]
 pub async fn get_file(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     uri: Uri,
 ) -> ApiResult<Response> {
@@ -395,13 +394,12 @@ pub async fn get_file(
                 .with("field", "path"),
         );
     }
-    app.load_managed(&caller, id).await?;
     let shown = path.join("/");
     let mut want: Vec<Vec<u8>> = path.iter().map(|c| c.as_bytes().to_vec()).collect();
     // A hard link is followed once, to the path it shares content with
     // (inside the archive: it never leaves the data).
     for _ in 0..2 {
-        let stream = app.cp.export(id).await?;
+        let (_, stream) = app.ctl.export(&caller, id).await?;
         let (found_tx, found_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
         let looking_for = want.clone();

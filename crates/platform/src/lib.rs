@@ -1,175 +1,58 @@
-//! The platform: the REST API (routes, auth, OpenAPI) and the lifecycle
-//! service behind it, over a store and a control plane.
+//! The platform: the REST API (routes, auth, OpenAPI) and the canvas, as
+//! thin adapters over the controller (`holdfast-controller`).
 //!
-//! Handlers parse input into domain types, then call methods of [`App`]
-//! (`lifecycle`, `delete`), which write the store before they act on the
-//! control plane.
+//! Handlers parse input into domain types, call one method of the
+//! [`Controller`], and render its answer or map its typed error
+//! (`error.rs`). Nothing here reads the store or the control plane.
 
 pub mod auth;
 mod body;
 mod canvas;
 mod data;
-mod delete;
 pub mod dto;
 pub mod error;
 mod events;
 mod files;
-mod lifecycle;
 mod logs;
 mod messages;
 mod metrics;
 mod openapi;
 mod org;
 mod orgs;
-mod reconciler;
 mod registry;
 mod routes;
 pub mod server;
 mod snapshots;
 
 pub use auth::{Secret, generate_token, hash_token};
+pub use holdfast_controller::{Controller, ReconcilerSettings, Settings};
 pub use canvas::Graces;
 pub use openapi::ApiDoc;
-pub use reconciler::ReconcilerSettings;
 
 use axum::Router;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
-use holdfast_cp::ControlPlane;
-use holdfast_store::Store;
-use lifecycle::WorkspaceLocks;
-use reconciler::Observed;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use uuid::Uuid;
+use std::sync::Arc;
 
-/// The platform's shared state.
+/// The platform's shared state: the controller, and what only HTTP needs.
 pub struct App {
-    pub store: Store,
-    pub cp: Arc<dyn ControlPlane>,
-    admin_token_hash: [u8; 32],
-    default_org: Uuid,
-    /// The URL workspaces reach the platform at (`HOLDFAST_PLATFORM_URL`).
-    public_url: String,
-    locks: WorkspaceLocks,
-    /// Per-workspace locks held across a whole delete or restore, so that
-    /// of several at once on this server one acts and the others see its
-    /// outcome (across replicas the store's compare-and-sets decide).
-    destructive: WorkspaceLocks,
-    /// What this server observes of each workspace's compute (not durable).
-    observed: Mutex<HashMap<Uuid, Observed>>,
-    events: events::EventBus,
-    reconciler: ReconcilerSettings,
+    pub ctl: Arc<Controller>,
     /// For relaying messages to runtimes.
     http: reqwest::Client,
-    metrics: metrics::Metrics,
-    /// This replica, as a lease holder on a shared database. Stable across
-    /// restarts (kept in its data dir), so that a replica restarted after a
-    /// crash takes back its own leases at once instead of waiting them out.
-    replica_id: String,
-    /// What the control plane gives a workspace started now (shown for one
-    /// that has not started yet).
-    pub(crate) confinement: holdfast_cp::process::Confinement,
-    /// Workspaces whose attached volume was over its quota at the last
-    /// check: they are `degraded`.
-    over_quota: Mutex<std::collections::HashSet<Uuid>>,
-    /// Wakes the reconciler loop before its next tick, for intent written
-    /// without a reconcile of its own (an org import).
-    reconcile_soon: tokio::sync::Notify,
-    /// How long a canvas session lasts after sign-in.
-    session_ttl: std::time::Duration,
-    /// The volume this server last read of each workspace, and when: what a
-    /// read answers (marked stale) while the control plane is unreachable.
-    last_known: Mutex<HashMap<Uuid, (holdfast_cp::VolumeInfo, holdfast_domain::Millis)>>,
-    /// When the reconciler looks at a workspace again without an event: a
-    /// backoff, a heartbeat window or a provision deadline that runs out.
-    wakes: Mutex<reconciler::Wakes>,
-    /// Tells the reconciler loop that the earliest wake moved.
-    wakes_changed: tokio::sync::Notify,
     /// The graces the canvas's delete dialog dates its outcome by, when
     /// known (an embedded control plane's; see `App::set_graces`).
     pub(crate) graces: std::sync::OnceLock<canvas::Graces>,
 }
 
 impl App {
-    pub async fn new(
-        store: Store,
-        cp: Arc<dyn ControlPlane>,
-        admin_token: &Secret,
-        public_url: String,
-        reconciler: ReconcilerSettings,
-        replica_id: String,
-        session_ttl: std::time::Duration,
-    ) -> anyhow::Result<Arc<App>> {
-        let default_org = store.default_org(holdfast_domain::now_millis()).await?.id;
-        let confinement = match cp.confinement().await {
-            Ok(c) => c,
-            Err(e) => {
-                // An older or unreachable control plane: claim nothing.
-                tracing::warn!(error = %e, "the control plane did not say how it isolates workspaces");
-                holdfast_cp::process::Confinement {
-                    isolation: holdfast_cp::process::Isolation::None,
-                    limits: holdfast_cp::process::Limits::None,
-                }
-            }
-        };
+    pub fn new(ctl: Arc<Controller>) -> anyhow::Result<Arc<App>> {
         Ok(Arc::new(App {
-            store,
-            cp,
-            admin_token_hash: hash_token(admin_token.expose()),
-            default_org,
-            public_url,
-            locks: WorkspaceLocks::default(),
-            destructive: WorkspaceLocks::default(),
-            observed: Mutex::new(HashMap::new()),
-            events: events::EventBus::default(),
-            reconciler,
+            ctl,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
-            metrics: metrics::Metrics::default(),
-            replica_id,
-            confinement,
-            over_quota: Mutex::new(Default::default()),
-            reconcile_soon: tokio::sync::Notify::new(),
-            session_ttl,
-            last_known: Mutex::new(HashMap::new()),
-            wakes: Mutex::new(reconciler::Wakes::default()),
-            wakes_changed: tokio::sync::Notify::new(),
             graces: std::sync::OnceLock::new(),
         }))
-    }
-
-    /// Begins a graceful shutdown: ends the event streams, which would
-    /// otherwise keep their connections (and so the server) open.
-    pub fn begin_shutdown(&self) {
-        self.events.close();
-    }
-
-    /// Asks the reconciler loop for a pass now rather than at its next tick.
-    pub(crate) fn nudge_reconciler(&self) {
-        self.reconcile_soon.notify_one();
-    }
-
-    /// Checks volume quotas every `usage_interval`.
-    pub fn spawn_quota_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let app = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(app.reconciler.usage_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = app.check_quotas().await {
-                    tracing::debug!(error = %e, "checking quotas failed; will retry");
-                }
-            }
-        })
-    }
-
-    /// Runs the reconciler: see [`App::run_reconciler`].
-    pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let app = self.clone();
-        tokio::spawn(async move { app.run_reconciler().await })
     }
 }
 

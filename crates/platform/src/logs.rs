@@ -4,7 +4,7 @@
 //! one `log` event per line, for as long as the client listens.
 
 use crate::App;
-use crate::auth::Caller;
+use crate::auth::Auth;
 use crate::dto::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::{parse_bool, parse_id, parse_query};
@@ -47,7 +47,7 @@ pub struct LogsParams {
 )]
 pub async fn get_logs(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     uri: axum::http::Uri,
 ) -> ApiResult<Response> {
@@ -74,13 +74,12 @@ pub async fn get_logs(
             follow = parse_bool("follow", &v)?;
         }
     }
-    let ws = app.load_managed(&caller, id).await?;
-    let stream = app.cp.logs(id, tail, follow).await?;
+    let stream = app.ctl.logs(&caller, id, tail, follow).await?;
     if follow {
         let stream: ByteStream = stream.unwrap_or_else(|| Box::pin(futures_util::stream::empty()));
         // A server shutting down ends every follower, so that an open
         // canvas tab never holds up a graceful stop.
-        let mut closing = app.events.closing();
+        let mut closing = app.ctl.events().closing();
         let stream: ByteStream = Box::pin(stream.take_until(async move {
             let _ = closing.wait_for(|c| *c).await;
         }));
@@ -88,7 +87,7 @@ pub async fn get_logs(
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let filename = format!("holdfast-{}.log", ws.id);
+    let filename = format!("holdfast-{id}.log");
     let body = match stream {
         Some(s) => Body::from_stream(s),
         None => Body::empty(),

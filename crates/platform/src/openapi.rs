@@ -58,7 +58,7 @@ mod strict;
         dto::WorkspaceView, dto::DataSummary, dto::CreateWorkspaceRequest, dto::PatchWorkspaceRequest,
         dto::DeleteResponse, dto::VolumeView, dto::HistoryView, dto::ErrorBody, dto::Health,
         dto::RuntimeSchema, dto::ComputeSchema, dto::VolumeSpecSchema,
-        crate::events::Event, crate::registry::RegisterRequest, crate::registry::RegisterResponse,
+        crate::events::EventView, crate::registry::RegisterRequest, crate::registry::RegisterResponse,
         crate::registry::HeartbeatRequest, crate::messages::MessageRequest,
         crate::data::SweepRequest, crate::data::AuditView, holdfast_cp::sweep::SweepReport,
         holdfast_cp::sweep::SweepItem, crate::orgs::CreateOrgRequest, crate::orgs::OrgView, crate::orgs::TokenView,
@@ -209,7 +209,7 @@ fn tag_by_resource(doc: &mut serde_json::Value) {
     responses((status = 200, description = "this document"), (status = 401, body = crate::dto::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn openapi_json(_caller: crate::auth::Caller) -> Json<serde_json::Value> {
+pub async fn openapi_json(_caller: crate::auth::Auth) -> Json<serde_json::Value> {
     Json(document())
 }
 

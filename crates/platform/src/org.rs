@@ -3,27 +3,26 @@
 //!
 //! An import parses and checks the whole document first (`document.rs`),
 //! computes a plan against the org's live tree (`plan.rs`, a pure function),
-//! writes every intent of it in one store transaction, and only then lets
-//! compute act: removals are finished here, creations are started by the
-//! reconciler loop, which it wakes. Changes apply at each workspace's next
+//! and has the controller write every intent of it in one store transaction
+//! before compute acts (`holdfast_controller::org`): removals are finished
+//! there, creations are started by the reconciler loop, which it wakes. Changes apply at each workspace's next
 //! start, as a PATCH does.
 //!
 //! **Architecture Invariant:** nothing reachable from this module erases
 //! data. A reconcile's removals are written without erase and finished
-//! through `App::finish_retaining_removal` (stop, then keep the data
+//! through `Controller::finish_retaining_removal` (stop, then keep the data
 //! `retained`); neither `ControlPlane::stop_and_prune` nor
-//! `App::finish_removal_locked` is named by this module or by anything it
-//! calls. `crates/platform/tests/architecture.rs` walks the calls and fails
+//! `Controller::finish_removal_locked` is named by this module or by
+//! anything it calls. `crates/platform/tests/architecture.rs` walks the calls and fails
 //! otherwise.
 
 pub(crate) mod document;
 pub(crate) mod plan;
 
 use crate::App;
-use crate::auth::Caller;
+use crate::auth::{Auth, Caller};
 use crate::dto::{ComputeSchema, ErrorBody, RuntimeSchema};
 use crate::error::{ApiError, ApiResult};
-use crate::events::Event;
 use crate::routes::parse_query;
 use axum::Json;
 use axum::body::Body;
@@ -32,8 +31,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use document::{DocError, Format, OrgNode};
-use holdfast_domain::{Role, Status, VolumeState, WorkspaceName, format_millis, now_millis};
-use holdfast_store::{ImportUpdate, ImportWrite, NewWorkspace, StoreError, WorkspaceRow};
+use holdfast_domain::{Role, WorkspaceName, format_millis};
+use holdfast_store::{ImportUpdate, ImportWrite, NewWorkspace, WorkspaceRow};
 use plan::{Mode, Parent, Plan};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -171,33 +170,6 @@ fn format_of(headers: &HeaderMap) -> ApiResult<Format> {
 }
 
 impl App {
-    /// The org an import or export applies to: an org token's own; the
-    /// admin's `org_id`, or the default org. Another org is 404, never 403.
-    async fn target_org(&self, caller: &Caller, requested: Option<Uuid>) -> ApiResult<Uuid> {
-        match (caller, requested) {
-            (Caller::Admin, Some(org)) => Ok(self
-                .store
-                .get_org(org)
-                .await?
-                .ok_or_else(|| ApiError::not_found("org"))?
-                .id),
-            (Caller::Admin, None) => Ok(self.default_org),
-            (Caller::Org(own), Some(org)) if *own == org => Ok(org),
-            (Caller::Org(_), Some(_)) => Err(ApiError::not_found("org")),
-            (Caller::Org(own), None) => Ok(*own),
-            (Caller::Workspace { .. }, _) => Err(ApiError::not_found("route")),
-        }
-    }
-
-    /// What happens to a removed workspace's data: kept when it has a
-    /// durable volume, nothing otherwise (an ephemeral workspace).
-    async fn data_kept(&self, id: Uuid) -> ApiResult<&'static str> {
-        Ok(match self.cp.volume(id).await? {
-            Some(v) if matches!(v.state, VolumeState::Active | VolumeState::Retained) => "retained",
-            _ => "none",
-        })
-    }
-
     /// Plans an import of `doc` into `org` and, unless `dry_run`, applies it.
     #[tracing::instrument(skip_all, fields(org_id = %org, mode = ?mode, dry_run))]
     async fn import_tree(
@@ -208,7 +180,7 @@ impl App {
         mode: Mode,
         dry_run: bool,
     ) -> ApiResult<ImportResponse> {
-        let rows = self.store.list_workspaces(Some(org), false).await?;
+        let rows = self.ctl.org_tree(caller, org).await?;
         let live: Vec<plan::Live> = rows.iter().map(plan::Live::from).collect();
         let plan = plan::plan(doc, &live, mode).map_err(|a| {
             ApiError::conflict(
@@ -231,7 +203,7 @@ impl App {
             removed.push(RemovedItem {
                 id: r.id,
                 path: r.path.clone(),
-                data: self.data_kept(r.id).await?.to_owned(),
+                data: self.ctl.data_kept(r.id).await?.as_str().to_owned(),
                 restore_until: None,
             });
         }
@@ -266,17 +238,14 @@ impl App {
             item.id = Some(id);
         }
         for item in &mut answer.removed {
-            if let Some(v) = self.cp.volume(item.id).await?
-                && v.state == VolumeState::Retained
-            {
-                item.restore_until = v.retain_until.map(format_millis);
-            }
+            item.restore_until = self.ctl.retained_until(item.id).await?.map(format_millis);
         }
         Ok(answer)
     }
 
-    /// Writes the plan in one transaction, then lets compute act. Returns
-    /// the ids of the created workspaces, in the plan's order.
+    /// Has the controller write the plan in one transaction, then let
+    /// compute act. Returns the ids of the created workspaces, in the plan's
+    /// order.
     async fn apply(&self, caller: &Caller, org: Uuid, plan: &Plan) -> ApiResult<Vec<Uuid>> {
         let ids: Vec<Uuid> = plan.creates.iter().map(|_| Uuid::new_v4()).collect();
         let creates = plan
@@ -313,39 +282,19 @@ impl App {
                 .collect(),
             removes: plan.removes.iter().map(|r| r.id).collect(),
         };
-        let actor = caller.actor();
-        self.store
-            .apply_import(org, &write, &actor, now_millis())
-            .await
-            .map_err(|e| match e {
-                StoreError::ImportRaced(m) => ApiError::conflict(
-                    "org_changed",
-                    format!("{m}; nothing was changed: import again"),
-                ),
-                other => other.into(),
-            })?;
-        // Ordering: the intent is durable; compute acts only now. Removals
-        // are finished deepest first, so that no child outlives its parent's
-        // stop; one that cannot be stopped yet is left to the reconciler,
-        // which finishes it the same way (its removal asked for no erase).
-        for r in plan.removes.iter().rev() {
-            self.events
-                .publish(Event::status(Status::Removed, r.id, org));
-            if let Err(e) = self.finish_retaining_removal(r.id, &actor).await {
-                tracing::warn!(workspace_id = %r.id, error = %e, "stopping a removed workspace failed; the reconciler retries");
-            }
-        }
-        // The reconciler starts what was created, as it would after a crash.
-        if !ids.is_empty() {
-            self.nudge_reconciler();
-        }
+        self.ctl.apply_import(caller, org, &write).await?;
         Ok(ids)
     }
 
     /// The org's live tree under its top-level workspace `root` (or its only
     /// one) as a document.
-    async fn export_tree(&self, org: Uuid, root: Option<&str>) -> ApiResult<OrgNode> {
-        let rows = self.store.list_workspaces(Some(org), false).await?;
+    async fn export_tree(
+        &self,
+        caller: &Caller,
+        org: Uuid,
+        root: Option<&str>,
+    ) -> ApiResult<OrgNode> {
+        let rows = self.ctl.org_tree(caller, org).await?;
         let mut kids: HashMap<Option<Uuid>, Vec<&WorkspaceRow>> = HashMap::new();
         for w in &rows {
             kids.entry(w.parent_id).or_default().push(w);
@@ -456,7 +405,7 @@ fn node_of(
 )]
 pub async fn import_org(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -494,7 +443,7 @@ pub async fn import_org(
             }
         }
     }
-    let org = app.target_org(&caller, org).await?;
+    let org = app.ctl.target_org(&caller, org).await?;
     let format = format_of(&headers)?;
     // The shared reader: 413 past the size limit, 408 past the body
     // deadline, like every other body.
@@ -518,7 +467,7 @@ pub async fn import_org(
 )]
 pub async fn export_org(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     uri: Uri,
 ) -> ApiResult<Response> {
     if matches!(caller, Caller::Workspace { .. }) {
@@ -533,8 +482,8 @@ pub async fn export_org(
             _ => root = Some(v),
         }
     }
-    let org = app.target_org(&caller, org).await?;
-    let tree = app.export_tree(org, root.as_deref()).await?;
+    let org = app.ctl.target_org(&caller, org).await?;
+    let tree = app.export_tree(&caller, org, root.as_deref()).await?;
     Ok((
         [(CONTENT_TYPE, HeaderValue::from_static("application/yaml"))],
         document::to_yaml(&tree),

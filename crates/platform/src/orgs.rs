@@ -2,7 +2,7 @@
 //! mints org tokens (shown once, stored hashed).
 
 use crate::App;
-use crate::auth::{Caller, generate_token, hash_hex};
+use crate::auth::{Auth, admin_only};
 use crate::body::JsonBody;
 use crate::dto::ErrorBody;
 use crate::error::{ApiError, ApiResult};
@@ -10,8 +10,8 @@ use crate::routes::parse_id;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use holdfast_domain::{WorkspaceName, format_millis, now_millis};
-use holdfast_store::{Org, StoreError};
+use holdfast_domain::{WorkspaceName, format_millis};
+use holdfast_store::Org;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -50,15 +50,6 @@ pub struct TokenView {
     pub org_id: Uuid,
 }
 
-fn admin_only(caller: &Caller) -> ApiResult<()> {
-    // Not 403: to anyone but the admin these routes do not exist.
-    if *caller == Caller::Admin {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("route"))
-    }
-}
-
 #[utoipa::path(
     post, path = "/orgs", request_body = CreateOrgRequest,
     responses((status = 201, body = OrgView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
@@ -66,21 +57,14 @@ fn admin_only(caller: &Caller) -> ApiResult<()> {
 )]
 pub async fn create_org(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     JsonBody(body): JsonBody<CreateOrgRequest>,
 ) -> ApiResult<(StatusCode, Json<OrgView>)> {
     admin_only(&caller)?;
     // Same rules as a workspace name, reported under this field.
     let name = WorkspaceName::parse(&body.name)
         .map_err(|e| ApiError::bad_request("invalid_field", format!("name: {}", e.message)))?;
-    let org = app
-        .store
-        .insert_org(name.as_str(), now_millis())
-        .await
-        .map_err(|e| match e {
-            e @ StoreError::NameTaken { .. } => ApiError::conflict("org_exists", e.to_string()),
-            other => other.into(),
-        })?;
+    let org = app.ctl.create_org(&caller, &name).await?;
     Ok((StatusCode::CREATED, Json(org.into())))
 }
 
@@ -91,12 +75,11 @@ pub async fn create_org(
 )]
 pub async fn list_orgs(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
 ) -> ApiResult<Json<Vec<OrgView>>> {
-    admin_only(&caller)?;
     Ok(Json(
-        app.store
-            .list_orgs()
+        app.ctl
+            .orgs(&caller)
             .await?
             .into_iter()
             .map(Into::into)
@@ -112,20 +95,12 @@ pub async fn list_orgs(
 )]
 pub async fn create_org_token(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
 ) -> ApiResult<(StatusCode, Json<TokenView>)> {
     admin_only(&caller)?;
     let id = parse_id(&raw)?;
-    let org = app
-        .store
-        .get_org(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("org"))?;
-    let token = generate_token("hfo");
-    app.store
-        .insert_org_token(&hash_hex(token.expose()), org.id, now_millis())
-        .await?;
+    let (token, org) = app.ctl.mint_org_token(&caller, id).await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenView {

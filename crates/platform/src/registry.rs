@@ -3,7 +3,7 @@
 //! is alive.
 
 use crate::App;
-use crate::auth::Caller;
+use crate::auth::{Auth, Caller};
 use crate::body::JsonBody;
 use crate::dto::ErrorBody;
 use crate::error::{ApiError, ApiResult};
@@ -67,15 +67,18 @@ fn parse_url(raw: &str) -> ApiResult<String> {
 )]
 pub async fn register(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
     let id = workspace_of(&caller)?;
     let url = parse_url(&body.url)?;
-    app.register(id, &url).await.map_err(ApiError::internal)?;
+    app.ctl
+        .register(id, &url)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(RegisterResponse {
         workspace_id: id,
-        heartbeat_interval_ms: u64::try_from(app.reconciler.heartbeat_interval.as_millis())
+        heartbeat_interval_ms: u64::try_from(app.ctl.heartbeat_interval().as_millis())
             .unwrap_or(5000),
     }))
 }
@@ -92,11 +95,11 @@ pub struct HeartbeatRequest {}
 )]
 pub async fn heartbeat(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Auth(caller): Auth,
     JsonBody(_body): JsonBody<HeartbeatRequest>,
 ) -> ApiResult<Json<crate::dto::Health>> {
     let id = workspace_of(&caller)?;
-    app.heartbeat(id).await.map_err(ApiError::internal)?;
+    app.ctl.heartbeat(id).await.map_err(ApiError::internal)?;
     Ok(Json(crate::dto::Health {
         status: "ok".to_owned(),
     }))

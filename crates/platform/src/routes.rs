@@ -2,17 +2,17 @@
 //! lifecycle service, and renders the result.
 
 use crate::App;
-use crate::auth::Caller;
+use crate::auth::{Auth, Caller};
 use crate::body::JsonBody;
-use crate::delete::DeleteRequest;
 use crate::dto::{
-    CreateWorkspaceRequest, DeleteResponse, ErrorBody, Health, ParsedCreate, PatchWorkspaceRequest,
-    VolumeView, WorkspaceView,
+    CreateWorkspaceRequest, DeleteResponse, ErrorBody, Health, PatchWorkspaceRequest, VolumeView,
+    WorkspaceView,
 };
 use crate::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use holdfast_controller::{CreateRequest, DeleteRequest, Known};
 use holdfast_domain::{DesiredState, VolumeState};
 use holdfast_store::{WorkspacePatch, WorkspaceRow};
 use serde::Deserialize;
@@ -122,140 +122,39 @@ pub(crate) fn parse_uuid_param(name: &str, v: &str) -> ApiResult<Uuid> {
 }
 
 impl App {
+    /// A workspace as the API shows it, with its volume (or what was last
+    /// known of it while the control plane does not answer).
     pub(crate) async fn view(&self, ws: &WorkspaceRow) -> ApiResult<WorkspaceView> {
-        Ok(match self.volume_or_last_known(ws.id).await? {
-            Known::Fresh(volume) => WorkspaceView::new(ws, volume.as_ref(), &self.confinement),
-            Known::LastKnown { volume, as_of } => {
-                let mut view = WorkspaceView::new(ws, volume.as_ref(), &self.confinement);
-                view.data = view.data.stale(as_of);
-                view
-            }
-        })
+        let known = self.ctl.volume_or_last_known(ws.id).await?;
+        Ok(view_of(ws, known, self.ctl.confinement()))
     }
 
-    /// The workspace's volume from the control plane; when it cannot be
-    /// reached, what this server last saw of it (reads keep working on
-    /// what the store and this server know).
-    pub(crate) async fn volume_or_last_known(&self, id: Uuid) -> ApiResult<Known> {
-        match self.cp.volume(id).await {
-            Ok(volume) => {
-                let mut seen = self.last_known.lock().expect("last known");
-                match &volume {
-                    Some(v) => {
-                        seen.insert(id, (v.clone(), holdfast_domain::now_millis()));
-                    }
-                    None => {
-                        seen.remove(&id);
-                    }
-                }
-                Ok(Known::Fresh(volume))
-            }
-            Err(holdfast_cp::CpError::Unreachable(reason)) => {
-                tracing::debug!(workspace_id = %id, %reason, "answering with the last known volume");
-                let seen = self
-                    .last_known
-                    .lock()
-                    .expect("last known")
-                    .get(&id)
-                    .cloned();
-                Ok(match seen {
-                    Some((v, at)) => Known::LastKnown {
-                        volume: Some(v),
-                        as_of: Some(at),
-                    },
-                    None => Known::LastKnown {
-                        volume: None,
-                        as_of: None,
-                    },
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The views of many workspaces from one listing of the control plane's
-    /// volumes, rather than one control-plane call per workspace (which, on
-    /// a remote control plane, is an HTTP request each).
+    /// [`App::view`] of many, with one read of the volumes.
     pub(crate) async fn views(&self, rows: &[WorkspaceRow]) -> ApiResult<Vec<WorkspaceView>> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.cp.list_volumes(None).await {
-            Ok(all) => {
-                let newest = newest_volumes(all);
-                // Kept as `volume_or_last_known` keeps a single read.
-                let now = holdfast_domain::now_millis();
-                let mut seen = self.last_known.lock().expect("last known");
-                for ws in rows {
-                    match newest.get(&ws.id) {
-                        Some(v) => {
-                            seen.insert(ws.id, (v.clone(), now));
-                        }
-                        None => {
-                            seen.remove(&ws.id);
-                        }
-                    }
-                }
-                drop(seen);
-                Ok(rows
-                    .iter()
-                    .map(|ws| WorkspaceView::new(ws, newest.get(&ws.id), &self.confinement))
-                    .collect())
-            }
-            // The control plane is down: what this server last saw of each,
-            // marked stale, as a single read answers.
-            Err(holdfast_cp::CpError::Unreachable(reason)) => {
-                tracing::debug!(%reason, "listing with the last known volumes");
-                let seen = self.last_known.lock().expect("last known");
-                Ok(rows
-                    .iter()
-                    .map(|ws| {
-                        let known = seen.get(&ws.id);
-                        let mut view =
-                            WorkspaceView::new(ws, known.map(|(v, _)| v), &self.confinement);
-                        view.data = view.data.stale(known.map(|(_, at)| *at));
-                        view
-                    })
-                    .collect())
-            }
-            Err(e) => Err(e.into()),
-        }
+        let known = self.ctl.volumes_of(rows).await?;
+        let confinement = self.ctl.confinement();
+        Ok(rows
+            .iter()
+            .zip(known)
+            .map(|(ws, known)| view_of(ws, known, confinement))
+            .collect())
     }
 }
 
-/// Each workspace's newest volume record (erased ones too), as
-/// `ControlPlane::volume` answers for one.
-fn newest_volumes(
-    volumes: Vec<holdfast_cp::VolumeInfo>,
-) -> std::collections::HashMap<Uuid, holdfast_cp::VolumeInfo> {
-    use std::collections::hash_map::Entry;
-    let mut newest = std::collections::HashMap::new();
-    for v in volumes {
-        match newest.entry(v.workspace_id) {
-            Entry::Vacant(e) => {
-                e.insert(v);
-            }
-            Entry::Occupied(mut e) => {
-                let held: &holdfast_cp::VolumeInfo = e.get();
-                if (v.created_at, v.updated_at) > (held.created_at, held.updated_at) {
-                    e.insert(v);
-                }
-            }
+fn view_of(
+    ws: &WorkspaceRow,
+    known: Known,
+    confinement: &holdfast_cp::process::Confinement,
+) -> WorkspaceView {
+    match known {
+        Known::Fresh(volume) => WorkspaceView::new(ws, volume.as_ref(), confinement),
+        Known::LastKnown { volume, as_of } => {
+            let mut view = WorkspaceView::new(ws, volume.as_ref(), confinement);
+            view.data = view.data.stale(as_of);
+            view
         }
     }
-    newest
 }
-
-/// A volume as fresh as the control plane gave it, or as last seen.
-pub(crate) enum Known {
-    Fresh(Option<holdfast_cp::VolumeInfo>),
-    LastKnown {
-        volume: Option<holdfast_cp::VolumeInfo>,
-        as_of: Option<holdfast_domain::Millis>,
-    },
-}
-
-impl App {}
 
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
@@ -276,24 +175,24 @@ pub async fn health() -> Json<Health> {
 )]
 pub async fn create_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     JsonBody(body): JsonBody<CreateWorkspaceRequest>,
 ) -> ApiResult<(StatusCode, Json<WorkspaceView>)> {
     let started = std::time::Instant::now();
-    let parsed = ParsedCreate::try_from(body)?;
-    let ws = app.create(&caller, parsed).await?;
+    let parsed = CreateRequest::try_from(body)?;
+    let ws = app.ctl.create(&caller, parsed).await?;
     // A first start reports the volume it attached; no need to read it back.
-    let attached = app.observed(ws.id).attached;
+    let attached = app.ctl.observed(ws.id).attached;
     let view = match (&attached, ws.resolved_mode) {
         (Some(v), Some(holdfast_domain::DataPersistence::Persist)) => {
-            WorkspaceView::new(&ws, Some(v), &app.confinement)
+            WorkspaceView::new(&ws, Some(v), app.ctl.confinement())
         }
         (None, Some(holdfast_domain::DataPersistence::Ephemeral)) => {
-            WorkspaceView::new(&ws, None, &app.confinement)
+            WorkspaceView::new(&ws, None, app.ctl.confinement())
         }
         _ => app.view(&ws).await?,
     };
-    app.metrics.observe_op("create", started.elapsed());
+    app.ctl.metrics().observe_op("create", started.elapsed());
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -314,7 +213,7 @@ pub struct ListParams {
 )]
 pub async fn list_workspaces(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<Vec<WorkspaceView>>> {
     let mut org = None;
@@ -325,17 +224,7 @@ pub async fn list_workspaces(
             _ => include_removed = parse_bool("include_removed", &v)?,
         }
     }
-    let org = match caller {
-        Caller::Admin => org,
-        Caller::Org(own) => {
-            if org.is_some_and(|o| o != own) {
-                return Ok(Json(Vec::new()));
-            }
-            Some(own)
-        }
-        Caller::Workspace { .. } => return Err(ApiError::not_found("route")),
-    };
-    let rows = app.store.list_workspaces(org, include_removed).await?;
+    let rows = app.ctl.workspaces(&caller, org, include_removed).await?;
     Ok(Json(app.views(&rows).await?))
 }
 
@@ -347,14 +236,11 @@ pub async fn list_workspaces(
 )]
 pub async fn get_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<WorkspaceView>> {
     let id = parse_id(&raw)?;
-    let ws = match app.store.get_workspace(id).await? {
-        Some(ws) if caller.can_read(ws.id, ws.org_id) => ws,
-        _ => return Err(ApiError::not_found("workspace")),
-    };
+    let ws = app.ctl.workspace(&caller, id).await?;
     Ok(Json(app.view(&ws).await?))
 }
 
@@ -370,13 +256,13 @@ pub async fn get_workspace(
 )]
 pub async fn patch_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     JsonBody(body): JsonBody<PatchWorkspaceRequest>,
 ) -> ApiResult<Json<WorkspaceView>> {
     let id = parse_id(&raw)?;
     let patch = WorkspacePatch::try_from(body)?;
-    let ws = app.patch(&caller, id, patch).await?;
+    let ws = app.ctl.patch(&caller, id, patch).await?;
     Ok(Json(app.view(&ws).await?))
 }
 
@@ -392,13 +278,13 @@ pub async fn patch_workspace(
 )]
 pub async fn restart_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<WorkspaceView>> {
     let started = std::time::Instant::now();
     let id = parse_id(&raw)?;
-    let ws = app.restart(&caller, id).await?;
-    app.metrics.observe_op("restart", started.elapsed());
+    let ws = app.ctl.restart(&caller, id).await?;
+    app.ctl.metrics().observe_op("restart", started.elapsed());
     Ok(Json(app.view(&ws).await?))
 }
 
@@ -429,7 +315,7 @@ pub struct DeleteParams {
 )]
 pub async fn delete_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     headers: HeaderMap,
     uri: axum::http::Uri,
@@ -451,9 +337,9 @@ pub async fn delete_workspace(
         }
     }
     let started = std::time::Instant::now();
-    let resp = app.delete(&caller, id, req).await?;
-    app.metrics.observe_op("delete", started.elapsed());
-    Ok(Json(resp))
+    let deleted = app.ctl.delete(&caller, id, req).await?;
+    app.ctl.metrics().observe_op("delete", started.elapsed());
+    Ok(Json(DeleteResponse::from(deleted)))
 }
 
 #[utoipa::path(
@@ -467,18 +353,16 @@ pub async fn delete_workspace(
 )]
 pub async fn get_workspace_data(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<VolumeView>> {
     let id = parse_id(&raw)?;
-    let ws = app.load_managed(&caller, id).await?;
-    let mode = ws.resolved_mode.or(ws.compute.data_persistence);
-    let view = match app.volume_or_last_known(id).await? {
+    let (mode, known, history) = app.ctl.workspace_data(&caller, id).await?;
+    let view = match known {
         Known::Fresh(Some(v)) => {
-            let history = app.cp.volume_history(v.id).await?;
             let mut view = VolumeView::new(&v);
             view.mode = mode.map(|m| m.as_str().to_owned());
-            view.history = Some(history.into_iter().map(Into::into).collect());
+            view.history = history.map(|h| h.into_iter().map(Into::into).collect());
             view
         }
         Known::Fresh(None) => VolumeView::none(id, mode),
@@ -509,47 +393,26 @@ pub async fn get_workspace_data(
 )]
 pub async fn list_volumes(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<Vec<VolumeView>>> {
-    if matches!(caller, Caller::Workspace { .. }) {
-        return Err(ApiError::not_found("route"));
-    }
     let mut state = None;
     for (_, v) in parse_query(uri.query(), &["state"])? {
         state = Some(v.parse::<VolumeState>().map_err(|e| {
             ApiError::bad_request("invalid_field", format!("state: {e}")).with("field", "state")
         })?);
     }
-    let volumes = app.cp.list_volumes(state).await?;
-    // One read of the workspaces (removed ones too) for visibility and mode,
-    // rather than one per volume; an org token reads only its own org's.
-    let own_org = match caller {
-        Caller::Org(org) => Some(org),
-        _ => None,
-    };
-    let workspaces: std::collections::HashMap<Uuid, WorkspaceRow> = app
-        .store
-        .list_workspaces(own_org, true)
+    let out = app
+        .ctl
+        .volumes(&caller, state)
         .await?
         .into_iter()
-        .map(|w| (w.id, w))
+        .map(|(v, mode)| {
+            let mut view = VolumeView::new(&v);
+            view.mode = mode.map(|m| m.as_str().to_owned());
+            view
+        })
         .collect();
-    let mut out = Vec::new();
-    for v in &volumes {
-        let ws = workspaces.get(&v.workspace_id);
-        let visible = match caller {
-            Caller::Admin => true,
-            _ => ws.is_some_and(|w| caller.manages_org(w.org_id)),
-        };
-        if visible {
-            let mut view = VolumeView::new(v);
-            view.mode = ws
-                .and_then(|w| w.resolved_mode.or(w.compute.data_persistence))
-                .map(|m| m.as_str().to_owned());
-            out.push(view);
-        }
-    }
     Ok(Json(out))
 }
 
@@ -566,8 +429,8 @@ async fn run_state(
         cascade = parse_bool("cascade", &v)?;
     }
     let started = std::time::Instant::now();
-    let ws = app.set_run_state(&caller, id, desired, cascade).await?;
-    app.metrics.observe_op(
+    let ws = app.ctl.set_run_state(&caller, id, desired, cascade).await?;
+    app.ctl.metrics().observe_op(
         match desired {
             DesiredState::Paused => "pause",
             DesiredState::Hibernated => "hibernate",
@@ -586,7 +449,7 @@ async fn run_state(
 )]
 pub async fn pause_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<WorkspaceView>> {
@@ -601,7 +464,7 @@ pub async fn pause_workspace(
 )]
 pub async fn resume_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<WorkspaceView>> {
@@ -616,7 +479,7 @@ pub async fn resume_workspace(
 )]
 pub async fn hibernate_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<WorkspaceView>> {
@@ -631,7 +494,7 @@ pub async fn hibernate_workspace(
 )]
 pub async fn wake_workspace(
     State(app): AppState,
-    caller: Caller,
+    Auth(caller): Auth,
     Path(raw): Path<String>,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<WorkspaceView>> {

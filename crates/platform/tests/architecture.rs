@@ -1,8 +1,9 @@
 //! Architecture invariants checked against the source tree itself.
 //!
 //! **Architecture Invariant:** only the user's delete with `erase_data=true`
-//! reaches `ControlPlane::stop_and_prune`. Its one allowed call site in the
-//! platform is `finish_removal_locked` in `crates/platform/src/delete.rs`,
+//! reaches `ControlPlane::stop_and_prune`. Its one allowed call site outside
+//! the control plane is `finish_removal_locked` in
+//! `crates/controller/src/delete.rs`,
 //! which calls it only for a workspace removed with erase. The control
 //! plane's HTTP edge (`stop` in `crates/cp/src/http_server.rs`) is the far
 //! end of that same call when the control plane is remote: it reaches the
@@ -87,16 +88,16 @@ fn only_the_erase_delete_flow_reaches_the_prune_path() {
     assert_eq!(
         sites,
         vec![
-            ("crates/cp/src/http_server.rs".to_owned(), "stop".to_owned()),
             (
-                "crates/platform/src/delete.rs".to_owned(),
+                "crates/controller/src/delete.rs".to_owned(),
                 "finish_removal_locked".to_owned()
             ),
+            ("crates/cp/src/http_server.rs".to_owned(), "stop".to_owned()),
         ],
         "stop_and_prune may only be called from the delete-with-erase flow"
     );
     // And there, only behind the erase choice recorded at delete time.
-    let delete = std::fs::read_to_string(root.join("crates/platform/src/delete.rs")).unwrap();
+    let delete = std::fs::read_to_string(root.join("crates/controller/src/delete.rs")).unwrap();
     let guard = delete
         .find("if ws.delete_erase == Some(true) {")
         .expect("erase guard present");
@@ -219,15 +220,22 @@ fn raw_string_start(s: &str) -> Option<usize> {
 /// Every `fn` of the `.rs` files under `dir`: name → (file, body), bodies
 /// being the code between the function's braces.
 fn functions(dir: &Path) -> Vec<(String, String, String)> {
+    functions_under(dir, &[dir])
+}
+
+/// [`functions`] of several folders, each file named relative to `base`.
+fn functions_under(base: &Path, dirs: &[&Path]) -> Vec<(String, String, String)> {
     let mut files = Vec::new();
-    rust_files(dir, &mut files);
+    for dir in dirs {
+        rust_files(dir, &mut files);
+    }
     // Sorted, so that the walk (and the chains it reports) is the same on
     // every file system.
     files.sort();
     let mut out = Vec::new();
     for file in files {
         let rel = file
-            .strip_prefix(dir)
+            .strip_prefix(base)
             .unwrap()
             .to_string_lossy()
             .into_owned();
@@ -292,7 +300,11 @@ const ERASE_PATH: &[&str] = &["stop_and_prune", "finish_removal_locked", "finish
 /// returns each reachable function that names the erase path, with the
 /// chain that reached it.
 fn erase_path_reachable_from(dir: &Path, roots: &[&str]) -> Vec<String> {
-    let fns = functions(dir);
+    erase_path_reachable_in(functions(dir), roots)
+}
+
+/// [`erase_path_reachable_from`] over functions already gathered.
+fn erase_path_reachable_in(fns: Vec<(String, String, String)>, roots: &[&str]) -> Vec<String> {
     let mut by_name: std::collections::HashMap<&str, Vec<&(String, String, String)>> =
         std::collections::HashMap::new();
     for f in &fns {
@@ -335,15 +347,34 @@ fn the_org_import_cannot_reach_the_erase_path() {
     // everything that calls, never names the prune nor the function that
     // dispatches a removal to it: a reconcile's removals go through
     // `finish_retaining_removal`, which only stops and retains.
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let reached = erase_path_reachable_from(&src, &["org.rs", "org/"]);
+    // The walk covers the platform (the handlers, the document, the plan)
+    // and the controller (the import's write and the removals it finishes).
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dirs = [crates.join("platform/src"), crates.join("controller/src")];
+    let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let fns = functions_under(&crates, &dirs);
+    let reached = erase_path_reachable_in(
+        fns.clone(),
+        &[
+            "platform/src/org.rs",
+            "platform/src/org/",
+            "controller/src/org.rs",
+        ],
+    );
     assert_eq!(reached, Vec::<String>::new());
-    // The walk did see the org module and the retaining removal it uses.
-    let fns = functions(&src);
-    assert!(fns.iter().any(|f| f.0 == "import_org" && f.1 == "org.rs"));
+    // The walk did see the org module, the controller's write and the
+    // retaining removal it uses.
+    assert!(
+        fns.iter()
+            .any(|f| f.0 == "import_org" && f.1 == "platform/src/org.rs")
+    );
+    assert!(
+        fns.iter()
+            .any(|f| f.0 == "apply_import" && f.1 == "controller/src/org.rs")
+    );
     assert!(fns.iter().any(|f| f.0 == "finish_retaining_removal"));
     // And the removals it writes ask for no erase, by the SQL itself.
-    let store = std::fs::read_to_string(src.join("../../store/src/import.rs")).unwrap();
+    let store = std::fs::read_to_string(crates.join("store/src/import.rs")).unwrap();
     assert!(store.contains("delete_erase = 0") && !store.contains("delete_erase = $"));
 }
 

@@ -13,7 +13,8 @@
 //! org tree needs one. Without aliases the tree is never bigger than the
 //! body, which the API caps at 1 MiB.
 
-use crate::dto::{CreateWorkspaceRequest, ParsedCreate};
+use crate::dto::CreateWorkspaceRequest;
+use holdfast_controller::CreateRequest as ParsedCreate;
 use holdfast_domain::{Compute, Env, Program, Role, Runtime, Tier, WorkspaceName};
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};

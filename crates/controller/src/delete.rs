@@ -1,20 +1,19 @@
 //! `DELETE /workspaces/:id`: the confirmation gates, the cascade, and the one
 //! place that may erase data.
 //!
-//! **Architecture Invariant:** [`App::finish_removal_locked`] is the only caller of
+//! **Architecture Invariant:** [`Controller::finish_removal_locked`] is the only caller of
 //! `ControlPlane::stop_and_prune`, and only for a workspace whose removal was
 //! asked with `erase_data=true`. A test reads the source tree and fails if any
 //! other call site appears.
 
-use crate::App;
-use crate::auth::Caller;
-use crate::dto::DeleteResponse;
-use crate::error::{ApiError, ApiResult};
+use crate::Caller;
+use crate::Controller;
+use crate::error::Confirmed;
 use crate::events::Event;
 use crate::reconciler::{Lease, ReconcileResult};
-use axum::http::StatusCode;
+use crate::{Error, Result};
 use holdfast_domain::failpoint;
-use holdfast_domain::{DataPersistence, Status, VolumeState, format_millis, now_millis};
+use holdfast_domain::{DataPersistence, Millis, Status, VolumeState, now_millis};
 use holdfast_store::WorkspaceRow;
 use serde_json::json;
 use uuid::Uuid;
@@ -27,12 +26,35 @@ pub struct DeleteRequest {
     pub erase_data: bool,
 }
 
-fn already_removed() -> ApiError {
-    ApiError::new(
-        StatusCode::GONE,
-        "workspace_removed",
-        "workspace is already removed",
-    )
+/// What became of the named workspace's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataAfterDelete {
+    /// Kept for the retention grace; a restore brings it back.
+    Retained,
+    /// To be erased after the erase grace; a restore within it cancels that.
+    ErasePending,
+    /// It had no durable data (an ephemeral workspace).
+    None,
+}
+
+impl DataAfterDelete {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataAfterDelete::Retained => "retained",
+            DataAfterDelete::ErasePending => "erase_pending",
+            DataAfterDelete::None => "none",
+        }
+    }
+}
+
+/// The outcome of a delete.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// How many workspaces were removed: the named one and its descendants.
+    pub cascade_deleted: u64,
+    pub data: DataAfterDelete,
+    /// Until when a restore brings the data back, once known.
+    pub restore_until: Option<Millis>,
 }
 
 /// A failed stop during a delete: reported, and finished later.
@@ -42,16 +64,11 @@ pub struct StopFailure {
     pub error: String,
 }
 
-impl App {
+impl Controller {
     /// Runs the checks of SPEC §5 in order, marks the workspace and its live
     /// descendants removed in one transaction, then stops their compute.
     #[tracing::instrument(skip_all, fields(workspace_id = %id, erase = req.erase_data))]
-    pub async fn delete(
-        &self,
-        caller: &Caller,
-        id: Uuid,
-        req: DeleteRequest,
-    ) -> ApiResult<DeleteResponse> {
+    pub async fn delete(&self, caller: &Caller, id: Uuid, req: DeleteRequest) -> Result<Deleted> {
         // Serialised per workspace: a delete that waited here sees the one
         // before it done, and answers 410 below.
         let _serial = self.destructive.lock(id).await;
@@ -59,7 +76,7 @@ impl App {
         let ws = self.load_managed(caller, id).await?;
         // 3. Already removed.
         if ws.is_removed() {
-            return Err(already_removed());
+            return Err(Error::AlreadyRemoved);
         }
         let descendants = self.store.live_descendants(id).await?;
         let children: Vec<&WorkspaceRow> = descendants
@@ -68,31 +85,18 @@ impl App {
             .collect();
         // 4. The exact name, typed by the caller.
         if req.confirm_name.as_deref() != Some(ws.name.as_str()) {
-            return Err(ApiError::bad_request(
-                "destructive_action_requires_confirmation",
-                format!(
-                    "deleting a workspace needs the header X-Confirm-Name with its exact name ({:?})",
-                    ws.name
-                ),
-            )
-            .with("workspace_name", ws.name.clone())
-            .with("child_count", children.len()));
+            return Err(Error::NameNotConfirmed {
+                what: Confirmed::Workspace,
+                name: ws.name.clone(),
+                child_count: Some(children.len()),
+            });
         }
         // 5. Live children need confirm=true.
         if !children.is_empty() && !req.confirm_children {
-            let list: Vec<_> = children
-                .iter()
-                .map(|c| json!({"id": c.id, "name": c.name}))
-                .collect();
-            return Err(ApiError::conflict(
-                "confirmation_required",
-                format!(
-                    "workspace has {} live children; repeat with confirm=true to remove them all",
-                    children.len()
-                ),
-            )
-            .with("children", list)
-            .with("children_count", children.len()));
+            return Err(Error::ChildrenNotConfirmed {
+                children: children.iter().map(|c| (c.id, c.name.clone())).collect(),
+                cascade: false,
+            });
         }
 
         // 6. A legal hold blocks every erasure of the cascade.
@@ -101,15 +105,11 @@ impl App {
                 .chain(descendants.iter())
                 .find(|w| w.hold_at.is_some());
             if let Some(held) = held {
-                return Err(ApiError::conflict(
-                    "legal_hold",
-                    format!(
-                        "workspace {:?} is under a legal hold: its data cannot be erased until an \
-                         admin releases the hold (a delete without erase keeps the data and is allowed)",
-                        held.name
-                    ),
-                )
-                .with("workspace_id", held.id.to_string()));
+                return Err(Error::LegalHold {
+                    id: held.id,
+                    name: held.name.clone(),
+                    on_delete: true,
+                });
             }
         }
 
@@ -125,7 +125,7 @@ impl App {
             .remove_tree(id, &ids[1..], req.erase_data, &caller.actor(), now_millis())
             .await
             .map_err(|e| match e {
-                holdfast_store::StoreError::WorkspaceRemoved(_) => already_removed(),
+                holdfast_store::StoreError::WorkspaceRemoved(_) => Error::AlreadyRemoved,
                 other => other.into(),
             })?;
         failpoint::hit("delete.after_mark");
@@ -150,56 +150,48 @@ impl App {
             self.events
                 .publish(Event::status(Status::Removed, row.id, row.org_id));
             if let Err(e) = self.finish_removal(&row, &actor).await {
-                let e = ApiError::from(e);
-                unreachable &= e.status == StatusCode::SERVICE_UNAVAILABLE;
+                let e = Error::from(e);
+                unreachable &= e.is_unavailable();
                 failures.push(StopFailure {
                     workspace_id: *wid,
-                    error: e.message,
+                    error: e.to_string(),
                 });
             }
         }
         if !failures.is_empty() {
             // A control plane that does not answer (or another replica that
-            // holds a workspace) is a passing state: 503 with Retry-After.
-            let status = if unreachable {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            return Err(ApiError::new(
-                status,
-                "stop_failed",
-                "the workspaces are removed, but some could not be stopped yet; \
-                 the reconciler retries, and repeating the DELETE is safe",
-            )
-            .with("removed_count", removed)
-            .with(
-                "stop_failures",
-                serde_json::to_value(&failures).unwrap_or_default(),
-            ));
+            // holds a workspace) is a passing state.
+            return Err(Error::StopFailed {
+                removed,
+                failures,
+                unavailable: unreachable,
+            });
         }
 
         let volume = self.cp.volume(id).await?;
         let (data, restore_until) = match volume {
-            Some(v) if v.state == VolumeState::ErasePending => ("erase_pending", v.erase_after),
-            Some(v) if v.state == VolumeState::Retained => ("retained", v.retain_until),
+            Some(v) if v.state == VolumeState::ErasePending => {
+                (DataAfterDelete::ErasePending, v.erase_after)
+            }
+            Some(v) if v.state == VolumeState::Retained => {
+                (DataAfterDelete::Retained, v.retain_until)
+            }
             _ => {
                 let ephemeral = ws.resolved_mode.or(ws.compute.data_persistence)
                     == Some(DataPersistence::Ephemeral);
                 if ephemeral || volume.is_none() {
-                    ("none", None)
+                    (DataAfterDelete::None, None)
                 } else if req.erase_data {
-                    ("erase_pending", None)
+                    (DataAfterDelete::ErasePending, None)
                 } else {
-                    ("retained", None)
+                    (DataAfterDelete::Retained, None)
                 }
             }
         };
-        Ok(DeleteResponse {
-            status: "removed".to_owned(),
+        Ok(Deleted {
             cascade_deleted: removed,
-            data: data.to_owned(),
-            restore_until: restore_until.map(format_millis),
+            data,
+            restore_until,
         })
     }
 
@@ -226,7 +218,7 @@ impl App {
         result
     }
 
-    /// [`App::finish_removal`] for a caller that holds the workspace's lock
+    /// [`Controller::finish_removal`] for a caller that holds the workspace's lock
     /// and lease.
     pub(crate) async fn finish_removal_locked(
         &self,
@@ -253,7 +245,7 @@ impl App {
     /// import's reconcile records every removal: stop the compute and keep
     /// the data `retained` for the retention grace. A row whose removal asked
     /// for erase is left alone: that is the delete flow's, through
-    /// [`App::finish_removal`]. Idempotent, like it.
+    /// [`Controller::finish_removal`]. Idempotent, like it.
     pub(crate) async fn finish_retaining_removal(
         &self,
         id: Uuid,

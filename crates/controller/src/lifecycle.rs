@@ -5,16 +5,48 @@
 //! **Architecture Invariant:** nothing in this module calls
 //! `ControlPlane::stop_and_prune`; routine operations only ever `stop`.
 
-use crate::App;
-use crate::auth::Caller;
-use crate::dto::ParsedCreate;
-use crate::error::{ApiError, ApiResult};
-use holdfast_domain::{AuditAction, DesiredState, now_millis};
-use holdfast_store::{NewAuditEvent, WorkspacePatch, WorkspaceRow};
+use crate::Caller;
+use crate::Controller;
+use crate::{Error, Resource, Result};
+use holdfast_domain::{
+    AuditAction, Compute, DesiredState, Env, Role, Runtime, Tier, WorkspaceName, now_millis,
+};
+use holdfast_store::{NewAuditEvent, NewWorkspace, WorkspacePatch, WorkspaceRow};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
+
+/// A workspace to create, parsed and checked field by field.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub name: WorkspaceName,
+    pub role: Option<Role>,
+    pub parent_id: Option<Uuid>,
+    pub tier: Tier,
+    pub runtime: Runtime,
+    pub env: Env,
+    pub compute: Compute,
+    pub org_id: Option<Uuid>,
+    pub from_snapshot: Option<Uuid>,
+}
+
+impl CreateRequest {
+    pub fn into_new(self, id: Uuid, org_id: Uuid) -> NewWorkspace {
+        NewWorkspace {
+            id,
+            org_id,
+            name: self.name.as_str().to_owned(),
+            role: self.role.map(|r| r.as_str().to_owned()),
+            parent_id: self.parent_id,
+            tier: self.tier,
+            runtime: self.runtime,
+            env: self.env,
+            compute: self.compute,
+            seed_snapshot_id: self.from_snapshot,
+        }
+    }
+}
 
 /// Per-workspace locks: held across a start or a stop.
 #[derive(Default)]
@@ -32,7 +64,7 @@ impl WorkspaceLocks {
     }
 }
 
-impl App {
+impl Controller {
     pub(crate) async fn audit_ws(
         &self,
         actor: &str,
@@ -54,55 +86,55 @@ impl App {
     }
 
     /// Loads a workspace the caller may manage; another org's is 404.
-    pub(crate) async fn load_managed(&self, caller: &Caller, id: Uuid) -> ApiResult<WorkspaceRow> {
+    pub async fn load_managed(&self, caller: &Caller, id: Uuid) -> Result<WorkspaceRow> {
         match self.store.get_workspace(id).await? {
             Some(ws) if caller.manages_org(ws.org_id) => Ok(ws),
-            _ => Err(ApiError::not_found("workspace")),
+            _ => Err(Error::NotFound(Resource::Workspace)),
         }
     }
 
     /// Loads a live (not removed) workspace the caller may manage; removed or
     /// missing is 404.
-    pub(crate) async fn load_live(&self, caller: &Caller, id: Uuid) -> ApiResult<WorkspaceRow> {
+    pub async fn load_live(&self, caller: &Caller, id: Uuid) -> Result<WorkspaceRow> {
         let ws = self.load_managed(caller, id).await?;
         if ws.is_removed() {
-            return Err(ApiError::not_found("workspace"));
+            return Err(Error::NotFound(Resource::Workspace));
         }
         Ok(ws)
     }
 
     #[tracing::instrument(skip_all, fields(name = %req.name))]
-    pub async fn create(&self, caller: &Caller, mut req: ParsedCreate) -> ApiResult<WorkspaceRow> {
+    pub async fn create(&self, caller: &Caller, mut req: CreateRequest) -> Result<WorkspaceRow> {
         let org_id = match (caller, req.org_id) {
             (Caller::Admin, Some(org)) => {
                 self.store
                     .get_org(org)
                     .await?
-                    .ok_or_else(|| {
-                        ApiError::bad_request("invalid_field", format!("org_id: no org {org}"))
+                    .ok_or_else(|| Error::InvalidField {
+                        field: "org_id",
+                        message: format!("no org {org}"),
                     })?
                     .id
             }
             (Caller::Admin, None) => self.default_org,
             (Caller::Org(own), Some(org)) if *own == org => org,
             (Caller::Org(_), Some(org)) => {
-                return Err(ApiError::bad_request(
-                    "invalid_field",
-                    format!("org_id: no org {org}"),
-                ));
+                return Err(Error::InvalidField {
+                    field: "org_id",
+                    message: format!("no org {org}"),
+                });
             }
             (Caller::Org(own), None) => *own,
-            (Caller::Workspace { .. }, _) => return Err(ApiError::not_found("route")),
+            (Caller::Workspace { .. }, _) => return Err(Error::NotFound(Resource::Route)),
         };
         if let Some(parent) = req.parent_id {
             match self.store.get_workspace(parent).await? {
                 Some(p) if p.org_id == org_id && !p.is_removed() => {}
                 _ => {
-                    return Err(ApiError::bad_request(
-                        "invalid_field",
-                        format!("parent_id: no live workspace {parent} in this org"),
-                    )
-                    .with("field", "parent_id"));
+                    return Err(Error::InvalidField {
+                        field: "parent_id",
+                        message: format!("no live workspace {parent} in this org"),
+                    });
                 }
             }
         }
@@ -117,29 +149,25 @@ impl App {
                     s
                 }
                 _ => {
-                    return Err(ApiError::bad_request(
-                        "invalid_field",
-                        format!("from_snapshot: no snapshot {sid} in this org"),
-                    )
-                    .with("field", "from_snapshot"));
+                    return Err(Error::InvalidField {
+                        field: "from_snapshot",
+                        message: format!("no snapshot {sid} in this org"),
+                    });
                 }
             };
             if snap.state != holdfast_domain::SnapshotState::Ready {
-                return Err(ApiError::conflict(
-                    "snapshot_unavailable",
-                    format!(
-                        "the snapshot is {}; only a ready one can be cloned",
-                        snap.state
-                    ),
-                ));
+                return Err(Error::SnapshotNotReady {
+                    state: snap.state,
+                    use_: "cloned",
+                });
             }
             match req.compute.data_persistence {
                 Some(holdfast_domain::DataPersistence::Ephemeral) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_field",
-                        "compute.data_persistence: a clone keeps its data (persist); leave it out or say persist",
-                    )
-                    .with("field", "compute.data_persistence"));
+                    return Err(Error::InvalidField {
+                        field: "compute.data_persistence",
+                        message: "a clone keeps its data (persist); leave it out or say persist"
+                            .to_owned(),
+                    });
                 }
                 _ => req.compute.data_persistence = Some(holdfast_domain::DataPersistence::Persist),
             }
@@ -172,14 +200,10 @@ impl App {
         caller: &Caller,
         id: Uuid,
         patch: WorkspacePatch,
-    ) -> ApiResult<WorkspaceRow> {
+    ) -> Result<WorkspaceRow> {
         let ws = self.load_managed(caller, id).await?;
         if ws.is_removed() {
-            return Err(ApiError::new(
-                axum::http::StatusCode::GONE,
-                "workspace_removed",
-                "workspace is removed; restore it first",
-            ));
+            return Err(Error::WorkspaceRemoved);
         }
         if patch.is_empty() {
             return Ok(ws);
@@ -197,7 +221,7 @@ impl App {
     /// Stop (never prune), then start with the stored configuration: a new
     /// generation of the `running` intent.
     #[tracing::instrument(skip_all, fields(workspace_id = %id))]
-    pub async fn restart(&self, caller: &Caller, id: Uuid) -> ApiResult<WorkspaceRow> {
+    pub async fn restart(&self, caller: &Caller, id: Uuid) -> Result<WorkspaceRow> {
         let ws = self.load_live(caller, id).await?;
         self.refuse_paused_ancestor(&ws).await?;
         self.store
@@ -214,12 +238,12 @@ impl App {
         self.store
             .get_workspace(id)
             .await?
-            .ok_or_else(|| ApiError::not_found("workspace"))
+            .ok_or_else(|| Error::NotFound(Resource::Workspace))
     }
 
     /// 409 when an ancestor is paused: it would be odd for a child to run
     /// while the team it belongs to is paused.
-    async fn refuse_paused_ancestor(&self, ws: &WorkspaceRow) -> ApiResult<()> {
+    async fn refuse_paused_ancestor(&self, ws: &WorkspaceRow) -> Result<()> {
         let mut cursor = ws.parent_id;
         let mut hops = 0;
         while let Some(pid) = cursor {
@@ -227,14 +251,10 @@ impl App {
                 break;
             };
             if parent.desired == DesiredState::Paused && !parent.is_removed() {
-                return Err(ApiError::conflict(
-                    "paused_ancestor",
-                    format!(
-                        "ancestor {:?} ({}) is paused; resume it first",
-                        parent.name, parent.id
-                    ),
-                )
-                .with("ancestor_id", parent.id.to_string()));
+                return Err(Error::PausedAncestor {
+                    id: parent.id,
+                    name: parent.name,
+                });
             }
             cursor = parent.parent_id;
             hops += 1;
@@ -255,24 +275,15 @@ impl App {
         id: Uuid,
         desired: DesiredState,
         cascade: bool,
-    ) -> ApiResult<WorkspaceRow> {
+    ) -> Result<WorkspaceRow> {
         let ws = self.load_live(caller, id).await?;
         let descendants = self.store.live_descendants(id).await?;
         let stopping = matches!(desired, DesiredState::Paused | DesiredState::Hibernated);
         if stopping && !descendants.is_empty() && !cascade {
-            let list: Vec<_> = descendants
-                .iter()
-                .map(|d| serde_json::json!({"id": d.id, "name": d.name}))
-                .collect();
-            return Err(ApiError::conflict(
-                "confirmation_required",
-                format!(
-                    "workspace has {} live descendants; repeat with cascade=true to include them",
-                    descendants.len()
-                ),
-            )
-            .with("children", list)
-            .with("children_count", descendants.len()));
+            return Err(Error::ChildrenNotConfirmed {
+                children: descendants.iter().map(|d| (d.id, d.name.clone())).collect(),
+                cascade: true,
+            });
         }
         if !stopping {
             self.refuse_paused_ancestor(&ws).await?;
@@ -309,6 +320,6 @@ impl App {
         self.store
             .get_workspace(id)
             .await?
-            .ok_or_else(|| ApiError::not_found("workspace"))
+            .ok_or_else(|| Error::NotFound(Resource::Workspace))
     }
 }

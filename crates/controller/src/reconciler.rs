@@ -11,17 +11,17 @@
 //! Every action on one workspace runs under its local lock and, on a shared
 //! database, under a lease on its row, so a start and a stop of the same
 //! workspace never overlap, whichever replica acts. API handlers write
-//! intent and then call [`App::reconcile`] for that workspace; the background
+//! intent and then call [`Controller::reconcile`] for that workspace; the background
 //! loop does the same for every workspace, so an intent whose handler (or
 //! whose replica) died is still carried out.
 //!
 //! **Architecture Invariant:** the reconciler only ever calls
 //! `ControlPlane::stop`. Finishing a removal goes through
-//! `App::finish_removal_locked` in `delete.rs`.
+//! `Controller::finish_removal_locked` in `delete.rs`.
 
-use crate::App;
-use crate::auth::{generate_token, hash_hex};
+use crate::Controller;
 use crate::events::Event;
+use crate::identity::{generate_token, hash_hex};
 use holdfast_cp::{InstanceState, ProvisionRequest};
 use holdfast_domain::failpoint;
 use holdfast_domain::{DesiredState, Runtime, Status, now_millis};
@@ -157,7 +157,7 @@ impl Drop for Lease {
 }
 
 /// Why the reconciler could not act, typed for the callers that branch on it
-/// (the API turns each into its status).
+/// (the API turns each into its status, through [`crate::Error`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// Another replica holds the workspace's lease.
@@ -173,21 +173,6 @@ pub enum ReconcileError {
 }
 
 pub type ReconcileResult<T> = Result<T, ReconcileError>;
-
-impl From<ReconcileError> for crate::error::ApiError {
-    fn from(e: ReconcileError) -> Self {
-        match e {
-            ReconcileError::Busy => crate::error::ApiError::busy(),
-            ReconcileError::ParentRemoved(parent) => crate::error::ApiError::conflict(
-                "parent_removed",
-                "the workspace's parent is removed; restore the parent first",
-            )
-            .with("parent_id", parent.to_string()),
-            ReconcileError::Store(e) => e.into(),
-            ReconcileError::Cp(e) => e.into(),
-        }
-    }
-}
 
 /// Timing knobs of the reconciler.
 #[derive(Debug, Clone)]
@@ -243,8 +228,8 @@ fn registers(runtime: &Runtime) -> bool {
     runtime.is_builtin()
 }
 
-impl App {
-    pub(crate) fn observed(&self, id: Uuid) -> Observed {
+impl Controller {
+    pub fn observed(&self, id: Uuid) -> Observed {
         self.observed
             .lock()
             .expect("observed")
@@ -376,7 +361,7 @@ impl App {
 
     /// Takes the workspace's lease, waiting up to `wait` for another replica
     /// to finish; `None` if it could not be had. Held, it is renewed in the
-    /// background until [`App::release`] (or until it is dropped).
+    /// background until [`Controller::release`] (or until it is dropped).
     pub(crate) async fn lease(&self, id: Uuid, wait: Duration) -> ReconcileResult<Option<Lease>> {
         if !self.shared_store() {
             return Ok(Some(Lease {
@@ -428,7 +413,7 @@ impl App {
         }
     }
 
-    /// [`App::lease`] for a request: a lease another replica holds past
+    /// [`Controller::lease`] for a request: a lease another replica holds past
     /// [`REQUEST_LEASE_WAIT`] is [`ReconcileError::Busy`], a 503.
     pub(crate) async fn lease_or_busy(&self, id: Uuid) -> ReconcileResult<Lease> {
         self.lease(id, REQUEST_LEASE_WAIT)
@@ -899,7 +884,7 @@ impl App {
     }
 
     /// Registration of a runtime: it is online from now on.
-    pub(crate) async fn register(&self, id: Uuid, url: &str) -> anyhow::Result<()> {
+    pub async fn register(&self, id: Uuid, url: &str) -> anyhow::Result<()> {
         let _guard = self.locks.lock(id).await;
         let Some(mut ws) = self.store.get_workspace(id).await? else {
             return Ok(());
@@ -916,7 +901,7 @@ impl App {
         Ok(())
     }
 
-    pub(crate) async fn heartbeat(&self, id: Uuid) -> anyhow::Result<()> {
+    pub async fn heartbeat(&self, id: Uuid) -> anyhow::Result<()> {
         Ok(self.store.record_heartbeat(id, now_millis()).await?)
     }
 }
