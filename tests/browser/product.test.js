@@ -229,7 +229,8 @@ test('board: search by name or role, filter by status and mode, sort by name, st
   await page.locator('#board .card').first().waitFor();
   await page.waitForFunction(() => document.querySelectorAll('#board .card').length === 1);
   assert.deepEqual(await cardNames(page), ['summariser']);
-  assert.match(page.url(), /q=summ/, 'the search is in the URL');
+  // The search is in the URL (written with the debounced read).
+  await page.waitForURL(/q=summ/);
   await search.fill('SOURCES');
   await page.waitForFunction(() => [...document.querySelectorAll('#board .card')].map(c => c.dataset.wsName).join() === 'web-scout');
   await search.fill('nothing-like-this');

@@ -25,8 +25,8 @@ pub mod server;
 mod snapshots;
 
 pub use auth::{Secret, generate_token, hash_token};
-pub use holdfast_controller::{Controller, ReconcilerSettings, Settings};
 pub use canvas::Graces;
+pub use holdfast_controller::{Controller, ReconcilerSettings, Settings};
 pub use openapi::ApiDoc;
 
 use axum::Router;
