@@ -40,6 +40,10 @@ for v in get list watch create patch delete; do
   kubectl auth can-i "$v" pods -n "$NS" --as "$SA" >/dev/null || fail "RBAC: $v pods missing"
 done
 kubectl auth can-i get pods --subresource=log -n "$NS" --as "$SA" >/dev/null || fail "RBAC: get pods/log missing"
+for v in list watch; do
+  kubectl auth can-i "$v" events -n "$NS" --as "$SA" >/dev/null || fail "RBAC: $v events missing"
+done
+kubectl auth can-i create pods --subresource=exec -n "$NS" --as "$SA" >/dev/null || fail "RBAC: create pods/exec missing"
 for v in get list create delete; do
   kubectl auth can-i "$v" persistentvolumeclaims -n "$NS" --as "$SA" >/dev/null || fail "RBAC: $v pvc missing"
 done

@@ -111,6 +111,13 @@ pub trait Backend: Send + Sync + 'static {
     /// the store or not): what the sweeper adopts from.
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>>;
 
+    /// What the sweeper must report about a workspace's data that it
+    /// cannot act on (a Kubernetes PV whose claim was deleted outside
+    /// holdfast): `(workspace, sentence)`, never silently dropped.
+    async fn volume_notes(&self) -> anyhow::Result<Vec<(Uuid, String)>> {
+        Ok(Vec::new())
+    }
+
     /// The host directory of a workspace's durable volume, which snapshots
     /// read (through the handle walk) and rollbacks swap; `None` where a
     /// volume is not a directory of this host (a container engine's named

@@ -362,6 +362,38 @@ pub fn stream_with(
     (stream, done_rx)
 }
 
+/// The exit code of `holdfast archive` when the data holds what an export
+/// cannot include safely (nothing was written).
+pub const ARCHIVE_REFUSED: u8 = 3;
+
+/// `holdfast archive DIR`: writes the export of `DIR` (the same `.tar.gz`,
+/// entries relative to `DIR`, with the same refusals) to stdout. The
+/// Kubernetes backend runs it in a helper Pod over the API's exec. Exit 0:
+/// the whole archive was written; [`ARCHIVE_REFUSED`]: refused before any
+/// byte, the reason on stderr; 1: failed part-way; 2: usage.
+pub fn archive_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    let [dir] = args else {
+        eprintln!("usage: holdfast archive DIR");
+        return std::process::ExitCode::from(2);
+    };
+    let root = Path::new(dir);
+    let plan = match check(root) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(ARCHIVE_REFUSED);
+        }
+    };
+    let out = io::BufWriter::with_capacity(CHUNK, io::stdout().lock());
+    match write_archive(root, plan, out) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holdfast archive: {}: {e}", root.display());
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

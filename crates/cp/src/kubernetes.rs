@@ -30,10 +30,11 @@
 //! Observation: a watcher keeps a cache of the workspace Pods (relisting
 //! after a 410 Gone), and reports exits as they happen.
 
+pub mod exec;
 pub mod manifest;
 
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "fake-k8s"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;
 
@@ -46,7 +47,9 @@ use futures_util::StreamExt;
 use holdfast_domain::{DataPersistence, ImageRef, failpoint};
 use holdfast_store::VolumeRow;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector;
 use manifest::{
@@ -78,6 +81,8 @@ pub struct KubernetesSettings {
     pub bind_wait: Duration,
     /// How long a deleted Pod (or PV) may take to be gone.
     pub gone_wait: Duration,
+    /// How long a helper Pod (which reads a claim) may take to run.
+    pub helper_wait: Duration,
 }
 
 impl KubernetesSettings {
@@ -89,6 +94,7 @@ impl KubernetesSettings {
             storage_class: None,
             bind_wait: Duration::from_secs(30),
             gone_wait: Duration::from_secs(60),
+            helper_wait: Duration::from_secs(120),
         }
     }
 }
@@ -102,7 +108,16 @@ pub struct KubernetesBackend {
     exits: tokio::sync::broadcast::Sender<Uuid>,
     /// Whether the API server said holdfast may patch PVs (asked once).
     may_patch_pvs: AtomicBool,
+    /// How programs run in a Pod (the API's exec).
+    exec: Arc<dyn exec::Exec>,
+    /// Why each workspace's Pod does not run, from the Warning events the
+    /// events watcher saw (cleared once its Pod runs or goes).
+    reasons: Reasons,
 }
+
+/// Readable reasons by workspace, with the uid of the Pod each is about,
+/// shared with the watchers.
+type Reasons = Arc<std::sync::Mutex<std::collections::HashMap<Uuid, (Option<String>, String)>>>;
 
 const POST: PostParams = PostParams {
     dry_run: false,
@@ -141,8 +156,12 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
-/// Runs `f` up to four times while it fails transiently, backing off
-/// 100, 200, 400 ms.
+/// How long one request may wait for the API server's answer: past it
+/// the attempt counts as failed (and is tried again).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs `f` up to four times while it fails transiently (or does not
+/// answer within [`ATTEMPT_TIMEOUT`]), backing off 100, 200, 400 ms.
 async fn retry<T, F, Fut>(mut f: F) -> kube::Result<T>
 where
     F: FnMut() -> Fut,
@@ -151,7 +170,14 @@ where
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0;
     loop {
-        match f().await {
+        let answer = match tokio::time::timeout(ATTEMPT_TIMEOUT, f()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            )))),
+        };
+        match answer {
             Err(e) if transient(&e) && attempt < 3 => {
                 tracing::debug!(error = %e, attempt, "the API server failed; trying again");
                 attempt += 1;
@@ -189,11 +215,13 @@ fn api_error(what: &str, namespace: &str, e: kube::Error) -> CpError {
         Some(c) if c >= 500 || c == 429 => CpError::Unavailable(format!(
             "{what}: the Kubernetes API server failed ({c}), tried 4 times: {msg}"
         )),
-        Some(c) => CpError::Other(anyhow::anyhow!(
-            "{what}: the API server answered {c}: {msg}"
-        )),
+        // An object gone meanwhile (a Pod deleted by someone, a helper
+        // reclaimed), or an answer of an API server holdfast does not
+        // expect: the cluster's state, never the client's fault, and
+        // passing as far as holdfast can tell.
+        Some(c) => CpError::Unavailable(format!("{what}: the API server answered {c}: {msg}")),
         None => CpError::Unavailable(format!(
-            "{what}: the Kubernetes API server is unreachable ({msg})"
+            "{what}: the Kubernetes API server is unreachable, tried 4 times ({msg})"
         )),
     }
 }
@@ -255,8 +283,30 @@ pub fn pod_reason(pod: &Pod) -> Option<String> {
     None
 }
 
+/// A Pod that holds a workspace's data at `/data`, for an exec.
+struct Source {
+    pod: String,
+    container: &'static str,
+    /// A helper made for this read, to remove afterwards.
+    helper: bool,
+}
+
 fn workspace_of(meta: &kube::api::ObjectMeta) -> Option<Uuid> {
     label(meta, LABEL_WORKSPACE)?.parse().ok()
+}
+
+/// Deletes the Pod `name` if its uid is `uid` (any, with `None`); a Pod of
+/// another uid (a newer start, perhaps by another replica) is left alone,
+/// and one already gone is fine.
+async fn delete_pod_in(pods: &Api<Pod>, name: &str, uid: Option<String>) -> kube::Result<()> {
+    let params = uid_precondition(uid);
+    match retry(|| pods.delete(name, &params)).await {
+        Ok(_) => Ok(()),
+        Err(e) if code_of(&e) == Some(404) => Ok(()),
+        // The uid precondition failed: the name belongs to a newer Pod.
+        Err(e) if code_of(&e) == Some(409) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn uid_precondition(uid: Option<String>) -> DeleteParams {
@@ -300,17 +350,29 @@ impl KubernetesBackend {
     /// The backend over `client`; `watch` starts the Pod watcher.
     pub fn with_client(client: kube::Client, settings: KubernetesSettings, watch: bool) -> Self {
         let (exits, _) = tokio::sync::broadcast::channel(256);
+        let reasons = Reasons::default();
         let cache = watch.then(|| {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
-            observe(pods, exits.clone())
+            let events: Api<CoreEvent> = Api::namespaced(client.clone(), &settings.namespace);
+            observe_events(events, reasons.clone());
+            observe(pods, exits.clone(), reasons.clone())
         });
         KubernetesBackend {
+            reasons,
+            exec: Arc::new(exec::KubeExec(client.clone())),
             client,
             settings,
             cache,
             exits,
             may_patch_pvs: AtomicBool::new(false),
         }
+    }
+
+    /// The same backend with another exec transport (tests play it in
+    /// memory: `tower-test` cannot play a websocket upgrade).
+    pub fn with_exec(mut self, exec: Arc<dyn exec::Exec>) -> Self {
+        self.exec = exec;
+        self
     }
 
     fn ns(&self) -> &str {
@@ -394,15 +456,34 @@ impl KubernetesBackend {
             }
             return Ok(claim);
         }
-        let claim = manifest::workspace_claim(
+        let mut claim = manifest::workspace_claim(
             spec.workspace_id,
             org_id,
             spec.volume_size_gb,
             self.settings.storage_class.as_deref(),
         );
+        // Data safety: a claim deleted outside holdfast left its PV
+        // Released (Retain) with the data on it. A new empty claim would
+        // bind a new disk and the workspace would start without its data:
+        // the new claim is bound to that PV instead.
+        let kept = self.kept_pv(spec.workspace_id).await?;
+        if let Some(pv) = &kept {
+            manifest::bind_to(&mut claim, pv);
+            tracing::warn!(
+                workspace_id = %spec.workspace_id,
+                pv = pv.metadata.name,
+                "the workspace's claim was deleted outside holdfast; a new claim is bound to its \
+                 retained PersistentVolume"
+            );
+        }
         let claims = self.claims();
         match retry(|| claims.create(&POST, &claim)).await {
-            Ok(made) => Ok(made),
+            Ok(made) => {
+                if let Some(pv) = &kept {
+                    self.claim_pv_for(pv, &made).await?;
+                }
+                Ok(made)
+            }
             // Another replica made it meanwhile (or a retried create did).
             Err(e) if code_of(&e) == Some(409) => self
                 .get_claim(spec.workspace_id)
@@ -410,6 +491,43 @@ impl KubernetesBackend {
                 .ok_or_else(|| CpError::Conflict("the workspace's claim vanished".to_owned())),
             Err(e) => Err(self.err("creating the workspace's claim", e)),
         }
+    }
+
+    /// The PV labelled as the workspace's that no claim holds any more
+    /// (Released, or Available after someone cleared its claimRef), if any.
+    async fn kept_pv(&self, workspace_id: Uuid) -> CpResult<Option<PersistentVolume>> {
+        Ok(self
+            .labelled_pvs(&format!("{LABEL_WORKSPACE}={workspace_id}"))
+            .await?
+            .into_iter()
+            .filter(|pv| pv.metadata.deletion_timestamp.is_none())
+            .find(|pv| {
+                matches!(
+                    pv.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Released" | "Available")
+                )
+            }))
+    }
+
+    /// Points a kept PV's claimRef at the new claim, so that the PV
+    /// controller binds the two (and no other claim can take it).
+    async fn claim_pv_for(
+        &self,
+        pv: &PersistentVolume,
+        claim: &PersistentVolumeClaim,
+    ) -> CpResult<()> {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        let patch = json!({ "spec": { "claimRef": {
+            "kind": "PersistentVolumeClaim", "apiVersion": "v1",
+            "namespace": self.ns(), "name": claim.metadata.name,
+            "uid": claim.metadata.uid, "resourceVersion": null,
+        }}});
+        let volumes = self.volumes();
+        let patch = Patch::Merge(&patch);
+        retry(|| volumes.patch(&name, &PATCH, &patch))
+            .await
+            .map_err(|e| self.err("binding the retained PersistentVolume to the new claim", e))?;
+        Ok(())
     }
 
     /// Patches the claim's PV to `Retain` and labels it as the workspace's,
@@ -479,15 +597,9 @@ impl KubernetesBackend {
     /// Deletes the Pod `name` if its uid is `uid`; a Pod of another uid (a
     /// newer start, perhaps by another replica) is left alone.
     async fn delete_pod(&self, name: &str, uid: Option<String>) -> CpResult<()> {
-        let pods = self.pods();
-        let params = uid_precondition(uid);
-        match retry(|| pods.delete(name, &params)).await {
-            Ok(_) => Ok(()),
-            Err(e) if code_of(&e) == Some(404) => Ok(()),
-            // The uid precondition failed: the name belongs to a newer Pod.
-            Err(e) if code_of(&e) == Some(409) => Ok(()),
-            Err(e) => Err(self.err("deleting the workspace's Pod", e)),
-        }
+        delete_pod_in(&self.pods(), name, uid)
+            .await
+            .map_err(|e| self.err("deleting the workspace's Pod", e))
     }
 
     /// Waits until no Pod of `uid` holds `name`.
@@ -588,6 +700,157 @@ impl KubernetesBackend {
             .items)
     }
 
+    /// Why the workspace's Pod does not run, readable, from what the
+    /// watchers saw: the latest Warning event about this very Pod (its uid),
+    /// else its own conditions. `None` when it runs, or nothing is known.
+    pub fn why_not_running(&self, workspace_id: Uuid) -> Option<String> {
+        let cache = self.cache.as_ref()?;
+        let key = reflector::ObjectRef::new(&pod_name(workspace_id)).within(self.ns());
+        let pod = cache.get(&key)?;
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            return None;
+        }
+        let seen = self
+            .reasons
+            .lock()
+            .expect("reasons")
+            .get(&workspace_id)
+            .cloned();
+        match seen {
+            Some((uid, why)) if uid.is_none() || uid == pod.metadata.uid => Some(why),
+            _ => pod_reason(&pod),
+        }
+    }
+
+    /// Where a workspace's data of `kind` can be read: the ephemeral
+    /// workspace's own Pod (an emptyDir lives only there), or a new helper
+    /// Pod that mounts the claim read-only. `None`: there is no such data.
+    async fn data_source(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<Option<Source>> {
+        match kind {
+            DataKind::Scratch => {
+                let name = pod_name(workspace_id);
+                let Some(pod) = self.get_pod(&name).await? else {
+                    return Ok(None);
+                };
+                let ephemeral = label(&pod.metadata, LABEL_DATA) == Some("ephemeral");
+                let running =
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                Ok((ephemeral && running).then_some(Source {
+                    pod: name,
+                    container: "workspace",
+                    helper: false,
+                }))
+            }
+            DataKind::Volume => {
+                let Some(claim) = self.get_claim(workspace_id).await? else {
+                    return Ok(None);
+                };
+                Ok(Some(self.start_helper(workspace_id, &claim).await?))
+            }
+        }
+    }
+
+    /// Creates a helper Pod on the claim and waits until it runs (up to
+    /// `helper_wait`; then it is removed and the reason it did not run is
+    /// the error).
+    async fn start_helper(
+        &self,
+        workspace_id: Uuid,
+        claim: &PersistentVolumeClaim,
+    ) -> CpResult<Source> {
+        let claim_of = claim_name(workspace_id);
+        // A Pod that mounts the claim pins the helper to its node.
+        let node = self
+            .list_pods(&format!("{LABEL_WORKSPACE}={workspace_id}"))
+            .await?
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.spec
+                    .iter()
+                    .flat_map(|s| s.volumes.iter().flatten())
+                    .any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == claim_of)
+                    })
+            })
+            .find_map(|p| p.spec?.node_name);
+        let org: Uuid = label(&claim.metadata, LABEL_ORG)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_default();
+        let helper = manifest::helper_pod(
+            workspace_id,
+            org,
+            &self.settings.image,
+            Uuid::new_v4(),
+            node.as_deref(),
+        );
+        let name = helper.metadata.name.clone().unwrap_or_default();
+        let pods = self.pods();
+        let made = retry(|| pods.create(&POST, &helper))
+            .await
+            .map_err(|e| self.err("creating the helper Pod that reads the claim", e))?;
+        let source = Source {
+            pod: name.clone(),
+            container: "helper",
+            helper: true,
+        };
+        let deadline = tokio::time::Instant::now() + self.settings.helper_wait;
+        let mut seen = made;
+        loop {
+            match seen.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some("Running") => return Ok(source),
+                Some(phase @ ("Failed" | "Succeeded")) => {
+                    let why = pod_reason(&seen).unwrap_or_else(|| format!("it ended {phase}"));
+                    self.release(&source).await;
+                    return Err(CpError::Unavailable(format!(
+                        "the helper Pod that reads the claim did not run: {why}"
+                    )));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = pod_reason(&seen).unwrap_or_else(|| "still Pending".to_owned());
+                self.release(&source).await;
+                return Err(CpError::Unavailable(format!(
+                    "the helper Pod that reads the claim did not run within {:?}: {why}",
+                    self.settings.helper_wait
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match self.get_pod(&name).await? {
+                Some(p) => seen = p,
+                None => {
+                    return Err(CpError::Unavailable(
+                        "the helper Pod that reads the claim was deleted before it ran".to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn exec_in(
+        &self,
+        source: &Source,
+        argv: Vec<String>,
+        what: &str,
+    ) -> CpResult<exec::ExecOutput> {
+        self.exec
+            .exec(self.ns(), &source.pod, source.container, argv)
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
+    /// Removes a helper Pod (a workspace's own Pod is left alone).
+    async fn release(&self, source: &Source) {
+        if source.helper
+            && let Err(e) = self.delete_pod(&source.pod, None).await
+        {
+            tracing::warn!(pod = source.pod, error = %e, "removing a helper Pod failed; the sweep removes it");
+        }
+    }
+
     /// The Pod of a workspace's instance: from the watcher's cache when it
     /// has it, else from the API server. The cache may lag: a Pod of another instance there (the one a start
     /// just replaced or adopted) is checked with the API server.
@@ -608,7 +871,11 @@ impl KubernetesBackend {
 /// The watcher: a reflector cache of the namespace's workspace Pods, and an
 /// exit notice for each Pod that finishes or is deleted. The watcher
 /// relists by itself after an error (a 410 Gone among them), with backoff.
-fn observe(pods: Api<Pod>, exits: tokio::sync::broadcast::Sender<Uuid>) -> reflector::Store<Pod> {
+fn observe(
+    pods: Api<Pod>,
+    exits: tokio::sync::broadcast::Sender<Uuid>,
+    reasons: Reasons,
+) -> reflector::Store<Pod> {
     use kube::runtime::WatchStreamExt;
     use kube::runtime::watcher::{self, Event};
     let (reader, writer) = reflector::store();
@@ -626,6 +893,12 @@ fn observe(pods: Api<Pod>, exits: tokio::sync::broadcast::Sender<Uuid>) -> refle
                             "a workspace Pod does not run"
                         );
                     }
+                    // A Pod that runs has got past whatever held it.
+                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && let Some(id) = workspace_of(&pod.metadata)
+                    {
+                        reasons.lock().expect("reasons").remove(&id);
+                    }
                     if matches!(pod_state(&pod), ProcessState::Exited(_))
                         && let Some(id) = workspace_of(&pod.metadata)
                     {
@@ -634,6 +907,7 @@ fn observe(pods: Api<Pod>, exits: tokio::sync::broadcast::Sender<Uuid>) -> refle
                 }
                 Ok(Event::Delete(pod)) => {
                     if let Some(id) = workspace_of(&pod.metadata) {
+                        reasons.lock().expect("reasons").remove(&id);
                         let _ = exits.send(id);
                     }
                 }
@@ -643,6 +917,72 @@ fn observe(pods: Api<Pod>, exits: tokio::sync::broadcast::Sender<Uuid>) -> refle
         }
     });
     reader
+}
+
+/// A Warning event about a workspace's Pod, as the workspace it is about
+/// and a sentence its owner can act on: a Pod no node can take
+/// (FailedScheduling, a claim's volume bound to a zone no schedulable node
+/// is in), a claim still attached to another node (Multi-Attach), a volume
+/// that cannot be mounted, an image that cannot be pulled. Events of
+/// helper Pods and of other objects are not a workspace's.
+pub fn event_reason(ev: &CoreEvent) -> Option<(Uuid, String)> {
+    if ev.type_.as_deref() != Some("Warning") || ev.involved_object.kind.as_deref() != Some("Pod") {
+        return None;
+    }
+    let name = ev.involved_object.name.as_deref()?;
+    let id: Uuid = name.strip_prefix("ws-")?.parse().ok()?;
+    let message = ev.message.as_deref().unwrap_or("").trim();
+    let reason = ev.reason.as_deref().unwrap_or("");
+    let sentence = match reason {
+        "FailedScheduling" if message.contains("volume node affinity conflict") => format!(
+            "not scheduled: its claim's volume is bound to a node or zone that no schedulable \
+             node is in (volume node affinity conflict): {message}"
+        ),
+        "FailedScheduling" if message.contains("unbound immediate PersistentVolumeClaims") => {
+            format!("not scheduled: its claim is not bound to a volume yet: {message}")
+        }
+        "FailedScheduling" => format!("not scheduled: no node can take it: {message}"),
+        "FailedAttachVolume" if message.contains("Multi-Attach") => format!(
+            "its claim is still attached to another node (Multi-Attach); it starts once the \
+             other Pod that uses it is gone: {message}"
+        ),
+        "FailedAttachVolume" => format!("its volume cannot be attached: {message}"),
+        "FailedMount" => format!("its volume cannot be mounted: {message}"),
+        "Failed" | "ErrImagePull" | "ImagePullBackOff" | "InspectFailed"
+            if message.contains("image") =>
+        {
+            format!("its image cannot be pulled: {message}")
+        }
+        "" => return None,
+        other => format!("{other}: {message}"),
+    };
+    Some((id, sentence))
+}
+
+/// The events watcher: the Warning events of the namespace's Pods, each
+/// kept as its workspace's latest reason (see [`event_reason`]). It
+/// relists by itself after an error, like the Pod watcher.
+fn observe_events(events: Api<CoreEvent>, reasons: Reasons) {
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let config = watcher::Config::default().fields("involvedObject.kind=Pod,type=Warning");
+    let stream = watcher::watcher(events, config).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(ev) | Event::InitApply(ev)) => {
+                    if let Some((id, why)) = event_reason(&ev) {
+                        tracing::warn!(workspace_id = %id, reason = why, "a workspace Pod does not run");
+                        let uid = ev.involved_object.uid.clone();
+                        reasons.lock().expect("reasons").insert(id, (uid, why));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "watching Pod events (relisting)"),
+            }
+        }
+    });
 }
 
 #[async_trait]
@@ -723,8 +1063,17 @@ impl Backend for KubernetesBackend {
                 }
             }
         }
-        if let Some(claim) = claim {
-            self.retain_when_bound(spec.workspace_id, claim).await?;
+        if let Some(claim) = claim
+            && let Err(e) = self.retain_when_bound(spec.workspace_id, claim).await
+        {
+            // Data safety: a workspace whose PV cannot be set to Retain
+            // does not run on it (its claim stays, and a later start, once
+            // the permission is there, retains it).
+            self.may_patch_pvs.store(false, Ordering::Relaxed);
+            if let Ok(Some(pod)) = self.get_pod(&name).await {
+                let _ = self.remove_pod(&pod).await;
+            }
+            return Err(e);
         }
         Ok(self.confinement())
     }
@@ -778,14 +1127,24 @@ impl Backend for KubernetesBackend {
     /// restarted) adopts them.
     async fn stop_all(&self) {}
 
-    async fn data_bytes(
-        &self,
-        _workspace_id: Uuid,
-        _kind: DataKind,
-    ) -> anyhow::Result<Option<u64>> {
-        // Measuring goes through a helper Pod and the API's exec, which this
-        // backend does not do yet: the size is unknown, never made up.
-        Ok(None)
+    /// `holdfast census /data` run over exec: in a helper Pod that mounts
+    /// the claim read-only, or in the ephemeral workspace's own Pod.
+    async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>> {
+        let Some(source) = self.data_source(workspace_id, kind).await? else {
+            return Ok(None);
+        };
+        let argv = vec![
+            manifest::RUNTIME_EXE.to_owned(),
+            "census".to_owned(),
+            manifest::DATA_DIR.to_owned(),
+        ];
+        let out = self.exec_in(&source, argv, "measuring the claim").await;
+        let census = match out {
+            Ok(out) => exec::read_census(out).await,
+            Err(e) => Err(e),
+        };
+        self.release(&source).await;
+        Ok(Some(census?.bytes))
     }
 
     async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
@@ -798,12 +1157,42 @@ impl Backend for KubernetesBackend {
         }
     }
 
-    async fn export(&self, _workspace_id: Uuid, _kind: DataKind) -> CpResult<ByteStream> {
-        Err(CpError::Conflict(
-            "export is not available on the kubernetes backend yet (it needs the helper Pod's \
-             exec stream)"
-                .to_owned(),
-        ))
+    /// `holdfast archive /data` run over exec (see [`Self::data_bytes`]):
+    /// its stdout is the export, which ends cleanly only after the program
+    /// said it succeeded. The helper Pod goes when the stream ends.
+    async fn export(&self, workspace_id: Uuid, kind: DataKind) -> CpResult<ByteStream> {
+        let source = self
+            .data_source(workspace_id, kind)
+            .await?
+            .ok_or_else(|| CpError::NotFound("the workspace has no data to export".to_owned()))?;
+        let argv = vec![
+            manifest::RUNTIME_EXE.to_owned(),
+            "archive".to_owned(),
+            manifest::DATA_DIR.to_owned(),
+        ];
+        let out = match self.exec_in(&source, argv, "exporting the claim").await {
+            Ok(out) => out,
+            Err(e) => {
+                self.release(&source).await;
+                return Err(e);
+            }
+        };
+        let release = source.helper.then(|| {
+            let pods = self.pods();
+            let name = source.pod.clone();
+            async move {
+                // The helper has done its work; its name is its own.
+                if let Err(e) = delete_pod_in(&pods, &name, None).await {
+                    tracing::warn!(pod = name, error = %e, "removing a helper Pod failed; the sweep removes it");
+                }
+            }
+        });
+        exec::archive_stream(out, async move {
+            if let Some(release) = release {
+                release.await;
+            }
+        })
+        .await
     }
 
     /// The workspace container's log, from the API server (the kubelet
@@ -822,16 +1211,27 @@ impl Backend for KubernetesBackend {
             container: Some("workspace".to_owned()),
             ..kube::api::LogParams::default()
         };
-        let text = match retry(|| pods.logs(&name, &params)).await {
-            Ok(text) => text,
+        // `seen`: the bytes of the container's own log read so far.
+        let (text, seen) = match retry(|| pods.logs(&name, &params)).await {
+            Ok(text) => {
+                let seen = text.len();
+                (text, seen)
+            }
             Err(e) if code_of(&e) == Some(404) => return Ok(None),
-            // A Pod whose container has not started has no log yet.
-            Err(e) if code_of(&e) == Some(400) => String::new(),
+            // A Pod whose container has not started has no log yet: what
+            // holds it is the one line there is to read.
+            Err(e) if code_of(&e) == Some(400) => match self.why_not_running(workspace_id) {
+                Some(why) => (
+                    format!("holdfast: the workspace's Pod is not running: {why}\n"),
+                    0,
+                ),
+                None => (String::new(), 0),
+            },
             Err(e) => return Err(self.err("reading the workspace's log", e)),
         };
         let tail = usize::try_from(tail.min(crate::logs::MAX_TAIL)).unwrap_or(usize::MAX);
-        let seen = text.len();
-        let head = bytes::Bytes::from(text.into_bytes()).slice(seen.saturating_sub(tail)..);
+        let shown = text.len();
+        let head = bytes::Bytes::from(text.into_bytes()).slice(shown.saturating_sub(tail)..);
         let first = futures_util::stream::once(async move { Ok(head) });
         if !follow {
             return Ok(Some(Box::pin(first)));
@@ -926,11 +1326,50 @@ impl Backend for KubernetesBackend {
         Ok(u64::try_from(v.bytes).unwrap_or(0))
     }
 
+    /// Released PVs of holdfast's whose claim is gone: each is reported by
+    /// the sweeper (the disk is kept, Retain; a start of its workspace
+    /// binds a new claim to it; its erase reclaims it).
+    async fn volume_notes(&self) -> anyhow::Result<Vec<(Uuid, String)>> {
+        let mut notes = Vec::new();
+        for pv in self.labelled_pvs(&format!("{LABEL_KIND}=data")).await? {
+            let Some(id) = workspace_of(&pv.metadata) else {
+                continue;
+            };
+            if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
+                continue;
+            }
+            if self.get_claim(id).await?.is_some() {
+                continue;
+            }
+            notes.push((
+                id,
+                format!(
+                    "the PersistentVolume {} holds this workspace's data but its claim {} was \
+                     deleted outside holdfast; the disk is kept (Retain): a start of the \
+                     workspace binds a new claim to it, and only its erase reclaims it",
+                    pv.metadata.name.as_deref().unwrap_or_default(),
+                    claim_name(id)
+                ),
+            ));
+        }
+        Ok(notes)
+    }
+
     /// The workspaces with a labelled claim, or a labelled PV whose claim
     /// is gone (Released: reported, never silently lost). Bound claims whose
     /// PV is not yet `Retain` are patched here too (a start that did not
     /// see its claim bind leaves it to this pass).
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>> {
+        // Helpers a crashed read left behind end by their deadline
+        // (activeDeadlineSeconds): the finished ones are removed here. A
+        // running one may be serving a read and is left alone.
+        for helper in self.list_pods(&format!("{LABEL_KIND}=helper")).await? {
+            let phase = helper.status.as_ref().and_then(|s| s.phase.as_deref());
+            if matches!(phase, Some("Succeeded" | "Failed")) {
+                let name = helper.metadata.name.clone().unwrap_or_default();
+                self.delete_pod(&name, helper.metadata.uid.clone()).await?;
+            }
+        }
         let claims = self.claims();
         let lp = ListParams::default().labels(&format!("{LABEL_KIND}=data"));
         let list = retry(|| claims.list(&lp))

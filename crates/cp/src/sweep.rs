@@ -177,6 +177,21 @@ impl Sweeper<'_> {
             items.push(item);
         }
         items.extend(self.adopt_orphans_on_disk(dry_run, now).await?);
+        // Reported, never acted on: data the backend keeps that its claim
+        // (or whatever held it) lost outside holdfast.
+        for (workspace_id, note) in self.backend.volume_notes().await? {
+            tracing::warn!(%workspace_id, note, "the sweeper reports kept data");
+            items.push(SweepItem {
+                snapshot_id: None,
+                volume_id: None,
+                workspace_id,
+                action: SweepAction::ReportOrphan,
+                reason: VolumeReason::OrphanedOnDisk,
+                outcome: SweepOutcome::Skipped,
+                bytes: None,
+                error: Some(note),
+            });
+        }
         Ok(SweepReport {
             dry_run,
             duration_ms: started.elapsed().as_millis() as u64,

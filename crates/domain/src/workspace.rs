@@ -304,11 +304,57 @@ pub const SNAPSHOT_KEEP_MAX: u32 = 10_000;
 mod every_text {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
+        s.serialize_str(&super::format_every(*d))
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
         let text = String::deserialize(d)?;
         crate::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A schedule's period in the form its input takes (`1d`, `16d22h47m49s`):
+/// at most four groups of a count (1 to 999999) and a unit (`w`, `d`, `h`,
+/// `m`, `s`), split greedily from the largest unit (then without weeks,
+/// then with other units left out) until a split says it exactly in that
+/// form. Whole seconds: the parser's minimum is one second.
+pub fn format_every(d: std::time::Duration) -> String {
+    const UNITS: [(u64, char); 5] = [
+        (604_800, 'w'),
+        (86_400, 'd'),
+        (3_600, 'h'),
+        (60, 'm'),
+        (1, 's'),
+    ];
+    const MAX: u64 = 999_999;
+    let total = d.as_secs().max(1);
+    let mut best: Option<Vec<(u64, char)>> = None;
+    // Sets of units as bits (16 = w … 1 = s): all of them, then all but
+    // weeks, then every other set.
+    let masks = [31u32, 15]
+        .into_iter()
+        .chain((1..31).rev().filter(|m| *m != 15));
+    for mask in masks {
+        let mut rest = total;
+        let mut groups = Vec::new();
+        for (i, (size, unit)) in UNITS.iter().enumerate() {
+            if mask & (1 << (4 - i)) != 0 {
+                let n = rest / size;
+                rest -= n * size;
+                if n > 0 {
+                    groups.push((n, *unit));
+                }
+            }
+        }
+        if rest == 0 && groups.len() <= 4 && groups.iter().all(|(n, _)| *n <= MAX) {
+            best = Some(groups);
+            break;
+        }
+    }
+    // Past what four six-digit groups can say (beyond any period the input
+    // can give): seconds, exact.
+    match best {
+        Some(groups) => groups.iter().map(|(n, u)| format!("{n}{u}")).collect(),
+        None => format!("{total}s"),
     }
 }
 
@@ -759,6 +805,48 @@ impl Env {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedules_period_is_written_as_its_input_is() {
+        let pattern = |t: &str| {
+            let mut groups = 0;
+            let mut digits = 0;
+            for c in t.chars() {
+                match c {
+                    '0'..='9' if !(digits == 0 && c == '0') && digits < 6 => digits += 1,
+                    'w' | 'd' | 'h' | 'm' | 's' if digits > 0 => {
+                        groups += 1;
+                        digits = 0;
+                    }
+                    _ => return false,
+                }
+            }
+            digits == 0 && (1..=4).contains(&groups)
+        };
+        for (secs, text) in [
+            (1u64, "1s"),
+            (60, "1m"),
+            (86_400, "1d"),
+            (604_800, "1w"),
+            (90_000, "1d1h"),
+            // 2w2d22h47m49s would be five groups.
+            (1_464_469, "16d22h47m49s"),
+        ] {
+            let got = format_every(std::time::Duration::from_secs(secs));
+            assert!(pattern(&got), "{got} is not in the input's form");
+            assert_eq!(got, text);
+            // And it reads back as the same period.
+            assert_eq!(crate::parse_duration(&got).unwrap().as_secs(), secs);
+        }
+        // Five units would be five groups: four that fit are found instead.
+        let five = 604_800 + 86_400 + 3_600 + 60 + 1;
+        let got = format_every(std::time::Duration::from_secs(five));
+        assert!(pattern(&got), "{got}");
+        assert_eq!(crate::parse_duration(&got).unwrap().as_secs(), five);
+        // The positive control: the check refuses what humantime writes.
+        assert!(!pattern("1day"));
+        assert!(!pattern("16days 22h 47m 49s"));
+    }
     use expect_test::{Expect, expect};
     use serde_json::json;
 

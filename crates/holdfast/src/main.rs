@@ -92,6 +92,11 @@ fn main() -> std::process::ExitCode {
     if args.get(1).is_some_and(|a| a == "census") {
         return holdfast_cp::tree::census_main(&args[2..]);
     }
+    // `holdfast archive DIR`: the Kubernetes backend's helper Pod streams a
+    // claim's export with it, over the API's exec.
+    if args.get(1).is_some_and(|a| a == "archive") {
+        return holdfast_cp::export::archive_main(&args[2..]);
+    }
     // Whatever the server inherited stays out of the workspaces it starts.
     holdfast_cp::cgroup::close_inherited_fds();
     let cli = Cli::parse();

@@ -135,7 +135,7 @@ impl From<holdfast_cp::CpError> for ApiError {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "engine_unreachable",
-                    "the container engine that runs the workspaces is unreachable; try again after Retry-After seconds",
+                    "the engine that runs the workspaces (the container engine, or the Kubernetes API server) is unreachable; try again after Retry-After seconds",
                 )
             }
             holdfast_cp::CpError::Unreachable(m) => {

@@ -235,11 +235,40 @@ pub fn workspace_claim(
     .expect("a well-formed claim")
 }
 
+/// Makes `claim` one that binds to the kept `pv` (whose claim was deleted
+/// outside holdfast): its name, its class (`""` for none: never the
+/// default class's provisioner), and no more storage than it has.
+pub fn bind_to(
+    claim: &mut PersistentVolumeClaim,
+    pv: &k8s_openapi::api::core::v1::PersistentVolume,
+) {
+    let spec = claim.spec.get_or_insert_with(Default::default);
+    spec.volume_name = pv.metadata.name.clone();
+    let pv_spec = pv.spec.clone().unwrap_or_default();
+    spec.storage_class_name = Some(pv_spec.storage_class_name.unwrap_or_default());
+    if let Some(size) = pv_spec.capacity.as_ref().and_then(|c| c.get("storage")) {
+        let resources = spec.resources.get_or_insert_with(Default::default);
+        resources
+            .requests
+            .get_or_insert_with(Default::default)
+            .insert("storage".to_owned(), size.clone());
+    }
+}
+
 /// A short-lived Pod that mounts the claim read-only, for the size and
-/// export of its data (read over the API's exec). It runs nothing but a
-/// sleep, with no network identity and no token.
-pub fn helper_pod(workspace_id: Uuid, org_id: Uuid, image: &ImageRef, n: Uuid) -> Pod {
-    serde_json::from_value(json!({
+/// export of its data (`holdfast census` and `holdfast archive`, run in it
+/// over the API's exec). It runs nothing but a sleep, with no token. When a
+/// Pod already mounts the claim, the helper is put on that Pod's `node`:
+/// a ReadWriteOnce volume is shared by the Pods of one node, and a helper
+/// scheduled elsewhere would wait on a Multi-Attach error.
+pub fn helper_pod(
+    workspace_id: Uuid,
+    org_id: Uuid,
+    image: &ImageRef,
+    n: Uuid,
+    node: Option<&str>,
+) -> Pod {
+    let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -279,8 +308,11 @@ pub fn helper_pod(workspace_id: Uuid, org_id: Uuid, image: &ImageRef, n: Uuid) -
                 },
             }],
         },
-    }))
-    .expect("a well-formed Pod")
+    });
+    if let Some(node) = node {
+        pod["spec"]["nodeName"] = json!(node);
+    }
+    serde_json::from_value(pod).expect("a well-formed Pod")
 }
 
 /// A minimal YAML rendering of JSON (block maps and lists, scalars in JSON

@@ -27,6 +27,7 @@ fn settings() -> KubernetesSettings {
     );
     s.bind_wait = Duration::from_millis(600);
     s.gone_wait = Duration::from_millis(600);
+    s.helper_wait = Duration::from_millis(600);
     s
 }
 
@@ -120,10 +121,11 @@ async fn a_persist_start_makes_the_claim_retains_its_pv_then_runs_the_pod() {
         [
             "POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
             "GET persistentvolumeclaims/ws-ID",
+            "GET persistentvolumes",
             "POST persistentvolumeclaims",
             "POST pods",
-            "GET persistentvolumes/pvc-3",
-            "PATCH persistentvolumes/pvc-3",
+            "GET persistentvolumes/pvc-4",
+            "PATCH persistentvolumes/pvc-4",
         ]
     "#]]
     .assert_debug_eq(&short(&fake.take_log()));
@@ -274,9 +276,9 @@ async fn erase_deletes_the_pod_then_sets_the_pv_to_delete_then_deletes_the_claim
             "GET pods/ws-ID",
             "GET persistentvolumeclaims/ws-ID",
             "GET persistentvolumes",
-            "PATCH persistentvolumes/pvc-3",
+            "PATCH persistentvolumes/pvc-4",
             "DELETE persistentvolumeclaims/ws-ID",
-            "GET persistentvolumes/pvc-3",
+            "GET persistentvolumes/pvc-4",
         ]
     "#]]
     .assert_debug_eq(&short(&fake.take_log()));
@@ -551,7 +553,10 @@ type Op = Box<dyn Fn(&KubernetesBackend) -> futures_util::future::BoxFuture<'_, 
 /// control) does.
 #[tokio::test]
 async fn no_operation_but_the_erase_deletes_a_claim() {
-    let (k, fake) = backend();
+    let (k, fake, exec) = backend_with_exec();
+    let data = some_data();
+    exec.data(&claim_name(ws()), data.path());
+    exec.data(&pod_name(ws()), data.path());
     let ops: Vec<(&str, Op)> = vec![
         (
             "spawn persist",
@@ -651,7 +656,19 @@ async fn no_operation_but_the_erase_deletes_a_claim() {
             "export",
             Box::new(|k| {
                 Box::pin(async move {
-                    let _ = k.export(ws(), DataKind::Volume).await;
+                    let mut s = k.export(ws(), DataKind::Volume).await.unwrap();
+                    while s.next().await.is_some() {}
+                    // The helper's removal runs after the stream's end.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                })
+            }),
+        ),
+        (
+            "export scratch",
+            Box::new(|k| {
+                Box::pin(async move {
+                    let _ = k.export(ws(), DataKind::Scratch).await;
+                    let _ = k.data_bytes(ws(), DataKind::Scratch).await.unwrap();
                 })
             }),
         ),
@@ -719,7 +736,7 @@ async fn nothing_holdfast_creates_has_owner_references() {
         ))
         .unwrap(),
         serde_json::to_value(manifest::workspace_claim(ws(), org(), None, None)).unwrap(),
-        serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil())).unwrap(),
+        serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil(), None)).unwrap(),
     ];
     for obj in built {
         assert!(obj["metadata"].get("ownerReferences").is_none());
@@ -813,7 +830,7 @@ fn only_the_erase_reaches_the_claim_delete() {
         [
             (
                 "pods.delete(",
-                "delete_pod",
+                "delete_pod_in",
             ),
             (
                 "claims.delete(",
@@ -869,7 +886,8 @@ fn golden_manifests() {
     ));
     expect_test::expect_file!["../../../../deploy/kubernetes/golden/helper-pod.yaml"].assert_eq(
         &yaml(
-            serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil())).unwrap(),
+            serde_json::to_value(manifest::helper_pod(ws(), org(), &image, Uuid::nil(), None))
+                .unwrap(),
         ),
     );
 }
@@ -941,4 +959,655 @@ async fn logs_come_from_the_pod_log_api_tail_and_follow_meeting_exactly() {
     assert_eq!(read_all(follow).await, "second\nthird\n");
     let whole = k.logs(ws(), 1 << 20, false).await.unwrap().unwrap();
     assert_eq!(read_all(whole).await, "first\nsecond\n");
+}
+
+/// A backend whose exec is the fake's in-memory one.
+fn backend_with_exec() -> (KubernetesBackend, Fake, Arc<super::fake::FakeExec>) {
+    let (k, fake) = backend();
+    let exec = super::fake::FakeExec::new(&fake);
+    (k.with_exec(exec.clone()), fake, exec)
+}
+
+fn some_data() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("memory")).unwrap();
+    std::fs::write(dir.path().join("memory/notes.txt"), b"hello").unwrap();
+    std::fs::write(dir.path().join("top"), b"12345678").unwrap();
+    dir
+}
+
+async fn archive_names(stream: ByteStream) -> Vec<String> {
+    let mut bytes = Vec::new();
+    let mut stream = stream;
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    let mut names: Vec<String> = tar
+        .entries()
+        .unwrap()
+        .map(|e| {
+            String::from_utf8_lossy(&e.unwrap().path_bytes())
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The helper Pods in the fake now.
+fn helpers(fake: &Fake) -> Vec<String> {
+    fake.paths()
+        .into_iter()
+        .filter(|p| p.contains("-helper-"))
+        .collect()
+}
+
+async fn until_no_helpers(fake: &Fake) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !helpers(fake).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the helper Pod is removed");
+}
+
+#[tokio::test]
+async fn size_and_export_of_a_stopped_claim_go_through_a_read_only_helper_pod() {
+    let (k, fake, exec) = backend_with_exec();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    k.stop(ws(), None).await.unwrap();
+    let data = some_data();
+    exec.data(&claim_name(ws()), data.path());
+    fake.take_log();
+    assert_eq!(
+        k.data_bytes(ws(), DataKind::Volume).await.unwrap(),
+        Some(13)
+    );
+    let log = short(&fake.take_log());
+    assert_eq!(
+        log[..3],
+        ["GET persistentvolumeclaims/ws-ID", "GET pods", "POST pods"],
+        "{log:?}"
+    );
+    assert!(
+        log.last().unwrap().starts_with("DELETE pods/ws-ID-helper-"),
+        "{log:?}"
+    );
+    assert!(helpers(&fake).is_empty());
+    let names = archive_names(k.export(ws(), DataKind::Volume).await.unwrap()).await;
+    assert_eq!(names, ["memory", "memory/notes.txt", "top"]);
+    until_no_helpers(&fake).await;
+    let calls = exec.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            "helper /opt/holdfast/holdfast census /data",
+            "helper /opt/holdfast/holdfast archive /data",
+        ]
+    );
+    // Each helper mounted the claim read-only, on no node in particular
+    // (nothing else mounted it), with no token.
+    for pod in exec.pods.lock().unwrap().iter() {
+        assert_eq!(pod["metadata"]["labels"]["holdfast.io/kind"], "helper");
+        let vol = &pod["spec"]["volumes"][0]["persistentVolumeClaim"];
+        assert_eq!(vol["claimName"], claim_name(ws()));
+        assert_eq!(vol["readOnly"], true);
+        assert_eq!(
+            pod["spec"]["containers"][0]["volumeMounts"][0]["readOnly"],
+            true
+        );
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+        assert!(pod["spec"].get("nodeName").is_none());
+    }
+    // The workspace's data is still all there.
+    assert!(fake.object(&claim_path()).is_some());
+}
+
+#[tokio::test]
+async fn a_helper_for_a_claim_in_use_goes_to_the_node_of_the_pod_that_mounts_it() {
+    let (k, fake, exec) = backend_with_exec();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let mut pod = fake.object(&pod_path()).unwrap();
+    pod["spec"]["nodeName"] = serde_json::json!("node-a");
+    fake.put(&pod_path(), pod);
+    let data = some_data();
+    exec.data(&claim_name(ws()), data.path());
+    assert_eq!(
+        k.data_bytes(ws(), DataKind::Volume).await.unwrap(),
+        Some(13)
+    );
+    let pods = exec.pods.lock().unwrap().clone();
+    assert_eq!(pods[0]["spec"]["nodeName"], "node-a", "RWO: the same node");
+    // The running workspace Pod was not touched.
+    assert!(fake.object(&pod_path()).is_some());
+    assert!(helpers(&fake).is_empty());
+}
+
+#[tokio::test]
+async fn an_ephemeral_workspace_is_read_in_its_own_pod_and_no_data_is_not_found() {
+    let (k, fake, exec) = backend_with_exec();
+    // No claim, no Pod: nothing to read, and no helper is made.
+    assert_eq!(k.data_bytes(ws(), DataKind::Volume).await.unwrap(), None);
+    let err = k.export(ws(), DataKind::Volume).await.err().unwrap();
+    assert!(matches!(err, CpError::NotFound(_)), "{err}");
+    assert!(!fake.take_log().iter().any(|l| l.starts_with("POST")));
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap();
+    let data = some_data();
+    exec.data(&pod_name(ws()), data.path());
+    fake.take_log();
+    assert_eq!(
+        k.data_bytes(ws(), DataKind::Scratch).await.unwrap(),
+        Some(13)
+    );
+    let names = archive_names(k.export(ws(), DataKind::Scratch).await.unwrap()).await;
+    assert_eq!(names, ["memory", "memory/notes.txt", "top"]);
+    assert_eq!(
+        exec.calls.lock().unwrap()[0],
+        "workspace /opt/holdfast/holdfast census /data"
+    );
+    // The workspace's Pod runs on; no helper was made.
+    assert!(fake.object(&pod_path()).is_some());
+    assert!(
+        !fake
+            .take_log()
+            .iter()
+            .any(|l| l.starts_with("POST") || l.starts_with("DELETE"))
+    );
+}
+
+#[tokio::test]
+async fn what_an_export_cannot_include_is_a_refusal_and_the_helper_goes() {
+    let (k, fake, exec) = backend_with_exec();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let data = some_data();
+    let _sock = std::os::unix::net::UnixListener::bind(data.path().join("agent.sock")).unwrap();
+    exec.data(&claim_name(ws()), data.path());
+    let err = k.export(ws(), DataKind::Volume).await.err().unwrap();
+    assert!(matches!(err, CpError::ExportRefused(_)), "{err}");
+    assert!(err.to_string().contains("agent.sock"), "{err}");
+    until_no_helpers(&fake).await;
+}
+
+#[tokio::test]
+async fn a_helper_that_cannot_be_scheduled_is_removed_and_says_why() {
+    let (k, fake, exec) = backend_with_exec();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    k.stop(ws(), None).await.unwrap();
+    exec.data(&claim_name(ws()), some_data().path());
+    fake.with(|s| {
+        s.unschedulable = Some((
+            "Unschedulable".to_owned(),
+            "0/3 nodes are available: 3 node(s) had volume node affinity conflict.".to_owned(),
+        ))
+    });
+    let err = k.export(ws(), DataKind::Volume).await.err().unwrap();
+    assert!(matches!(err, CpError::Unavailable(_)), "{err}");
+    assert!(
+        err.to_string().contains("volume node affinity conflict"),
+        "{err}"
+    );
+    assert!(helpers(&fake).is_empty());
+    assert!(
+        exec.calls.lock().unwrap().is_empty(),
+        "no exec in a Pod that never ran"
+    );
+    let err = k.data_bytes(ws(), DataKind::Volume).await.unwrap_err();
+    assert!(err.to_string().contains("did not run within"), "{err}");
+    assert!(helpers(&fake).is_empty());
+}
+
+fn warning(pod: &str, uid: &str, reason: &str, message: &str) -> CoreEvent {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": { "name": format!("{pod}.{reason}"), "namespace": NS },
+        "involvedObject": { "kind": "Pod", "name": pod, "namespace": NS, "uid": uid },
+        "type": "Warning", "reason": reason, "message": message,
+    }))
+    .unwrap()
+}
+
+/// Every Warning of the kinds that hold a workspace's Pod becomes a
+/// sentence its owner can act on; other events are not a workspace's.
+#[test]
+fn pod_events_become_readable_reasons() {
+    let pod = pod_name(ws());
+    let cases = [
+        (
+            "FailedScheduling",
+            "0/3 nodes are available: 3 Insufficient memory.",
+            Some(
+                "not scheduled: no node can take it: 0/3 nodes are available: 3 Insufficient memory.",
+            ),
+        ),
+        (
+            "FailedScheduling",
+            "0/3 nodes are available: 3 node(s) had volume node affinity conflict.",
+            Some(
+                "not scheduled: its claim's volume is bound to a node or zone that no schedulable node is in",
+            ),
+        ),
+        (
+            "FailedScheduling",
+            "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+            Some("not scheduled: its claim is not bound to a volume yet"),
+        ),
+        (
+            "FailedAttachVolume",
+            "Multi-Attach error for volume \"pvc-1\" Volume is already exclusively attached to one node and can't be attached to another",
+            Some("its claim is still attached to another node (Multi-Attach)"),
+        ),
+        (
+            "FailedMount",
+            "MountVolume.SetUp failed for volume \"data\"",
+            Some("its volume cannot be mounted: MountVolume.SetUp failed"),
+        ),
+        (
+            "Failed",
+            "Failed to pull image \"localhost/x:1\": not found",
+            Some("its image cannot be pulled: Failed to pull image"),
+        ),
+        (
+            "BackOff",
+            "Back-off restarting failed container",
+            Some("BackOff: Back-off restarting"),
+        ),
+    ];
+    for (reason, message, want) in cases {
+        let got = event_reason(&warning(&pod, "u", reason, message));
+        match want {
+            Some(want) => {
+                let (id, why) = got.unwrap_or_else(|| panic!("{reason}: no reason"));
+                assert_eq!(id, ws());
+                assert!(why.starts_with(want), "{reason}: {why}");
+            }
+            None => assert!(got.is_none()),
+        }
+    }
+    // Not a workspace's: a Normal event, a helper Pod's, another kind's.
+    let mut normal = warning(&pod, "u", "Scheduled", "assigned to node-a");
+    normal.type_ = Some("Normal".to_owned());
+    assert!(event_reason(&normal).is_none());
+    let helper = manifest::helper_name(ws(), Uuid::nil());
+    assert!(event_reason(&warning(&helper, "u", "FailedMount", "x")).is_none());
+    let mut claim = warning(&pod, "u", "ProvisioningFailed", "x");
+    claim.involved_object.kind = Some("PersistentVolumeClaim".to_owned());
+    assert!(event_reason(&claim).is_none());
+}
+
+/// The events watcher keeps the latest reason of each workspace's Pod; a
+/// Pod that does not run says it in its log (the only line it has), and
+/// an event about an older Pod of the same name is not taken for the
+/// current one's.
+#[tokio::test]
+async fn the_events_watcher_gives_a_pending_pod_its_reason_in_the_log() {
+    let (k, fake) = backend();
+    fake.with(|s| {
+        s.unschedulable = Some((
+            "Unschedulable".to_owned(),
+            "0/2 nodes are available: 2 Insufficient cpu.".to_owned(),
+        ))
+    });
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let pod_uid = uid(&fake.object(&pod_path()).unwrap());
+    let multi = warning(
+        &pod_name(ws()),
+        &pod_uid,
+        "FailedAttachVolume",
+        "Multi-Attach error for volume \"pvc-3\" Volume is already used by pod(s) ws-old",
+    );
+    fake.put(
+        &format!("/api/v1/namespaces/{NS}/events/multi"),
+        serde_json::to_value(&multi).unwrap(),
+    );
+    let watching = KubernetesBackend::with_client(fake.client(), settings(), true);
+    let why = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(why) = watching.why_not_running(ws()) {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a reason within 10 s");
+    assert!(
+        why.starts_with("its claim is still attached to another node (Multi-Attach)"),
+        "{why}"
+    );
+    let log = read_all(watching.logs(ws(), 1000, false).await.unwrap().unwrap()).await;
+    assert_eq!(
+        log,
+        format!("holdfast: the workspace's Pod is not running: {why}\n")
+    );
+    // The same name, another Pod: the old event is not its reason; its
+    // own conditions are.
+    let mut pod = fake.object(&pod_path()).unwrap();
+    pod["metadata"]["uid"] = serde_json::json!("uid-newer");
+    fake.put(&pod_path(), pod);
+    fake.with(|s| s.expire_next_watch = true);
+    let stale = warning(
+        &pod_name(ws()),
+        "uid-older",
+        "FailedAttachVolume",
+        "Multi-Attach error",
+    );
+    watching.reasons.lock().unwrap().insert(
+        ws(),
+        (stale.involved_object.uid.clone(), "stale".to_owned()),
+    );
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let key = reflector::ObjectRef::new(&pod_name(ws())).within(NS);
+            let seen = watching.cache.as_ref().unwrap().get(&key);
+            if seen.is_some_and(|p| p.metadata.uid.as_deref() == Some("uid-newer")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the relist sees the newer Pod");
+    let why = watching.why_not_running(ws()).unwrap();
+    assert!(
+        why.starts_with("not scheduled (Unschedulable): 0/2 nodes"),
+        "{why}"
+    );
+}
+
+/// A claim deleted outside holdfast (`kubectl delete pvc`) leaves its PV
+/// Released with the data (Retain): the sweeper reports it, and the next
+/// start binds a new claim to that PV instead of a new, empty disk.
+#[tokio::test]
+async fn a_claim_deleted_outside_holdfast_is_reported_and_its_pv_rebound_at_the_next_start() {
+    let (k, fake) = backend();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let pv = pv_path(&fake);
+    let pv_name = pv.rsplit('/').next().unwrap().to_owned();
+    k.stop(ws(), None).await.unwrap();
+    // Someone deletes the claim by hand; Retain keeps the PV, Released.
+    fake.with(|s| {
+        s.objects.remove(&claim_path());
+        let pv = s.objects.get_mut(&pv).unwrap();
+        pv["status"]["phase"] = serde_json::json!("Released");
+    });
+    let notes = k.volume_notes().await.unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].0, ws());
+    assert!(notes[0].1.contains(&pv_name), "{}", notes[0].1);
+    assert!(notes[0].1.contains("deleted outside holdfast"));
+    // And the workspace is still among those with data (the store knows
+    // it; an unknown one would be adopted `retained`).
+    assert_eq!(k.volume_workspaces().await.unwrap(), vec![ws()]);
+    let pvs_before = fake
+        .paths()
+        .iter()
+        .filter(|p| p.contains("/persistentvolumes/"))
+        .count();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-2"), None)
+        .await
+        .unwrap();
+    let claim = fake.object(&claim_path()).unwrap();
+    assert_eq!(
+        claim["spec"]["volumeName"],
+        pv_name.as_str(),
+        "the kept PV, not a new one"
+    );
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "10Gi");
+    let pv_obj = fake.object(&pv).unwrap();
+    assert_eq!(pv_obj["spec"]["claimRef"]["uid"], claim["metadata"]["uid"]);
+    assert!(pv_obj["spec"]["claimRef"].get("resourceVersion").is_none());
+    assert_eq!(pv_obj["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    let pvs_after = fake
+        .paths()
+        .iter()
+        .filter(|p| p.contains("/persistentvolumes/"))
+        .count();
+    assert_eq!(pvs_after, pvs_before, "no new disk");
+    assert!(
+        k.volume_notes().await.unwrap().is_empty(),
+        "bound again: nothing to report"
+    );
+}
+
+/// The sweeper over this backend, on a real store: a claim no record knows
+/// is adopted `retained` with its size measured by a helper Pod, and once
+/// known, a claim deleted outside holdfast is reported (its PV kept).
+#[tokio::test]
+async fn the_sweeper_adopts_unknown_claims_measured_and_reports_released_pvs() {
+    let (k, fake, exec) = backend_with_exec();
+    let dir = tempfile::tempdir().unwrap();
+    let store = holdfast_store::Store::open_sqlite(&dir.path().join("holdfast.db"))
+        .await
+        .unwrap();
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    k.stop(ws(), None).await.unwrap();
+    let data = some_data();
+    exec.data(&claim_name(ws()), data.path());
+    let sweeper = crate::sweep::Sweeper {
+        store: &store,
+        backend: &k,
+        retention_grace: Duration::from_secs(3600),
+        with_workspaces: false,
+    };
+    let report = sweeper.run(false, "sweeper").await.unwrap();
+    let adopted: Vec<_> = report
+        .items
+        .iter()
+        .filter(|i| i.action == holdfast_domain::SweepAction::Adopt)
+        .collect();
+    assert_eq!(adopted.len(), 1, "{report:?}");
+    assert_eq!(adopted[0].workspace_id, ws());
+    assert_eq!(adopted[0].bytes, Some(13), "measured through the helper");
+    assert_eq!(adopted[0].outcome, holdfast_domain::SweepOutcome::Done);
+    let v = store.current_volume(ws()).await.unwrap().unwrap();
+    assert_eq!(v.state, VolumeState::Retained);
+    assert!(helpers(&fake).is_empty());
+    // A second pass: known now, nothing to adopt, nothing to report.
+    let report = sweeper.run(false, "sweeper").await.unwrap();
+    assert!(report.items.is_empty(), "{report:?}");
+    // Someone deletes the claim by hand: the PV is kept, Released, and the
+    // sweeper says so (a dry run too), and never erases it for that.
+    let pv = pv_path(&fake);
+    fake.with(|s| {
+        s.objects.remove(&claim_path());
+        s.objects.get_mut(&pv).unwrap()["status"]["phase"] = serde_json::json!("Released");
+    });
+    for dry_run in [true, false] {
+        let report = sweeper.run(dry_run, "sweeper").await.unwrap();
+        assert_eq!(report.items.len(), 1, "{report:?}");
+        let item = &report.items[0];
+        assert_eq!(item.action, holdfast_domain::SweepAction::ReportOrphan);
+        assert_eq!(item.workspace_id, ws());
+        assert!(
+            item.error
+                .as_deref()
+                .unwrap()
+                .contains("deleted outside holdfast"),
+            "{item:?}"
+        );
+    }
+    assert!(fake.object(&pv).is_some(), "the disk is kept");
+}
+
+/// An API server that never answers: each attempt gives up after its
+/// timeout, four are made, and the start fails as unavailable (503 with
+/// Retry-After at the API), having created nothing.
+#[tokio::test(start_paused = true)]
+async fn an_api_server_that_does_not_answer_is_unavailable_after_four_timeouts() {
+    let (k, fake) = backend();
+    fake.with(|s| s.hang = true);
+    let started = tokio::time::Instant::now();
+    let err = k
+        .spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CpError::Unavailable(_)), "{err}");
+    assert!(
+        err.to_string().contains("unreachable, tried 4 times"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no answer within"), "{err}");
+    assert!(started.elapsed() >= ATTEMPT_TIMEOUT * 4);
+    let hung = fake
+        .take_log()
+        .iter()
+        .filter(|l| l.starts_with("HUNG POST"))
+        .count();
+    assert_eq!(hung, 4);
+    fake.with(|s| s.hang = false);
+    assert!(fake.object(&pod_path()).is_none());
+    // The positive control: answered, the same start succeeds.
+    k.spawn(spawn_spec(DataPersistence::Ephemeral, "i-1"), None)
+        .await
+        .unwrap();
+}
+
+/// The bad inputs of a persist start that the cluster gives: each a clear
+/// error of the right kind, and never a claim deleted.
+#[tokio::test]
+async fn a_persist_start_on_a_bad_cluster_fails_clearly_and_keeps_the_claim() {
+    let cases: Vec<(Fault, &str, &str)> = vec![
+        (
+            Fault::new("POST", "/persistentvolumeclaims", 404, "NotFound")
+                .message("namespaces \"holdfast\" not found"),
+            "Unavailable",
+            "creating the workspace's claim: the namespace \"holdfast\" does not exist",
+        ),
+        (
+            Fault::new("POST", "/persistentvolumeclaims", 403, "Forbidden").message(
+                "persistentvolumeclaims \"ws-x\" is forbidden: exceeded quota: storage, requested: requests.storage=10Gi",
+            ),
+            "Conflict",
+            "creating the workspace's claim: the namespace \"holdfast\" is over its ResourceQuota",
+        ),
+        (
+            Fault::new("POST", "/persistentvolumeclaims", 403, "Forbidden").message(
+                "persistentvolumeclaims is forbidden: User \"system:serviceaccount:holdfast:holdfast\" cannot create resource",
+            ),
+            "Conflict",
+            "creating the workspace's claim: holdfast's service account lacks a permission",
+        ),
+        (
+            Fault::new("POST", "/persistentvolumeclaims", 429, "TooManyRequests").times(10),
+            "Unavailable",
+            "creating the workspace's claim: the Kubernetes API server failed (429), tried 4 times",
+        ),
+        // The review said yes, yet the patch is refused: the Pod is taken
+        // away again rather than run on a disk a Delete class may drop.
+        (
+            Fault::new("PATCH", "/persistentvolumes/", 403, "Forbidden").message(
+                "persistentvolumes \"pvc-1\" is forbidden: User \"system:serviceaccount:holdfast:holdfast\" cannot patch resource",
+            ),
+            "Conflict",
+            "patching the claim's PersistentVolume to Retain: holdfast's service account lacks a permission",
+        ),
+    ];
+    for (fault, kind, want) in cases {
+        let (k, fake) = backend();
+        fake.fault(fault);
+        let err = k
+            .spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+            .await
+            .unwrap_err();
+        let got_kind = match &err {
+            CpError::Unavailable(_) => "Unavailable",
+            CpError::Conflict(_) => "Conflict",
+            _ => "Other",
+        };
+        assert_eq!(got_kind, kind, "{err}");
+        assert!(err.to_string().starts_with(want), "{err}\n  wanted: {want}");
+        assert!(fake.object(&pod_path()).is_none(), "{want}: no Pod runs");
+        let log = fake.take_log();
+        assert!(
+            !log.iter()
+                .any(|l| l.starts_with("DELETE") && l.contains("persistentvolumeclaims")),
+            "{log:?}"
+        );
+    }
+}
+
+/// The whole exec path for real, websocket included: the fake served over
+/// HTTP answers the exec's upgrade and speaks `v4.channel.k8s.io`, and the
+/// backend's own transport (kube-rs's `Api::exec`) measures and exports a
+/// claim, and gets a refusal as a refusal.
+#[tokio::test]
+async fn size_and_export_over_a_real_websocket_exec() {
+    let (_, fake) = Fake::start();
+    let url = fake.serve_http().await.unwrap();
+    let k = KubernetesBackend::with_client(Fake::http_client(&url), settings(), false);
+    k.spawn(spawn_spec(DataPersistence::Persist, "i-1"), None)
+        .await
+        .unwrap();
+    let data = some_data();
+    fake.data(&claim_name(ws()), data.path());
+    assert_eq!(
+        k.data_bytes(ws(), DataKind::Volume).await.unwrap(),
+        Some(13)
+    );
+    let names = archive_names(k.export(ws(), DataKind::Volume).await.unwrap()).await;
+    assert_eq!(names, ["memory", "memory/notes.txt", "top"]);
+    until_no_helpers(&fake).await;
+    let execs: Vec<String> = fake
+        .take_log()
+        .into_iter()
+        .filter(|l| l.starts_with("EXEC"))
+        .collect();
+    assert_eq!(execs.len(), 2, "{execs:?}");
+    assert!(execs.iter().all(|l| l.contains("-helper-")), "{execs:?}");
+    let _sock = std::os::unix::net::UnixListener::bind(data.path().join("agent.sock")).unwrap();
+    let err = k.export(ws(), DataKind::Volume).await.err().unwrap();
+    assert!(matches!(err, CpError::ExportRefused(_)), "{err}");
+    assert!(err.to_string().contains("agent.sock"), "{err}");
+    until_no_helpers(&fake).await;
+}
+
+/// A helper that a crashed read left behind ends at its deadline; the
+/// sweep's listing removes the finished ones and leaves a running one (a
+/// read in progress) alone.
+#[tokio::test]
+async fn finished_helpers_are_removed_by_the_sweep_and_running_ones_kept() {
+    let (k, fake) = backend();
+    let image = ImageRef::parse("localhost/x:1").unwrap();
+    let mut paths = Vec::new();
+    for (n, phase) in [(1u128, "Failed"), (2, "Running"), (3, "Succeeded")] {
+        let mut pod = serde_json::to_value(manifest::helper_pod(
+            ws(),
+            org(),
+            &image,
+            Uuid::from_u128(n << 100),
+            None,
+        ))
+        .unwrap();
+        pod["metadata"]["uid"] = serde_json::json!(format!("h-{n}"));
+        pod["status"] = serde_json::json!({ "phase": phase });
+        let path = format!(
+            "/api/v1/namespaces/{NS}/pods/{}",
+            pod["metadata"]["name"].as_str().unwrap()
+        );
+        fake.put(&path, pod);
+        paths.push(path);
+    }
+    k.volume_workspaces().await.unwrap();
+    assert!(fake.object(&paths[0]).is_none(), "Failed: removed");
+    assert!(fake.object(&paths[1]).is_some(), "Running: kept");
+    assert!(fake.object(&paths[2]).is_none(), "Succeeded: removed");
 }

@@ -16,6 +16,7 @@ mod files;
 mod hardening;
 mod helpers;
 mod isolation;
+mod kubernetes;
 mod logs;
 mod misc;
 mod org;

@@ -442,7 +442,10 @@ pub fn apply(doc: &mut Value) {
             // Bodies the server reads as `{}` when none is sent.
             let optional = matches!(
                 (path.as_str(), method.as_str()),
-                ("/admin/sweep" | "/registry/heartbeat", "post") | ("/workspaces/{id}", "patch")
+                (
+                    "/admin/sweep" | "/registry/heartbeat" | "/workspaces/{id}/snapshots",
+                    "post"
+                ) | ("/workspaces/{id}", "patch")
             );
             if optional && let Some(body) = op.get_mut("requestBody").and_then(Value::as_object_mut)
             {

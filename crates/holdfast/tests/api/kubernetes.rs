@@ -1,0 +1,179 @@
+//! Two `holdfast serve` replicas with `--backend kubernetes` on one
+//! PostgreSQL and one namespace, against the backend's in-memory API
+//! server served over HTTP (no real cluster runs here): a workspace is at
+//! most one Pod whichever replica acts, and a replica killed with `kill -9`
+//! leaves its workspace running, taken over by the other without a second
+//! Pod.
+//!
+//! These need PostgreSQL (`HOLDFAST_TEST_DATABASE_URL`); under `CI=true` its
+//! absence is a failure, elsewhere the tests say why they skip.
+
+use crate::helpers::{TestApp, fresh_database, id_of, kill_9};
+use holdfast_cp::kubernetes::fake::Fake;
+use serde_json::json;
+use std::time::Duration;
+
+fn postgres() -> Option<String> {
+    match std::env::var("HOLDFAST_TEST_DATABASE_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "CI=true but HOLDFAST_TEST_DATABASE_URL is not set: the kubernetes replica tests cannot run"
+            )
+        }
+        Err(_) => {
+            eprintln!(
+                "skipping: kubernetes replica tests need PostgreSQL (HOLDFAST_TEST_DATABASE_URL)"
+            );
+            None
+        }
+    }
+}
+
+const NS: &str = "holdfast";
+
+/// The workspace Pods (not helpers) the fake holds now.
+fn pods(fake: &Fake) -> Vec<serde_json::Value> {
+    fake.paths()
+        .into_iter()
+        .filter(|p| {
+            p.starts_with(&format!("/api/v1/namespaces/{NS}/pods/")) && !p.contains("-helper-")
+        })
+        .filter_map(|p| fake.object(&p))
+        .collect()
+}
+
+/// How many times the workspace's Pod was created (helpers not counted).
+fn pod_creates(fake: &Fake, id: &str) -> usize {
+    let path = format!("/api/v1/namespaces/{NS}/pods/ws-{id}");
+    fake.with(|s| s.created.iter().filter(|p| **p == path).count())
+}
+
+async fn replicas(admin: &str, fake: &Fake, dir: &std::path::Path) -> (TestApp, TestApp) {
+    let url = fake
+        .serve_http()
+        .await
+        .expect("the fake API server listens");
+    let kubeconfig = dir.join("kubeconfig");
+    Fake::kubeconfig(&url, &kubeconfig).unwrap();
+    let database = fresh_database(admin);
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let flags = [
+        "--database-url",
+        database.as_str(),
+        "--backend",
+        "kubernetes",
+        "--kubeconfig",
+        kubeconfig.as_str(),
+        "--k8s-namespace",
+        NS,
+        "--container-image",
+        "localhost/holdfast-runtime:test",
+        "--public-url",
+        "http://holdfast.holdfast.svc:7420",
+        "--restart-backoff",
+        "200ms",
+    ];
+    let a = TestApp::spawn_with(&flags).await;
+    let b = TestApp::spawn_with(&flags).await;
+    (a, b)
+}
+
+fn body(name: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "runtime": { "command": ["sh", "-c", "exec sleep 100000"] },
+        "compute": { "data_persistence": "persist" },
+    })
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_namespace_run_a_workspace_as_one_pod() {
+    let Some(admin) = postgres() else { return };
+    let fake = Fake::start().1;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = replicas(&admin, &fake, dir.path()).await;
+    let ws = a.create_online_workspace(&body("shared")).await;
+    let id = id_of(&ws);
+    assert_eq!(ws["isolation"], "pod", "{ws}");
+    let seen = b.wait_online(&id).await;
+    assert_eq!(seen["instance_id"], ws["instance_id"]);
+    // Both replicas reconcile for a while: still one Pod, made once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = pods(&fake);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0]["metadata"]["name"], format!("ws-{id}"));
+    assert!(now[0]["metadata"].get("ownerReferences").is_none());
+    assert_eq!(pod_creates(&fake, &id), 1);
+    // A restart through the other replica replaces the Pod: still one.
+    b.restart_workspace(&id).await.expect_status(200);
+    let after = a.wait_online(&id).await;
+    assert_ne!(after["instance_id"], ws["instance_id"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pods(&fake).len(), 1);
+    assert_eq!(
+        pod_creates(&fake, &id),
+        2,
+        "one Pod per start, not per replica"
+    );
+    // The claim was made once and never deleted.
+    let log = fake.take_log();
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("DELETE") && l.contains("persistentvolumeclaims")),
+        "{log:?}"
+    );
+    assert!(
+        fake.object(&format!(
+            "/api/v1/namespaces/{NS}/persistentvolumeclaims/ws-{id}"
+        ))
+        .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_replicas_workspace_runs_on_and_the_other_takes_it_over_without_a_second_pod() {
+    let Some(admin) = postgres() else { return };
+    let fake = Fake::start().1;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = replicas(&admin, &fake, dir.path()).await;
+    let ws = a.create_online_workspace(&body("survivor")).await;
+    let id = id_of(&ws);
+    let before = pods(&fake);
+    assert_eq!(before.len(), 1);
+    let uid = before[0]["metadata"]["uid"].clone();
+    fake.take_log();
+    kill_9(a.server_pid());
+    // The Pod is the cluster's: it runs on, and the surviving replica
+    // keeps the workspace online on it (no second Pod, no new instance).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = b.wait_online(&id).await;
+    assert_eq!(seen["instance_id"], ws["instance_id"], "{seen}");
+    assert_eq!(pods(&fake)[0]["metadata"]["uid"], uid, "the same Pod");
+    assert_eq!(pod_creates(&fake, &id), 1);
+    // The survivor acts on it: a pause deletes the Pod (with its uid), the
+    // claim stays; a resume makes exactly one new Pod on the same claim.
+    b.post_json(&format!("/workspaces/{id}/pause"), &json!({}))
+        .await
+        .expect_status(200);
+    let now = pods(&fake);
+    assert!(now.is_empty(), "{now:?}");
+    b.post_json(&format!("/workspaces/{id}/resume"), &json!({}))
+        .await
+        .expect_status(200);
+    b.wait_online(&id).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = pods(&fake);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0]["metadata"]["uid"], uid);
+    let log = fake.take_log();
+    assert_eq!(
+        pod_creates(&fake, &id),
+        2,
+        "the first start and the resume: {log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("DELETE") && l.contains("persistentvolumeclaims"))
+    );
+}
