@@ -217,7 +217,8 @@ test('restore from Recently deleted', async () => {
   await server.api('DELETE', `/workspaces/${ws.id}`, undefined, { 'X-Confirm-Name': 'phoenix' });
   const page = await page1280();
   const row = page.locator('.deleted-row', { hasText: 'phoenix' });
-  await row.getByText('Data kept for').waitFor();
+  await row.getByText('Data kept until').waitFor();
+  assert.match(await row.locator('.countdown').innerText(), /^Data kept until \d{1,2} [A-Z][a-z]{2}( \d{4})? \d\d:\d\d$/);
   await row.getByRole('button', { name: 'Restore' }).click();
   await page.getByText('Restored phoenix').waitFor();
   await row.waitFor({ state: 'detached' });

@@ -110,4 +110,18 @@ async function screenshot(page, name, options = {}) {
   await page.screenshot({ path: path.join(dir, name), ...options });
 }
 
-module.exports = { startServer, launchBrowser, signedIn, screenshot };
+/**
+ * Runs axe-core (pinned in package.json) on the page and returns the
+ * violations of impact serious or critical.
+ */
+async function axeSerious(page, options = {}) {
+  await page.addScriptTag({ path: require.resolve('axe-core/axe.min.js') });
+  const result = await page.evaluate(async (opts) => {
+    // eslint-disable-next-line no-undef
+    const r = await axe.run(document, { resultTypes: ['violations'], ...opts });
+    return r.violations.map(v => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5) }));
+  }, options);
+  return result.filter(v => v.impact === 'serious' || v.impact === 'critical');
+}
+
+module.exports = { startServer, launchBrowser, signedIn, screenshot, axeSerious };

@@ -8,6 +8,7 @@ mod kubernetes;
 mod podman;
 mod postgres;
 mod schemathesis;
+mod sdk;
 mod test;
 
 use std::process::ExitCode;
@@ -20,9 +21,13 @@ Tasks:
                   -D warnings, every test of the workspace, the API suite
                   again against a remote control plane and on a throwaway
                   PostgreSQL, schemathesis against the OpenAPI document,
-                  and the canvas's browser tests.
+                  a generated Python client against the server, and the
+                  canvas's browser tests.
   schemathesis    Only the schemathesis step of `test`: a release server,
                   seeded, checked against its /openapi.json.
+  sdk             Only the SDK step of `test`: a Python client generated
+                  from /openapi.json by openapi-python-client (pinned)
+                  drives create, get, delete with confirmation, restore.
   kubernetes      Only the Kubernetes step of `test`: kubernetes-validate
                   --strict of deploy/kubernetes/ (1.30 and 1.37), and
                   podman kube play of the golden claim and persist Pod.
@@ -54,6 +59,10 @@ fn main() -> ExitCode {
         "schemathesis" if rest.is_empty() => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true");
             schemathesis::run(&bench::workspace_root(), ci)
+        }
+        "sdk" if rest.is_empty() => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            sdk::run(&bench::workspace_root(), ci)
         }
         "kubernetes" if rest.is_empty() => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true");

@@ -74,7 +74,11 @@ pub fn run(root: &Path, ci: bool) -> anyhow::Result<()> {
         eprintln!("skipping the schemathesis step: {e:#}");
         return Ok(());
     }
-    let bin = crate::bench::build_server(root)?;
+    // HOLDFAST_BIN: check a binary already built (as the browser tests do).
+    let bin = match std::env::var_os("HOLDFAST_BIN") {
+        Some(b) => PathBuf::from(b),
+        None => crate::bench::build_server(root)?,
+    };
     let data_dir = target.join(format!("schemathesis-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let runtime = tokio::runtime::Runtime::new()?;

@@ -174,6 +174,8 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     crate::kubernetes::run(root, ci)?;
     // The OpenAPI document against the server it describes.
     crate::schemathesis::run(root, ci)?;
+    // What an SDK generator makes of it, driven against the server.
+    crate::sdk::run(root, ci)?;
     browser(root)
 }
 
@@ -250,7 +252,9 @@ fn browser(root: &Path) -> anyhow::Result<()> {
         }
     }
     let dir = root.join("tests/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
+    if !dir.join("node_modules/playwright-core").exists()
+        || !dir.join("node_modules/axe-core").exists()
+    {
         run(
             &dir,
             "browser test dependencies",

@@ -172,6 +172,17 @@ pub enum WsCommand {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// A live table of the running workspaces, largest saved data first:
+    /// status, uptime, size, tier, isolation and limits (like top).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+        /// Print the table once and exit (what it does when stdout is not a
+        /// terminal).
+        #[arg(long)]
+        once: bool,
+    },
     /// Download the workspace's data as a .tar.gz.
     Export {
         /// The workspace's id or name.
@@ -571,6 +582,81 @@ fn cell(v: &Value, col: &str) -> String {
     }
 }
 
+const TOP_COLUMNS: &[&str] = &[
+    "name",
+    "status",
+    "uptime",
+    "size",
+    "tier",
+    "isolation",
+    "limits",
+    "id",
+];
+
+/// The rows of `ws top`: every workspace that is not removed, largest saved
+/// data first, with its uptime from `started_at` and its size for people.
+fn top_rows(list: &Value, now: std::time::SystemTime) -> Vec<Value> {
+    let mut items: Vec<&Value> = list
+        .as_array()
+        .map(|a| a.iter().filter(|w| w["status"] != "removed").collect())
+        .unwrap_or_default();
+    items.sort_by(|a, b| {
+        b["data"]["bytes"]
+            .as_i64()
+            .cmp(&a["data"]["bytes"].as_i64())
+            .then_with(|| a["name"].as_str().cmp(&b["name"].as_str()))
+    });
+    items
+        .into_iter()
+        .map(|w| {
+            let uptime = w["started_at"]
+                .as_str()
+                .filter(|_| w["status"] == "online" || w["status"] == "degraded")
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .map(short_duration)
+                .unwrap_or_else(|| "-".to_owned());
+            json!({
+                "name": w["name"],
+                "status": w["status"],
+                "uptime": uptime,
+                "size": human_bytes(w["data"]["bytes"].as_i64().unwrap_or(0)),
+                "tier": w["tier"],
+                "isolation": w["isolation"],
+                "limits": w["limits"],
+                "id": w["id"],
+            })
+        })
+        .collect()
+}
+
+/// `45s`, `12m`, `3h05m`, `2d04h`.
+fn short_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..172_800 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Bytes for people: `0 B`, `12.3 KB`, `4.0 MB`.
+fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n.max(0) as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{} B", n.max(0))
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 fn print_table(rows: &[&Value], columns: &[&str], headers: bool) {
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -902,6 +988,24 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
                 WS_COLUMNS,
             );
         }
+        WsCommand::Top { interval, once } => {
+            let live = std::io::stdout().is_terminal() && !once;
+            loop {
+                let list = c.get("/workspaces").await?;
+                let rows = top_rows(&list, std::time::SystemTime::now());
+                let refs: Vec<&Value> = rows.iter().collect();
+                if live {
+                    // Clear the screen and go home, as top does.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print_table(&refs, TOP_COLUMNS, !c.no_headers);
+                if !live {
+                    return Ok(());
+                }
+                std::io::stdout().flush().ok();
+                tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+            }
+        }
         WsCommand::Logs { id, follow, tail } => {
             let id = c.resolve(&id).await?;
             logs(&c, &id, follow, tail).await?
@@ -1223,6 +1327,37 @@ pub async fn sweep(conn: Conn, dry_run: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use expect_test::expect;
+
+    #[test]
+    fn top_lists_live_workspaces_largest_first_with_uptime() {
+        let now = humantime::parse_rfc3339("2026-12-02T10:00:00Z").unwrap();
+        let list = json!([
+            {"id": "a", "name": "small", "status": "online", "started_at": "2026-12-02T09:59:15.000Z",
+             "tier": 2, "isolation": "bwrap", "limits": "enforced", "data": {"bytes": 10}},
+            {"id": "b", "name": "big", "status": "online", "started_at": "2026-12-02T06:55:00.000Z",
+             "tier": 3, "isolation": "none", "limits": "none", "data": {"bytes": 4_200_000}},
+            {"id": "c", "name": "napping", "status": "paused", "started_at": null,
+             "tier": 1, "isolation": "bwrap", "limits": "enforced", "data": {"bytes": 999}},
+            {"id": "d", "name": "gone", "status": "removed", "started_at": null,
+             "tier": 1, "isolation": "bwrap", "limits": "enforced", "data": {"bytes": 9_999_999}},
+        ]);
+        let rows = top_rows(&list, now);
+        let got: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                TOP_COLUMNS
+                    .iter()
+                    .map(|c| cell(r, c))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            })
+            .collect();
+        expect![[r#"
+            big | online | 3h05m | 4.2 MB | 3 | none | none | b
+            napping | paused | - | 999 B | 1 | bwrap | enforced | c
+            small | online | 45s | 10 B | 2 | bwrap | enforced | a"#]]
+        .assert_eq(&got.join("\n"));
+    }
 
     #[test]
     fn yaml_output_is_block_style_with_quoted_strings() {

@@ -398,6 +398,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let sweeper = ctl.spawn_sweeper(args.sweep_interval.0);
     let quotas = ctl.spawn_quota_watch();
     let app = App::new(Arc::clone(&ctl))?;
+    if embedded.is_some() {
+        // The canvas dates a delete's outcome by these (a remote control
+        // plane's own settings are not known here).
+        app.set_graces(holdfast_platform::Graces {
+            retention: args.policy.retention_grace.0,
+            erase: args.policy.erase_grace.0,
+        });
+    }
     let usage = embedded.as_ref().map(|cp| cp.spawn_usage());
 
     let mut out = std::io::stdout().lock();

@@ -42,6 +42,25 @@ pub(crate) fn router() -> Router<Arc<App>> {
         .route("/canvas/panel/{id}", get(panel_fragment))
         .route("/canvas/static/canvas.css", get(stylesheet))
         .route("/canvas/static/canvas.js", get(script))
+        .route("/canvas/static/logo.svg", get(logo))
+        .route("/favicon.ico", get(logo))
+}
+
+/// The retention and erase graces, for the delete dialog's dates.
+#[derive(Debug, Clone, Copy)]
+pub struct Graces {
+    pub retention: std::time::Duration,
+    pub erase: std::time::Duration,
+}
+
+impl App {
+    /// Tells the canvas the graces the control plane applies (an embedded
+    /// one's settings), so that the delete dialog can say the exact date a
+    /// delete keeps data until. Without it the dialog names the grace
+    /// without a date. Only the first call counts.
+    pub fn set_graces(&self, graces: Graces) {
+        let _ = self.graces.set(graces);
+    }
 }
 
 /// `/` (and `/canvas/`) lead to the canvas.
@@ -242,7 +261,11 @@ fn percent_decode(s: &str) -> String {
 
 /// Everything the board shows, read through the controller as the API
 /// reads it, so the canvas sees exactly what the caller may see.
-async fn load_board(app: &Arc<App>, caller: Caller) -> Result<view::Board, ApiError> {
+async fn load_board(
+    app: &Arc<App>,
+    caller: Caller,
+    query: view::BoardQuery,
+) -> Result<view::Board, ApiError> {
     let rows = app.ctl.workspaces(&caller, None, true).await?;
     let all = app.views(&rows).await?;
     let orgs: HashMap<Uuid, String> = app
@@ -252,13 +275,14 @@ async fn load_board(app: &Arc<App>, caller: Caller) -> Result<view::Board, ApiEr
         .into_iter()
         .map(|o| (o.id, o.name))
         .collect();
-    Ok(view::Board::new(all, &orgs))
+    Ok(view::Board::new(all, &orgs, query))
 }
 
 #[derive(Debug, Default)]
 struct PageQuery {
     ws: Option<Uuid>,
     tab: Option<String>,
+    board: view::BoardQuery,
 }
 
 fn page_query(uri: &Uri) -> PageQuery {
@@ -266,6 +290,7 @@ fn page_query(uri: &Uri) -> PageQuery {
     PageQuery {
         ws: form.get("ws").and_then(|v| Uuid::parse_str(v).ok()),
         tab: form.get("tab").cloned(),
+        board: view::BoardQuery::from_form(&form),
     }
 }
 
@@ -285,7 +310,13 @@ async fn load_panel(
         .into_iter()
         .map(crate::data::AuditView::from)
         .collect();
-    Ok(view::PanelFragment::new(ws, board, audit, tab))
+    Ok(view::PanelFragment::new(
+        ws,
+        board,
+        audit,
+        tab,
+        app.graces.get().copied(),
+    ))
 }
 
 async fn board_page(
@@ -294,7 +325,7 @@ async fn board_page(
     uri: Uri,
 ) -> Response {
     let q = page_query(&uri);
-    let (board, error) = match load_board(&app, caller).await {
+    let (board, error) = match load_board(&app, caller, q.board.clone()).await {
         Ok(b) => (b, None),
         Err(e) => (view::Board::default(), Some(e.message)),
     };
@@ -308,9 +339,9 @@ async fn board_page(
         who: match caller {
             Caller::Admin => "admin".to_owned(),
             Caller::Org(_) => board
-                .orgs
+                .org_options
                 .first()
-                .map(|o| format!("org {}", o.name))
+                .map(|(_, name)| format!("org {name}"))
                 .unwrap_or_else(|| "org".to_owned()),
             Caller::Workspace { .. } => String::new(),
         },
@@ -320,8 +351,12 @@ async fn board_page(
     html(StatusCode::OK, page.render())
 }
 
-async fn board_fragment(State(app): AppState, CanvasCaller(caller): CanvasCaller) -> Response {
-    match load_board(&app, caller).await {
+async fn board_fragment(
+    State(app): AppState,
+    CanvasCaller(caller): CanvasCaller,
+    uri: Uri,
+) -> Response {
+    match load_board(&app, caller, page_query(&uri).board).await {
         Ok(board) => html(
             StatusCode::OK,
             BoardFragment { board, error: None }.render(),
@@ -341,7 +376,7 @@ async fn panel_fragment(
         Err(e) => return error_fragment(e),
     };
     let q = page_query(&uri);
-    let board = match load_board(&app, caller).await {
+    let board = match load_board(&app, caller, view::BoardQuery::default()).await {
         Ok(b) => b,
         Err(e) => return error_fragment(e),
     };
@@ -367,6 +402,19 @@ async fn stylesheet() -> Response {
         "text/css; charset=utf-8",
         include_str!("../static/canvas.css"),
     )
+}
+
+/// The logo mark, also the favicon (so that no page load asks for a
+/// missing `/favicon.ico`).
+async fn logo() -> Response {
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("image/svg+xml")),
+            (CACHE_CONTROL, HeaderValue::from_static("max-age=86400")),
+        ],
+        include_str!("../static/logo.svg"),
+    )
+        .into_response()
 }
 
 async fn script() -> Response {

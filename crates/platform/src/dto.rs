@@ -469,6 +469,9 @@ pub struct WorkspaceView {
     /// container image the engine does not have, an engine that does not
     /// answer. `null` otherwise.
     pub failure: Option<String>,
+    /// When its current instance started (its uptime runs from here);
+    /// `null` while it is not running.
+    pub started_at: Option<String>,
 }
 
 impl WorkspaceView {
@@ -503,6 +506,7 @@ impl WorkspaceView {
                 .clone()
                 .unwrap_or_else(|| default.limits.as_str().to_owned()),
             failure: ws.failure.clone(),
+            started_at: ws.started_at.map(format_millis),
         }
     }
 }

@@ -12,6 +12,7 @@ mod data;
 pub mod dto;
 pub mod error;
 mod events;
+mod files;
 mod logs;
 mod messages;
 mod metrics;
@@ -24,6 +25,7 @@ pub mod server;
 mod snapshots;
 
 pub use auth::{Secret, generate_token, hash_token};
+pub use canvas::Graces;
 pub use holdfast_controller::{Controller, ReconcilerSettings, Settings};
 pub use openapi::ApiDoc;
 
@@ -37,6 +39,9 @@ pub struct App {
     pub ctl: Arc<Controller>,
     /// For relaying messages to runtimes.
     http: reqwest::Client,
+    /// The graces the canvas's delete dialog dates its outcome by, when
+    /// known (an embedded control plane's; see `App::set_graces`).
+    pub(crate) graces: std::sync::OnceLock<canvas::Graces>,
 }
 
 impl App {
@@ -46,6 +51,7 @@ impl App {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            graces: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -119,6 +125,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/workspaces/{id}/restore", post(data::restore_workspace))
         .route("/workspaces/{id}/data/export", get(data::export_data))
         .route("/workspaces/{id}/logs", get(logs::get_logs))
+        .route("/workspaces/{id}/data/files", get(files::list_files))
+        .route("/workspaces/{id}/data/file", get(files::get_file))
         .route("/admin/sweep", post(data::admin_sweep))
         .route("/audit", get(data::list_audit))
         .route("/metrics", get(metrics::metrics))

@@ -276,3 +276,43 @@ async fn snap_and_hold_commands_work_against_the_api() {
     assert!(removed.contains("erased"), "{removed}");
     assert!(!ok(&app, &["snap", "list", "cli-held"]).contains(&sid));
 }
+
+#[tokio::test]
+async fn top_without_a_terminal_prints_the_table_once_largest_data_first() {
+    let app = TestApp::spawn_with(&["--usage-interval", "1s"]).await;
+    let big = serde_json::json!({
+        "name": "hoarder",
+        "runtime": {"command": ["sh", "-c", "head -c 200000 /dev/zero > blob; exec sleep infinity"]},
+        "compute": {"data_persistence": "persist"},
+    });
+    let hoarder = id_of(&app.create_online_workspace(&big).await);
+    app.create_online_workspace(&workspace_body("light")).await;
+    crate::helpers::eventually("the hoarder's data to be measured", || async {
+        let w = app.get(&format!("/workspaces/{hoarder}")).await;
+        let v: serde_json::Value = serde_json::from_str(&w.text).ok()?;
+        (v["data"]["bytes"].as_i64()? >= 200_000).then_some(())
+    })
+    .await;
+    // Without a terminal it prints once and exits (no screen clearing).
+    let out = ok(&app, &["ws", "top"]);
+    assert!(!out.contains('\u{1b}'), "no escape codes: {out:?}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for column in [
+        "NAME",
+        "STATUS",
+        "UPTIME",
+        "SIZE",
+        "TIER",
+        "ISOLATION",
+        "LIMITS",
+    ] {
+        assert!(lines[0].contains(column), "{column} in {:?}", lines[0]);
+    }
+    assert!(lines[1].starts_with("hoarder"), "largest first: {out}");
+    assert!(lines[1].contains("200.0 KB"), "{out}");
+    assert!(lines[2].starts_with("light"), "{out}");
+    assert!(lines[1].contains(" online "), "{out}");
+    let bare = ok(&app, &["ws", "top", "--once", "--no-headers"]);
+    assert_eq!(bare.lines().count(), 2, "{bare}");
+}

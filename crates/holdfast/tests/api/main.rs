@@ -12,6 +12,7 @@ mod engine;
 mod erasure;
 mod export;
 mod failpoints;
+mod files;
 mod hardening;
 mod helpers;
 mod isolation;

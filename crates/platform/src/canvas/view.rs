@@ -6,7 +6,7 @@ use crate::data::AuditView;
 use crate::dto::WorkspaceView;
 use askama::Template;
 use holdfast_domain::{DataPersistence, Program, Status};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 #[derive(Template)]
@@ -90,10 +90,11 @@ impl ModeBadge {
     }
 }
 
-/// A deadline the JavaScript counts down to (`datetime` attribute), with a
-/// readable fallback.
+/// A deadline the JavaScript shows (`datetime` attribute): retained data
+/// reads "Data kept until 8 Dec 14:00", erase-pending data "Data erased in
+/// 4 min". While a legal hold lasts no grace runs out, and it says so.
 pub(super) struct Countdown {
-    /// `retain` (kept until) or `erase` (erased at).
+    /// `retain` (kept until), `erase` (erased in) or `hold` (no deadline).
     pub kind: &'static str,
     pub label: &'static str,
     pub at: String,
@@ -101,10 +102,16 @@ pub(super) struct Countdown {
 
 impl Countdown {
     fn of(ws: &WorkspaceView) -> Option<Self> {
+        let held = ws.data.hold.is_some();
         match ws.data.state.as_str() {
+            "retained" | "erase_pending" if held => Some(Countdown {
+                kind: "hold",
+                label: "Data kept while the legal hold lasts",
+                at: String::new(),
+            }),
             "retained" => ws.data.retain_until.clone().map(|at| Countdown {
                 kind: "retain",
-                label: "Data kept for",
+                label: "Data kept until",
                 at,
             }),
             "erase_pending" => ws.data.erase_after.clone().map(|at| Countdown {
@@ -115,6 +122,23 @@ impl Countdown {
             _ => None,
         }
     }
+}
+
+/// What a tier gives (SPEC's limits table), for a tooltip.
+pub(super) fn tier_title(tier: u8) -> String {
+    format!("Tier {tier}: {}", tier_limits(&tier))
+}
+
+pub(super) fn tier_limits(tier: &u8) -> String {
+    let (mem, procs, cpu) = match *tier {
+        1 => ("256 MiB", 64, 50),
+        2 => ("512 MiB", 128, 100),
+        3 => ("1 GiB", 256, 200),
+        _ => ("2 GiB", 512, 400),
+    };
+    format!(
+        "up to {mem} of memory, {procs} processes, CPU weight {cpu} (where the host enforces limits)"
+    )
 }
 
 /// Bytes for people: `0 B`, `12.3 KB`, `4.0 MB`.
@@ -175,6 +199,19 @@ pub(super) struct Card {
     pub size: String,
     pub countdown: Option<Countdown>,
     pub tier: u8,
+    pub tier_title: String,
+    /// `command` or the template's name, and the text shown (a command,
+    /// shortened).
+    pub runtime_kind: String,
+    pub runtime_text: String,
+    pub isolation: String,
+    pub limits: String,
+    /// When the current instance started (online workspaces: uptime).
+    pub started_at: Option<String>,
+    pub org_name: Option<String>,
+    /// The parent's name, shown when the parent is not drawn above it.
+    pub under: Option<String>,
+    pub hold: Option<String>,
     pub opens: bool,
     pub closes: usize,
     /// `0..closes`, for the template.
@@ -193,6 +230,35 @@ impl Card {
             size: size_label(ws),
             countdown: Countdown::of(ws),
             tier: ws.tier,
+            tier_title: tier_title(ws.tier),
+            runtime_kind: match &ws.runtime.program {
+                Program::Template(_) => "template".to_owned(),
+                Program::Command(_) => "command".to_owned(),
+            },
+            runtime_text: match &ws.runtime.program {
+                Program::Template(t) => t.clone(),
+                Program::Command(argv) => {
+                    let full = join_command(argv);
+                    if full.chars().count() > 48 {
+                        full.chars().take(47).collect::<String>() + "…"
+                    } else {
+                        full
+                    }
+                }
+            },
+            isolation: ws.isolation.clone(),
+            limits: ws.limits.clone(),
+            started_at: ws
+                .started_at
+                .clone()
+                .filter(|_| ws.status == Status::Online),
+            org_name: None,
+            under: None,
+            hold: ws.data.hold.as_ref().map(|h| {
+                h.reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".to_owned())
+            }),
             opens: false,
             closes: 0,
             close_range: 0..0,
@@ -200,9 +266,161 @@ impl Card {
     }
 }
 
+/// How many cards one page of the board shows: enough to scan, few enough
+/// that a live update re-renders in a few milliseconds at any fleet size.
+pub(super) const PAGE_SIZE: usize = 100;
+
+/// The board's search, filters, sort and page, from the page's query.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct BoardQuery {
+    /// Matches a name or a role, case-insensitively.
+    pub q: String,
+    /// A status (`online`…), or empty for all.
+    pub status: String,
+    /// A chosen saved-data mode (`persist`, `ephemeral`, `auto`), or empty.
+    pub mode: String,
+    /// An org id, or empty.
+    pub org: String,
+    /// `tree` (the default), `name`, `status`, `size` or `activity`.
+    pub sort: String,
+    /// From 0.
+    pub page: usize,
+}
+
+pub(super) const STATUSES: [&str; 7] = [
+    "provisioning",
+    "online",
+    "offline",
+    "degraded",
+    "failed",
+    "paused",
+    "hibernated",
+];
+pub(super) const SORTS: [(&str, &str); 5] = [
+    ("tree", "Org tree"),
+    ("name", "Name"),
+    ("status", "Status"),
+    ("size", "Size"),
+    ("activity", "Last activity"),
+];
+
+impl BoardQuery {
+    /// Reads the query's known keys; unknown values fall back to the
+    /// default view (this is a page, not the API: it never refuses).
+    pub fn from_form(form: &HashMap<String, String>) -> Self {
+        let get = |k: &str| form.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+        let status = get("status");
+        let mode = get("mode");
+        let sort = get("sort");
+        let org = get("org");
+        BoardQuery {
+            q: get("q").chars().take(200).collect(),
+            status: if STATUSES.contains(&status.as_str()) {
+                status
+            } else {
+                String::new()
+            },
+            mode: if ["persist", "ephemeral", "auto"].contains(&mode.as_str()) {
+                mode
+            } else {
+                String::new()
+            },
+            org: if Uuid::parse_str(&org).is_ok() {
+                org
+            } else {
+                String::new()
+            },
+            sort: if SORTS.iter().any(|(k, _)| *k == sort) {
+                sort
+            } else {
+                "tree".to_owned()
+            },
+            page: get("page").parse().unwrap_or(0),
+        }
+    }
+
+    /// Whether anything narrows the board (then it is a flat list).
+    pub fn filtered(&self) -> bool {
+        !self.q.is_empty()
+            || !self.status.is_empty()
+            || !self.mode.is_empty()
+            || !self.org.is_empty()
+    }
+
+    fn matches(&self, ws: &WorkspaceView) -> bool {
+        if !self.q.is_empty() {
+            let q = self.q.to_lowercase();
+            let in_name = ws.name.to_lowercase().contains(&q);
+            let in_role = ws
+                .role
+                .as_deref()
+                .is_some_and(|r| r.to_lowercase().contains(&q));
+            if !in_name && !in_role {
+                return false;
+            }
+        }
+        if !self.status.is_empty() && ws.status.as_str() != self.status {
+            return false;
+        }
+        if !self.mode.is_empty() {
+            let chosen = match ws.compute.data_persistence {
+                None => "auto",
+                Some(DataPersistence::Persist) => "persist",
+                Some(DataPersistence::Ephemeral) => "ephemeral",
+            };
+            if chosen != self.mode {
+                return false;
+            }
+        }
+        if !self.org.is_empty() && ws.org_id.to_string() != self.org {
+            return false;
+        }
+        true
+    }
+
+    /// The query string for this view at another page (for the pager's
+    /// links), `&`-escaped by the template.
+    pub fn href(&self, page: usize) -> String {
+        let mut parts = Vec::new();
+        let enc = |v: &str| {
+            v.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        };
+        for (k, v) in [
+            ("q", &self.q),
+            ("status", &self.status),
+            ("mode", &self.mode),
+            ("org", &self.org),
+        ] {
+            if !v.is_empty() {
+                parts.push(format!("{k}={}", enc(v)));
+            }
+        }
+        if self.sort != "tree" {
+            parts.push(format!("sort={}", self.sort));
+        }
+        if page > 0 {
+            parts.push(format!("page={page}"));
+        }
+        if parts.is_empty() {
+            "/canvas".to_owned()
+        } else {
+            format!("/canvas?{}", parts.join("&"))
+        }
+    }
+}
+
+/// A run of cards of one org on the current page.
 pub(super) struct OrgTree {
-    pub name: String,
-    /// One flat list of cards per root workspace.
+    /// `None` for a flat (searched or sorted) list.
+    pub name: Option<String>,
+    /// The page's cards of this org, in order; `opens`/`closes` nest them.
     pub trees: Vec<Vec<Card>>,
 }
 
@@ -214,6 +432,18 @@ pub(super) struct DeletedRow {
     pub mode: ModeBadge,
     pub size: String,
     pub countdown: Option<Countdown>,
+    pub hold: Option<String>,
+}
+
+pub(super) struct Pager {
+    /// 1-based numbers of the first and last card shown, and how many match.
+    pub from: usize,
+    pub to: usize,
+    pub total: usize,
+    pub page: usize,
+    pub pages: usize,
+    pub prev: Option<String>,
+    pub next: Option<String>,
 }
 
 #[derive(Default)]
@@ -222,6 +452,12 @@ pub(super) struct Board {
     pub show_org_names: bool,
     pub deleted: Vec<DeletedRow>,
     pub live_count: usize,
+    /// How many live workspaces the search and filters leave.
+    pub matching: usize,
+    pub query: BoardQuery,
+    pub pager: Option<Pager>,
+    /// Every org the caller sees, for the org filter: `(id, name)`.
+    pub org_options: Vec<(String, String)>,
     /// Every workspace read, removed ones included (for the side panel).
     pub all: Vec<WorkspaceView>,
 }
@@ -230,70 +466,179 @@ fn restorable(ws: &WorkspaceView) -> bool {
     ws.status == Status::Removed && matches!(ws.data.state.as_str(), "retained" | "erase_pending")
 }
 
+/// Problems first, then the running, then the stopped.
+fn status_rank(s: Status) -> u8 {
+    match s {
+        Status::Failed => 0,
+        Status::Degraded => 1,
+        Status::Offline => 2,
+        Status::Provisioning => 3,
+        Status::Online => 4,
+        Status::Paused => 5,
+        Status::Hibernated => 6,
+        Status::Removed => 7,
+    }
+}
+
+/// Gives a page's cards (in pre-order, each with its depth in its org tree)
+/// their nesting: a card nests under the card above it only when that is
+/// its parent on the same page; one whose parent is on another page starts
+/// at the top and names its parent.
+fn nest(mut cards: Vec<(Card, usize, Option<String>)>) -> Vec<Card> {
+    let mut stack: Vec<usize> = Vec::new();
+    let mut levels = Vec::with_capacity(cards.len());
+    for (_, depth, _) in &cards {
+        while stack.last().is_some_and(|d| d >= depth) {
+            stack.pop();
+        }
+        levels.push(stack.len());
+        stack.push(*depth);
+    }
+    let n = cards.len();
+    for i in 0..n {
+        let here = levels[i];
+        let next = if i + 1 < n { levels[i + 1] } else { 0 };
+        let (card, depth, parent) = &mut cards[i];
+        card.opens = next > here;
+        card.closes = here.saturating_sub(next);
+        card.close_range = 0..card.closes;
+        if here == 0 && *depth > 0 {
+            card.under = parent.take();
+        }
+    }
+    cards.into_iter().map(|(c, _, _)| c).collect()
+}
+
 impl Board {
-    pub fn new(all: Vec<WorkspaceView>, org_names: &HashMap<Uuid, String>) -> Self {
+    pub fn new(
+        all: Vec<WorkspaceView>,
+        org_names: &HashMap<Uuid, String>,
+        query: BoardQuery,
+    ) -> Self {
         let live: HashMap<Uuid, &WorkspaceView> = all
             .iter()
             .filter(|w| w.status != Status::Removed)
             .map(|w| (w.id, w))
             .collect();
-        let mut children: HashMap<Uuid, Vec<&WorkspaceView>> = HashMap::new();
-        let mut roots: BTreeMap<Uuid, Vec<&WorkspaceView>> = BTreeMap::new();
-        for w in live.values() {
-            match w.parent_id.filter(|p| live.contains_key(p)) {
-                Some(p) => children.entry(p).or_default().push(w),
-                None => roots.entry(w.org_id).or_default().push(w),
+        let org_name = |org: Uuid| {
+            org_names
+                .get(&org)
+                .cloned()
+                .unwrap_or_else(|| format!("org {org}"))
+        };
+        let show_org_names = org_names.len() > 1
+            || live
+                .values()
+                .map(|w| w.org_id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1;
+        let card_of = |w: &WorkspaceView| {
+            let mut c = Card::of(w);
+            if show_org_names {
+                c.org_name = Some(org_name(w.org_id));
             }
-        }
+            c
+        };
+        let name_of = |id: Option<Uuid>| id.and_then(|p| live.get(&p)).map(|p| p.name.clone());
         let by_name = |a: &&WorkspaceView, b: &&WorkspaceView| {
             a.name
                 .to_lowercase()
                 .cmp(&b.name.to_lowercase())
                 .then(a.id.cmp(&b.id))
         };
-        for list in children.values_mut() {
+
+        // Pre-order of the whole forest, org by org, or the flat list the
+        // search, filters and sort leave.
+        let mut ordered: Vec<(&WorkspaceView, usize)> = Vec::new();
+        let flat = query.filtered() || query.sort != "tree";
+        if flat {
+            let mut list: Vec<&WorkspaceView> = live
+                .values()
+                .copied()
+                .filter(|w| query.matches(w))
+                .collect();
             list.sort_by(by_name);
-        }
-        fn visit(
-            w: &WorkspaceView,
-            children: &HashMap<Uuid, Vec<&WorkspaceView>>,
-            out: &mut Vec<Card>,
-        ) {
-            let kids = children.get(&w.id).map(Vec::as_slice).unwrap_or_default();
-            let mut card = Card::of(w);
-            card.opens = !kids.is_empty();
-            out.push(card);
-            for k in kids {
-                visit(k, children, out);
+            match query.sort.as_str() {
+                "status" => list.sort_by_key(|w| status_rank(w.status)),
+                "size" => list.sort_by_key(|w| std::cmp::Reverse(w.data.bytes)),
+                "activity" => list.sort_by(|a, b| b.updated_at.cmp(&a.updated_at)),
+                _ => {}
             }
-            // The subtree of a card with children ends with its last card.
-            if let Some(last) = out.last_mut().filter(|_| !kids.is_empty()) {
-                last.closes += 1;
-                last.close_range = 0..last.closes;
-            }
-        }
-        let mut orgs: Vec<OrgTree> = roots
-            .into_iter()
-            .map(|(org, mut list)| {
-                list.sort_by(by_name);
-                let trees = list
-                    .into_iter()
-                    .map(|r| {
-                        let mut out = Vec::new();
-                        visit(r, &children, &mut out);
-                        out
-                    })
-                    .collect();
-                OrgTree {
-                    name: org_names
-                        .get(&org)
-                        .cloned()
-                        .unwrap_or_else(|| format!("org {org}")),
-                    trees,
+            ordered.extend(list.into_iter().map(|w| (w, 0)));
+        } else {
+            let mut children: HashMap<Uuid, Vec<&WorkspaceView>> = HashMap::new();
+            let mut roots: HashMap<Uuid, Vec<&WorkspaceView>> = HashMap::new();
+            for w in live.values() {
+                match w.parent_id.filter(|p| live.contains_key(p)) {
+                    Some(p) => children.entry(p).or_default().push(w),
+                    None => roots.entry(w.org_id).or_default().push(w),
                 }
-            })
-            .collect();
-        orgs.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            for list in children.values_mut() {
+                list.sort_by(by_name);
+            }
+            let mut orgs: Vec<(String, Uuid)> = roots.keys().map(|o| (org_name(*o), *o)).collect();
+            orgs.sort();
+            for (_, org) in orgs {
+                let mut list = roots.remove(&org).unwrap_or_default();
+                list.sort_by(by_name);
+                // Iterative, so that a deep tree cannot overflow the stack.
+                let mut todo: Vec<(&WorkspaceView, usize)> =
+                    list.into_iter().rev().map(|w| (w, 0)).collect();
+                while let Some((w, depth)) = todo.pop() {
+                    ordered.push((w, depth));
+                    if let Some(kids) = children.get(&w.id) {
+                        todo.extend(kids.iter().rev().map(|k| (*k, depth + 1)));
+                    }
+                }
+            }
+        }
+        let matching = ordered.len();
+        let pages = matching.div_ceil(PAGE_SIZE).max(1);
+        let page = query.page.min(pages - 1);
+        let start = page * PAGE_SIZE;
+        let shown = &ordered[start.min(matching)..(start + PAGE_SIZE).min(matching)];
+
+        // The page's cards, grouped in runs of one org (tree view) or one
+        // run (flat list).
+        let mut orgs: Vec<OrgTree> = Vec::new();
+        let mut run: Vec<(Card, usize, Option<String>)> = Vec::new();
+        let mut run_org: Option<Uuid> = None;
+        for (w, depth) in shown {
+            if !flat && run_org.is_some_and(|o| o != w.org_id) {
+                orgs.push(OrgTree {
+                    name: run_org.map(org_name),
+                    trees: vec![nest(std::mem::take(&mut run))],
+                });
+            }
+            run_org = Some(w.org_id);
+            let mut card = card_of(w);
+            if flat {
+                card.under = name_of(w.parent_id);
+            }
+            run.push((card, *depth, name_of(w.parent_id)));
+        }
+        if !run.is_empty() {
+            orgs.push(OrgTree {
+                name: if flat { None } else { run_org.map(org_name) },
+                trees: vec![if flat {
+                    run.into_iter().map(|(c, _, _)| c).collect()
+                } else {
+                    nest(run)
+                }],
+            });
+        }
+        let pager = (matching > PAGE_SIZE).then(|| Pager {
+            from: start + 1,
+            to: (start + PAGE_SIZE).min(matching),
+            total: matching,
+            page: page + 1,
+            pages,
+            prev: (page > 0).then(|| query.href(page - 1)),
+            next: (page + 1 < pages).then(|| query.href(page + 1)),
+        });
+
         let mut deleted: Vec<&WorkspaceView> = all.iter().filter(|w| restorable(w)).collect();
         deleted.sort_by(|a, b| b.removed_at.cmp(&a.removed_at));
         let deleted = deleted
@@ -305,13 +650,27 @@ impl Board {
                 mode: ModeBadge::of(w),
                 size: size_label(w),
                 countdown: Countdown::of(w),
+                hold: w.data.hold.as_ref().map(|h| {
+                    h.reason
+                        .clone()
+                        .unwrap_or_else(|| "no reason given".to_owned())
+                }),
             })
             .collect();
+        let mut org_options: Vec<(String, String)> = org_names
+            .iter()
+            .map(|(id, name)| (id.to_string(), name.clone()))
+            .collect();
+        org_options.sort_by(|a, b| a.1.cmp(&b.1));
         Board {
-            show_org_names: orgs.len() > 1,
+            show_org_names,
             orgs,
             deleted,
             live_count: live.len(),
+            matching,
+            query: BoardQuery { page, ..query },
+            pager,
+            org_options,
             all,
         }
     }
@@ -350,7 +709,27 @@ pub(super) struct PanelFragment {
     pub data_state: &'static str,
     pub bytes: String,
     pub audit: Vec<AuditRow>,
+    pub org_name: String,
+    pub tier_title: String,
+    /// The built-in runtime answers messages; a command does not.
+    pub has_chat: bool,
+    pub hold: Option<crate::dto::HoldView>,
+    /// The server's graces in milliseconds, empty when not known here
+    /// (a remote control plane's).
+    pub retention_ms: String,
+    pub erase_ms: String,
 }
+
+/// The tabs of the side panel, in order: `(key, label)`.
+pub(super) const TABS: [(&str, &str); 7] = [
+    ("details", "Details"),
+    ("config", "Config"),
+    ("logs", "Logs"),
+    ("files", "Files"),
+    ("snapshots", "Snapshots"),
+    ("chat", "Chat"),
+    ("activity", "Activity"),
+];
 
 /// Joins argv for a text field, quoting what a shell-like split would break.
 pub(super) fn join_command(argv: &[String]) -> String {
@@ -367,11 +746,23 @@ pub(super) fn join_command(argv: &[String]) -> String {
 }
 
 impl PanelFragment {
-    pub fn new(ws: WorkspaceView, board: &Board, audit: Vec<AuditView>, tab: Option<&str>) -> Self {
+    pub fn new(
+        ws: WorkspaceView,
+        board: &Board,
+        audit: Vec<AuditView>,
+        tab: Option<&str>,
+        graces: Option<super::Graces>,
+    ) -> Self {
         let tab = match tab {
-            Some(t @ ("details" | "config" | "chat" | "activity")) => t.to_owned(),
+            Some(t) if TABS.iter().any(|(k, _)| *k == t) => t.to_owned(),
             _ => "details".to_owned(),
         };
+        let org_name = board
+            .org_options
+            .iter()
+            .find(|(id, _)| *id == ws.org_id.to_string())
+            .map(|(_, n)| n.clone())
+            .unwrap_or_else(|| "unknown org".to_owned());
         let live_children = |id: Uuid| -> Vec<&WorkspaceView> {
             board
                 .all
@@ -445,6 +836,16 @@ impl PanelFragment {
                     reason: a.reason.map(|r| r.as_str().to_owned()),
                 })
                 .collect(),
+            org_name,
+            tier_title: tier_title(ws.tier),
+            has_chat: !runtime_is_command,
+            hold: ws.data.hold.clone(),
+            retention_ms: graces
+                .map(|g| g.retention.as_millis().to_string())
+                .unwrap_or_default(),
+            erase_ms: graces
+                .map(|g| g.erase.as_millis().to_string())
+                .unwrap_or_default(),
             tab,
             ws,
         }
