@@ -1253,7 +1253,14 @@ impl Visitor for Capture<'_> {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-                let st = rustix::fs::statat(parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+                // A link now; gone again by the time it is looked at is a
+                // name that changed while it was read, as above.
+                let st =
+                    match rustix::fs::statat(parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => st,
+                        Err(rustix::io::Errno::NOENT) => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    };
                 return self.special(parent, name, path, &st);
             }
             Err(e) => return Err(e),

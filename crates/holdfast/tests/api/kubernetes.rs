@@ -13,7 +13,23 @@ use holdfast_cp::kubernetes::fake::Fake;
 use serde_json::json;
 use std::time::Duration;
 
+/// The PostgreSQL server the replicas share, or none (the test returns).
+///
+/// These tests start their own servers on `--backend kubernetes` against a
+/// fake API server, each with its own `--database-url`: they belong to the
+/// suite's plain pass, and the passes that run every server on a remote
+/// control plane, on containers or on a database of their own do not apply
+/// (their flags would clash with these).
 fn postgres() -> Option<String> {
+    if crate::helpers::remote_mode()
+        || crate::helpers::container_mode()
+        || crate::helpers::postgres_mode()
+    {
+        eprintln!(
+            "skipping in this pass: the kubernetes replica tests choose their own backend and database (they run in the suite's plain pass)"
+        );
+        return None;
+    }
     match std::env::var("HOLDFAST_TEST_DATABASE_URL") {
         Ok(url) => Some(url),
         Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
