@@ -1221,6 +1221,28 @@ impl Capture<'_> {
 }
 
 impl Visitor for Capture<'_> {
+    /// A directory the workspace swapped while it was read (listed as one,
+    /// a link or a file when opened, a directory again when looked at):
+    /// the name changed under the capture, which has it as neither, as for
+    /// the other entries above. Anything else still fails the capture.
+    fn unreadable(&mut self, path: &[u8], err: io::Error) -> io::Result<()> {
+        let raced = [
+            rustix::io::Errno::NOTDIR,
+            rustix::io::Errno::LOOP,
+            rustix::io::Errno::NOENT,
+        ]
+        .iter()
+        .any(|e| err.raw_os_error() == Some(e.raw_os_error()));
+        if raced {
+            tracing::debug!(path = %tree::display_path(path), error = %err, "changed while it was read");
+            return Ok(());
+        }
+        Err(io::Error::new(
+            err.kind(),
+            format!("{}: {err}", tree::display_path(path)),
+        ))
+    }
+
     fn dir(&mut self, path: &[u8], st: &Stat) -> io::Result<()> {
         self.entries.push(Entry {
             path: path.to_vec(),
