@@ -105,7 +105,7 @@ impl Controller {
 
     /// The caller whose token hashes to `hash` (hex): the admin (compared
     /// in constant time), a running workspace, or an org.
-    pub async fn caller_for_token_hash(&self, hash: &str) -> Result<Option<Caller>> {
+    async fn caller_for_token_hash(&self, hash: &str) -> Result<Option<Caller>> {
         let admin = holdfast_domain::hex::hex(&self.admin_token_hash);
         if bool::from(hash.as_bytes().ct_eq(admin.as_bytes())) {
             return Ok(Some(Caller::Admin));

@@ -167,12 +167,6 @@ impl Controller {
         &self.confinement
     }
 
-    /// The control plane this controller drives, for what passes through
-    /// it unchanged (a log stream, a data export).
-    pub fn control_plane(&self) -> &Arc<dyn ControlPlane> {
-        &self.cp
-    }
-
     /// How long a canvas session lasts after sign-in.
     pub fn session_ttl(&self) -> std::time::Duration {
         self.session_ttl

@@ -327,7 +327,6 @@ pub fn format_every(d: std::time::Duration) -> String {
     ];
     const MAX: u64 = 999_999;
     let total = d.as_secs().max(1);
-    let mut best: Option<Vec<(u64, char)>> = None;
     // Sets of units as bits (16 = w … 1 = s): all of them, then all but
     // weeks, then every other set.
     let masks = [31u32, 15]
@@ -346,16 +345,12 @@ pub fn format_every(d: std::time::Duration) -> String {
             }
         }
         if rest == 0 && groups.len() <= 4 && groups.iter().all(|(n, _)| *n <= MAX) {
-            best = Some(groups);
-            break;
+            return groups.iter().map(|(n, u)| format!("{n}{u}")).collect();
         }
     }
     // Past what four six-digit groups can say (beyond any period the input
     // can give): seconds, exact.
-    match best {
-        Some(groups) => groups.iter().map(|(n, u)| format!("{n}{u}")).collect(),
-        None => format!("{total}s"),
-    }
+    format!("{total}s")
 }
 
 impl SnapshotSchedule {
