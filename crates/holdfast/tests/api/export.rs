@@ -78,8 +78,8 @@ async fn an_export_holds_every_entry_or_fails_never_a_complete_looking_archive_w
                 "a broken export on the process backend: {broken}"
             );
             assert!(
-                app.server_log()
-                    .contains("the export is incomplete and is aborted"),
+                app.server_logged("the export is incomplete and is aborted")
+                    .await,
                 "the server says why the download broke off"
             );
         }

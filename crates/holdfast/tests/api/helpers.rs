@@ -814,6 +814,21 @@ impl TestApp {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until the server has printed `needle`: a line reaches the log
+    /// through a pipe, so it can arrive after the response that followed it.
+    pub async fn server_logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + POLL_TIMEOUT;
+        loop {
+            if self.server_log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// A request authenticated with `token` instead of the admin token.
     pub fn with_token(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
         self.client
