@@ -205,7 +205,7 @@ impl Default for ReconcilerSettings {
             backoff_max: Duration::from_secs(60),
             stable_after: Duration::from_secs(60),
             usage_interval: Duration::from_secs(30),
-            resync: Duration::from_secs(10),
+            resync: Duration::from_secs(60),
         }
     }
 }
@@ -298,15 +298,8 @@ impl Controller {
     /// event for each change, and lets the reconciler move the workspace
     /// between `online` and `degraded`.
     pub async fn check_quotas(&self) -> anyhow::Result<()> {
-        let volumes = self
-            .cp
-            .list_volumes(Some(holdfast_domain::VolumeState::Active))
-            .await?;
-        let now: std::collections::HashSet<Uuid> = volumes
-            .iter()
-            .filter(|v| v.over_quota)
-            .map(|v| v.workspace_id)
-            .collect();
+        let now: std::collections::HashSet<Uuid> =
+            self.cp.over_quota().await?.into_iter().collect();
         let before = std::mem::replace(
             &mut *self.over_quota.lock().expect("quota lock"),
             now.clone(),

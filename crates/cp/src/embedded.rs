@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Volumes a usage pass measures per trip to the backend: large enough that
+/// a fleet's pass costs few hops, small enough that one trip stays short.
+const USAGE_BATCH: usize = 256;
+
 /// The control plane's policy knobs.
 #[derive(Debug, Clone)]
 pub struct CpPolicy {
@@ -304,25 +308,26 @@ impl EmbeddedCp {
 
     /// One measurement pass over the attached volumes.
     pub async fn measure_usage(&self) -> anyhow::Result<()> {
-        for v in self.store.list_volumes(Some(VolumeState::Active)).await? {
-            let Some(bytes) = self
-                .backend
-                .data_bytes(v.workspace_id, DataKind::Volume)
-                .await?
-            else {
-                continue;
-            };
-            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-            if bytes != v.bytes {
-                self.store.set_volume_bytes(v.id, bytes).await?;
-            }
-            if crate::over_quota(bytes, v.size_gb) && !crate::over_quota(v.bytes, v.size_gb) {
-                tracing::warn!(
-                    workspace_id = %v.workspace_id,
-                    bytes,
-                    size_gb = v.size_gb,
-                    "a volume is over its quota; its data is kept"
-                );
+        let volumes = self.store.active_volume_usage().await?;
+        for batch in volumes.chunks(USAGE_BATCH) {
+            let ids: Vec<Uuid> = batch.iter().map(|v| v.workspace_id).collect();
+            let sizes = self.backend.volume_bytes(&ids).await;
+            for (v, measured) in batch.iter().zip(sizes) {
+                let Some(bytes) = measured? else {
+                    continue;
+                };
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                if bytes != v.bytes {
+                    self.store.set_volume_bytes(v.id, bytes).await?;
+                }
+                if crate::over_quota(bytes, v.size_gb) && !crate::over_quota(v.bytes, v.size_gb) {
+                    tracing::warn!(
+                        workspace_id = %v.workspace_id,
+                        bytes,
+                        size_gb = v.size_gb,
+                        "a volume is over its quota; its data is kept"
+                    );
+                }
             }
         }
         Ok(())
@@ -546,6 +551,10 @@ impl ControlPlane for EmbeddedCp {
                 reason: h.reason,
             })
             .collect())
+    }
+
+    async fn over_quota(&self) -> CpResult<Vec<Uuid>> {
+        Ok(self.store.over_quota_workspaces().await?)
     }
 
     async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>> {

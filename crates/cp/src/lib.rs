@@ -335,6 +335,19 @@ pub trait ControlPlane: Send + Sync + 'static {
 
     async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>>;
 
+    /// The workspaces whose attached volume is over its `size_gb`. From
+    /// one listing by default; a control plane on a store answers it with
+    /// one query that returns only those.
+    async fn over_quota(&self) -> CpResult<Vec<Uuid>> {
+        Ok(self
+            .list_volumes(Some(VolumeState::Active))
+            .await?
+            .into_iter()
+            .filter(|v| v.over_quota)
+            .map(|v| v.workspace_id)
+            .collect())
+    }
+
     /// Brings a `retained` or `erase_pending` volume back to `active`
     /// (cancelling an erase). `DataErased` once erasure has begun; `None`
     /// when the workspace has no durable data.

@@ -53,7 +53,7 @@ pub struct ServeArgs {
     /// net: it acts on process exits, requests and deadlines as they
     /// happen. (A control plane that reports no exits, such as a remote one,
     /// is polled every 500 ms instead.)
-    #[arg(long, env = "HOLDFAST_RESYNC_INTERVAL", default_value = "10s")]
+    #[arg(long, env = "HOLDFAST_RESYNC_INTERVAL", default_value = "60s")]
     resync_interval: DurationArg,
     /// The URL workspaces reach this server at (`HOLDFAST_PLATFORM_URL` in
     /// their env). Default: `http://` and the listen address, which suits

@@ -27,7 +27,9 @@ pub use orgs::Org;
 pub use sessions::{Session, SessionIdentity};
 pub use snapshots::{Captured, SnapshotEraseCandidate, SnapshotRow};
 pub use tenants::Tenant;
-pub use volumes::{Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition};
+pub use volumes::{
+    Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition, VolumeUsage,
+};
 pub use workspaces::{Fence, NewWorkspace, Started, WorkspacePatch, WorkspaceRow};
 
 use anyhow::Context;
