@@ -216,8 +216,8 @@ text_enum! {
 text_enum! {
     /// Why a workspace's compute does not run as asked, as the backend
     /// observed it (a Kubernetes Pod's phase, conditions and Warning
-    /// events): the kind an operator or a script branches on. The sentence
-    /// beside it, in [`StatusReason`], says it for a person.
+    /// events): the kind an operator or a script branches on. The message
+    /// beside it says it for a person.
     StatusReasonKind {
         /// No node can take the Pod (FailedScheduling: resources, taints,
         /// selectors, quota).

@@ -7,8 +7,8 @@
 //!
 //! These need PostgreSQL (`HOLDFAST_TEST_DATABASE_URL`); under `CI=true` its
 //! absence is a failure, elsewhere the tests say why they skip. The tests of
-//! a Pod that cannot be scheduled run one server (and one `cp serve`) on
-//! SQLite: a Pending Pod's reason reaches `GET /workspaces/:id`.
+//! a Pod that cannot be scheduled run one server (and one `cp serve`) on the
+//! suite's store: a Pending Pod's reason reaches `GET /workspaces/:id`.
 
 use crate::helpers::{CpServer, TestApp, fresh_database, id_of, kill_9};
 use holdfast_cp::kubernetes::fake::Fake;
@@ -196,18 +196,17 @@ async fn a_killed_replicas_workspace_runs_on_and_the_other_takes_it_over_without
     );
 }
 
-/// The suite's plain pass, where a test may pick its own backend (the
-/// other passes add flags of their own that clash).
-fn plain_pass() -> bool {
-    let plain = !(crate::helpers::remote_mode()
-        || crate::helpers::container_mode()
-        || crate::helpers::postgres_mode());
-    if !plain {
+/// A pass where a test may pick its own backend: the plain one and the
+/// PostgreSQL one (the remote and container passes add backend flags of
+/// their own that clash).
+fn own_backend_pass() -> bool {
+    let ok = !(crate::helpers::remote_mode() || crate::helpers::container_mode());
+    if !ok {
         eprintln!(
-            "skipping in this pass: the kubernetes reason tests choose their own backend (they run in the suite's plain pass)"
+            "skipping in this pass: the kubernetes reason tests choose their own backend and control plane (they run in the plain and PostgreSQL passes)"
         );
     }
-    plain
+    ok
 }
 
 /// The flags of `--backend kubernetes` against the fake served at `url`.
@@ -296,7 +295,7 @@ async fn a_pending_pods_reason_reaches_the_workspace(app: &TestApp, fake: &Fake)
 
 #[tokio::test]
 async fn a_pending_pods_reason_shows_on_the_workspace() {
-    if !plain_pass() {
+    if !own_backend_pass() {
         return;
     }
     let fake = Fake::start().1;
@@ -312,7 +311,7 @@ async fn a_pending_pods_reason_shows_on_the_workspace() {
 /// backend carries the reason in its status answer.
 #[tokio::test]
 async fn a_pending_pods_reason_shows_through_a_remote_control_plane() {
-    if !plain_pass() {
+    if !own_backend_pass() {
         return;
     }
     let fake = Fake::start().1;
