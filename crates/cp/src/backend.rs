@@ -11,7 +11,7 @@ use crate::export::ByteStream;
 use crate::process::{Confinement, Layout, ProcessBackend, ProcessState, Spawn};
 use crate::{CpError, CpResult, tree};
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, ImageRef, failpoint};
+use holdfast_domain::{DataPersistence, ImageRef, StatusReason, failpoint};
 use holdfast_store::VolumeRow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,6 +62,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn has_instance(&self, workspace_id: Uuid) -> bool;
 
     async fn state(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<ProcessState>;
+
+    /// Why the instance does not run as asked, typed, where the backend can
+    /// tell from what it observes (a Kubernetes Pod's status and Warning
+    /// events); `None` when it runs, when nothing is known, and on the
+    /// backends that have no such observation (processes, containers).
+    async fn status_reason(&self, _workspace_id: Uuid, _instance_id: &str) -> Option<StatusReason> {
+        None
+    }
 
     /// Workspace ids whose instance exited, as they exit, where the backend
     /// can tell; `None` makes the reconciler poll `state` instead.

@@ -8,8 +8,8 @@ use crate::backend::{Backend, DataKind};
 use crate::cgroup::Cgroups;
 use crate::process::{Confinement, Layout, ProcessBackend, ProcessState, Spawn};
 use crate::{
-    Actor, ControlPlane, CpError, CpResult, InstanceState, ProvisionRequest, Provisioned,
-    VolumeHistoryEntry, VolumeInfo,
+    Actor, ControlPlane, CpError, CpResult, InstanceState, InstanceStatus, ProvisionRequest,
+    Provisioned, VolumeHistoryEntry, VolumeInfo,
 };
 use async_trait::async_trait;
 use holdfast_domain::{
@@ -481,12 +481,19 @@ impl ControlPlane for EmbeddedCp {
         self.backend.check_image(image).await
     }
 
-    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
-        Ok(match self.backend.state(workspace_id, instance_id).await? {
+    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceStatus> {
+        let state = match self.backend.state(workspace_id, instance_id).await? {
             ProcessState::Running => InstanceState::Running,
             ProcessState::Exited(_) => InstanceState::Exited,
             ProcessState::Unknown => InstanceState::Unknown,
-        })
+        };
+        // Only an instance that should be running has a reason it does not:
+        // one that exited or is unknown is the reconciler's to restart.
+        let reason = match state {
+            InstanceState::Running => self.backend.status_reason(workspace_id, instance_id).await,
+            InstanceState::Exited | InstanceState::Unknown => None,
+        };
+        Ok(InstanceStatus { state, reason })
     }
 
     #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]

@@ -31,8 +31,8 @@ pub use http_client::HttpCp;
 
 use async_trait::async_trait;
 use holdfast_domain::{
-    AuditAction, Consistency, DataPersistence, ImageRef, Millis, Runtime, SnapshotState, Tier,
-    VolumeReason, VolumeState,
+    AuditAction, Consistency, DataPersistence, ImageRef, Millis, Runtime, SnapshotState,
+    StatusReason, Tier, VolumeReason, VolumeState,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -83,6 +83,27 @@ pub enum InstanceState {
     Exited,
     /// No such instance (never started here, or already stopped).
     Unknown,
+}
+
+/// What the control plane says of an instance: its state, and why it does
+/// not run as asked where the backend can tell (a Kubernetes Pod that is
+/// Pending unschedulable, waiting on its volume or image, or in a crash
+/// loop). Processes and containers give no reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub state: InstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<StatusReason>,
+}
+
+impl InstanceStatus {
+    /// A state with no reason.
+    pub fn plain(state: InstanceState) -> Self {
+        InstanceStatus {
+            state,
+            reason: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,7 +322,9 @@ pub trait ControlPlane: Send + Sync + 'static {
         actor: Actor<'_>,
     ) -> CpResult<Option<VolumeInfo>>;
 
-    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState>;
+    /// The instance's state, with the backend's reason when it does not run
+    /// as asked.
+    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceStatus>;
 
     /// What a workspace started now gets: its isolation, and whether its
     /// tier's limits apply.
