@@ -169,3 +169,79 @@ async fn a_control_plane_hold_keeps_the_volume_out_of_every_erasure() {
             .unwrap();
     }
 }
+
+/// The usage pass reads the attached volumes only, and the quota check
+/// finds exactly those over their decimal `size_gb`.
+#[tokio::test]
+async fn usage_reads_attached_volumes_and_over_quota_names_only_those_over() {
+    for (_dir, store) in stores().await {
+        let within = store
+            .insert_volume(Uuid::new_v4(), Some(1), "test", 1)
+            .await
+            .unwrap();
+        let over = store
+            .insert_volume(Uuid::new_v4(), Some(1), "test", 1)
+            .await
+            .unwrap();
+        let unlimited = store
+            .insert_volume(Uuid::new_v4(), None, "test", 1)
+            .await
+            .unwrap();
+        let retained = store
+            .insert_volume(Uuid::new_v4(), Some(1), "test", 1)
+            .await
+            .unwrap();
+        store
+            .set_volume_bytes(within.id, 1_000_000_000)
+            .await
+            .unwrap();
+        store
+            .set_volume_bytes(over.id, 1_000_000_001)
+            .await
+            .unwrap();
+        store
+            .set_volume_bytes(unlimited.id, i64::MAX)
+            .await
+            .unwrap();
+        store
+            .set_volume_bytes(retained.id, 5_000_000_000)
+            .await
+            .unwrap();
+        store
+            .transition_volume(
+                VolumeTransition {
+                    volume_id: retained.id,
+                    from: &[VolumeState::Active],
+                    to: VolumeState::Retained,
+                    retain_until: Some(100),
+                    erase_after: None,
+                    actor: "test",
+                    reason: Some(VolumeReason::WorkspaceDeleted),
+                },
+                2,
+            )
+            .await
+            .unwrap();
+
+        let mut usage: Vec<(Uuid, i64, Option<i64>)> = store
+            .active_volume_usage()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.id, u.bytes, u.size_gb))
+            .collect();
+        usage.sort();
+        let mut expected = vec![
+            (within.id, 1_000_000_000, Some(1)),
+            (over.id, 1_000_000_001, Some(1)),
+            (unlimited.id, i64::MAX, None),
+        ];
+        expected.sort();
+        assert_eq!(usage, expected, "the retained volume is not measured");
+        assert_eq!(
+            store.over_quota_workspaces().await.unwrap(),
+            vec![over.workspace_id],
+            "one byte over is over; exactly 1 GB and no size_gb are not; a retained volume is not attached"
+        );
+    }
+}
