@@ -98,6 +98,9 @@ pub struct Controller {
     /// The volume this server last read of each workspace, and when: what a
     /// read answers (marked stale) while the control plane is unreachable.
     last_known: Mutex<HashMap<Uuid, (holdfast_cp::VolumeInfo, holdfast_domain::Millis)>>,
+    /// The usage-history bucket and size last written for each workspace,
+    /// so that an unchanged size is not written again.
+    usage_recorded: Mutex<HashMap<Uuid, (holdfast_domain::Millis, i64)>>,
     /// When the reconciler looks at a workspace again without an event: a
     /// backoff, a heartbeat window or a provision deadline that runs out.
     wakes: Mutex<reconciler::Wakes>,
@@ -141,6 +144,7 @@ impl Controller {
             reconcile_soon: tokio::sync::Notify::new(),
             session_ttl: settings.session_ttl,
             last_known: Mutex::new(HashMap::new()),
+            usage_recorded: Mutex::new(HashMap::new()),
             wakes: Mutex::new(reconciler::Wakes::default()),
             wakes_changed: tokio::sync::Notify::new(),
         }))
