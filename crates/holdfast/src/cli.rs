@@ -3,8 +3,11 @@
 //! the token in `./.holdfast/admin-token`). Tables by default, `--json` for
 //! scripts.
 
+mod progress;
+
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use progress::{Progress, Total};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -331,7 +334,13 @@ pub async fn snap(conn: Conn, cmd: SnapCommand) -> anyhow::Result<()> {
         SnapCommand::Export { snapshot, output } => {
             let output =
                 output.unwrap_or_else(|| format!("holdfast-snapshot-{snapshot}.tar.gz").into());
-            download(&c, &format!("/snapshots/{snapshot}/export"), &output).await?;
+            let total = if std::io::stderr().is_terminal() {
+                // The snapshot's size: an estimate of the compressed archive.
+                estimate(c.get(&format!("/snapshots/{snapshot}")).await.ok(), "bytes")
+            } else {
+                Total::Unknown
+            };
+            download(&c, &format!("/snapshots/{snapshot}/export"), &output, total).await?;
         }
         SnapCommand::Rm { snapshot, yes } => {
             let name = match yes {
@@ -1060,14 +1069,45 @@ async fn logs(c: &Client, id: &str, follow: bool, tail: Option<u64>) -> anyhow::
 }
 
 /// Streams the export to a file (written beside it, then renamed, so a
-/// broken download never looks complete), with a progress line on stderr.
+/// broken download never looks complete), with a progress bar on stderr
+/// when it is a terminal.
 async fn export(c: &Client, id: &str, output: &std::path::Path) -> anyhow::Result<()> {
-    download(c, &format!("/workspaces/{id}/data/export"), output).await
+    let total = if std::io::stderr().is_terminal() {
+        // The data's size as the server last measured it: the archive is
+        // compressed, so this is an estimate (and the bar stops at 100 %).
+        estimate(c.get(&format!("/workspaces/{id}")).await.ok(), "data")
+    } else {
+        Total::Unknown
+    };
+    download(c, &format!("/workspaces/{id}/data/export"), output, total).await
+}
+
+/// The expected size of an archive from a record's `bytes` (under `field`
+/// when that is an object, as a workspace's `data` is); unknown when the
+/// record could not be read or has no size.
+fn estimate(record: Option<Value>, field: &str) -> Total {
+    let Some(v) = record else {
+        return Total::Unknown;
+    };
+    let bytes = if v[field].is_object() {
+        v[field]["bytes"].as_u64()
+    } else {
+        v[field].as_u64()
+    };
+    match bytes {
+        Some(b) if b > 0 => Total::Estimate(b),
+        _ => Total::Unknown,
+    }
 }
 
 /// Streams a `.tar.gz` answer of `path` into `output` (through a
-/// `.partial` file renamed at the end).
-async fn download(c: &Client, path: &str, output: &std::path::Path) -> anyhow::Result<()> {
+/// `.partial` file renamed at the end), drawing progress against `total`.
+async fn download(
+    c: &Client,
+    path: &str,
+    output: &std::path::Path,
+    total: Total,
+) -> anyhow::Result<()> {
     let mut resp = c
         .req(reqwest::Method::GET, path)
         .send()
@@ -1086,29 +1126,73 @@ async fn download(c: &Client, path: &str, output: &std::path::Path) -> anyhow::R
     let mut file = tokio::fs::File::create(&partial)
         .await
         .with_context(|| format!("creating {}", partial.display()))?;
-    let tty = std::io::stderr().is_terminal();
+    let mut progress = Progress::new("exporting", total);
+    progress.draw();
     let mut total = 0u64;
-    let spinner = ['|', '/', '-', '\\'];
-    let mut tick = 0usize;
-    while let Some(chunk) = resp.chunk().await.context("download broke off")? {
-        file.write_all(&chunk).await?;
-        total += chunk.len() as u64;
-        tick += 1;
-        if tty && tick.is_multiple_of(16) {
-            eprint!(
-                "\r{} exporting {:>10} bytes",
-                spinner[(tick / 16) % 4],
-                total
-            );
+    let written = async {
+        while let Some(chunk) = resp.chunk().await.context("download broke off")? {
+            file.write_all(&chunk).await?;
+            total += chunk.len() as u64;
+            progress.advance(chunk.len() as u64);
         }
+        file.sync_all().await?;
+        anyhow::Ok(())
     }
-    file.sync_all().await?;
+    .await;
+    // The bar's line is cleared whatever happened, so the message that
+    // follows (the outcome or the error) starts on a clean line.
+    progress.finish();
+    written?;
     tokio::fs::rename(&partial, output).await?;
-    if tty {
-        eprint!("\r");
-    }
     eprintln!("exported {total} bytes to {}", output.display());
     Ok(())
+}
+
+/// POSTs a document, drawing a bar over the bytes sent when stderr is a
+/// terminal (the server reads the whole document before it plans and
+/// answers with the whole plan, so the upload is what there is to show).
+async fn upload(
+    c: &Client,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Value> {
+    let len = body.len() as u64;
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(Progress::new(
+        "uploading",
+        Total::Exact(len),
+    )));
+    if !progress.lock().expect("progress").drawn() {
+        return c
+            .call(
+                c.req(reqwest::Method::POST, path)
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body),
+            )
+            .await;
+    }
+    progress.lock().expect("progress").draw();
+    let chunks: Vec<Vec<u8>> = body.chunks(16 * 1024).map(<[u8]>::to_vec).collect();
+    let seen = progress.clone();
+    let stream = futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
+        let mut p = seen.lock().expect("progress");
+        p.advance(chunk.len() as u64);
+        if p.done() == len {
+            // The last chunk: the bar reaches 100 % while the plan is made.
+            p.draw();
+        }
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let answer = c
+        .call(
+            c.req(reqwest::Method::POST, path)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await;
+    progress.lock().expect("progress").finish();
+    answer
 }
 
 pub async fn org(conn: Conn, cmd: OrgCommand) -> anyhow::Result<()> {
@@ -1159,13 +1243,7 @@ pub async fn org(conn: Conn, cmd: OrgCommand) -> anyhow::Result<()> {
             } else {
                 format!("/org/import?{}", query.join("&"))
             };
-            let answer = c
-                .call(
-                    c.req(reqwest::Method::POST, &path)
-                        .header(reqwest::header::CONTENT_TYPE, content_type)
-                        .body(body),
-                )
-                .await?;
+            let answer = upload(&c, &path, content_type, body).await?;
             if c.json {
                 c.print(&answer, &[]);
             } else {
