@@ -984,10 +984,16 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
             let v = c
                 .call(
                     c.req(reqwest::Method::DELETE, &path)
-                        .header("X-Confirm-Name", name),
+                        .header("X-Confirm-Name", name.as_str()),
                 )
                 .await?;
-            c.print(&v, &["status", "cascade_deleted", "data", "restore_until"]);
+            if c.json {
+                c.print(&v, &[]);
+            } else {
+                for line in delete_lines(&name, &v) {
+                    println!("{line}");
+                }
+            }
         }
         WsCommand::Restore { id } => {
             let id = c.resolve(&id).await?;
@@ -1066,6 +1072,34 @@ async fn logs(c: &Client, id: &str, follow: bool, tail: Option<u64>) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// What a delete did, in words: `cascade_deleted` counts every workspace
+/// removed, the named one included, so a lone workspace answers 1, which
+/// read as "one child deleted" to people; the sentence says it plainly.
+/// Then what became of the saved data.
+fn delete_lines(name: &str, v: &Value) -> Vec<String> {
+    let removed = v["cascade_deleted"].as_u64().unwrap_or(1);
+    let first = match removed.saturating_sub(1) {
+        0 => format!("removed {name} (no child workspaces)"),
+        1 => format!("removed {name} and 1 child workspace"),
+        n => format!("removed {name} and {n} child workspaces"),
+    };
+    let until = v["restore_until"]
+        .as_str()
+        .unwrap_or("the end of its grace");
+    let data = match v["data"].as_str() {
+        Some("retained") => {
+            format!("saved data kept until {until}; `holdfast ws restore {name}` brings it back")
+        }
+        Some("erase_pending") => format!(
+            "saved data will be erased after {until}; `holdfast ws restore {name}` before then cancels it"
+        ),
+        Some("none") => "no saved data was kept (it did not keep any)".to_owned(),
+        Some(other) => format!("saved data: {other}"),
+        None => return vec![first],
+    };
+    vec![first, data]
 }
 
 /// Streams the export to a file (written beside it, then renamed, so a
@@ -1405,6 +1439,27 @@ pub async fn sweep(conn: Conn, dry_run: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use expect_test::expect;
+
+    #[test]
+    fn a_delete_says_what_it_removed_and_what_became_of_the_data() {
+        let lone = json!({"status": "removed", "cascade_deleted": 1, "data": "retained",
+            "restore_until": "2026-12-09T14:00:00.000Z"});
+        expect![[r#"
+            removed researcher (no child workspaces)
+            saved data kept until 2026-12-09T14:00:00.000Z; `holdfast ws restore researcher` brings it back"#]]
+        .assert_eq(&delete_lines("researcher", &lone).join("\n"));
+        let tree = json!({"status": "removed", "cascade_deleted": 3, "data": "erase_pending",
+            "restore_until": "2026-12-02T15:00:00.000Z"});
+        expect![[r#"
+            removed researcher and 2 child workspaces
+            saved data will be erased after 2026-12-02T15:00:00.000Z; `holdfast ws restore researcher` before then cancels it"#]]
+        .assert_eq(&delete_lines("researcher", &tree).join("\n"));
+        let one = json!({"cascade_deleted": 2, "data": "none", "restore_until": null});
+        expect![[r#"
+            removed lead and 1 child workspace
+            no saved data was kept (it did not keep any)"#]]
+        .assert_eq(&delete_lines("lead", &one).join("\n"));
+    }
 
     #[test]
     fn top_lists_live_workspaces_largest_first_with_uptime() {
