@@ -201,6 +201,27 @@ impl Controller {
         })
     }
 
+    /// Samples the control plane's measured sizes into the usage history
+    /// every four usage passes, at most every 5 minutes: the chart's
+    /// buckets are 15 minutes wide, so this is several samples a bucket,
+    /// without a listing of every volume at each pass (the quota check
+    /// asks for the over-quota ones only).
+    pub fn spawn_usage_history(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let ctl = self.clone();
+        tokio::spawn(async move {
+            let period =
+                (ctl.reconciler.usage_interval * 4).min(std::time::Duration::from_secs(300));
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = ctl.record_usage().await {
+                    tracing::debug!(error = %e, "sampling usage history failed; will retry");
+                }
+            }
+        })
+    }
+
     /// Runs the reconciler: see [`Controller::run_reconciler`].
     pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let ctl = self.clone();

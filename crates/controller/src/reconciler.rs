@@ -24,7 +24,7 @@ use crate::events::Event;
 use crate::identity::{generate_token, hash_hex};
 use holdfast_cp::{InstanceState, ProvisionRequest};
 use holdfast_domain::failpoint;
-use holdfast_domain::{DesiredState, Runtime, Status, now_millis};
+use holdfast_domain::{DesiredState, Runtime, Status, StatusReason, now_millis};
 use holdfast_store::{Fence, WorkspaceRow};
 use plan::{Action, Facts, Pacing, Seen, Timing};
 
@@ -205,7 +205,7 @@ impl Default for ReconcilerSettings {
             backoff_max: Duration::from_secs(60),
             stable_after: Duration::from_secs(60),
             usage_interval: Duration::from_secs(30),
-            resync: Duration::from_secs(10),
+            resync: Duration::from_secs(60),
         }
     }
 }
@@ -298,16 +298,8 @@ impl Controller {
     /// event for each change, and lets the reconciler move the workspace
     /// between `online` and `degraded`.
     pub async fn check_quotas(&self) -> anyhow::Result<()> {
-        let volumes = self
-            .cp
-            .list_volumes(Some(holdfast_domain::VolumeState::Active))
-            .await?;
-        self.record_usage(&volumes).await;
-        let now: std::collections::HashSet<Uuid> = volumes
-            .iter()
-            .filter(|v| v.over_quota)
-            .map(|v| v.workspace_id)
-            .collect();
+        let now: std::collections::HashSet<Uuid> =
+            self.cp.over_quota().await?.into_iter().collect();
         let before = std::mem::replace(
             &mut *self.over_quota.lock().expect("quota lock"),
             now.clone(),
@@ -334,11 +326,21 @@ impl Controller {
     }
 
     /// Adds the sizes the control plane measured to the usage history
-    /// (what a workspace's usage chart draws). Only a size that changed
-    /// within its bucket is written, so an idle fleet writes nothing (and
-    /// keeps the read cache). History is not intent: a failed write is
-    /// logged and the next check tries again.
-    async fn record_usage(&self, volumes: &[holdfast_cp::VolumeInfo]) {
+    /// (what a workspace's usage chart draws), from one listing of the
+    /// attached volumes. Only a size that changed within its bucket is
+    /// written, so an idle fleet writes nothing (and keeps the read cache).
+    /// History is not intent: a failed write is logged and the next pass
+    /// tries again.
+    pub async fn record_usage(&self) -> anyhow::Result<()> {
+        let volumes = self
+            .cp
+            .list_volumes(Some(holdfast_domain::VolumeState::Active))
+            .await?;
+        self.record_usage_of(&volumes).await;
+        Ok(())
+    }
+
+    async fn record_usage_of(&self, volumes: &[holdfast_cp::VolumeInfo]) {
         let now = now_millis();
         let bucket = holdfast_store::usage_bucket(now);
         let changed: Vec<(Uuid, i64)> = {
@@ -376,24 +378,55 @@ impl Controller {
     }
 
     pub(crate) async fn instance_runs(&self, id: Uuid, instance: &str) -> bool {
-        self.seen(id, Some(instance)).await == Seen::Running
+        self.seen(id, Some(instance)).await.0 == Seen::Running
     }
 
-    async fn seen(&self, id: Uuid, instance: Option<&str>) -> Seen {
+    /// What the control plane says of the instance, and why it does not
+    /// run as asked when the backend can tell (a Pod Pending unschedulable,
+    /// waiting on its volume or image): `Some(None)` when it gave no
+    /// reason, `None` when its answer could not be read.
+    async fn seen(&self, id: Uuid, instance: Option<&str>) -> (Seen, Option<Option<StatusReason>>) {
         let Some(instance) = instance else {
-            return Seen::Nothing;
+            return (Seen::Nothing, Some(None));
         };
         match self.cp.status(id, instance).await {
-            Ok(InstanceState::Running) => Seen::Running,
-            Ok(InstanceState::Exited) => Seen::Exited,
-            Ok(InstanceState::Unknown) => Seen::Gone,
+            Ok(s) => {
+                let seen = match s.state {
+                    InstanceState::Running => Seen::Running,
+                    InstanceState::Exited => Seen::Exited,
+                    InstanceState::Unknown => Seen::Gone,
+                };
+                (seen, Some(s.reason))
+            }
             // Data safety: a status we cannot read means "still running";
-            // restarting on a guess could run it twice.
+            // restarting on a guess could run it twice. What was last
+            // recorded of its reason stays (`None` here is "unknown").
             Err(e) => {
                 tracing::debug!(workspace_id = %id, error = %e, "status unknown; assuming running");
-                Seen::Running
+                (Seen::Running, None)
             }
         }
+    }
+
+    /// Records the reason the control plane gave when it differs from the
+    /// row's (an observation, written under the lease like a status).
+    async fn record_reason(
+        &self,
+        ws: &mut WorkspaceRow,
+        lease: &Lease,
+        reason: Option<StatusReason>,
+    ) -> ReconcileResult<()> {
+        if ws.status_reason == reason {
+            return Ok(());
+        }
+        if let Some(r) = &reason {
+            tracing::info!(kind = %r.kind, reason = %r, "the workspace's compute does not run as asked");
+        }
+        self.store
+            .record_status_reason(ws.id, lease.fence(), reason.as_ref(), now_millis())
+            .await?;
+        ws.status_reason = reason;
+        Ok(())
     }
 
     /// Whether this replica must hold a lease on a workspace's row to act on
@@ -578,9 +611,18 @@ impl Controller {
             return Ok(ws);
         }
         let mut obs = self.observed(id);
-        let seen = self.seen(id, ws.instance_id.as_deref()).await;
+        let (seen, reason) = self.seen(id, ws.instance_id.as_deref()).await;
+        // A reason belongs to the instance that runs now: none is recorded
+        // of an instance that exited or is gone (the action below restarts
+        // or forgets it, which clears the row's).
+        if seen == Seen::Running
+            && let Some(reason) = reason
+        {
+            self.record_reason(&mut ws, lease, reason).await?;
+        }
+        let held = ws.status_reason.is_some();
         let p = plan::plan(
-            &self.facts(&ws, seen),
+            &self.facts(&ws, seen, held),
             obs.pacing,
             &self.reconciler.timing(),
             now_millis(),
@@ -589,6 +631,14 @@ impl Controller {
         match p.action {
             // Handled above, before the row was live.
             Action::Nothing | Action::CompleteRestore | Action::FinishRemoval => {}
+            // Only the provision deadline fails a running instance: say
+            // why, with what the backend says holds it (a Pod that no node
+            // can take, a claim attached elsewhere, an image it cannot pull).
+            Action::SetStatus(Status::Failed) => {
+                let why =
+                    timeout_sentence(self.reconciler.provision_timeout, ws.status_reason.as_ref());
+                self.record_failure(&mut ws, lease, &why).await?
+            }
             Action::SetStatus(status) => self.set_status(&mut ws, lease, status).await?,
             Action::Start => self.start_instance(&mut ws, &mut obs, lease).await?,
             Action::Restart => {
@@ -635,7 +685,9 @@ impl Controller {
 
     /// What [`plan::plan`] decides on, from the row and the control plane's
     /// answer.
-    fn facts(&self, ws: &WorkspaceRow, seen: Seen) -> Facts {
+    /// `held`: the control plane gave a reason the instance does not run
+    /// as asked.
+    fn facts(&self, ws: &WorkspaceRow, seen: Seen, held: bool) -> Facts {
         Facts {
             removed: ws.is_removed(),
             restore_requested: ws.restore_requested_at.is_some(),
@@ -650,6 +702,7 @@ impl Controller {
             started_at: ws.started_at,
             last_heartbeat: ws.last_heartbeat,
             healthy: self.running_status(ws.id),
+            held,
         }
     }
 
@@ -796,15 +849,25 @@ impl Controller {
     /// this replica's pacing and the control plane's status. Its next look
     /// is scheduled either way.
     async fn needs_action(&self, ws: &WorkspaceRow) -> bool {
-        let seen = self.seen(ws.id, ws.instance_id.as_deref()).await;
+        let (seen, reason) = self.seen(ws.id, ws.instance_id.as_deref()).await;
+        // A reason that changed is recorded by a reconcile (under the
+        // lease), whatever the plan says.
+        let reason_changed =
+            seen == Seen::Running && reason.as_ref().is_some_and(|r| *r != ws.status_reason);
+        // The reason just read, else the one recorded (an unreadable
+        // answer changes nothing).
+        let held = match &reason {
+            Some(r) => seen == Seen::Running && r.is_some(),
+            None => ws.status_reason.is_some(),
+        };
         let p = plan::plan(
-            &self.facts(ws, seen),
+            &self.facts(ws, seen, held),
             self.observed(ws.id).pacing,
             &self.reconciler.timing(),
             now_millis(),
         );
         self.schedule(ws.id, p.wake_at);
-        p.action != Action::Nothing
+        p.action != Action::Nothing || reason_changed
     }
 
     /// One pass over every workspace. A workspace another replica is acting
@@ -949,6 +1012,28 @@ impl Controller {
 
     pub async fn heartbeat(&self, id: Uuid) -> anyhow::Result<()> {
         Ok(self.store.record_heartbeat(id, now_millis()).await?)
+    }
+}
+
+/// Why a workspace that never came online failed: the deadline, and what
+/// the backend said holds it, when it said anything.
+fn timeout_sentence(timeout: Duration, reason: Option<&StatusReason>) -> String {
+    let within = humantime_secs(timeout);
+    match reason {
+        Some(r) => format!("it did not come online within {within}: {r}"),
+        None => format!(
+            "it did not come online within {within}: its runtime never registered \
+             (its log may say why)"
+        ),
+    }
+}
+
+/// `120s`, `1500ms`: a deadline as the flags write it.
+fn humantime_secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 

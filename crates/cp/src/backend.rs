@@ -11,7 +11,7 @@ use crate::export::ByteStream;
 use crate::process::{Confinement, Layout, ProcessBackend, ProcessState, Spawn};
 use crate::{CpError, CpResult, tree};
 use async_trait::async_trait;
-use holdfast_domain::{DataPersistence, ImageRef, failpoint};
+use holdfast_domain::{DataPersistence, ImageRef, StatusReason, failpoint};
 use holdfast_store::VolumeRow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,14 +63,22 @@ pub trait Backend: Send + Sync + 'static {
 
     async fn state(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<ProcessState>;
 
-    /// Stops whatever a previous run of this control plane left running
-    /// (after `kill -9`). Returns how many it stopped.
+    /// Why the instance does not run as asked, typed, where the backend can
+    /// tell from what it observes (a Kubernetes Pod's status and Warning
+    /// events); `None` when it runs, when nothing is known, and on the
+    /// backends that have no such observation (processes, containers).
+    async fn status_reason(&self, _workspace_id: Uuid, _instance_id: &str) -> Option<StatusReason> {
+        None
+    }
+
     /// Workspace ids whose instance exited, as they exit, where the backend
     /// can tell; `None` makes the reconciler poll `state` instead.
     fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<Uuid>> {
         None
     }
 
+    /// Stops whatever a previous run of this control plane left running
+    /// (after `kill -9`). Returns how many it stopped.
     async fn reap_leftovers(&self) -> anyhow::Result<usize>;
 
     /// Stops every instance (a graceful shutdown). Data is kept.
@@ -81,6 +89,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The bytes of the workspace's data, `None` when it has none.
     async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>>;
+
+    /// [`Self::data_bytes`] of many workspaces' volumes, in their order: a
+    /// usage pass asks for a batch at a time, which a backend on the host's
+    /// files measures in one trip to the blocking pool.
+    async fn volume_bytes(&self, workspace_ids: &[Uuid]) -> Vec<anyhow::Result<Option<u64>>> {
+        let mut out = Vec::with_capacity(workspace_ids.len());
+        for id in workspace_ids {
+            out.push(self.data_bytes(*id, DataKind::Volume).await);
+        }
+        out
+    }
 
     /// Whether the workspace has data of that kind right now.
     async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool;
@@ -224,13 +243,30 @@ impl Backend for ProcessPort {
 
     async fn data_bytes(&self, workspace_id: Uuid, kind: DataKind) -> anyhow::Result<Option<u64>> {
         let dir = dir_of(self.process.layout(), workspace_id, kind);
-        Ok(tokio::task::spawn_blocking(move || {
-            std::fs::symlink_metadata(&dir)
-                .is_ok_and(|m| m.is_dir())
-                .then(|| tree::tree_size(&dir))
-                .transpose()
+        Ok(tokio::task::spawn_blocking(move || dir_bytes(&dir)).await??)
+    }
+
+    async fn volume_bytes(&self, workspace_ids: &[Uuid]) -> Vec<anyhow::Result<Option<u64>>> {
+        let dirs: Vec<PathBuf> = workspace_ids
+            .iter()
+            .map(|id| self.process.layout().volume_dir(*id))
+            .collect();
+        let n = dirs.len();
+        match tokio::task::spawn_blocking(move || {
+            dirs.iter()
+                .map(|d| dir_bytes(d).map_err(anyhow::Error::from))
+                .collect::<Vec<_>>()
         })
-        .await??)
+        .await
+        {
+            Ok(sizes) => sizes,
+            Err(e) => {
+                let why = e.to_string();
+                (0..n)
+                    .map(|_| Err(anyhow::anyhow!("measuring volumes: {why}")))
+                    .collect()
+            }
+        }
     }
 
     async fn has_data(&self, workspace_id: Uuid, kind: DataKind) -> bool {
@@ -332,6 +368,15 @@ impl Backend for ProcessPort {
             })
             .collect())
     }
+}
+
+/// The bytes under `dir` (through the handle walk), `None` when it is not
+/// a directory.
+fn dir_bytes(dir: &std::path::Path) -> std::io::Result<Option<u64>> {
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir())
+        .then(|| tree::tree_size(dir))
+        .transpose()
 }
 
 fn dir_of(layout: &Layout, workspace_id: Uuid, kind: DataKind) -> PathBuf {

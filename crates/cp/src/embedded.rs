@@ -8,8 +8,8 @@ use crate::backend::{Backend, DataKind};
 use crate::cgroup::Cgroups;
 use crate::process::{Confinement, Layout, ProcessBackend, ProcessState, Spawn};
 use crate::{
-    Actor, ControlPlane, CpError, CpResult, InstanceState, ProvisionRequest, Provisioned,
-    VolumeHistoryEntry, VolumeInfo,
+    Actor, ControlPlane, CpError, CpResult, InstanceState, InstanceStatus, ProvisionRequest,
+    Provisioned, VolumeHistoryEntry, VolumeInfo,
 };
 use async_trait::async_trait;
 use holdfast_domain::{
@@ -20,6 +20,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Volumes a usage pass measures per trip to the backend: large enough that
+/// a fleet's pass costs few hops, small enough that one trip stays short.
+const USAGE_BATCH: usize = 256;
 
 /// The control plane's policy knobs.
 #[derive(Debug, Clone)]
@@ -304,25 +308,26 @@ impl EmbeddedCp {
 
     /// One measurement pass over the attached volumes.
     pub async fn measure_usage(&self) -> anyhow::Result<()> {
-        for v in self.store.list_volumes(Some(VolumeState::Active)).await? {
-            let Some(bytes) = self
-                .backend
-                .data_bytes(v.workspace_id, DataKind::Volume)
-                .await?
-            else {
-                continue;
-            };
-            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-            if bytes != v.bytes {
-                self.store.set_volume_bytes(v.id, bytes).await?;
-            }
-            if crate::over_quota(bytes, v.size_gb) && !crate::over_quota(v.bytes, v.size_gb) {
-                tracing::warn!(
-                    workspace_id = %v.workspace_id,
-                    bytes,
-                    size_gb = v.size_gb,
-                    "a volume is over its quota; its data is kept"
-                );
+        let volumes = self.store.active_volume_usage().await?;
+        for batch in volumes.chunks(USAGE_BATCH) {
+            let ids: Vec<Uuid> = batch.iter().map(|v| v.workspace_id).collect();
+            let sizes = self.backend.volume_bytes(&ids).await;
+            for (v, measured) in batch.iter().zip(sizes) {
+                let Some(bytes) = measured? else {
+                    continue;
+                };
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                if bytes != v.bytes {
+                    self.store.set_volume_bytes(v.id, bytes).await?;
+                }
+                if crate::over_quota(bytes, v.size_gb) && !crate::over_quota(v.bytes, v.size_gb) {
+                    tracing::warn!(
+                        workspace_id = %v.workspace_id,
+                        bytes,
+                        size_gb = v.size_gb,
+                        "a volume is over its quota; its data is kept"
+                    );
+                }
             }
         }
         Ok(())
@@ -476,12 +481,19 @@ impl ControlPlane for EmbeddedCp {
         self.backend.check_image(image).await
     }
 
-    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
-        Ok(match self.backend.state(workspace_id, instance_id).await? {
+    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceStatus> {
+        let state = match self.backend.state(workspace_id, instance_id).await? {
             ProcessState::Running => InstanceState::Running,
             ProcessState::Exited(_) => InstanceState::Exited,
             ProcessState::Unknown => InstanceState::Unknown,
-        })
+        };
+        // Only an instance that should be running has a reason it does not:
+        // one that exited or is unknown is the reconciler's to restart.
+        let reason = match state {
+            InstanceState::Running => self.backend.status_reason(workspace_id, instance_id).await,
+            InstanceState::Exited | InstanceState::Unknown => None,
+        };
+        Ok(InstanceStatus { state, reason })
     }
 
     #[tracing::instrument(skip_all, fields(workspace_id = %workspace_id))]
@@ -546,6 +558,10 @@ impl ControlPlane for EmbeddedCp {
                 reason: h.reason,
             })
             .collect())
+    }
+
+    async fn over_quota(&self) -> CpResult<Vec<Uuid>> {
+        Ok(self.store.over_quota_workspaces().await?)
     }
 
     async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>> {

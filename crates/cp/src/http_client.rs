@@ -15,8 +15,8 @@ use crate::wire::{
     VolumesAnswer, VolumesQuery, route,
 };
 use crate::{
-    Actor, ControlPlane, CpError, CpResult, InstanceState, ProvisionRequest, Provisioned,
-    VolumeHistoryEntry, VolumeInfo,
+    Actor, ControlPlane, CpError, CpResult, InstanceState, InstanceStatus, ProvisionRequest,
+    Provisioned, VolumeHistoryEntry, VolumeInfo,
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -214,17 +214,20 @@ impl ControlPlane for HttpCp {
         }
     }
 
-    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState> {
+    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceStatus> {
         let rb = self
             .request(Method::GET, &route::status(workspace_id))
             .query(&StatusQuery {
                 instance_id: Some(instance_id.to_owned()),
             });
         match self.call::<StatusAnswer>(rb, StatusCode::OK).await {
-            Ok(a) => Ok(a.state),
+            Ok(a) => Ok(InstanceStatus {
+                state: a.state,
+                reason: a.reason,
+            }),
             // A control plane that cannot be reached says nothing about the
             // workspace: it is taken to be still running.
-            Err(CallError::Transport) => Ok(InstanceState::Running),
+            Err(CallError::Transport) => Ok(InstanceStatus::plain(InstanceState::Running)),
             Err(e) => Err(e.into_cp("status")),
         }
     }

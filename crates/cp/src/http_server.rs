@@ -328,11 +328,14 @@ async fn status(
     Query(q): Query<StatusQuery>,
 ) -> CpResult<Json<StatusAnswer>> {
     let id = svc.owned(&tenant, &raw).await?;
-    let state = match q.instance_id.as_deref() {
+    let status = match q.instance_id.as_deref() {
         Some(inst) => svc.engine.status(id, inst).await?,
-        None => crate::InstanceState::Unknown,
+        None => crate::InstanceStatus::plain(crate::InstanceState::Unknown),
     };
-    Ok(Json(StatusAnswer { state }))
+    Ok(Json(StatusAnswer {
+        state: status.state,
+        reason: status.reason,
+    }))
 }
 
 /// What a workspace started now gets: `{isolation, limits}`.

@@ -44,7 +44,7 @@ use crate::process::{Confinement, Isolation, Limits, ProcessState, Spawn};
 use crate::{CpError, CpResult};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use holdfast_domain::{DataPersistence, ImageRef, failpoint};
+use holdfast_domain::{DataPersistence, ImageRef, StatusReason, StatusReasonKind, failpoint};
 use holdfast_store::VolumeRow;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{
@@ -117,7 +117,8 @@ pub struct KubernetesBackend {
 
 /// Readable reasons by workspace, with the uid of the Pod each is about,
 /// shared with the watchers.
-type Reasons = Arc<std::sync::Mutex<std::collections::HashMap<Uuid, (Option<String>, String)>>>;
+type Reasons =
+    Arc<std::sync::Mutex<std::collections::HashMap<Uuid, (Option<String>, StatusReason)>>>;
 
 const POST: PostParams = PostParams {
     dry_run: false,
@@ -255,32 +256,94 @@ fn pod_state(pod: &Pod) -> ProcessState {
     }
 }
 
-/// Why a Pod does not run, readable: an unschedulable Pod (no node, a
-/// volume's node affinity, quota), a volume that cannot attach
-/// (Multi-Attach), an image that cannot be pulled.
-pub fn pod_reason(pod: &Pod) -> Option<String> {
+/// Why a Pod does not run, typed and readable, from its own status: an
+/// unschedulable Pod (its PodScheduled condition: no node, a volume's node
+/// affinity, an unbound claim), a container waiting on its image or in a
+/// crash loop. A container being created is on its way: no reason.
+pub fn pod_reason(pod: &Pod) -> Option<StatusReason> {
     let status = pod.status.as_ref()?;
     for c in status.conditions.iter().flatten() {
         if c.type_ == "PodScheduled" && c.status == "False" {
-            return Some(format!(
-                "not scheduled ({}): {}",
-                c.reason.as_deref().unwrap_or("Unschedulable"),
-                c.message.as_deref().unwrap_or("")
-            ));
+            // The condition carries the scheduler's message, the same as
+            // its FailedScheduling event's.
+            return classify("FailedScheduling", c.message.as_deref().unwrap_or(""));
         }
     }
     for cs in status.container_statuses.iter().flatten() {
-        if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref())
-            && w.reason.as_deref() != Some("ContainerCreating")
-        {
-            return Some(format!(
-                "waiting ({}): {}",
-                w.reason.as_deref().unwrap_or("unknown"),
-                w.message.as_deref().unwrap_or("")
-            ));
+        if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.as_deref().unwrap_or("");
+            if let Some(why) = classify(reason, w.message.as_deref().unwrap_or("")) {
+                return Some(why);
+            }
         }
     }
     None
+}
+
+/// The one mapping from what Kubernetes says of a Pod (a Warning event's
+/// reason, or a container's waiting reason, with its message) to a typed
+/// [`StatusReason`] whose sentence names the cause. `None` for what is on
+/// its way (ContainerCreating, PodInitializing) and for an empty reason.
+/// A pure function: `kubernetes/tests.rs` pins it with a table.
+pub fn classify(reason: &str, message: &str) -> Option<StatusReason> {
+    use StatusReasonKind as K;
+    let message = message.trim();
+    let (kind, sentence) = match reason {
+        "" | "ContainerCreating" | "PodInitializing" => return None,
+        "FailedScheduling" if message.contains("volume node affinity conflict") => (
+            K::VolumeNodeAffinity,
+            format!(
+                "not scheduled: its claim's volume is bound to a node or zone that no \
+                 schedulable node is in (volume node affinity conflict): {message}"
+            ),
+        ),
+        "FailedScheduling" if message.contains("unbound immediate PersistentVolumeClaims") => (
+            K::ClaimUnbound,
+            format!("not scheduled: its claim is not bound to a volume yet: {message}"),
+        ),
+        "FailedScheduling" | "Unschedulable" => (
+            K::Unschedulable,
+            format!("not scheduled: no node can take it: {message}"),
+        ),
+        "FailedAttachVolume" if message.contains("Multi-Attach") => (
+            K::VolumeMultiAttach,
+            format!(
+                "its claim is still attached to another node (Multi-Attach); it starts once \
+                 the other Pod that uses it is gone: {message}"
+            ),
+        ),
+        "FailedAttachVolume" => (
+            K::VolumeAttachFailed,
+            format!("its volume cannot be attached: {message}"),
+        ),
+        "FailedMount" => (
+            K::VolumeMountFailed,
+            format!("its volume cannot be mounted: {message}"),
+        ),
+        "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName" => (
+            K::ImagePull,
+            format!("its image cannot be pulled ({reason}): {message}"),
+        ),
+        "Failed" | "InspectFailed" | "BackOff" if message.contains("image") => (
+            K::ImagePull,
+            format!("its image cannot be pulled: {message}"),
+        ),
+        "CrashLoopBackOff" => (
+            K::CrashLoop,
+            format!(
+                "its program keeps exiting and is restarted with a back-off (CrashLoopBackOff): {message}"
+            ),
+        ),
+        "BackOff" if message.contains("restarting failed container") => (
+            K::CrashLoop,
+            format!("its program keeps exiting and is restarted with a back-off: {message}"),
+        ),
+        other => (K::Other, format!("{other}: {message}")),
+    };
+    Some(StatusReason::new(
+        kind,
+        sentence.trim_end_matches([':', ' ']),
+    ))
 }
 
 /// A Pod that holds a workspace's data at `/data`, for an exec.
@@ -700,15 +763,22 @@ impl KubernetesBackend {
             .items)
     }
 
-    /// Why the workspace's Pod does not run, readable, from what the
-    /// watchers saw: the latest Warning event about this very Pod (its uid),
-    /// else its own conditions. `None` when it runs, or nothing is known.
-    pub fn why_not_running(&self, workspace_id: Uuid) -> Option<String> {
+    /// Why the workspace's Pod does not run, typed and readable, from what
+    /// the watchers saw (see [`Self::reason_of`]). `None` when it runs, or
+    /// nothing is known.
+    pub fn why_not_running(&self, workspace_id: Uuid) -> Option<StatusReason> {
         let cache = self.cache.as_ref()?;
         let key = reflector::ObjectRef::new(&pod_name(workspace_id)).within(self.ns());
         let pod = cache.get(&key)?;
+        self.reason_of(workspace_id, &pod)
+    }
+
+    /// Why `pod` does not run: the latest Warning event the events watcher
+    /// saw about this very Pod (its uid), else its own status. A Running
+    /// Pod has only what its own status says (a container in a crash loop).
+    fn reason_of(&self, workspace_id: Uuid, pod: &Pod) -> Option<StatusReason> {
         if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-            return None;
+            return pod_reason(pod);
         }
         let seen = self
             .reasons
@@ -718,7 +788,7 @@ impl KubernetesBackend {
             .cloned();
         match seen {
             Some((uid, why)) if uid.is_none() || uid == pod.metadata.uid => Some(why),
-            _ => pod_reason(&pod),
+            _ => pod_reason(pod),
         }
     }
 
@@ -802,7 +872,9 @@ impl KubernetesBackend {
             match seen.status.as_ref().and_then(|s| s.phase.as_deref()) {
                 Some("Running") => return Ok(source),
                 Some(phase @ ("Failed" | "Succeeded")) => {
-                    let why = pod_reason(&seen).unwrap_or_else(|| format!("it ended {phase}"));
+                    let why = pod_reason(&seen)
+                        .map(|r| r.message)
+                        .unwrap_or_else(|| format!("it ended {phase}"));
                     self.release(&source).await;
                     return Err(CpError::Unavailable(format!(
                         "the helper Pod that reads the claim did not run: {why}"
@@ -811,7 +883,9 @@ impl KubernetesBackend {
                 _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                let why = pod_reason(&seen).unwrap_or_else(|| "still Pending".to_owned());
+                let why = pod_reason(&seen)
+                    .map(|r| r.message)
+                    .unwrap_or_else(|| "still Pending".to_owned());
                 self.release(&source).await;
                 return Err(CpError::Unavailable(format!(
                     "the helper Pod that reads the claim did not run within {:?}: {why}",
@@ -889,7 +963,7 @@ fn observe(
                     if let Some(reason) = pod_reason(&pod) {
                         tracing::warn!(
                             pod = pod.metadata.name,
-                            reason,
+                            reason = %reason,
                             "a workspace Pod does not run"
                         );
                     }
@@ -920,43 +994,22 @@ fn observe(
 }
 
 /// A Warning event about a workspace's Pod, as the workspace it is about
-/// and a sentence its owner can act on: a Pod no node can take
+/// and its typed reason ([`classify`]): a Pod no node can take
 /// (FailedScheduling, a claim's volume bound to a zone no schedulable node
 /// is in), a claim still attached to another node (Multi-Attach), a volume
-/// that cannot be mounted, an image that cannot be pulled. Events of
-/// helper Pods and of other objects are not a workspace's.
-pub fn event_reason(ev: &CoreEvent) -> Option<(Uuid, String)> {
+/// that cannot be mounted, an image that cannot be pulled, a crash loop.
+/// Events of helper Pods and of other objects are not a workspace's.
+pub fn event_reason(ev: &CoreEvent) -> Option<(Uuid, StatusReason)> {
     if ev.type_.as_deref() != Some("Warning") || ev.involved_object.kind.as_deref() != Some("Pod") {
         return None;
     }
     let name = ev.involved_object.name.as_deref()?;
     let id: Uuid = name.strip_prefix("ws-")?.parse().ok()?;
-    let message = ev.message.as_deref().unwrap_or("").trim();
-    let reason = ev.reason.as_deref().unwrap_or("");
-    let sentence = match reason {
-        "FailedScheduling" if message.contains("volume node affinity conflict") => format!(
-            "not scheduled: its claim's volume is bound to a node or zone that no schedulable \
-             node is in (volume node affinity conflict): {message}"
-        ),
-        "FailedScheduling" if message.contains("unbound immediate PersistentVolumeClaims") => {
-            format!("not scheduled: its claim is not bound to a volume yet: {message}")
-        }
-        "FailedScheduling" => format!("not scheduled: no node can take it: {message}"),
-        "FailedAttachVolume" if message.contains("Multi-Attach") => format!(
-            "its claim is still attached to another node (Multi-Attach); it starts once the \
-             other Pod that uses it is gone: {message}"
-        ),
-        "FailedAttachVolume" => format!("its volume cannot be attached: {message}"),
-        "FailedMount" => format!("its volume cannot be mounted: {message}"),
-        "Failed" | "ErrImagePull" | "ImagePullBackOff" | "InspectFailed"
-            if message.contains("image") =>
-        {
-            format!("its image cannot be pulled: {message}")
-        }
-        "" => return None,
-        other => format!("{other}: {message}"),
-    };
-    Some((id, sentence))
+    let why = classify(
+        ev.reason.as_deref().unwrap_or(""),
+        ev.message.as_deref().unwrap_or(""),
+    )?;
+    Some((id, why))
 }
 
 /// The events watcher: the Warning events of the namespace's Pods, each
@@ -973,7 +1026,7 @@ fn observe_events(events: Api<CoreEvent>, reasons: Reasons) {
             match event {
                 Ok(Event::Apply(ev) | Event::InitApply(ev)) => {
                     if let Some((id, why)) = event_reason(&ev) {
-                        tracing::warn!(workspace_id = %id, reason = why, "a workspace Pod does not run");
+                        tracing::warn!(workspace_id = %id, reason = %why, "a workspace Pod does not run");
                         let uid = ev.involved_object.uid.clone();
                         reasons.lock().expect("reasons").insert(id, (uid, why));
                     }
@@ -1113,6 +1166,26 @@ impl Backend for KubernetesBackend {
             return Ok(ProcessState::Unknown);
         }
         Ok(pod_state(&pod))
+    }
+
+    /// The watchers' reason ([`Self::reason_of`]), for the Pod of
+    /// this very instance (a Pod of another instance holding the name, one
+    /// a restart just made, is not the one asked about).
+    ///
+    /// The Pod comes from the watcher's cache, else from the API server
+    /// (the cache may not have a Pod created a moment ago yet).
+    async fn status_reason(&self, workspace_id: Uuid, instance_id: &str) -> Option<StatusReason> {
+        let pod = match self.instance_pod(workspace_id, instance_id).await {
+            Ok(pod) => pod?,
+            Err(e) => {
+                tracing::debug!(%workspace_id, error = %e, "reading the Pod for its reason failed");
+                return None;
+            }
+        };
+        if annotation(&pod.metadata, ANNOTATION_INSTANCE) != Some(instance_id) {
+            return None;
+        }
+        self.reason_of(workspace_id, &pod)
     }
 
     /// Pods outlive a replica, and other replicas share the namespace:

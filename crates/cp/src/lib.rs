@@ -31,8 +31,8 @@ pub use http_client::HttpCp;
 
 use async_trait::async_trait;
 use holdfast_domain::{
-    AuditAction, Consistency, DataPersistence, ImageRef, Millis, Runtime, SnapshotState, Tier,
-    VolumeReason, VolumeState,
+    AuditAction, Consistency, DataPersistence, ImageRef, Millis, Runtime, SnapshotState,
+    StatusReason, Tier, VolumeReason, VolumeState,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -83,6 +83,27 @@ pub enum InstanceState {
     Exited,
     /// No such instance (never started here, or already stopped).
     Unknown,
+}
+
+/// What the control plane says of an instance: its state, and why it does
+/// not run as asked where the backend can tell (a Kubernetes Pod that is
+/// Pending unschedulable, waiting on its volume or image, or in a crash
+/// loop). Processes and containers give no reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub state: InstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<StatusReason>,
+}
+
+impl InstanceStatus {
+    /// A state with no reason.
+    pub fn plain(state: InstanceState) -> Self {
+        InstanceStatus {
+            state,
+            reason: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,7 +322,9 @@ pub trait ControlPlane: Send + Sync + 'static {
         actor: Actor<'_>,
     ) -> CpResult<Option<VolumeInfo>>;
 
-    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceState>;
+    /// The instance's state, with the backend's reason when it does not run
+    /// as asked.
+    async fn status(&self, workspace_id: Uuid, instance_id: &str) -> CpResult<InstanceStatus>;
 
     /// What a workspace started now gets: its isolation, and whether its
     /// tier's limits apply.
@@ -334,6 +357,19 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn volume_history(&self, volume_id: Uuid) -> CpResult<Vec<VolumeHistoryEntry>>;
 
     async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>>;
+
+    /// The workspaces whose attached volume is over its `size_gb`. From
+    /// one listing by default; a control plane on a store answers it with
+    /// one query that returns only those.
+    async fn over_quota(&self) -> CpResult<Vec<Uuid>> {
+        Ok(self
+            .list_volumes(Some(VolumeState::Active))
+            .await?
+            .into_iter()
+            .filter(|v| v.over_quota)
+            .map(|v| v.workspace_id)
+            .collect())
+    }
 
     /// Brings a `retained` or `erase_pending` volume back to `active`
     /// (cancelling an erase). `DataErased` once erasure has begun; `None`

@@ -92,9 +92,15 @@ pub struct StatusQuery {
     pub instance_id: Option<String>,
 }
 
+/// `GET /cp/workspaces/:id/status`: `{state}`, and `reason`
+/// (`{kind, message}`) when the backend says why the instance does not run
+/// as asked. A client that knows no reason ignores it; one that reads an
+/// older control plane's answer finds none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusAnswer {
     pub state: InstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<holdfast_domain::StatusReason>,
 }
 
 /// The body of a retain or a restore.
@@ -306,6 +312,45 @@ impl CpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status answer carries the backend's reason as `{kind, message}`,
+    /// omitted when there is none; an older control plane's answer (no
+    /// `reason`) reads as none.
+    #[test]
+    fn a_status_reason_survives_the_wire() {
+        use holdfast_domain::{StatusReason, StatusReasonKind};
+        let held = StatusAnswer {
+            state: InstanceState::Running,
+            reason: Some(StatusReason::new(
+                StatusReasonKind::Unschedulable,
+                "not scheduled: no node can take it: 0/3 nodes are available",
+            )),
+        };
+        let text = serde_json::to_string(&held).unwrap();
+        assert_eq!(
+            text,
+            r#"{"state":"running","reason":{"kind":"unschedulable","message":"not scheduled: no node can take it: 0/3 nodes are available"}}"#
+        );
+        let back: StatusAnswer = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.reason, held.reason);
+        let plain = StatusAnswer {
+            state: InstanceState::Running,
+            reason: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"state":"running"}"#
+        );
+        let old: StatusAnswer = serde_json::from_str(r#"{"state":"exited"}"#).unwrap();
+        assert_eq!((old.state, old.reason), (InstanceState::Exited, None));
+        // A kind this side does not know is an error, not a guess.
+        assert!(
+            serde_json::from_str::<StatusAnswer>(
+                r#"{"state":"running","reason":{"kind":"cosmic_rays","message":"x"}}"#
+            )
+            .is_err()
+        );
+    }
 
     /// Every error read back from its wire form is the same kind (the
     /// messages differ: the control plane's are not echoed).

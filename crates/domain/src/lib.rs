@@ -11,8 +11,8 @@ mod workspace;
 
 pub use duration::{DurationArg, parse_duration};
 pub use status::{
-    AuditAction, Consistency, DesiredState, SnapshotState, Status, SweepAction, SweepOutcome,
-    VolumeReason, VolumeState,
+    AuditAction, Consistency, DesiredState, SnapshotState, Status, StatusReason, StatusReasonKind,
+    SweepAction, SweepOutcome, VolumeReason, VolumeState,
 };
 pub use workspace::{
     BIDI_CONTROLS, BUILTIN_TEMPLATE, Compute, DataPersistence, Env, INVISIBLE, ImageRef, Program,

@@ -213,6 +213,62 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Why a workspace's compute does not run as asked, as the backend
+    /// observed it (a Kubernetes Pod's phase, conditions and Warning
+    /// events): the kind an operator or a script branches on. The message
+    /// beside it says it for a person.
+    StatusReasonKind {
+        /// No node can take the Pod (FailedScheduling: resources, taints,
+        /// selectors, quota).
+        Unschedulable = "unschedulable",
+        /// Its claim's volume is bound to a node or zone no schedulable
+        /// node is in (volume node affinity conflict).
+        VolumeNodeAffinity = "volume_node_affinity",
+        /// Its claim is not bound to a volume yet.
+        ClaimUnbound = "claim_unbound",
+        /// Its claim is still attached to another node (Multi-Attach).
+        VolumeMultiAttach = "volume_multi_attach",
+        /// Its volume cannot be attached (FailedAttachVolume).
+        VolumeAttachFailed = "volume_attach_failed",
+        /// Its volume cannot be mounted (FailedMount).
+        VolumeMountFailed = "volume_mount_failed",
+        /// Its image cannot be pulled (ErrImagePull, ImagePullBackOff).
+        ImagePull = "image_pull",
+        /// Its program keeps exiting and is restarted with a back-off
+        /// (CrashLoopBackOff).
+        CrashLoop = "crash_loop",
+        /// Another reason the backend gave, named in the sentence.
+        Other = "other",
+    }
+}
+
+/// Why a workspace's compute does not run as asked: a typed kind and a
+/// sentence naming the cause, for its owner. Backends that cannot tell
+/// (processes, containers) give none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReason {
+    pub kind: StatusReasonKind,
+    /// What holds it, in a sentence (the cluster's own words after a colon).
+    pub message: String,
+}
+
+impl StatusReason {
+    pub fn new(kind: StatusReasonKind, message: impl Into<String>) -> Self {
+        StatusReason {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for StatusReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +286,9 @@ mod tests {
         }
         for s in AuditAction::ALL {
             assert_eq!(s.as_str().parse::<AuditAction>(), Ok(*s));
+        }
+        for s in StatusReasonKind::ALL {
+            assert_eq!(s.as_str().parse::<StatusReasonKind>(), Ok(*s));
         }
         assert!("Online".parse::<Status>().is_err());
         // The OpenAPI document lists the same values as the wire carries
@@ -257,6 +316,10 @@ mod tests {
         assert_eq!(
             schema_values::<VolumeState>(),
             texts(VolumeState::ALL, VolumeState::as_str)
+        );
+        assert_eq!(
+            schema_values::<StatusReasonKind>(),
+            texts(StatusReasonKind::ALL, StatusReasonKind::as_str)
         );
         assert_eq!(
             schema_values::<VolumeReason>(),

@@ -53,7 +53,7 @@ pub struct ServeArgs {
     /// net: it acts on process exits, requests and deadlines as they
     /// happen. (A control plane that reports no exits, such as a remote one,
     /// is polled every 500 ms instead.)
-    #[arg(long, env = "HOLDFAST_RESYNC_INTERVAL", default_value = "10s")]
+    #[arg(long, env = "HOLDFAST_RESYNC_INTERVAL", default_value = "60s")]
     resync_interval: DurationArg,
     /// The URL workspaces reach this server at (`HOLDFAST_PLATFORM_URL` in
     /// their env). Default: `http://` and the listen address, which suits
@@ -397,6 +397,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let background = ctl.spawn_background();
     let sweeper = ctl.spawn_sweeper(args.sweep_interval.0);
     let quotas = ctl.spawn_quota_watch();
+    let history = ctl.spawn_usage_history();
     let app = App::new(Arc::clone(&ctl))?;
     if embedded.is_some() {
         // The canvas dates a delete's outcome by these (a remote control
@@ -435,6 +436,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     background.abort();
     sweeper.abort();
     quotas.abort();
+    history.abort();
     if let Some(usage) = usage {
         usage.abort();
     }

@@ -19,7 +19,8 @@
 use holdfast_cp::backend::{DataKind, SharedBackend};
 use holdfast_cp::container::{ContainerBackend, ContainerSettings};
 use holdfast_cp::{
-    ControlPlane, CpError, CpPolicy, EmbeddedCp, HttpCp, InstanceState, ProvisionRequest,
+    ControlPlane, CpError, CpPolicy, EmbeddedCp, HttpCp, InstanceState, InstanceStatus,
+    ProvisionRequest,
 };
 use holdfast_domain::{DataPersistence, ImageRef, Runtime, VolumeState};
 use holdfast_store::Store;
@@ -392,9 +393,11 @@ async fn contract(s: Subject) {
         (p.state, p.data_mode),
         (InstanceState::Running, DataPersistence::Persist)
     );
+    // A running instance, and no reason it would not run: the process
+    // and container backends observe none (the wire carries none either).
     assert_eq!(
         cp.status(id, &p.instance_id).await.unwrap(),
-        InstanceState::Running
+        InstanceStatus::plain(InstanceState::Running)
     );
     wait_for("the first start's line", || async {
         starts(DataKind::Volume).await == 1
@@ -406,7 +409,7 @@ async fn contract(s: Subject) {
     // Stop never touches the data; a second start sees it.
     cp.stop(id, Some(&p.instance_id)).await.unwrap();
     assert_ne!(
-        cp.status(id, &p.instance_id).await.unwrap(),
+        cp.status(id, &p.instance_id).await.unwrap().state,
         InstanceState::Running
     );
     assert_eq!(

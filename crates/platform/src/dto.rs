@@ -6,8 +6,8 @@ use holdfast_controller::{CreateRequest, Deleted};
 use holdfast_cp::process::Confinement;
 use holdfast_cp::{VolumeHistoryEntry, VolumeInfo};
 use holdfast_domain::{
-    Compute, DataPersistence, Env, FieldError, Role, Runtime, Status, Tier, VolumeReason,
-    VolumeState, WorkspaceName, format_millis,
+    Compute, DataPersistence, Env, FieldError, Role, Runtime, Status, StatusReason, Tier,
+    VolumeReason, VolumeState, WorkspaceName, format_millis,
 };
 use holdfast_store::{WorkspacePatch, WorkspaceRow};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -469,6 +469,15 @@ pub struct WorkspaceView {
     /// container image the engine does not have, an engine that does not
     /// answer. `null` otherwise.
     pub failure: Option<String>,
+    /// Why its compute does not run as asked, as the backend last observed
+    /// it: `{kind, message}`, the kind one of `unschedulable`,
+    /// `volume_node_affinity`, `claim_unbound`, `volume_multi_attach`,
+    /// `volume_attach_failed`, `volume_mount_failed`, `image_pull`,
+    /// `crash_loop`, `other`, and a sentence naming the cause (a Kubernetes
+    /// Pod no node can take, a claim still attached to another node, an
+    /// image it cannot pull). `null` when there is none (always on the
+    /// process and container backends).
+    pub status_reason: Option<StatusReason>,
     /// When its current instance started (its uptime runs from here);
     /// `null` while it is not running.
     pub started_at: Option<String>,
@@ -506,6 +515,7 @@ impl WorkspaceView {
                 .clone()
                 .unwrap_or_else(|| default.limits.as_str().to_owned()),
             failure: ws.failure.clone(),
+            status_reason: ws.status_reason.clone(),
             started_at: ws.started_at.map(format_millis),
         }
     }

@@ -17,8 +17,11 @@
 //!
 //! A write whose future is dropped mid-statement (a client that hung up)
 //! may still be carried out by the database after its guard bumped the
-//! epoch; an entry read in between could then be stale. Entries live at
-//! most [`TTL`] for that reason.
+//! epoch; an entry read in between could then be stale. So an entry whose
+//! read began within [`SETTLE`] of the last write is served only until that
+//! window closes; one read after it lives until the next write. On an idle
+//! fleet every entry is then good for as long as nothing is written, with
+//! no expiry to send reads back to the database.
 
 use crate::{VolumeRow, WorkspaceRow};
 use std::collections::HashMap;
@@ -28,11 +31,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// The longest an entry is served (see the module comment).
-pub(crate) const TTL: Duration = Duration::from_secs(5);
+/// How long after a write's guard is dropped an abandoned statement of it
+/// may still land (see the module comment): the one writer connection runs
+/// a statement it was handed at once, and a lock wait is bounded by the
+/// 5 s busy timeout.
+pub(crate) const SETTLE: Duration = Duration::from_secs(6);
 /// Entries per map at most; a full map is emptied before the next insert,
 /// so a flood of distinct unknown tokens costs memory only up to this.
 const CAP: usize = 100_000;
+
+/// A read's place in the cache's history: the epoch it began under and
+/// when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    epoch: u64,
+    at: Instant,
+}
 
 /// What a token hash stands for, as the store last read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +58,7 @@ pub(crate) enum TokenOwner {
 
 pub(crate) struct ReadCache {
     enabled: bool,
+    settle: Duration,
     epoch: AtomicU64,
     inner: Mutex<Inner>,
     hits: AtomicU64,
@@ -64,6 +79,8 @@ pub struct CacheStats {
 pub(crate) struct Inner {
     /// The epoch every entry below was read under.
     epoch: u64,
+    /// When the last write's guard was dropped.
+    last_write: Option<Instant>,
     workspaces: HashMap<Uuid, (Instant, Option<WorkspaceRow>)>,
     latest_volumes: HashMap<Uuid, (Instant, Option<VolumeRow>)>,
     /// By token hash and the kind of token it was looked up as.
@@ -113,8 +130,13 @@ impl Inner {
 
 impl ReadCache {
     pub(crate) fn new(enabled: bool) -> ReadCache {
+        ReadCache::settling(enabled, SETTLE)
+    }
+
+    fn settling(enabled: bool, settle: Duration) -> ReadCache {
         ReadCache {
             enabled,
+            settle,
             epoch: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
             hits: AtomicU64::new(0),
@@ -134,13 +156,19 @@ impl ReadCache {
     /// Called when a write has finished (or was abandoned).
     pub(crate) fn wrote(&self) {
         if self.enabled {
+            let mut inner = self.lock();
+            inner.last_write = Some(Instant::now());
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
     }
 
-    /// The epoch to read under, before reading; `None` when off.
-    pub(crate) fn begin_read(&self) -> Option<u64> {
-        self.enabled.then(|| self.epoch.load(Ordering::SeqCst))
+    /// The epoch to read under and when the read began, before reading;
+    /// `None` when off.
+    pub(crate) fn begin_read(&self) -> Option<Ticket> {
+        self.enabled.then(|| Ticket {
+            epoch: self.epoch.load(Ordering::SeqCst),
+            at: Instant::now(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -159,8 +187,13 @@ impl ReadCache {
             inner.clear();
             inner.epoch = now;
         }
+        // Until the last write has settled, entries read meanwhile are
+        // served; after, only those read once it had.
+        let settled = inner.last_write.map(|w| w + self.settle);
         let found = match E::map(&mut inner).get(key) {
-            Some((at, v)) if at.elapsed() < TTL => Some(v.clone()),
+            Some((at, v)) if settled.is_none_or(|s| *at >= s || Instant::now() < s) => {
+                Some(v.clone())
+            }
             _ => None,
         };
         let counter = if found.is_some() {
@@ -173,8 +206,8 @@ impl ReadCache {
     }
 
     /// Keeps what was read under `epoch`, unless something was written since.
-    pub(crate) fn put<E: Entry>(&self, epoch: Option<u64>, key: E::Key, value: E) {
-        let Some(epoch) = epoch else {
+    pub(crate) fn put<E: Entry>(&self, ticket: Option<Ticket>, key: E::Key, value: E) {
+        let Some(Ticket { epoch, at }) = ticket else {
             return;
         };
         let mut inner = self.lock();
@@ -189,7 +222,7 @@ impl ReadCache {
         if map.len() >= CAP {
             map.clear();
         }
-        map.insert(key, (Instant::now(), value));
+        map.insert(key, (at, value));
     }
 }
 
@@ -227,6 +260,26 @@ mod tests {
         let e = c.begin_read();
         c.put(e, key("a"), owner(2));
         assert_eq!(c.get::<TokenOwner>(&key("a")), Some(owner(2)));
+    }
+
+    #[test]
+    fn an_entry_read_while_a_write_settles_is_dropped_when_it_has() {
+        let c = ReadCache::settling(true, Duration::from_millis(200));
+        c.wrote();
+        let e = c.begin_read();
+        c.put(e, key("early"), owner(1));
+        assert_eq!(c.get::<TokenOwner>(&key("early")), Some(owner(1)));
+        std::thread::sleep(Duration::from_millis(250));
+        // A statement of that write could have landed after this read.
+        assert_eq!(c.get::<TokenOwner>(&key("early")), None);
+        // Read once it has settled: kept until the next write, with no
+        // expiry.
+        let e = c.begin_read();
+        c.put(e, key("late"), owner(2));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(c.get::<TokenOwner>(&key("late")), Some(owner(2)));
+        c.wrote();
+        assert_eq!(c.get::<TokenOwner>(&key("late")), None);
     }
 
     #[test]

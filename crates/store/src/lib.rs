@@ -29,7 +29,9 @@ pub use sessions::{Session, SessionIdentity};
 pub use snapshots::{Captured, SnapshotEraseCandidate, SnapshotRow};
 pub use tenants::Tenant;
 pub use usage::{USAGE_BUCKET_MS, USAGE_BUCKETS, UsageSample, usage_bucket};
-pub use volumes::{Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition};
+pub use volumes::{
+    Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition, VolumeUsage,
+};
 pub use workspaces::{Fence, NewWorkspace, Started, WorkspacePatch, WorkspaceRow};
 
 use anyhow::Context;

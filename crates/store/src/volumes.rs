@@ -44,6 +44,16 @@ impl VolumeRow {
     }
 }
 
+/// What a usage pass needs of an attached volume: four columns, not a
+/// whole row (the pass reads every attached volume every interval).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeUsage {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub bytes: i64,
+    pub size_gb: Option<i64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct VolumeHistoryRow {
     pub at: Millis,
@@ -287,6 +297,39 @@ impl Store {
                 }
             };
         rows.iter().map(VolumeRow::from_row).collect()
+    }
+
+    /// The size and quota of every `active` volume, in no order.
+    pub async fn active_volume_usage(&self) -> StoreResult<Vec<VolumeUsage>> {
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, bytes, size_gb FROM volumes WHERE state = 'active'",
+        )
+        .fetch_all(self.read())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(VolumeUsage {
+                    id: parse_uuid(row, "id")?,
+                    workspace_id: parse_uuid(row, "workspace_id")?,
+                    bytes: row.try_get("bytes")?,
+                    size_gb: row.try_get("size_gb")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The workspaces whose `active` volume holds more than its `size_gb`
+    /// (decimal gigabytes, as everywhere in holdfast).
+    pub async fn over_quota_workspaces(&self) -> StoreResult<Vec<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT workspace_id FROM volumes WHERE state = 'active' \
+             AND size_gb IS NOT NULL AND bytes > size_gb * 1000000000",
+        )
+        .fetch_all(self.read())
+        .await?;
+        rows.iter()
+            .map(|row| parse_uuid(row, "workspace_id"))
+            .collect()
     }
 
     pub async fn volume_history(&self, volume_id: Uuid) -> StoreResult<Vec<VolumeHistoryRow>> {

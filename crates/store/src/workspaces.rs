@@ -2,7 +2,10 @@
 //! observed status.
 
 use crate::{Store, StoreError, StoreResult, parse_json, parse_opt_uuid, parse_text, parse_uuid};
-use holdfast_domain::{Compute, DataPersistence, DesiredState, Env, Millis, Runtime, Status, Tier};
+use holdfast_domain::{
+    Compute, DataPersistence, DesiredState, Env, Millis, Runtime, Status, StatusReason,
+    StatusReasonKind, Tier,
+};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -43,6 +46,9 @@ pub struct WorkspaceRow {
     pub limits: Option<String>,
     /// Why its latest start failed, for its owner; `None` when it did not.
     pub failure: Option<String>,
+    /// Why its compute does not run as asked, as the control plane last
+    /// observed it; `None` when there is nothing to say.
+    pub status_reason: Option<StatusReason>,
     /// A restore was asked for (by `restore_by`) and is not finished yet:
     /// the reconciler carries it out.
     pub restore_requested_at: Option<Millis>,
@@ -92,6 +98,11 @@ impl WorkspaceRow {
             isolation: row.try_get("isolation")?,
             limits: row.try_get("limits")?,
             failure: row.try_get("failure")?,
+            status_reason: {
+                let kind: Option<StatusReasonKind> = crate::parse_opt_text(row, "status_reason")?;
+                let message: Option<String> = row.try_get("status_reason_message")?;
+                kind.map(|kind| StatusReason::new(kind, message.unwrap_or_default()))
+            },
             restore_requested_at: row.try_get("restore_requested_at")?,
             restore_by: row.try_get("restore_by")?,
             hold_reason: row.try_get("hold_reason")?,
@@ -230,7 +241,7 @@ pub(crate) fn insert_query(
 
 pub(crate) const COLUMNS: &str = "id, org_id, name, role, parent_id, tier, runtime, env, compute, \
     resolved_mode, desired, generation, status, instance_id, url, delete_erase, \
-    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, failure, restore_requested_at, restore_by, \
+    compute_released, instance_generation, started_at, last_heartbeat, removed_by, isolation, limits, failure, status_reason, status_reason_message, restore_requested_at, restore_by, \
     hold_reason, hold_by, hold_at, seed_snapshot_id, created_at, updated_at, removed_at";
 
 /// The fence of a workspace lease grant: see [`Store::try_lease_workspace`].
@@ -295,6 +306,7 @@ impl Store {
             isolation: None,
             limits: None,
             failure: None,
+            status_reason: None,
             restore_requested_at: None,
             restore_by: None,
             hold_reason: None,
@@ -466,7 +478,8 @@ impl Store {
     ) -> StoreResult<()> {
         let sql = fenced(
             "UPDATE workspaces SET status = $2, instance_id = NULL, instance_generation = NULL, url = NULL, \
-             started_at = NULL, last_heartbeat = NULL, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+             started_at = NULL, last_heartbeat = NULL, status_reason = NULL, status_reason_message = NULL, \
+             updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
             fence,
             4,
         );
@@ -730,7 +743,8 @@ impl Store {
     pub async fn mark_compute_released(&self, id: Uuid, fence: Option<Fence>) -> StoreResult<()> {
         let sql = fenced(
             "UPDATE workspaces SET compute_released = 1, instance_id = NULL, instance_generation = NULL, \
-             url = NULL, started_at = NULL, last_heartbeat = NULL WHERE id = $1",
+             url = NULL, started_at = NULL, last_heartbeat = NULL, status_reason = NULL, \
+             status_reason_message = NULL WHERE id = $1",
             fence,
             2,
         );
@@ -787,6 +801,35 @@ impl Store {
                 .bind(id.to_string())
                 .bind(Status::Failed.as_str())
                 .bind(why.to_owned())
+                .bind(now),
+            fence,
+        )
+        .execute(&*self.write())
+        .await?;
+        self.check_fence(id, fence, done.rows_affected()).await
+    }
+
+    /// Records why the workspace's compute does not run as asked (`None`:
+    /// it does now, or nothing is known), as the control plane observed it.
+    #[tracing::instrument(skip_all, name = "store.record_status_reason", fields(workspace_id = %id))]
+    pub async fn record_status_reason(
+        &self,
+        id: Uuid,
+        fence: Option<Fence>,
+        reason: Option<&StatusReason>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let sql = fenced(
+            "UPDATE workspaces SET status_reason = $2, status_reason_message = $3, updated_at = $4 \
+             WHERE id = $1 AND removed_at IS NULL",
+            fence,
+            5,
+        );
+        let done = bind_fence(
+            sqlx::query(&sql)
+                .bind(id.to_string())
+                .bind(reason.map(|r| r.kind.as_str().to_owned()))
+                .bind(reason.map(|r| r.message.clone()))
                 .bind(now),
             fence,
         )
@@ -924,7 +967,7 @@ impl Store {
     ) -> StoreResult<()> {
         let sql = fenced(
             "UPDATE workspaces SET token_hash = $2, url = NULL, status = $3, failure = NULL, \
-             updated_at = $4 \
+             status_reason = NULL, status_reason_message = NULL, updated_at = $4 \
              WHERE id = $1 AND removed_at IS NULL",
             fence,
             5,

@@ -80,6 +80,10 @@ pub struct Facts {
     pub last_heartbeat: Option<Millis>,
     /// `online`, or `degraded` while its volume is over its quota.
     pub healthy: Status,
+    /// The control plane says why the running instance does not run as
+    /// asked (a Kubernetes Pod Pending unschedulable, waiting on its
+    /// volume or image): it is not online, whatever its runtime.
+    pub held: bool,
 }
 
 /// The one thing to do now.
@@ -175,10 +179,10 @@ pub fn plan(f: &Facts, pacing: Pacing, t: &Timing, now: Millis) -> Plan {
             if now - started >= t.stable_after {
                 p.crashes = 0;
             }
-            if !f.registers {
+            if !f.registers && !f.held {
                 return set_status(f, f.healthy, p, None);
             }
-            if f.registered {
+            if f.registers && f.registered {
                 let last = f.last_heartbeat.unwrap_or(started);
                 let deadline = last + t.heartbeat_window;
                 if now > deadline {
@@ -196,6 +200,12 @@ pub fn plan(f: &Facts, pacing: Pacing, t: &Timing, now: Millis) -> Plan {
                     return set_status(f, Status::Failed, p, None);
                 }
                 return plan_of(Action::Nothing, p, Some(deadline + 1));
+            }
+            if !f.registers && f.status == f.healthy && now <= deadline {
+                // A command's instance, recorded online at its start, that
+                // the backend says cannot run yet (its Pod is not
+                // scheduled): provisioning again, under the same deadline.
+                return set_status(f, Status::Provisioning, p, Some(deadline + 1));
             }
             plan_of(Action::Nothing, p, None)
         }
@@ -275,6 +285,7 @@ mod tests {
             started_at: Some(1_000),
             last_heartbeat: Some(10_000),
             healthy: Status::Online,
+            held: false,
         }
     }
 
@@ -542,6 +553,89 @@ mod tests {
                 failed start waits for new intent: Nothing; crashes 0, next None, failed Some(1), attempted Some(1); wake None
                 gone, not a crash: Forget { start: true }; crashes 0, next None, failed None, attempted Some(1); wake None
                 gone while failed: Forget { start: false }; crashes 0, next None, failed Some(1), attempted Some(1); wake None
+            "#]],
+        );
+    }
+
+    /// A running instance the backend says cannot run yet (a Pod that no
+    /// node can take, waiting on its claim or its image) is not online,
+    /// whatever its runtime, and fails at the provision deadline; once
+    /// nothing holds it, a command is online again.
+    #[test]
+    fn an_instance_held_by_its_backend_is_provisioning_until_the_deadline() {
+        let held_command_online = Facts {
+            registers: false,
+            registered: false,
+            last_heartbeat: None,
+            status: Status::Online,
+            held: true,
+            ..online()
+        };
+        let held_command_provisioning = Facts {
+            status: Status::Provisioning,
+            ..held_command_online
+        };
+        let released_command = Facts {
+            held: false,
+            ..held_command_provisioning
+        };
+        let held_builtin = Facts {
+            registered: false,
+            last_heartbeat: None,
+            status: Status::Provisioning,
+            held: true,
+            ..online()
+        };
+        let held_but_registered = Facts {
+            held: true,
+            ..online()
+        };
+        let d = Pacing::default();
+        table(
+            &[
+                ("a command held", held_command_online, d, 2_000),
+                (
+                    "a command held, within the deadline",
+                    held_command_provisioning,
+                    d,
+                    60_000,
+                ),
+                (
+                    "a command held past the deadline",
+                    held_command_provisioning,
+                    d,
+                    121_001,
+                ),
+                (
+                    "a command held past the deadline, recorded online",
+                    held_command_online,
+                    d,
+                    121_001,
+                ),
+                ("a command no longer held", released_command, d, 60_000),
+                ("the built-in runtime held", held_builtin, d, 60_000),
+                (
+                    "the built-in runtime held past the deadline",
+                    held_builtin,
+                    d,
+                    121_001,
+                ),
+                (
+                    "a registered runtime heartbeats whatever is said",
+                    held_but_registered,
+                    d,
+                    11_000,
+                ),
+            ],
+            expect![[r#"
+                a command held: SetStatus(Provisioning); crashes 0, next None, failed None, attempted None; wake Some(121001)
+                a command held, within the deadline: Nothing; crashes 0, next None, failed None, attempted None; wake Some(121001)
+                a command held past the deadline: SetStatus(Failed); crashes 0, next None, failed None, attempted None; wake None
+                a command held past the deadline, recorded online: Nothing; crashes 0, next None, failed None, attempted None; wake None
+                a command no longer held: SetStatus(Online); crashes 0, next None, failed None, attempted None; wake None
+                the built-in runtime held: Nothing; crashes 0, next None, failed None, attempted None; wake Some(121001)
+                the built-in runtime held past the deadline: SetStatus(Failed); crashes 0, next None, failed None, attempted None; wake None
+                a registered runtime heartbeats whatever is said: Nothing; crashes 0, next None, failed None, attempted None; wake Some(25001)
             "#]],
         );
     }

@@ -1179,64 +1179,201 @@ fn warning(pod: &str, uid: &str, reason: &str, message: &str) -> CoreEvent {
     .unwrap()
 }
 
-/// Every Warning of the kinds that hold a workspace's Pod becomes a
-/// sentence its owner can act on; other events are not a workspace's.
+/// The one mapping ([`classify`]) from what Kubernetes says of a Pod to a
+/// typed reason and a sentence naming the cause: one line per case,
+/// `reason | message => kind: sentence` (or `none`).
+fn check_classify(cases: &[(&str, &str)], want: expect_test::Expect) {
+    let got: Vec<String> = cases
+        .iter()
+        .map(|(reason, message)| {
+            let out = match classify(reason, message) {
+                Some(r) => format!("{}: {}", r.kind, r.message),
+                None => "none".to_owned(),
+            };
+            format!("{reason} | {message}\n  => {out}")
+        })
+        .collect();
+    want.assert_eq(&(got.join("\n") + "\n"));
+}
+
 #[test]
-fn pod_events_become_readable_reasons() {
+fn scheduling_failures_name_their_cause() {
+    check_classify(
+        &[
+            (
+                "FailedScheduling",
+                "0/3 nodes are available: 3 Insufficient memory.",
+            ),
+            (
+                "FailedScheduling",
+                "0/3 nodes are available: 3 node(s) had volume node affinity conflict.",
+            ),
+            (
+                "FailedScheduling",
+                "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+            ),
+            ("Unschedulable", ""),
+        ],
+        expect_test::expect![[r#"
+            FailedScheduling | 0/3 nodes are available: 3 Insufficient memory.
+              => unschedulable: not scheduled: no node can take it: 0/3 nodes are available: 3 Insufficient memory.
+            FailedScheduling | 0/3 nodes are available: 3 node(s) had volume node affinity conflict.
+              => volume_node_affinity: not scheduled: its claim's volume is bound to a node or zone that no schedulable node is in (volume node affinity conflict): 0/3 nodes are available: 3 node(s) had volume node affinity conflict.
+            FailedScheduling | 0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.
+              => claim_unbound: not scheduled: its claim is not bound to a volume yet: 0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.
+            Unschedulable | 
+              => unschedulable: not scheduled: no node can take it
+        "#]],
+    );
+}
+
+#[test]
+fn volume_failures_name_their_cause() {
+    check_classify(
+        &[
+            (
+                "FailedAttachVolume",
+                "Multi-Attach error for volume \"pvc-1\" Volume is already exclusively attached to one node and can't be attached to another",
+            ),
+            (
+                "FailedAttachVolume",
+                "AttachVolume.Attach failed for volume \"pvc-1\": rpc error: timed out",
+            ),
+            (
+                "FailedMount",
+                "MountVolume.SetUp failed for volume \"data\": mount failed",
+            ),
+        ],
+        expect_test::expect![[r#"
+            FailedAttachVolume | Multi-Attach error for volume "pvc-1" Volume is already exclusively attached to one node and can't be attached to another
+              => volume_multi_attach: its claim is still attached to another node (Multi-Attach); it starts once the other Pod that uses it is gone: Multi-Attach error for volume "pvc-1" Volume is already exclusively attached to one node and can't be attached to another
+            FailedAttachVolume | AttachVolume.Attach failed for volume "pvc-1": rpc error: timed out
+              => volume_attach_failed: its volume cannot be attached: AttachVolume.Attach failed for volume "pvc-1": rpc error: timed out
+            FailedMount | MountVolume.SetUp failed for volume "data": mount failed
+              => volume_mount_failed: its volume cannot be mounted: MountVolume.SetUp failed for volume "data": mount failed
+        "#]],
+    );
+}
+
+#[test]
+fn image_and_crash_loop_failures_name_their_cause() {
+    check_classify(
+        &[
+            (
+                "Failed",
+                "Failed to pull image \"localhost/x:1\": not found",
+            ),
+            ("ErrImagePull", "rpc error: manifest unknown"),
+            (
+                "ImagePullBackOff",
+                "Back-off pulling image \"localhost/x:1\"",
+            ),
+            ("BackOff", "Back-off pulling image \"localhost/x:1\""),
+            (
+                "CrashLoopBackOff",
+                "back-off 40s restarting failed container=workspace",
+            ),
+            ("BackOff", "Back-off restarting failed container"),
+        ],
+        expect_test::expect![[r#"
+            Failed | Failed to pull image "localhost/x:1": not found
+              => image_pull: its image cannot be pulled: Failed to pull image "localhost/x:1": not found
+            ErrImagePull | rpc error: manifest unknown
+              => image_pull: its image cannot be pulled (ErrImagePull): rpc error: manifest unknown
+            ImagePullBackOff | Back-off pulling image "localhost/x:1"
+              => image_pull: its image cannot be pulled (ImagePullBackOff): Back-off pulling image "localhost/x:1"
+            BackOff | Back-off pulling image "localhost/x:1"
+              => image_pull: its image cannot be pulled: Back-off pulling image "localhost/x:1"
+            CrashLoopBackOff | back-off 40s restarting failed container=workspace
+              => crash_loop: its program keeps exiting and is restarted with a back-off (CrashLoopBackOff): back-off 40s restarting failed container=workspace
+            BackOff | Back-off restarting failed container
+              => crash_loop: its program keeps exiting and is restarted with a back-off: Back-off restarting failed container
+        "#]],
+    );
+}
+
+#[test]
+fn what_is_on_its_way_has_no_reason_and_the_rest_is_named() {
+    check_classify(
+        &[
+            ("ContainerCreating", ""),
+            ("PodInitializing", ""),
+            ("", "something"),
+            ("FailedCreatePodSandBox", "network plugin not ready"),
+        ],
+        expect_test::expect![[r#"
+            ContainerCreating | 
+              => none
+            PodInitializing | 
+              => none
+             | something
+              => none
+            FailedCreatePodSandBox | network plugin not ready
+              => other: FailedCreatePodSandBox: network plugin not ready
+        "#]],
+    );
+}
+
+/// A Pod's own status gives the same reasons: its PodScheduled condition,
+/// a container waiting on its image or in a crash loop; a container being
+/// created, or one that runs, gives none.
+#[test]
+fn a_pods_own_status_gives_its_reason() {
+    let pod = |status: serde_json::Value| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": pod_name(ws()) }, "status": status,
+        }))
+        .unwrap()
+    };
+    let waiting = |reason: &str, message: &str| {
+        pod(serde_json::json!({
+            "phase": "Pending",
+            "containerStatuses": [{
+                "name": "workspace", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": { "waiting": { "reason": reason, "message": message } },
+            }],
+        }))
+    };
+    let kind = |p: &Pod| pod_reason(p).map(|r| r.kind);
+    let unschedulable = pod(serde_json::json!({
+        "phase": "Pending",
+        "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: insufficient memory",
+        }],
+    }));
+    assert_eq!(kind(&unschedulable), Some(StatusReasonKind::Unschedulable));
+    assert_eq!(
+        pod_reason(&unschedulable).unwrap().message,
+        "not scheduled: no node can take it: 0/3 nodes are available: insufficient memory"
+    );
+    assert_eq!(
+        kind(&waiting("ImagePullBackOff", "Back-off pulling image")),
+        Some(StatusReasonKind::ImagePull)
+    );
+    assert_eq!(
+        kind(&waiting("CrashLoopBackOff", "back-off 10s")),
+        Some(StatusReasonKind::CrashLoop)
+    );
+    assert_eq!(kind(&waiting("ContainerCreating", "")), None);
+    assert_eq!(kind(&pod(serde_json::json!({ "phase": "Running" }))), None);
+}
+
+/// Warning events about a workspace's Pod are its reasons; other events
+/// (Normal ones, a helper Pod's, another kind's) are not a workspace's.
+#[test]
+fn only_a_workspace_pods_warnings_are_its_reasons() {
     let pod = pod_name(ws());
-    let cases = [
-        (
-            "FailedScheduling",
-            "0/3 nodes are available: 3 Insufficient memory.",
-            Some(
-                "not scheduled: no node can take it: 0/3 nodes are available: 3 Insufficient memory.",
-            ),
-        ),
-        (
-            "FailedScheduling",
-            "0/3 nodes are available: 3 node(s) had volume node affinity conflict.",
-            Some(
-                "not scheduled: its claim's volume is bound to a node or zone that no schedulable node is in",
-            ),
-        ),
-        (
-            "FailedScheduling",
-            "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
-            Some("not scheduled: its claim is not bound to a volume yet"),
-        ),
-        (
-            "FailedAttachVolume",
-            "Multi-Attach error for volume \"pvc-1\" Volume is already exclusively attached to one node and can't be attached to another",
-            Some("its claim is still attached to another node (Multi-Attach)"),
-        ),
-        (
-            "FailedMount",
-            "MountVolume.SetUp failed for volume \"data\"",
-            Some("its volume cannot be mounted: MountVolume.SetUp failed"),
-        ),
-        (
-            "Failed",
-            "Failed to pull image \"localhost/x:1\": not found",
-            Some("its image cannot be pulled: Failed to pull image"),
-        ),
-        (
-            "BackOff",
-            "Back-off restarting failed container",
-            Some("BackOff: Back-off restarting"),
-        ),
-    ];
-    for (reason, message, want) in cases {
-        let got = event_reason(&warning(&pod, "u", reason, message));
-        match want {
-            Some(want) => {
-                let (id, why) = got.unwrap_or_else(|| panic!("{reason}: no reason"));
-                assert_eq!(id, ws());
-                assert!(why.starts_with(want), "{reason}: {why}");
-            }
-            None => assert!(got.is_none()),
-        }
-    }
-    // Not a workspace's: a Normal event, a helper Pod's, another kind's.
+    let (id, why) = event_reason(&warning(
+        &pod,
+        "u",
+        "FailedScheduling",
+        "0/3 nodes are available: 3 Insufficient memory.",
+    ))
+    .expect("a reason");
+    assert_eq!(id, ws());
+    assert_eq!(why.kind, StatusReasonKind::Unschedulable);
     let mut normal = warning(&pod, "u", "Scheduled", "assigned to node-a");
     normal.type_ = Some("Normal".to_owned());
     assert!(event_reason(&normal).is_none());
@@ -1285,8 +1422,10 @@ async fn the_events_watcher_gives_a_pending_pod_its_reason_in_the_log() {
     })
     .await
     .expect("a reason within 10 s");
+    assert_eq!(why.kind, StatusReasonKind::VolumeMultiAttach, "{why}");
     assert!(
-        why.starts_with("its claim is still attached to another node (Multi-Attach)"),
+        why.message
+            .starts_with("its claim is still attached to another node (Multi-Attach)"),
         "{why}"
     );
     let log = read_all(watching.logs(ws(), 1000, false).await.unwrap().unwrap()).await;
@@ -1308,7 +1447,10 @@ async fn the_events_watcher_gives_a_pending_pod_its_reason_in_the_log() {
     );
     watching.reasons.lock().unwrap().insert(
         ws(),
-        (stale.involved_object.uid.clone(), "stale".to_owned()),
+        (
+            stale.involved_object.uid.clone(),
+            StatusReason::new(StatusReasonKind::Other, "stale"),
+        ),
     );
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -1323,8 +1465,10 @@ async fn the_events_watcher_gives_a_pending_pod_its_reason_in_the_log() {
     .await
     .expect("the relist sees the newer Pod");
     let why = watching.why_not_running(ws()).unwrap();
+    assert_eq!(why.kind, StatusReasonKind::Unschedulable, "{why}");
     assert!(
-        why.starts_with("not scheduled (Unschedulable): 0/2 nodes"),
+        why.message
+            .starts_with("not scheduled: no node can take it: 0/2 nodes"),
         "{why}"
     );
 }

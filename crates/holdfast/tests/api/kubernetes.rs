@@ -6,9 +6,11 @@
 //! Pod.
 //!
 //! These need PostgreSQL (`HOLDFAST_TEST_DATABASE_URL`); under `CI=true` its
-//! absence is a failure, elsewhere the tests say why they skip.
+//! absence is a failure, elsewhere the tests say why they skip. The tests of
+//! a Pod that cannot be scheduled run one server (and one `cp serve`) on the
+//! suite's store: a Pending Pod's reason reaches `GET /workspaces/:id`.
 
-use crate::helpers::{TestApp, fresh_database, id_of, kill_9};
+use crate::helpers::{CpServer, TestApp, fresh_database, id_of, kill_9};
 use holdfast_cp::kubernetes::fake::Fake;
 use serde_json::json;
 use std::time::Duration;
@@ -192,4 +194,131 @@ async fn a_killed_replicas_workspace_runs_on_and_the_other_takes_it_over_without
         !log.iter()
             .any(|l| l.starts_with("DELETE") && l.contains("persistentvolumeclaims"))
     );
+}
+
+/// A pass where a test may pick its own backend: the plain one and the
+/// PostgreSQL one (the remote and container passes add backend flags of
+/// their own that clash).
+fn own_backend_pass() -> bool {
+    let ok = !(crate::helpers::remote_mode() || crate::helpers::container_mode());
+    if !ok {
+        eprintln!(
+            "skipping in this pass: the kubernetes reason tests choose their own backend and control plane (they run in the plain and PostgreSQL passes)"
+        );
+    }
+    ok
+}
+
+/// The flags of `--backend kubernetes` against the fake served at `url`.
+async fn kubernetes_flags(fake: &Fake, dir: &std::path::Path) -> Vec<String> {
+    let url = fake
+        .serve_http()
+        .await
+        .expect("the fake API server listens");
+    let kubeconfig = dir.join("kubeconfig");
+    Fake::kubeconfig(&url, &kubeconfig).unwrap();
+    [
+        "--backend",
+        "kubernetes",
+        "--kubeconfig",
+        &kubeconfig.to_string_lossy(),
+        "--k8s-namespace",
+        NS,
+        "--container-image",
+        "localhost/holdfast-runtime:test",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// The platform's own flags for these tests: a short provision deadline,
+/// and a resync often enough to see the reason well before it.
+const REASON_FLAGS: [&str; 4] = ["--provision-timeout", "8s", "--resync-interval", "1s"];
+
+const INSUFFICIENT: &str = "0/3 nodes are available: 3 Insufficient memory.";
+
+/// A Pod no node can take: the workspace is `provisioning` with the
+/// scheduler's reason in `status_reason`, fails at the provision deadline
+/// with that reason in `failure`, and once a node can take it a restart
+/// runs it, `online` with no reason left.
+async fn a_pending_pods_reason_reaches_the_workspace(app: &TestApp, fake: &Fake) {
+    fake.with(|s| s.unschedulable = Some(("Unschedulable".to_owned(), INSUFFICIENT.to_owned())));
+    let created = app
+        .create_workspace(&body("unschedulable"))
+        .await
+        .expect_status(201);
+    let id = id_of(&created);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let held = loop {
+        let ws = app.workspace(&id).await;
+        if !ws["status_reason"].is_null() {
+            break ws;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status_reason within 15 s: {ws}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        held["status_reason"],
+        json!({
+            "kind": "unschedulable",
+            "message": format!("not scheduled: no node can take it: {INSUFFICIENT}"),
+        }),
+        "{held}"
+    );
+    assert_eq!(held["status"], "provisioning", "not online: {held}");
+    assert_eq!(held["failure"], serde_json::Value::Null);
+    // The listing shows the same.
+    let listed = app.list_workspaces().await;
+    let mine = listed.iter().find(|w| w["id"] == id.as_str()).unwrap();
+    assert_eq!(mine["status_reason"]["kind"], "unschedulable");
+    // The provision deadline fails it, saying why.
+    let failed = app.wait_status(&id, "failed").await;
+    assert_eq!(
+        failed["failure"],
+        format!(
+            "it did not come online within 8s: not scheduled: no node can take it: {INSUFFICIENT}"
+        ),
+        "{failed}"
+    );
+    assert_eq!(failed["status_reason"]["kind"], "unschedulable");
+    // A node can take it now: a restart runs it, and nothing holds it.
+    fake.with(|s| s.unschedulable = None);
+    app.restart_workspace(&id).await.expect_status(200);
+    let online = app.wait_online(&id).await;
+    assert_eq!(online["status_reason"], serde_json::Value::Null, "{online}");
+    assert_eq!(online["failure"], serde_json::Value::Null, "{online}");
+}
+
+#[tokio::test]
+async fn a_pending_pods_reason_shows_on_the_workspace() {
+    if !own_backend_pass() {
+        return;
+    }
+    let fake = Fake::start().1;
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = kubernetes_flags(&fake, dir.path()).await;
+    flags.extend(REASON_FLAGS.iter().map(|s| (*s).to_owned()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let app = TestApp::spawn_with(&flags).await;
+    a_pending_pods_reason_reaches_the_workspace(&app, &fake).await;
+}
+
+/// The same through a remote control plane: `cp serve` on the Kubernetes
+/// backend carries the reason in its status answer.
+#[tokio::test]
+async fn a_pending_pods_reason_shows_through_a_remote_control_plane() {
+    if !own_backend_pass() {
+        return;
+    }
+    let fake = Fake::start().1;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = kubernetes_flags(&fake, dir.path()).await;
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (cp, tokens) = CpServer::start_with_tenants(&["platform"], &flags);
+    let app = TestApp::spawn_on_cp(&cp, &tokens[0], &REASON_FLAGS).await;
+    a_pending_pods_reason_reaches_the_workspace(&app, &fake).await;
 }
