@@ -958,6 +958,7 @@ fn observe(
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
+            let relisted = matches!(event, Ok(Event::InitApply(_)));
             match event {
                 Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
                     if let Some(reason) = pod_reason(&pod) {
@@ -973,9 +974,13 @@ fn observe(
                     {
                         reasons.lock().expect("reasons").remove(&id);
                     }
-                    if matches!(pod_state(&pod), ProcessState::Exited(_))
-                        && let Some(id) = workspace_of(&pod.metadata)
-                    {
+                    // Any change of a workspace's Pod (it exited, it is held
+                    // for a new reason, it was let go and runs) is worth a
+                    // look by the reconciler; the resync is only a safety
+                    // net. A relist's `InitApply` of every Pod is left to
+                    // the reconciler's own pass.
+                    let changed = !relisted || matches!(pod_state(&pod), ProcessState::Exited(_));
+                    if changed && let Some(id) = workspace_of(&pod.metadata) {
                         let _ = exits.send(id);
                     }
                 }

@@ -199,13 +199,18 @@ pub fn plan(f: &Facts, pacing: Pacing, t: &Timing, now: Millis) -> Plan {
                     // to look.
                     return set_status(f, Status::Failed, p, None);
                 }
-                return plan_of(Action::Nothing, p, Some(deadline + 1));
+                return plan_of(Action::Nothing, p, Some(held_wake(f, deadline, now)));
             }
             if !f.registers && f.status == f.healthy && now <= deadline {
                 // A command's instance, recorded online at its start, that
                 // the backend says cannot run yet (its Pod is not
                 // scheduled): provisioning again, under the same deadline.
-                return set_status(f, Status::Provisioning, p, Some(deadline + 1));
+                return set_status(
+                    f,
+                    Status::Provisioning,
+                    p,
+                    Some(held_wake(f, deadline, now)),
+                );
             }
             plan_of(Action::Nothing, p, None)
         }
@@ -243,6 +248,21 @@ pub fn plan(f: &Facts, pacing: Pacing, t: &Timing, now: Millis) -> Plan {
             };
             plan_of(action, p, wake_at)
         }
+    }
+}
+
+/// How often an instance its backend holds (a Pod not scheduled) is looked
+/// at again before its deadline: nothing announces that its reason changed
+/// or that it was let go, and the resync is too slow to wait for.
+pub const HELD_RECHECK: Millis = 2_000;
+
+/// When to look again at a provisioning instance: at its deadline, and
+/// while its backend holds it, every [`HELD_RECHECK`] until then.
+fn held_wake(f: &Facts, deadline: Millis, now: Millis) -> Millis {
+    if f.held {
+        (now + HELD_RECHECK).min(deadline + 1)
+    } else {
+        deadline + 1
     }
 }
 
@@ -628,12 +648,12 @@ mod tests {
                 ),
             ],
             expect![[r#"
-                a command held: SetStatus(Provisioning); crashes 0, next None, failed None, attempted None; wake Some(121001)
-                a command held, within the deadline: Nothing; crashes 0, next None, failed None, attempted None; wake Some(121001)
+                a command held: SetStatus(Provisioning); crashes 0, next None, failed None, attempted None; wake Some(4000)
+                a command held, within the deadline: Nothing; crashes 0, next None, failed None, attempted None; wake Some(62000)
                 a command held past the deadline: SetStatus(Failed); crashes 0, next None, failed None, attempted None; wake None
                 a command held past the deadline, recorded online: Nothing; crashes 0, next None, failed None, attempted None; wake None
                 a command no longer held: SetStatus(Online); crashes 0, next None, failed None, attempted None; wake None
-                the built-in runtime held: Nothing; crashes 0, next None, failed None, attempted None; wake Some(121001)
+                the built-in runtime held: Nothing; crashes 0, next None, failed None, attempted None; wake Some(62000)
                 the built-in runtime held past the deadline: SetStatus(Failed); crashes 0, next None, failed None, attempted None; wake None
                 a registered runtime heartbeats whatever is said: Nothing; crashes 0, next None, failed None, attempted None; wake Some(25001)
             "#]],
