@@ -207,6 +207,36 @@ test('details: readable labels, copyable ids, the org by name, the tier explaine
   await page.locator('.card[data-ws-name="reader"] .runtime').getByText("sh -c 'exec sleep infinity'").waitFor();
 });
 
+test('usage: a chart of data size and restarts over the last 24 h, from the history the server keeps', async () => {
+  const ws = await server.api('POST', '/workspaces', {
+    name: 'grower',
+    runtime: { command: ['sh', '-c', 'head -c 50000 /dev/zero > blob; exec sleep infinity'] },
+    compute: { data_persistence: 'persist' },
+  });
+  await server.waitOnline(ws.id);
+  await server.waitFor('a measured size in the usage history', async () => {
+    const u = await server.api('GET', `/workspaces/${ws.id}/usage`);
+    return u.samples.some(s => s.bytes >= 50000);
+  });
+  const page = await page1280();
+  await openWorkspace(page, 'grower');
+  const details = page.getByRole('tabpanel', { name: 'Details' });
+  const chart = details.getByRole('img', { name: /^Last 24 h: data size now 50\.0 KB, peak 50\.0 KB; 0 restarts\.$/ });
+  await chart.waitFor();
+  assert.ok(await chart.locator('rect.size-bar').count() >= 1, 'a bar for the measured bucket');
+  assert.equal(await chart.locator('.restart-mark').count(), 0, 'no restart yet');
+  // The newest bucket is drawn at the right-hand end of the chart.
+  const x = Number(await chart.locator('rect.size-bar').last().getAttribute('x'));
+  assert.ok(x > 280, `the newest bar is at the right: x=${x}`);
+
+  await details.getByRole('button', { name: 'Restart', exact: true }).click();
+  await details.getByRole('img', { name: /; 1 restart\.$/ }).waitFor();
+  const mark = details.locator('.usage-chart .restart-mark');
+  assert.equal(await mark.count(), 1);
+  assert.match(await mark.locator('title').textContent(), /^\d+ min ago: 1 restart$/);
+  await screenshot(page, 'usage-chart.png', { clip: await details.locator('.usage-card').boundingBox() });
+});
+
 test('board: search by name or role, filter by status and mode, sort by name, status and size', async () => {
   const make = (body) => server.api('POST', '/workspaces', { runtime: SLEEP, ...body });
   await make({ name: 'web-scout', role: 'collects sources', compute: { data_persistence: 'persist' } });

@@ -98,6 +98,9 @@ pub struct Controller {
     /// The volume this server last read of each workspace, and when: what a
     /// read answers (marked stale) while the control plane is unreachable.
     last_known: Mutex<HashMap<Uuid, (holdfast_cp::VolumeInfo, holdfast_domain::Millis)>>,
+    /// The usage-history bucket and size last written for each workspace,
+    /// so that an unchanged size is not written again.
+    usage_recorded: Mutex<HashMap<Uuid, (holdfast_domain::Millis, i64)>>,
     /// When the reconciler looks at a workspace again without an event: a
     /// backoff, a heartbeat window or a provision deadline that runs out.
     wakes: Mutex<reconciler::Wakes>,
@@ -141,6 +144,7 @@ impl Controller {
             reconcile_soon: tokio::sync::Notify::new(),
             session_ttl: settings.session_ttl,
             last_known: Mutex::new(HashMap::new()),
+            usage_recorded: Mutex::new(HashMap::new()),
             wakes: Mutex::new(reconciler::Wakes::default()),
             wakes_changed: tokio::sync::Notify::new(),
         }))
@@ -192,6 +196,27 @@ impl Controller {
                 tick.tick().await;
                 if let Err(e) = ctl.check_quotas().await {
                     tracing::debug!(error = %e, "checking quotas failed; will retry");
+                }
+            }
+        })
+    }
+
+    /// Samples the control plane's measured sizes into the usage history
+    /// every four usage passes, at most every 5 minutes: the chart's
+    /// buckets are 15 minutes wide, so this is several samples a bucket,
+    /// without a listing of every volume at each pass (the quota check
+    /// asks for the over-quota ones only).
+    pub fn spawn_usage_history(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let ctl = self.clone();
+        tokio::spawn(async move {
+            let period =
+                (ctl.reconciler.usage_interval * 4).min(std::time::Duration::from_secs(300));
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = ctl.record_usage().await {
+                    tracing::debug!(error = %e, "sampling usage history failed; will retry");
                 }
             }
         })

@@ -128,6 +128,21 @@ impl Controller {
         }
     }
 
+    /// A workspace's usage over the last 24 hours (data size and restarts
+    /// per 15-minute bucket, oldest first), from the bounded history the
+    /// store keeps; a removed workspace still shows what was recorded.
+    pub async fn usage_history(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<Vec<holdfast_store::UsageSample>> {
+        let ws = self.load_managed(caller, id).await?;
+        Ok(self
+            .store
+            .usage_history(ws.id, holdfast_domain::now_millis())
+            .await?)
+    }
+
     /// A workspace's volume with its history (none while the control plane
     /// does not answer), and the workspace's saved-data mode.
     pub async fn workspace_data(

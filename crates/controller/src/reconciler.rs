@@ -325,6 +325,58 @@ impl Controller {
         Ok(())
     }
 
+    /// Adds the sizes the control plane measured to the usage history
+    /// (what a workspace's usage chart draws), from one listing of the
+    /// attached volumes. Only a size that changed within its bucket is
+    /// written, so an idle fleet writes nothing (and keeps the read cache).
+    /// History is not intent: a failed write is logged and the next pass
+    /// tries again.
+    pub async fn record_usage(&self) -> anyhow::Result<()> {
+        let volumes = self
+            .cp
+            .list_volumes(Some(holdfast_domain::VolumeState::Active))
+            .await?;
+        self.record_usage_of(&volumes).await;
+        Ok(())
+    }
+
+    async fn record_usage_of(&self, volumes: &[holdfast_cp::VolumeInfo]) {
+        let now = now_millis();
+        let bucket = holdfast_store::usage_bucket(now);
+        let changed: Vec<(Uuid, i64)> = {
+            let recorded = self.usage_recorded.lock().expect("usage lock");
+            volumes
+                .iter()
+                .filter(|v| recorded.get(&v.workspace_id) != Some(&(bucket, v.bytes)))
+                .map(|v| (v.workspace_id, v.bytes))
+                .collect()
+        };
+        if changed.is_empty() {
+            return;
+        }
+        match self.store.record_usage_bytes(&changed, now).await {
+            Ok(()) => {
+                let mut recorded = self.usage_recorded.lock().expect("usage lock");
+                // Workspaces whose volume went away are forgotten.
+                let live: std::collections::HashSet<Uuid> =
+                    volumes.iter().map(|v| v.workspace_id).collect();
+                recorded.retain(|id, _| live.contains(id));
+                for (id, bytes) in changed {
+                    recorded.insert(id, (bucket, bytes));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "recording usage history failed"),
+        }
+    }
+
+    /// Counts a restart in the workspace's usage history. History is not
+    /// intent: a failed write is logged, never fails the reconcile.
+    async fn record_restart(&self, id: Uuid) {
+        if let Err(e) = self.store.record_restart(id, now_millis()).await {
+            tracing::warn!(workspace_id = %id, error = %e, "recording a restart failed");
+        }
+    }
+
     pub(crate) async fn instance_runs(&self, id: Uuid, instance: &str) -> bool {
         self.seen(id, Some(instance)).await.0 == Seen::Running
     }
@@ -590,6 +642,7 @@ impl Controller {
             Action::SetStatus(status) => self.set_status(&mut ws, lease, status).await?,
             Action::Start => self.start_instance(&mut ws, &mut obs, lease).await?,
             Action::Restart => {
+                self.record_restart(id).await;
                 self.stop_instance(&mut ws, lease, Status::Offline).await?;
                 failpoint::hit("restart.after_stop");
                 self.start_instance(&mut ws, &mut obs, lease).await?;
@@ -597,6 +650,7 @@ impl Controller {
             Action::Stop(then) => self.stop_instance(&mut ws, lease, then).await?,
             Action::CleanUpCrash { start } => {
                 tracing::warn!("workspace process exited; restarting with backoff");
+                self.record_restart(id).await;
                 // What is left of it (an ephemeral workspace's scratch data).
                 self.stop_instance(&mut ws, lease, Status::Offline).await?;
                 if start {
@@ -613,6 +667,7 @@ impl Controller {
             }
             Action::HeartbeatLost => {
                 tracing::warn!("missed the heartbeat window; stopping and restarting");
+                self.record_restart(id).await;
                 self.stop_instance(&mut ws, lease, Status::Offline).await?;
             }
         }

@@ -3,8 +3,11 @@
 //! the token in `./.holdfast/admin-token`). Tables by default, `--json` for
 //! scripts.
 
+mod progress;
+
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use progress::{Progress, Total};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -331,7 +334,13 @@ pub async fn snap(conn: Conn, cmd: SnapCommand) -> anyhow::Result<()> {
         SnapCommand::Export { snapshot, output } => {
             let output =
                 output.unwrap_or_else(|| format!("holdfast-snapshot-{snapshot}.tar.gz").into());
-            download(&c, &format!("/snapshots/{snapshot}/export"), &output).await?;
+            let total = if std::io::stderr().is_terminal() {
+                // The snapshot's size: an estimate of the compressed archive.
+                estimate(c.get(&format!("/snapshots/{snapshot}")).await.ok(), "bytes")
+            } else {
+                Total::Unknown
+            };
+            download(&c, &format!("/snapshots/{snapshot}/export"), &output, total).await?;
         }
         SnapCommand::Rm { snapshot, yes } => {
             let name = match yes {
@@ -975,10 +984,16 @@ pub async fn ws(conn: Conn, cmd: WsCommand) -> anyhow::Result<()> {
             let v = c
                 .call(
                     c.req(reqwest::Method::DELETE, &path)
-                        .header("X-Confirm-Name", name),
+                        .header("X-Confirm-Name", name.as_str()),
                 )
                 .await?;
-            c.print(&v, &["status", "cascade_deleted", "data", "restore_until"]);
+            if c.json {
+                c.print(&v, &[]);
+            } else {
+                for line in delete_lines(&name, &v) {
+                    println!("{line}");
+                }
+            }
         }
         WsCommand::Restore { id } => {
             let id = c.resolve(&id).await?;
@@ -1059,15 +1074,74 @@ async fn logs(c: &Client, id: &str, follow: bool, tail: Option<u64>) -> anyhow::
     Ok(())
 }
 
+/// What a delete did, in words: `cascade_deleted` counts every workspace
+/// removed, the named one included, so a lone workspace answers 1, which
+/// read as "one child deleted" to people; the sentence says it plainly.
+/// Then what became of the saved data.
+fn delete_lines(name: &str, v: &Value) -> Vec<String> {
+    let removed = v["cascade_deleted"].as_u64().unwrap_or(1);
+    let first = match removed.saturating_sub(1) {
+        0 => format!("removed {name} (no child workspaces)"),
+        1 => format!("removed {name} and 1 child workspace"),
+        n => format!("removed {name} and {n} child workspaces"),
+    };
+    let until = v["restore_until"]
+        .as_str()
+        .unwrap_or("the end of its grace");
+    let data = match v["data"].as_str() {
+        Some("retained") => {
+            format!("saved data kept until {until}; `holdfast ws restore {name}` brings it back")
+        }
+        Some("erase_pending") => format!(
+            "saved data will be erased after {until}; `holdfast ws restore {name}` before then cancels it"
+        ),
+        Some("none") => "no saved data was kept (it did not keep any)".to_owned(),
+        Some(other) => format!("saved data: {other}"),
+        None => return vec![first],
+    };
+    vec![first, data]
+}
+
 /// Streams the export to a file (written beside it, then renamed, so a
-/// broken download never looks complete), with a progress line on stderr.
+/// broken download never looks complete), with a progress bar on stderr
+/// when it is a terminal.
 async fn export(c: &Client, id: &str, output: &std::path::Path) -> anyhow::Result<()> {
-    download(c, &format!("/workspaces/{id}/data/export"), output).await
+    let total = if std::io::stderr().is_terminal() {
+        // The data's size as the server last measured it: the archive is
+        // compressed, so this is an estimate (and the bar stops at 100 %).
+        estimate(c.get(&format!("/workspaces/{id}")).await.ok(), "data")
+    } else {
+        Total::Unknown
+    };
+    download(c, &format!("/workspaces/{id}/data/export"), output, total).await
+}
+
+/// The expected size of an archive from a record's `bytes` (under `field`
+/// when that is an object, as a workspace's `data` is); unknown when the
+/// record could not be read or has no size.
+fn estimate(record: Option<Value>, field: &str) -> Total {
+    let Some(v) = record else {
+        return Total::Unknown;
+    };
+    let bytes = if v[field].is_object() {
+        v[field]["bytes"].as_u64()
+    } else {
+        v[field].as_u64()
+    };
+    match bytes {
+        Some(b) if b > 0 => Total::Estimate(b),
+        _ => Total::Unknown,
+    }
 }
 
 /// Streams a `.tar.gz` answer of `path` into `output` (through a
-/// `.partial` file renamed at the end).
-async fn download(c: &Client, path: &str, output: &std::path::Path) -> anyhow::Result<()> {
+/// `.partial` file renamed at the end), drawing progress against `total`.
+async fn download(
+    c: &Client,
+    path: &str,
+    output: &std::path::Path,
+    total: Total,
+) -> anyhow::Result<()> {
     let mut resp = c
         .req(reqwest::Method::GET, path)
         .send()
@@ -1086,29 +1160,73 @@ async fn download(c: &Client, path: &str, output: &std::path::Path) -> anyhow::R
     let mut file = tokio::fs::File::create(&partial)
         .await
         .with_context(|| format!("creating {}", partial.display()))?;
-    let tty = std::io::stderr().is_terminal();
+    let mut progress = Progress::new("exporting", total);
+    progress.draw();
     let mut total = 0u64;
-    let spinner = ['|', '/', '-', '\\'];
-    let mut tick = 0usize;
-    while let Some(chunk) = resp.chunk().await.context("download broke off")? {
-        file.write_all(&chunk).await?;
-        total += chunk.len() as u64;
-        tick += 1;
-        if tty && tick.is_multiple_of(16) {
-            eprint!(
-                "\r{} exporting {:>10} bytes",
-                spinner[(tick / 16) % 4],
-                total
-            );
+    let written = async {
+        while let Some(chunk) = resp.chunk().await.context("download broke off")? {
+            file.write_all(&chunk).await?;
+            total += chunk.len() as u64;
+            progress.advance(chunk.len() as u64);
         }
+        file.sync_all().await?;
+        anyhow::Ok(())
     }
-    file.sync_all().await?;
+    .await;
+    // The bar's line is cleared whatever happened, so the message that
+    // follows (the outcome or the error) starts on a clean line.
+    progress.finish();
+    written?;
     tokio::fs::rename(&partial, output).await?;
-    if tty {
-        eprint!("\r");
-    }
     eprintln!("exported {total} bytes to {}", output.display());
     Ok(())
+}
+
+/// POSTs a document, drawing a bar over the bytes sent when stderr is a
+/// terminal (the server reads the whole document before it plans and
+/// answers with the whole plan, so the upload is what there is to show).
+async fn upload(
+    c: &Client,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Value> {
+    let len = body.len() as u64;
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(Progress::new(
+        "uploading",
+        Total::Exact(len),
+    )));
+    if !progress.lock().expect("progress").drawn() {
+        return c
+            .call(
+                c.req(reqwest::Method::POST, path)
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body),
+            )
+            .await;
+    }
+    progress.lock().expect("progress").draw();
+    let chunks: Vec<Vec<u8>> = body.chunks(16 * 1024).map(<[u8]>::to_vec).collect();
+    let seen = progress.clone();
+    let stream = futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
+        let mut p = seen.lock().expect("progress");
+        p.advance(chunk.len() as u64);
+        if p.done() == len {
+            // The last chunk: the bar reaches 100 % while the plan is made.
+            p.draw();
+        }
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let answer = c
+        .call(
+            c.req(reqwest::Method::POST, path)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await;
+    progress.lock().expect("progress").finish();
+    answer
 }
 
 pub async fn org(conn: Conn, cmd: OrgCommand) -> anyhow::Result<()> {
@@ -1159,13 +1277,7 @@ pub async fn org(conn: Conn, cmd: OrgCommand) -> anyhow::Result<()> {
             } else {
                 format!("/org/import?{}", query.join("&"))
             };
-            let answer = c
-                .call(
-                    c.req(reqwest::Method::POST, &path)
-                        .header(reqwest::header::CONTENT_TYPE, content_type)
-                        .body(body),
-                )
-                .await?;
+            let answer = upload(&c, &path, content_type, body).await?;
             if c.json {
                 c.print(&answer, &[]);
             } else {
@@ -1327,6 +1439,27 @@ pub async fn sweep(conn: Conn, dry_run: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use expect_test::expect;
+
+    #[test]
+    fn a_delete_says_what_it_removed_and_what_became_of_the_data() {
+        let lone = json!({"status": "removed", "cascade_deleted": 1, "data": "retained",
+            "restore_until": "2026-12-09T14:00:00.000Z"});
+        expect![[r#"
+            removed researcher (no child workspaces)
+            saved data kept until 2026-12-09T14:00:00.000Z; `holdfast ws restore researcher` brings it back"#]]
+        .assert_eq(&delete_lines("researcher", &lone).join("\n"));
+        let tree = json!({"status": "removed", "cascade_deleted": 3, "data": "erase_pending",
+            "restore_until": "2026-12-02T15:00:00.000Z"});
+        expect![[r#"
+            removed researcher and 2 child workspaces
+            saved data will be erased after 2026-12-02T15:00:00.000Z; `holdfast ws restore researcher` before then cancels it"#]]
+        .assert_eq(&delete_lines("researcher", &tree).join("\n"));
+        let one = json!({"cascade_deleted": 2, "data": "none", "restore_until": null});
+        expect![[r#"
+            removed lead and 1 child workspace
+            no saved data was kept (it did not keep any)"#]]
+        .assert_eq(&delete_lines("lead", &one).join("\n"));
+    }
 
     #[test]
     fn top_lists_live_workspaces_largest_first_with_uptime() {

@@ -397,6 +397,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let background = ctl.spawn_background();
     let sweeper = ctl.spawn_sweeper(args.sweep_interval.0);
     let quotas = ctl.spawn_quota_watch();
+    let history = ctl.spawn_usage_history();
     let app = App::new(Arc::clone(&ctl))?;
     if embedded.is_some() {
         // The canvas dates a delete's outcome by these (a remote control
@@ -435,6 +436,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     background.abort();
     sweeper.abort();
     quotas.abort();
+    history.abort();
     if let Some(usage) = usage {
         usage.abort();
     }

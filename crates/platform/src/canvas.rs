@@ -310,12 +310,14 @@ async fn load_panel(
         .into_iter()
         .map(crate::data::AuditView::from)
         .collect();
+    let usage = app.ctl.usage_history(&caller, id).await?;
     Ok(view::PanelFragment::new(
         ws,
         board,
         audit,
         tab,
         app.graces.get().copied(),
+        view::UsageChart::new(&usage, holdfast_domain::now_millis()),
     ))
 }
 

@@ -565,6 +565,52 @@ impl From<VolumeHistoryEntry> for HistoryView {
     }
 }
 
+/// A workspace's usage over the last 24 hours, as `GET
+/// /workspaces/:id/usage` shows it: one sample per 15-minute bucket in which
+/// something was recorded, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UsageView {
+    pub workspace_id: Uuid,
+    /// The length of one bucket, in seconds (900).
+    pub bucket_seconds: i64,
+    /// The start of the oldest bucket the window holds (RFC 3339): the
+    /// history covers `since` to now, and nothing older is kept.
+    pub since: String,
+    pub samples: Vec<UsageSampleView>,
+}
+
+/// One 15-minute bucket of a workspace's usage.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UsageSampleView {
+    /// The bucket's start (RFC 3339).
+    pub at: String,
+    /// The saved data's size last measured in the bucket, in bytes; null
+    /// when nothing was measured in it.
+    pub bytes: Option<i64>,
+    /// How many times the workspace was restarted in the bucket (a crash,
+    /// a missed heartbeat, or a restart asked for).
+    pub restarts: i64,
+}
+
+impl UsageView {
+    pub fn new(workspace_id: Uuid, samples: Vec<holdfast_store::UsageSample>, now: i64) -> Self {
+        use holdfast_store::{USAGE_BUCKET_MS, USAGE_BUCKETS, usage_bucket};
+        UsageView {
+            workspace_id,
+            bucket_seconds: USAGE_BUCKET_MS / 1000,
+            since: format_millis(usage_bucket(now) - (USAGE_BUCKETS - 1) * USAGE_BUCKET_MS),
+            samples: samples
+                .into_iter()
+                .map(|s| UsageSampleView {
+                    at: format_millis(s.bucket),
+                    bytes: s.bytes,
+                    restarts: s.restarts,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A volume record, as `GET /volumes` and `GET /workspaces/:id/data` show it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VolumeView {

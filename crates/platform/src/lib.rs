@@ -121,6 +121,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/registry/register", post(registry::register))
         .route("/registry/heartbeat", post(registry::heartbeat))
         .route("/workspaces/{id}/data", get(routes::get_workspace_data))
+        .route("/workspaces/{id}/usage", get(routes::get_workspace_usage))
         .route("/volumes", get(routes::list_volumes))
         .route("/workspaces/{id}/restore", post(data::restore_workspace))
         .route("/workspaces/{id}/data/export", get(data::export_data))

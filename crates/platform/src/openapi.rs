@@ -21,6 +21,7 @@ mod strict;
         routes::delete_workspace,
         routes::restart_workspace,
         routes::get_workspace_data,
+        routes::get_workspace_usage,
         routes::list_volumes,
         openapi_json,
         routes::pause_workspace,
@@ -68,6 +69,7 @@ mod strict;
         dto::SnapshotView, dto::CreateSnapshotRequest, dto::RollbackRequest, dto::RollbackResponse,
         dto::SnapshotDeleted, dto::HoldRequest, dto::HoldView, dto::SnapshotScheduleSchema,
         dto::SnapshotKeepSchema, crate::files::FileListing, crate::files::FileEntry,
+        dto::UsageView, dto::UsageSampleView,
     )),
     modifiers(&BearerAuth)
 )]
@@ -280,6 +282,7 @@ mod tests {
             workspaces get /workspaces/{id} get_workspace
             workspaces get /workspaces/{id}/logs get_logs
             workspaces get /workspaces/{id}/messages get_messages
+            workspaces get /workspaces/{id}/usage get_workspace_usage
             workspaces patch /workspaces/{id} patch_workspace
             workspaces post /workspaces create_workspace
             workspaces post /workspaces/{id}/hibernate hibernate_workspace

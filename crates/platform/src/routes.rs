@@ -5,8 +5,8 @@ use crate::App;
 use crate::auth::{Auth, Caller};
 use crate::body::JsonBody;
 use crate::dto::{
-    CreateWorkspaceRequest, DeleteResponse, ErrorBody, Health, PatchWorkspaceRequest, VolumeView,
-    WorkspaceView,
+    CreateWorkspaceRequest, DeleteResponse, ErrorBody, Health, PatchWorkspaceRequest, UsageView,
+    VolumeView, WorkspaceView,
 };
 use crate::error::{ApiError, ApiResult};
 use axum::Json;
@@ -340,6 +340,29 @@ pub async fn delete_workspace(
     let deleted = app.ctl.delete(&caller, id, req).await?;
     app.ctl.metrics().observe_op("delete", started.elapsed());
     Ok(Json(DeleteResponse::from(deleted)))
+}
+
+#[utoipa::path(
+    get, path = "/workspaces/{id}/usage",
+    params(("id" = Uuid, Path, description = "workspace id")),
+    responses(
+        (status = 200, body = UsageView, description = "data size and restarts per 15-minute bucket over the last 24 hours"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_workspace_usage(
+    State(app): AppState,
+    Auth(caller): Auth,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<UsageView>> {
+    let id = parse_id(&raw)?;
+    let samples = app.ctl.usage_history(&caller, id).await?;
+    Ok(Json(UsageView::new(
+        id,
+        samples,
+        holdfast_domain::now_millis(),
+    )))
 }
 
 #[utoipa::path(

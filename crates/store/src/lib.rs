@@ -17,6 +17,7 @@ mod sessions;
 mod snapshots;
 mod tenants;
 mod tokens;
+mod usage;
 mod volumes;
 mod workspaces;
 
@@ -27,6 +28,7 @@ pub use orgs::Org;
 pub use sessions::{Session, SessionIdentity};
 pub use snapshots::{Captured, SnapshotEraseCandidate, SnapshotRow};
 pub use tenants::Tenant;
+pub use usage::{USAGE_BUCKET_MS, USAGE_BUCKETS, UsageSample, usage_bucket};
 pub use volumes::{
     Presence, SweepCandidate, VolumeHistoryRow, VolumeRow, VolumeTransition, VolumeUsage,
 };
@@ -359,6 +361,7 @@ mod write_paths {
             ("sessions.rs", include_str!("sessions.rs")),
             ("tenants.rs", include_str!("tenants.rs")),
             ("tokens.rs", include_str!("tokens.rs")),
+            ("usage.rs", include_str!("usage.rs")),
             ("volumes.rs", include_str!("volumes.rs")),
             ("workspaces.rs", include_str!("workspaces.rs")),
         ];

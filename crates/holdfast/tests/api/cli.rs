@@ -115,6 +115,50 @@ async fn names_work_wherever_ids_do_and_an_ambiguous_one_is_refused() {
 }
 
 #[tokio::test]
+async fn a_delete_of_a_tree_says_how_many_child_workspaces_went_with_it() {
+    let app = TestApp::spawn().await;
+    let lead = id_of(
+        &app.create_workspace(&workspace_body("lead"))
+            .await
+            .expect_status(201),
+    );
+    let mid = id_of(
+        &app.create_workspace(&child_body("mid", &lead))
+            .await
+            .expect_status(201),
+    );
+    app.create_workspace(&child_body("leaf", &mid))
+        .await
+        .expect_status(201);
+    let said = ok(
+        &app,
+        &["ws", "delete", "lead", "--cascade", "--yes", "lead"],
+    );
+    let mut lines = said.lines();
+    assert_eq!(
+        lines.next(),
+        Some("removed lead and 2 child workspaces"),
+        "{said}"
+    );
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("saved data ")),
+        "then what became of the data: {said}"
+    );
+    // Scripts still get the contract's field.
+    let other = id_of(
+        &app.create_workspace(&workspace_body("other"))
+            .await
+            .expect_status(201),
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        &app,
+        &["ws", "delete", &other, "--yes", "other", "--json"],
+    ))
+    .expect("--json is JSON");
+    assert_eq!(json["cascade_deleted"], 1, "{json}");
+}
+
+#[tokio::test]
 async fn a_delete_without_a_terminal_needs_yes_with_the_name() {
     let app = TestApp::spawn().await;
     let id = id_of(
@@ -138,8 +182,13 @@ async fn a_delete_without_a_terminal_needs_yes_with_the_name() {
         "{stderr}"
     );
 
-    ok(&app, &["ws", "delete", "scratchpad", "--yes", "scratchpad"]);
+    let said = ok(&app, &["ws", "delete", "scratchpad", "--yes", "scratchpad"]);
     assert_eq!(app.workspace(&id).await["status"], "removed");
+    assert_eq!(
+        said.lines().next(),
+        Some("removed scratchpad (no child workspaces)"),
+        "a lone workspace's delete says so, not \"cascade_deleted 1\": {said}"
+    );
     // And a removed workspace is still found by its name, to restore it.
     ok(&app, &["ws", "restore", "scratchpad"]);
     app.wait_online(&id).await;

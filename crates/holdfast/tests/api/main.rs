@@ -31,5 +31,6 @@ mod secrets;
 mod snapshots;
 mod sweeper;
 mod tenancy;
+mod usage;
 mod validation;
 mod visibility;

@@ -718,6 +718,129 @@ pub(super) struct PanelFragment {
     /// (a remote control plane's).
     pub retention_ms: String,
     pub erase_ms: String,
+    /// Data size and restarts over the last 24 hours.
+    pub usage: UsageChart,
+}
+
+/// The usage chart of a workspace's Details: its data size and restarts
+/// over the last 24 hours, one column per 15-minute bucket, drawn on the
+/// server as inline SVG (no script, no chart library).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageChart {
+    /// One bar per bucket with a measured size.
+    pub bars: Vec<UsageBar>,
+    /// One mark per bucket with restarts.
+    pub restarts: Vec<RestartMark>,
+    /// The largest size in the window ("0 B" with none).
+    pub peak: String,
+    /// The newest measured size, if any.
+    pub latest: Option<String>,
+    /// Restarts in the window, all buckets together.
+    pub restart_total: i64,
+    /// The one-line text alternative of the chart.
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageBar {
+    pub x: String,
+    pub y: String,
+    pub height: String,
+    pub bytes: i64,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartMark {
+    pub x: String,
+    pub count: i64,
+    pub title: String,
+}
+
+/// The chart's drawing area, in SVG user units.
+pub(super) const CHART_WIDTH: i64 = 288;
+pub(super) const CHART_HEIGHT: i64 = 56;
+/// The band at the top that holds the restart marks.
+const CHART_MARKS: i64 = 10;
+
+impl UsageChart {
+    /// Lays out `samples` (oldest first, as the store keeps them) in the
+    /// window that ends in the bucket of `now`.
+    pub fn new(samples: &[holdfast_store::UsageSample], now: holdfast_domain::Millis) -> Self {
+        use holdfast_store::{USAGE_BUCKET_MS, USAGE_BUCKETS, usage_bucket};
+        let newest = usage_bucket(now);
+        let column = |bucket: i64| USAGE_BUCKETS - 1 - (newest - bucket) / USAGE_BUCKET_MS;
+        let in_window: Vec<_> = samples
+            .iter()
+            .filter(|s| (0..USAGE_BUCKETS).contains(&column(s.bucket)))
+            .collect();
+        let peak = in_window.iter().filter_map(|s| s.bytes).max().unwrap_or(0);
+        let step = CHART_WIDTH as f64 / USAGE_BUCKETS as f64;
+        let room = (CHART_HEIGHT - CHART_MARKS - 1) as f64;
+        let ago = |bucket: i64| -> String {
+            let mins = (now - bucket).max(0) / 60_000;
+            match (mins / 60, mins % 60) {
+                (0, m) => format!("{m} min ago"),
+                (h, 0) => format!("{h} h ago"),
+                (h, m) => format!("{h} h {m} min ago"),
+            }
+        };
+        let bars = in_window
+            .iter()
+            .filter_map(|s| {
+                let bytes = s.bytes?;
+                // A size of zero still shows as a line on the floor.
+                let h = if peak == 0 {
+                    1.0
+                } else {
+                    (bytes as f64 / peak as f64 * room).max(1.0)
+                };
+                Some(UsageBar {
+                    x: format!("{:.1}", column(s.bucket) as f64 * step),
+                    y: format!("{:.1}", CHART_HEIGHT as f64 - h),
+                    height: format!("{h:.1}"),
+                    bytes,
+                    title: format!("{}: {}", ago(s.bucket), human_bytes(bytes)),
+                })
+            })
+            .collect();
+        let restarts: Vec<RestartMark> = in_window
+            .iter()
+            .filter(|s| s.restarts > 0)
+            .map(|s| RestartMark {
+                x: format!("{:.1}", column(s.bucket) as f64 * step),
+                count: s.restarts,
+                title: format!(
+                    "{}: {} restart{}",
+                    ago(s.bucket),
+                    s.restarts,
+                    if s.restarts == 1 { "" } else { "s" }
+                ),
+            })
+            .collect();
+        let restart_total = restarts.iter().map(|r| r.count).sum();
+        let latest = in_window
+            .iter()
+            .rev()
+            .find_map(|s| s.bytes)
+            .map(human_bytes);
+        let size = match &latest {
+            Some(l) => format!("data size now {l}, peak {}", human_bytes(peak)),
+            None => "no data size measured".to_owned(),
+        };
+        let summary = format!(
+            "Last 24 h: {size}; {restart_total} restart{}.",
+            if restart_total == 1 { "" } else { "s" }
+        );
+        UsageChart {
+            bars,
+            restarts,
+            peak: human_bytes(peak),
+            latest,
+            restart_total,
+            summary,
+        }
+    }
 }
 
 /// The tabs of the side panel, in order: `(key, label)`.
@@ -752,6 +875,7 @@ impl PanelFragment {
         audit: Vec<AuditView>,
         tab: Option<&str>,
         graces: Option<super::Graces>,
+        usage: UsageChart,
     ) -> Self {
         let tab = match tab {
             Some(t) if TABS.iter().any(|(k, _)| *k == t) => t.to_owned(),
@@ -846,6 +970,7 @@ impl PanelFragment {
             erase_ms: graces
                 .map(|g| g.erase.as_millis().to_string())
                 .unwrap_or_default(),
+            usage,
             tab,
             ws,
         }
@@ -871,6 +996,61 @@ mod tests {
             join_command(&argv),
             r#"sh -c 'exec sleep infinity' 'it'\''s'"#
         );
+    }
+
+    fn chart(samples: &[(i64, Option<i64>, i64)]) -> String {
+        use holdfast_store::{USAGE_BUCKET_MS, UsageSample};
+        let now = 1_800_000_000_000 - 1_800_000_000_000 % USAGE_BUCKET_MS + 60_000;
+        let samples: Vec<UsageSample> = samples
+            .iter()
+            .map(|&(buckets_ago, bytes, restarts)| UsageSample {
+                bucket: now - 60_000 - buckets_ago * USAGE_BUCKET_MS,
+                bytes,
+                restarts,
+            })
+            .collect();
+        let c = UsageChart::new(&samples, now);
+        let mut out = vec![c.summary];
+        out.extend(
+            c.bars
+                .iter()
+                .map(|b| format!("bar x={} y={} h={} {}", b.x, b.y, b.height, b.title)),
+        );
+        out.extend(
+            c.restarts
+                .iter()
+                .map(|r| format!("mark x={} {}", r.x, r.title)),
+        );
+        out.join("\n")
+    }
+
+    #[test]
+    fn usage_chart_with_nothing_recorded() {
+        expect_test::expect![[r#"Last 24 h: no data size measured; 0 restarts."#]]
+            .assert_eq(&chart(&[]));
+    }
+
+    #[test]
+    fn usage_chart_scales_to_the_peak_and_marks_restarts() {
+        expect_test::expect![[r#"
+            Last 24 h: data size now 2.0 KB, peak 4.0 KB; 3 restarts.
+            bar x=0.0 y=11.0 h=45.0 23 h 46 min ago: 4.0 KB
+            bar x=285.0 y=33.5 h=22.5 1 min ago: 2.0 KB
+            mark x=282.0 16 min ago: 1 restart
+            mark x=285.0 1 min ago: 2 restarts"#]]
+        .assert_eq(&chart(&[
+            (95, Some(4000), 0),
+            (1, None, 1),
+            (0, Some(2000), 2),
+        ]));
+    }
+
+    #[test]
+    fn usage_chart_leaves_out_what_is_older_than_the_window() {
+        expect_test::expect![[r#"
+            Last 24 h: data size now 0 B, peak 0 B; 0 restarts.
+            bar x=0.0 y=55.0 h=1.0 23 h 46 min ago: 0 B"#]]
+        .assert_eq(&chart(&[(96, Some(9000), 4), (95, Some(0), 0)]));
     }
 
     #[test]
