@@ -272,10 +272,27 @@ async fn a_pending_pods_reason_reaches_the_workspace(app: &TestApp, fake: &Fake)
     );
     assert_eq!(held["status"], "provisioning", "not online: {held}");
     assert_eq!(held["failure"], serde_json::Value::Null);
-    // The listing shows the same.
+    // The listing shows the same, and so does the canvas's Details.
     let listed = app.list_workspaces().await;
     let mine = listed.iter().find(|w| w["id"] == id.as_str()).unwrap();
     assert_eq!(mine["status_reason"]["kind"], "unschedulable");
+    let session = crate::secrets::sign_in(app, crate::helpers::ADMIN_TOKEN).await;
+    let panel = crate::secrets::browser()
+        .get(app.url(&format!("/canvas/panel/{id}")))
+        .header(
+            reqwest::header::COOKIE,
+            format!("holdfast_session={session}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(panel.status().as_u16(), 200);
+    let panel = panel.text().await.unwrap();
+    assert!(
+        panel.contains("What holds it")
+            && panel.contains("not scheduled: no node can take it: 0/3 nodes are available"),
+        "the panel says what holds the workspace: {panel}"
+    );
     // The provision deadline fails it, saying why.
     let failed = app.wait_status(&id, "failed").await;
     assert_eq!(

@@ -67,7 +67,7 @@ async fn the_data_dir_and_the_store_files_are_private_and_fixed_at_start() {
 
 /// A client that does not follow redirects, so the login's answer (and its
 /// cookie) is seen as sent.
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -76,7 +76,7 @@ fn browser() -> reqwest::Client {
 }
 
 /// Signs in to the canvas with `token`; returns the session cookie's value.
-async fn sign_in(app: &TestApp, token: &str) -> String {
+pub(crate) async fn sign_in(app: &TestApp, token: &str) -> String {
     let response = browser()
         .post(app.url("/canvas/login"))
         .header(ORIGIN, &app.base_url)
