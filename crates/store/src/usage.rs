@@ -36,6 +36,16 @@ fn oldest_kept(now: Millis) -> Millis {
     usage_bucket(now) - (USAGE_BUCKETS - 1) * USAGE_BUCKET_MS
 }
 
+/// Removes every bucket older than the window at `now`, in the write that
+/// adds a sample: the table never holds more than a day per workspace.
+async fn prune(tx: &mut sqlx::Transaction<'_, sqlx::Any>, now: Millis) -> StoreResult<()> {
+    sqlx::query("DELETE FROM usage_samples WHERE bucket < $1")
+        .bind(oldest_kept(now))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Records each `(workspace, bytes)` as the size measured in the bucket
     /// of `now` (the latest measurement in a bucket wins), after removing
@@ -48,10 +58,7 @@ impl Store {
     ) -> StoreResult<()> {
         let written = self.write();
         let mut tx = written.begin().await?;
-        sqlx::query("DELETE FROM usage_samples WHERE bucket < $1")
-            .bind(oldest_kept(now))
-            .execute(&mut *tx)
-            .await?;
+        prune(&mut tx, now).await?;
         for (workspace_id, bytes) in samples {
             sqlx::query(
                 "INSERT INTO usage_samples (workspace_id, bucket, bytes, restarts) \
@@ -74,10 +81,7 @@ impl Store {
     pub async fn record_restart(&self, workspace_id: Uuid, now: Millis) -> StoreResult<()> {
         let written = self.write();
         let mut tx = written.begin().await?;
-        sqlx::query("DELETE FROM usage_samples WHERE bucket < $1")
-            .bind(oldest_kept(now))
-            .execute(&mut *tx)
-            .await?;
+        prune(&mut tx, now).await?;
         sqlx::query(
             "INSERT INTO usage_samples (workspace_id, bucket, bytes, restarts) \
              VALUES ($1, $2, NULL, 1) \

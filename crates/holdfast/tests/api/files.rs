@@ -184,17 +184,7 @@ async fn bad_paths_are_400_naming_path_and_another_orgs_workspace_is_404() {
         .await
         .expect_error(404, "not_found");
 
-    let org = app
-        .post_json("/orgs", &json!({"name": "elsewhere"}))
-        .await
-        .expect_status(201);
-    let token = app
-        .post_json(&format!("/orgs/{}/tokens", id_of(&org)), &json!({}))
-        .await
-        .expect_status(201)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.other_org_token("elsewhere").await;
     for route in ["files", "file?path=a.txt"] {
         let r = app
             .send(app.with_token(

@@ -829,6 +829,21 @@ impl TestApp {
         }
     }
 
+    /// Makes another org named `name` and mints a token of it: a caller
+    /// that must see nothing of the admin's default org.
+    pub async fn other_org_token(&self, name: &str) -> String {
+        let org = self
+            .post_json("/orgs", &json!({ "name": name }))
+            .await
+            .expect_status(201);
+        self.post_json(&format!("/orgs/{}/tokens", id_of(&org)), &json!({}))
+            .await
+            .expect_status(201)["token"]
+            .as_str()
+            .expect("a minted token")
+            .to_owned()
+    }
+
     /// A request authenticated with `token` instead of the admin token.
     pub fn with_token(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
         self.client

@@ -126,17 +126,7 @@ async fn bad_log_requests_are_4xx_and_another_orgs_log_is_404() {
     app.get(&format!("/workspaces/{}/logs", uuid::Uuid::new_v4()))
         .await
         .expect_error(404, "not_found");
-    let org = app
-        .post_json("/orgs", &json!({"name": "elsewhere"}))
-        .await
-        .expect_status(201);
-    let token = app
-        .post_json(&format!("/orgs/{}/tokens", id_of(&org)), &json!({}))
-        .await
-        .expect_status(201)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.other_org_token("elsewhere").await;
     let r = app
         .send(app.with_token(Method::GET, &format!("/workspaces/{id}/logs"), &token))
         .await;

@@ -315,17 +315,7 @@ async fn a_clone_starts_as_the_snapshot_in_the_same_org() {
     app.create_workspace(&json!({"name": "bad", "from_snapshot": "not-a-uuid"}))
         .await
         .expect_error(400, "invalid_field");
-    let org = app
-        .post_json("/orgs", &json!({"name": "other"}))
-        .await
-        .expect_status(201);
-    let token = app
-        .post_json(&format!("/orgs/{}/tokens", id_of(&org)), &json!({}))
-        .await
-        .expect_status(201)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.other_org_token("other").await;
     let cross = app
         .send(
             app.with_token(Method::POST, "/workspaces", &token)
@@ -403,17 +393,7 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         .expect_error(400, "destructive_action_requires_confirmation");
 
     // Another org sees none of it: 404 everywhere.
-    let org = app
-        .post_json("/orgs", &json!({"name": "eve"}))
-        .await
-        .expect_status(201);
-    let token = app
-        .post_json(&format!("/orgs/{}/tokens", id_of(&org)), &json!({}))
-        .await
-        .expect_status(201)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.other_org_token("eve").await;
     for (method, path) in [
         (Method::GET, format!("/snapshots/{sa_id}")),
         (Method::GET, format!("/snapshots/{sa_id}/export")),

@@ -69,17 +69,7 @@ async fn usage_is_scoped_to_the_org_and_refuses_a_bad_id() {
         .await
         .expect_status(201);
     let id = id_of(&ws);
-    let org = app
-        .post_json("/orgs", &json!({ "name": "other" }))
-        .await
-        .expect_status(201);
-    let token = app
-        .post_json(&format!("/orgs/{}/tokens", id_of(&org)), &json!({}))
-        .await
-        .expect_status(201)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.other_org_token("other").await;
     let path = format!("/workspaces/{id}/usage");
     app.send(app.with_token(Method::GET, &path, &token))
         .await
