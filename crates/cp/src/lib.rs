@@ -21,6 +21,7 @@ pub mod http_server;
 pub mod kubernetes;
 pub mod logs;
 pub mod process;
+mod reaper;
 pub mod snapshot;
 pub mod sweep;
 pub mod tree;
@@ -368,6 +369,18 @@ pub trait ControlPlane: Send + Sync + 'static {
             .into_iter()
             .filter(|v| v.over_quota)
             .map(|v| v.workspace_id)
+            .collect())
+    }
+
+    /// Each attached volume's workspace and measured bytes, for the usage
+    /// history. From one listing by default; a control plane on a store
+    /// reads the two columns only.
+    async fn volume_sizes(&self) -> CpResult<Vec<(Uuid, i64)>> {
+        Ok(self
+            .list_volumes(Some(VolumeState::Active))
+            .await?
+            .into_iter()
+            .map(|v| (v.workspace_id, v.bytes))
             .collect())
     }
 

@@ -19,6 +19,7 @@ use holdfast_domain::{DataPersistence, Tier};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -410,6 +411,9 @@ pub struct ProcessBackend {
     /// is missing) the holdfast binary's own `contain` subcommand.
     launcher: (PathBuf, bool),
     children: Mutex<HashMap<Uuid, Child>>,
+    /// Waits for each child, its pidfd kept out of this process's
+    /// descriptor table (see `reaper.rs`).
+    reaper: crate::reaper::Reaper,
     /// Tells whoever listens that a workspace's process exited (on its own
     /// or stopped): the reconciler acts on it at once instead of polling.
     exits: tokio::sync::broadcast::Sender<Uuid>,
@@ -436,6 +440,7 @@ impl ProcessBackend {
             cgroups,
             launcher,
             children: Mutex::new(HashMap::new()),
+            reaper: crate::reaper::Reaper::start(),
             exits: tokio::sync::broadcast::channel(1024).0,
         })
     }
@@ -510,7 +515,7 @@ impl ProcessBackend {
             // The launcher joins the cgroup, then execs the program: nothing
             // of the workspace ever runs outside it.
             Some(cg) => {
-                let mut cmd = tokio::process::Command::new(&self.launcher.0);
+                let mut cmd = std::process::Command::new(&self.launcher.0);
                 if self.launcher.1 {
                     cmd.arg("contain");
                 }
@@ -524,7 +529,7 @@ impl ProcessBackend {
                 cmd
             }
             None => {
-                let mut cmd = tokio::process::Command::new(&program);
+                let mut cmd = std::process::Command::new(&program);
                 if !sandboxed {
                     cmd.arg0(&spec.argv[0]);
                 }
@@ -537,8 +542,7 @@ impl ProcessBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
-            .process_group(0)
-            .kill_on_drop(false);
+            .process_group(0);
         let seen_dir = if sandboxed {
             PathBuf::from(SANDBOX_DATA_DIR)
         } else {
@@ -559,23 +563,24 @@ impl ProcessBackend {
         cmd.env("HOLDFAST_DATA_DIR", &seen_dir);
         cmd.env("HOLDFAST_WORKSPACE_ID", spec.workspace_id.to_string());
         cmd.env(INSTANCE_ENV, &spec.instance_id);
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", spec.argv[0]))?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        // The log's descriptors go with the command: none of this start's
+        // stays open here.
+        drop(cmd);
+        let pid = i32::try_from(child.id()).unwrap_or(0);
         // Ordering: recorded right after the spawn, so that a server killed
         // from now on finds this process at its next start.
         if let Err(e) = write_pid_file(&self.layout.pid_file(spec.workspace_id), pid) {
             tracing::warn!(error = %e, "recording the pid failed");
         }
         let (tx, rx) = watch::channel(None);
-        let exits = self.exits.clone();
-        let workspace_id = spec.workspace_id;
-        tokio::spawn(async move {
-            let code = child.wait().await.ok().and_then(|s| s.code());
-            let _ = tx.send(Some(code));
-            // Nobody listening is fine: the resync finds it.
-            let _ = exits.send(workspace_id);
+        self.reaper.watch(crate::reaper::Watched {
+            child,
+            workspace_id: spec.workspace_id,
+            exit: tx,
+            exits: self.exits.clone(),
         });
         self.children.lock().expect("children lock").insert(
             spec.workspace_id,
