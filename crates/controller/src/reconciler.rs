@@ -332,23 +332,20 @@ impl Controller {
     /// History is not intent: a failed write is logged and the next pass
     /// tries again.
     pub async fn record_usage(&self) -> anyhow::Result<()> {
-        let volumes = self
-            .cp
-            .list_volumes(Some(holdfast_domain::VolumeState::Active))
-            .await?;
+        let volumes = self.cp.volume_sizes().await?;
         self.record_usage_of(&volumes).await;
         Ok(())
     }
 
-    async fn record_usage_of(&self, volumes: &[holdfast_cp::VolumeInfo]) {
+    async fn record_usage_of(&self, volumes: &[(Uuid, i64)]) {
         let now = now_millis();
         let bucket = holdfast_store::usage_bucket(now);
         let changed: Vec<(Uuid, i64)> = {
             let recorded = self.usage_recorded.lock().expect("usage lock");
             volumes
                 .iter()
-                .filter(|v| recorded.get(&v.workspace_id) != Some(&(bucket, v.bytes)))
-                .map(|v| (v.workspace_id, v.bytes))
+                .filter(|(id, bytes)| recorded.get(id) != Some(&(bucket, *bytes)))
+                .copied()
                 .collect()
         };
         if changed.is_empty() {
@@ -359,7 +356,7 @@ impl Controller {
                 let mut recorded = self.usage_recorded.lock().expect("usage lock");
                 // Workspaces whose volume went away are forgotten.
                 let live: std::collections::HashSet<Uuid> =
-                    volumes.iter().map(|v| v.workspace_id).collect();
+                    volumes.iter().map(|(id, _)| *id).collect();
                 recorded.retain(|id, _| live.contains(id));
                 for (id, bytes) in changed {
                     recorded.insert(id, (bucket, bytes));

@@ -130,6 +130,14 @@ pub trait Backend: Send + Sync + 'static {
     /// the store or not): what the sweeper adopts from.
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>>;
 
+    /// A stamp that changes whenever an entry of [`Self::volume_workspaces`]
+    /// appears or goes (the modification time of the volumes directory),
+    /// so that the periodic sweep can skip re-listing an unchanged set;
+    /// `None` where there is none, and the set is listed every pass.
+    async fn volumes_stamp(&self) -> Option<std::time::SystemTime> {
+        None
+    }
+
     /// What the sweeper must report about a workspace's data that it
     /// cannot act on (a Kubernetes PV whose claim was deleted outside
     /// holdfast): `(workspace, sentence)`, never silently dropped.
@@ -341,6 +349,14 @@ impl Backend for ProcessPort {
             .await
             .ok()??;
         Some(Box::new(frozen))
+    }
+
+    async fn volumes_stamp(&self) -> Option<std::time::SystemTime> {
+        let root = self.process.layout().volumes_root();
+        tokio::task::spawn_blocking(move || std::fs::metadata(root).and_then(|m| m.modified()).ok())
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn volume_workspaces(&self) -> anyhow::Result<Vec<Uuid>> {

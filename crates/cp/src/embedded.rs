@@ -67,8 +67,9 @@ pub struct EmbeddedCp {
     store: Store,
     backend: Arc<dyn Backend>,
     policy: CpPolicy,
-    /// One sweeper pass at a time in this process.
-    sweeping: tokio::sync::Mutex<()>,
+    /// One sweeper pass at a time in this process, and when it last
+    /// listed the volumes on disk.
+    sweeping: tokio::sync::Mutex<crate::sweep::OrphanScan>,
     /// The snapshot repository under `<data-dir>/snapshots/`.
     repo: crate::snapshot::Repo,
     /// Per org: captures and exports share it, garbage collection takes it
@@ -79,6 +80,31 @@ pub struct EmbeddedCp {
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+/// The most of one core the usage passes may take, averaged over their
+/// period: 0.2 %.
+pub const USAGE_CPU_SHARE: f64 = 0.002;
+
+/// From the start of one usage pass to the start of the next: the
+/// configured interval, or longer when a pass took `took`, so that the
+/// passes' share of the time stays under [`USAGE_CPU_SHARE`]. A pass's wall
+/// time bounds its CPU time (it runs on one thread), and also paces the
+/// disk reads of a cold cache. Never more than [`USAGE_MAX_PAUSE`] (or
+/// the interval, if longer): a size is never older than that plus a pass,
+/// whatever the fleet holds.
+/// A pass shorter than [`USAGE_FREE`] is never spaced out: a small fleet
+/// (or a test) keeps the interval it asked for.
+pub fn usage_pause(interval: Duration, took: Duration) -> Duration {
+    let over = took.saturating_sub(USAGE_FREE);
+    let paced = over.div_f64(USAGE_CPU_SHARE).min(USAGE_MAX_PAUSE);
+    interval.max(paced)
+}
+
+/// What a usage pass may take before it spaces out the next one.
+pub const USAGE_FREE: Duration = Duration::from_millis(50);
+
+/// The longest pause [`usage_pause`] makes for the CPU budget's sake.
+pub const USAGE_MAX_PAUSE: Duration = Duration::from_secs(600);
 
 impl EmbeddedCp {
     /// Builds the control plane over `data_dir` and stops whatever a previous
@@ -104,7 +130,7 @@ impl EmbeddedCp {
             store,
             backend,
             policy,
-            sweeping: tokio::sync::Mutex::new(()),
+            sweeping: tokio::sync::Mutex::new(crate::sweep::OrphanScan::default()),
             repo: crate::snapshot::Repo::new(&data_dir),
             org_locks: Default::default(),
         });
@@ -289,19 +315,21 @@ impl EmbeddedCp {
     }
 
     /// Measures every attached volume through the handle walk, one after
-    /// the other, every `usage_interval`: `data.bytes` is never older than
-    /// that, and a volume over its `size_gb` shows `over_quota`. Never
-    /// touches the data.
+    /// the other, every `usage_interval`, and a volume over its `size_gb`
+    /// shows `over_quota`. Never touches the data. A pass costs about 40 µs
+    /// a volume, so a large fleet's passes are spaced to keep their share
+    /// of one core under [`USAGE_CPU_SHARE`]: with 10,000 volumes, `data.bytes`
+    /// is up to about three minutes old instead of `usage_interval`.
     pub fn spawn_usage(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let cp = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(cp.policy.usage_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let started = tokio::time::Instant::now();
                 if let Err(e) = cp.measure_usage().await {
                     tracing::warn!(error = %e, "measuring volume usage failed");
                 }
+                let next = usage_pause(cp.policy.usage_interval, started.elapsed());
+                tokio::time::sleep_until(started + next).await;
             }
         })
     }
@@ -564,6 +592,16 @@ impl ControlPlane for EmbeddedCp {
         Ok(self.store.over_quota_workspaces().await?)
     }
 
+    async fn volume_sizes(&self) -> CpResult<Vec<(Uuid, i64)>> {
+        Ok(self
+            .store
+            .active_volume_usage()
+            .await?
+            .into_iter()
+            .map(|v| (v.workspace_id, v.bytes))
+            .collect())
+    }
+
     async fn list_volumes(&self, state: Option<VolumeState>) -> CpResult<Vec<VolumeInfo>> {
         Ok(self
             .store
@@ -671,12 +709,20 @@ impl ControlPlane for EmbeddedCp {
     }
 
     async fn sweep(&self, dry_run: bool, actor: Actor<'_>) -> CpResult<crate::sweep::SweepReport> {
-        let _one_at_a_time = self.sweeping.lock().await;
+        let mut orphans = self.sweeping.lock().await;
+        // The periodic pass lists the volumes on disk again only once their
+        // directory changed (or every few passes); a pass asked for by an
+        // operator, or a dry run, always lists them.
+        let periodic = !dry_run && actor == "sweeper";
+        let stamp = self.backend.volumes_stamp().await;
+        let scan_disk = orphans.should_scan(stamp, periodic);
+        let scan_started = std::time::SystemTime::now();
         let sweeper = crate::sweep::Sweeper {
             store: &self.store,
             backend: self.backend.as_ref(),
             retention_grace: self.policy.retention_grace,
             with_workspaces: self.policy.with_workspaces,
+            scan_disk,
         };
         // An engine that does not answer keeps its kind (a 503), whatever
         // step of the pass met it.
@@ -688,6 +734,9 @@ impl ControlPlane for EmbeddedCp {
                     Ok(cp) => cp,
                     Err(e) => CpError::Other(e),
                 })?;
+        if scan_disk && !dry_run {
+            orphans.scanned(stamp, scan_started);
+        }
         report
             .items
             .extend(self.sweep_snapshots(dry_run, actor).await?);
@@ -738,5 +787,26 @@ impl ControlPlane for EmbeddedCp {
         instance_id: Option<&str>,
     ) -> CpResult<()> {
         self.roll_back(workspace_id, snapshot_id, instance_id).await
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+
+    #[test]
+    fn usage_passes_are_spaced_to_their_cpu_share_within_bounds() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // A small fleet: the interval, however short.
+        assert_eq!(usage_pause(s(30), ms(40)), s(30));
+        assert_eq!(usage_pause(ms(200), ms(45)), ms(200));
+        // 10,000 volumes at 40 µs: 0.4 s a pass, 175 s apart (0.35 s over
+        // the free 50 ms, at 0.2 %).
+        assert_eq!(usage_pause(s(30), ms(400)), s(175));
+        // A pathological pass: capped, so sizes still refresh.
+        assert_eq!(usage_pause(s(30), s(60)), USAGE_MAX_PAUSE);
+        // An interval set longer than the cap is kept.
+        assert_eq!(usage_pause(s(3600), s(60)), s(3600));
     }
 }

@@ -109,6 +109,58 @@ pub struct Sweeper<'a> {
     pub retention_grace: Duration,
     /// Whether the store also holds the platform's workspace table.
     pub with_workspaces: bool,
+    /// Whether this pass lists the volumes on disk for orphans (see
+    /// [`OrphanScan`]).
+    pub scan_disk: bool,
+}
+
+/// When the periodic sweep last listed the volumes on disk. Listing them
+/// and the store's records costs about 25 µs a volume (a quarter of a
+/// second of CPU at 10,000), so a periodic pass lists them again only when
+/// the volumes directory's modification time moved since a listing, or
+/// after [`OrphanScan::FULL_EVERY`] passes without one: a record can
+/// vanish while its directory stays (a store restored from an older
+/// backup), which no timestamp shows.
+#[derive(Debug, Default)]
+pub struct OrphanScan {
+    /// The stamp read before the last listing, when it can be trusted.
+    stamp: Option<std::time::SystemTime>,
+    /// Periodic passes since the last listing.
+    skipped: u32,
+}
+
+impl OrphanScan {
+    /// Passes (a minute apart by default) between listings, however
+    /// quiet the directory.
+    pub const FULL_EVERY: u32 = 10;
+    /// A stamp this close to the listing that read it is not trusted: a
+    /// directory made in the same filesystem tick leaves it unchanged.
+    const TICK: Duration = Duration::from_secs(2);
+
+    /// Whether this pass lists the volumes on disk; `periodic` is false for
+    /// an operator's pass or a dry run, which always do.
+    pub fn should_scan(&mut self, now: Option<std::time::SystemTime>, periodic: bool) -> bool {
+        if !periodic || now.is_none() || self.stamp != now || self.skipped >= Self::FULL_EVERY {
+            return true;
+        }
+        self.skipped += 1;
+        false
+    }
+
+    /// Records a finished listing: `stamp` was read before it began, at
+    /// `started`.
+    pub fn scanned(
+        &mut self,
+        stamp: Option<std::time::SystemTime>,
+        started: std::time::SystemTime,
+    ) {
+        self.skipped = 0;
+        self.stamp = stamp.filter(|s| {
+            started
+                .duration_since(*s)
+                .is_ok_and(|age| age >= Self::TICK)
+        });
+    }
 }
 
 fn millis(d: Duration) -> i64 {
@@ -176,7 +228,9 @@ impl Sweeper<'_> {
             }
             items.push(item);
         }
-        items.extend(self.adopt_orphans_on_disk(dry_run, now).await?);
+        if self.scan_disk {
+            items.extend(self.adopt_orphans_on_disk(dry_run, now).await?);
+        }
         // Reported, never acted on: data the backend keeps that its claim
         // (or whatever held it) lost outside holdfast.
         for (workspace_id, note) in self.backend.volume_notes().await? {
@@ -326,6 +380,37 @@ pub async fn erase(
 mod tests {
     use super::*;
     use expect_test::{Expect, expect};
+
+    #[test]
+    fn the_periodic_pass_lists_the_disk_again_only_once_it_may_have_changed() {
+        use std::time::UNIX_EPOCH;
+        let at = |s: u64| Some(UNIX_EPOCH + Duration::from_secs(s));
+        let started = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut scan = OrphanScan::default();
+        // Nothing listed yet: list.
+        assert!(scan.should_scan(at(900), true));
+        scan.scanned(at(900), started);
+        // Unchanged: skipped, FULL_EVERY times, then listed anyway.
+        for _ in 0..OrphanScan::FULL_EVERY {
+            assert!(!scan.should_scan(at(900), true));
+        }
+        assert!(scan.should_scan(at(900), true));
+        scan.scanned(at(900), started);
+        assert!(!scan.should_scan(at(900), true));
+        // The directory changed: list.
+        assert!(scan.should_scan(at(950), true));
+        // An operator's pass or a dry run always lists.
+        scan.scanned(at(950), started);
+        assert!(scan.should_scan(at(950), false));
+        // No stamp (a backend without one): every pass lists.
+        assert!(scan.should_scan(None, true));
+        scan.scanned(None, started);
+        assert!(scan.should_scan(None, true));
+        // A stamp from the listing's own tick is not trusted: the next
+        // pass lists again, though the stamp reads the same.
+        scan.scanned(at(999), started);
+        assert!(scan.should_scan(at(999), true));
+    }
 
     const NOW: Millis = 1_000_000;
 

@@ -1551,6 +1551,7 @@ async fn the_sweeper_adopts_unknown_claims_measured_and_reports_released_pvs() {
         backend: &k,
         retention_grace: Duration::from_secs(3600),
         with_workspaces: false,
+        scan_disk: true,
     };
     let report = sweeper.run(false, "sweeper").await.unwrap();
     let adopted: Vec<_> = report
