@@ -220,17 +220,21 @@ fn reap(
                                 .ok()
                             });
                             match fd {
-                                Some(fd) => {
-                                    epoll::add(
+                                // A pidfd the set refuses is polled
+                                // instead: no process goes unwatched.
+                                Some(fd)
+                                    if epoll::add(
                                         ep,
                                         &fd,
                                         epoll::EventData::new_u64(next_key),
                                         epoll::EventFlags::IN,
-                                    )?;
+                                    )
+                                    .is_ok() =>
+                                {
                                     watched.insert(next_key, (w, fd));
                                     next_key += 1;
                                 }
-                                None => polled.push(w),
+                                _ => polled.push(w),
                             }
                         }
                         Err(std::sync::mpsc::TryRecvError::Empty) => break,
