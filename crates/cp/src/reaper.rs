@@ -302,6 +302,21 @@ async fn exited(pid: u32) -> Option<()> {
 mod tests {
     use super::*;
 
+    /// The exit a watch reports, within 10 s.
+    async fn exit_of(
+        rx: &mut watch::Receiver<Option<Option<i32>>>,
+        what: &str,
+    ) -> Option<Option<i32>> {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            rx.wait_for(Option::is_some),
+        )
+        .await
+        .expect(what)
+        .map(|c| *c)
+        .unwrap()
+    }
+
     /// The pidfds in this (the test's) descriptor table.
     fn open_fds() -> usize {
         std::fs::read_dir("/proc/self/fd")
@@ -378,24 +393,10 @@ mod tests {
         )
         .unwrap();
         for (_, mut rx) in waits {
-            let code = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                rx.wait_for(Option::is_some),
-            )
-            .await
-            .expect("exit seen")
-            .map(|c| *c)
-            .unwrap();
+            let code = exit_of(&mut rx, "exit seen").await;
             assert_eq!(code, Some(None), "killed by a signal: no code");
         }
-        let code = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            inline_rx.wait_for(Option::is_some),
-        )
-        .await
-        .expect("inline exit seen")
-        .map(|c| *c)
-        .unwrap();
+        let code = exit_of(&mut inline_rx, "inline exit seen").await;
         assert_eq!(code, Some(None));
         let mut ids = std::collections::HashSet::new();
         while ids.len() < 21 {
