@@ -111,6 +111,20 @@ async function screenshot(page, name, options = {}) {
 }
 
 /**
+ * The bounding box of the element a locator names, for a screenshot's clip.
+ * The panel replaces its read-only parts when an event arrives, so a box
+ * read between the match and the measure can come back null: read again.
+ */
+async function boxOf(locator, { tries = 50 } = {}) {
+  for (let i = 0; i < tries; i++) {
+    const box = await locator.boundingBox();
+    if (box) return box;
+    await new Promise(r => setTimeout(r, 100));
+  }
+  throw new Error(`no bounding box for ${locator} after ${tries} tries`);
+}
+
+/**
  * Runs axe-core (pinned in package.json) on the page and returns the
  * violations of impact serious or critical.
  */
@@ -124,4 +138,4 @@ async function axeSerious(page, options = {}) {
   return result.filter(v => v.impact === 'serious' || v.impact === 'critical');
 }
 
-module.exports = { startServer, launchBrowser, signedIn, screenshot, axeSerious };
+module.exports = { startServer, launchBrowser, signedIn, screenshot, boxOf, axeSerious };

@@ -6,7 +6,7 @@
 
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
-const { startServer, launchBrowser, signedIn, screenshot, axeSerious } = require('./helpers');
+const { startServer, launchBrowser, signedIn, screenshot, boxOf, axeSerious } = require('./helpers');
 
 let browser;
 let server;
@@ -234,7 +234,10 @@ test('usage: a chart of data size and restarts over the last 24 h, from the hist
   const mark = details.locator('.usage-chart .restart-mark');
   assert.equal(await mark.count(), 1);
   assert.match(await mark.locator('title').textContent(), /^\d+ min ago: 1 restart$/);
-  await screenshot(page, 'usage-chart.png', { clip: await details.locator('.usage-card').boundingBox() });
+  // The restart's later events re-render Details, so the card is measured
+  // once the panel has settled back to online.
+  await page.locator('#panel[data-status="online"]').waitFor();
+  await screenshot(page, 'usage-chart.png', { clip: await boxOf(details.locator('.usage-card')) });
 });
 
 test('board: search by name or role, filter by status and mode, sort by name, status and size', async () => {
