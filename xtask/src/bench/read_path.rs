@@ -19,10 +19,17 @@ const TARGET_READ_RATIO: f64 = 0.5;
 const TARGET_WRONG_TOKEN_RATIO: f64 = 0.8;
 /// p99 of `GET /workspaces/:id` with the fleet running.
 const TARGET_P99_MS: f64 = 2.0;
-/// How long the idle CPU is measured: a whole resync period of the server
-/// (60 s by default) and two usage passes (30 s), so that the figure holds
-/// every periodic pass once rather than whichever fell in a short window.
+/// The first idle reading: a whole resync period of the server (60 s by
+/// default), which is every periodic pass at 1,000 workspaces.
 const IDLE: Duration = Duration::from_secs(65);
+/// The whole idle window beyond 1,000 workspaces. The usage pass spaces
+/// itself out as the fleet grows (about 175 s apart at 10,000), so a 65 s
+/// window holds it once or not at all, depending on where it falls; 300 s
+/// holds it in proportion.
+const IDLE_LARGE: Duration = Duration::from_secs(300);
+/// From the last workspace online to the idle window: the creates' last
+/// events and the first resync after growth are not idling.
+const SETTLE: Duration = Duration::from_secs(30);
 /// The fleet must be online within this long of its creation.
 const TARGET_ONLINE_S: f64 = 15.0;
 const TARGET_RSS_MIB: f64 = 150.0;
@@ -273,9 +280,13 @@ async fn idle_cpu(pid: u32, window: Duration) -> Option<f64> {
     let a = cpu_ticks(pid)?;
     let t = Instant::now();
     tokio::time::sleep(window).await;
-    let b = cpu_ticks(pid)?;
+    cpu_share(a, cpu_ticks(pid)?, t.elapsed())
+}
+
+/// Ticks `a` to `b` over `elapsed`, in % of one core.
+fn cpu_share(a: u64, b: u64, elapsed: Duration) -> Option<f64> {
     // USER_HZ is 100 on every Linux this runs on.
-    Some((b - a) as f64 / 100.0 / t.elapsed().as_secs_f64() * 100.0)
+    Some(b.checked_sub(a)? as f64 / 100.0 / elapsed.as_secs_f64() * 100.0)
 }
 
 /// What one fleet size measured.
@@ -284,7 +295,11 @@ struct Step {
     created_in: Duration,
     online_in: Duration,
     rss: Option<f64>,
+    /// Over the whole idle window (`IDLE`, or `IDLE_LARGE` beyond 1,000).
     idle_cpu: Option<f64>,
+    /// Over its first `IDLE`.
+    idle_first: Option<f64>,
+    idle_window: Duration,
     sequential: Load,
     loaded: Load,
     /// Cache hits, misses and store writes during the two load runs.
@@ -351,14 +366,24 @@ pub async fn scale(bin: &Path, scratch: &Path, max: usize, secs: u64) -> anyhow:
     for st in &steps {
         s.line(format!(
             "{} running: created in {:.1} s, all online {:.1} s after the first create ({:.0} creates/s); \
-             RSS {}; idle CPU {} of one core ({} s)",
+             RSS {}; idle CPU {} of one core ({} s, from {} s after online{})",
             st.count,
             st.created_in.as_secs_f64(),
             st.online_in.as_secs_f64(),
             st.count as f64 / st.online_in.as_secs_f64(),
             st.rss.map_or("?".into(), |r| format!("{r:.0} MiB")),
             st.idle_cpu.map_or("?".into(), |c| format!("{c:.2} %")),
-            IDLE.as_secs(),
+            st.idle_window.as_secs(),
+            SETTLE.as_secs(),
+            if st.idle_window > IDLE {
+                format!(
+                    "; its first {} s: {}",
+                    IDLE.as_secs(),
+                    st.idle_first.map_or("?".into(), |c| format!("{c:.2} %"))
+                )
+            } else {
+                String::new()
+            },
         ));
         let seq = st.sequential.latencies.summary();
         s.timing(
@@ -475,13 +500,22 @@ async fn grow_and_measure(
         }
     }
     let online_in = start.elapsed();
+    let window = if size > 1000 { IDLE_LARGE } else { IDLE };
     eprintln!(
-        "bench: {size} online after {:.1} s; settling, then {} s of idle",
+        "bench: {size} online after {:.1} s; settling {} s, then {} s of idle",
         online_in.as_secs_f64(),
-        IDLE.as_secs()
+        SETTLE.as_secs(),
+        window.as_secs()
     );
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle_cpu = idle_cpu(pid, IDLE).await;
+    tokio::time::sleep(SETTLE).await;
+    let idle_from = cpu_ticks(pid).map(|t| (t, Instant::now()));
+    let idle_first = idle_cpu(pid, IDLE).await;
+    let idle_cpu = if window > IDLE {
+        tokio::time::sleep(window - IDLE).await;
+        idle_from.and_then(|(a, t)| cpu_share(a, cpu_ticks(pid)?, t.elapsed()))
+    } else {
+        idle_first
+    };
     let rss = rss_mib(pid);
 
     let addr = addr_of(server)?;
@@ -510,6 +544,8 @@ async fn grow_and_measure(
         online_in,
         rss,
         idle_cpu,
+        idle_first,
+        idle_window: window,
         sequential,
         loaded,
         cache,
